@@ -1,0 +1,73 @@
+# Two entry points for people: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+HOSTS ?= 2
+PYTHON ?= python3
+VENV := .venv
+BUILD := .build
+COLLECTION := $(BUILD)/ansible_collections/virtnode/kvm
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)
+export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint integration clean
+
+help:
+	@echo "make demo       install, bring up a $(HOSTS)-host lab, run playbooks/demo.yml"
+	@echo "make test       install, run every test (unit, sanity, lint, integration on the lab)"
+	@echo "make lab-up HOSTS=N / make lab-down / make lab-status"
+	@echo "make units | sanity | lint | integration   one part of the suite"
+
+# Debian packages: apt runs only when something is missing.
+deps:
+	@missing=$$(for p in $$(grep -v '^#' tests/lab/debian-packages.txt); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || echo "$$p"; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory venv
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Playbooks and ansible-test see exactly the working tree: a fresh copy every time.
+collection:
+	@rm -rf $(COLLECTION) && mkdir -p $(COLLECTION)
+	@git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(COLLECTION)
+
+lab-up: deps
+	$(PYTHON) tests/lab/lab.py up --hosts $(HOSTS)
+
+lab-down:
+	$(PYTHON) tests/lab/lab.py down
+
+lab-status:
+	$(PYTHON) tests/lab/lab.py status
+
+demo: lab-up collection
+	ansible-playbook -i .lab/inventory.yml playbooks/demo.yml
+
+test: deps
+	tests/run_suite.sh
+
+units: venv collection
+	cd $(COLLECTION) && PYTHONPATH=$(CURDIR)/$(BUILD) $(CURDIR)/$(VENV)/bin/python -m pytest -q tests/unit
+
+sanity: venv collection
+	cd $(COLLECTION) && ansible-test sanity --venv --python 3.11 --color no
+
+lint: venv collection
+	cd $(COLLECTION) && ansible-lint --profile production roles playbooks
+
+integration: lab-up collection
+	$(VENV)/bin/python -m pytest -v tests/integration
+
+clean: lab-down
+	rm -rf $(BUILD) $(VENV)

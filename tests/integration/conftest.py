@@ -1,0 +1,48 @@
+"""Integration tests run against the lab (`make lab-up`), as root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = Path(os.environ.get("VIRTNODE_LAB_DIR", REPO / ".lab"))
+INVENTORY = LAB / "inventory.yml"
+
+
+@pytest.fixture(scope="session")
+def inventory() -> dict:
+    if not INVENTORY.exists():
+        pytest.fail(f"no lab inventory at {INVENTORY}: run `make lab-up` first")
+    return json.loads(INVENTORY.read_text())
+
+
+@pytest.fixture(scope="session")
+def lab_hosts(inventory) -> dict:
+    return inventory["all"]["children"]["lab"]["hosts"]
+
+
+def ansible_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build"))
+    env.setdefault("ANSIBLE_CONFIG", str(REPO / "tests" / "ansible.cfg"))
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    return env
+
+
+def run_playbook(playbook: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = ["ansible-playbook", "-i", str(INVENTORY), str(playbook), *extra]
+    return subprocess.run(cmd, cwd=REPO, env=ansible_env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+
+
+def lab_exec(host: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "exec", host, "--", *cmd],
+                          text=True, capture_output=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{host}: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
+    return proc

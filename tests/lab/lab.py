@@ -1,0 +1,502 @@
+#!/usr/bin/env python3
+"""The project's lab: several virtualization hosts on one machine.
+
+Each host is a network namespace on a lab bridge plus a private mount and UTS
+namespace (its own hostname, /run, /etc/libvirt, /var/lib/libvirt, /var/log,
+machine-id), running its own sshd, virtlogd, libvirtd (TCP listener for
+migration) and sanlock daemon. A directory outside the namespaces is the
+shared storage, visible at the same path on every host.
+
+    lab.py up [--hosts N]     create or repair the lab (idempotent)
+    lab.py down               remove everything it created (idempotent)
+    lab.py status             one line per host
+    lab.py exec HOST -- CMD   run CMD inside a host's namespaces
+
+Only the standard library is used; it runs as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = Path(os.environ.get("VIRTNODE_LAB_DIR", REPO / ".lab"))
+HOSTS_DIR = LAB / "hosts"
+SHARED_DIR = LAB / "shared"
+SSH_DIR = LAB / "ssh"
+GUEST_DIR = LAB / "guest"
+STATE_FILE = LAB / "state.json"
+INVENTORY = LAB / "inventory.yml"
+SHIM_SRC = Path(__file__).with_name("setrlimit_shim.c")
+SHIM = LAB / "shim" / "setrlimit_shim.so"
+
+BRIDGE = "vnlab0"
+SUBNET_PREFIX = "10.251.0."
+BRIDGE_IP = SUBNET_PREFIX + "1"
+NETNS_PREFIX = "vnlab-"
+HOST_PREFIX = "vnhost"
+# Stable identities, so a host keeps its UUID across lab-down/lab-up.
+UUID_NAMESPACE = uuid.UUID("3f0f8f7e-6a52-4c0e-9d2b-5b7e1c9a0d11")
+
+# Per-host directories bind-mounted over the machine's own.
+BIND_DIRS = ("/run", "/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
+             "/var/log", "/etc/virtnode", "/var/lib/virtnode")
+BIND_FILES = ("/etc/hosts", "/etc/machine-id")
+READY_TIMEOUT = 60
+
+
+def log(msg: str) -> None:
+    print(f"lab: {msg}", flush=True)
+
+
+def run(cmd: list[str], check: bool = True, capture: bool = False, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, text=True, capture_output=capture, **kw)
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip() if capture else ""
+        raise SystemExit(f"lab: command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return proc
+
+
+def host_name(index: int) -> str:
+    return f"{HOST_PREFIX}{index}"
+
+
+def host_ip(index: int) -> str:
+    return f"{SUBNET_PREFIX}{10 + index}"
+
+
+def netns_name(name: str) -> str:
+    return NETNS_PREFIX + name
+
+
+def host_uuid(name: str) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, name))
+
+
+def host_dir(name: str) -> Path:
+    return HOSTS_DIR / name
+
+
+def bind_source(name: str, target: str) -> Path:
+    return host_dir(name) / "root" / target.strip("/").replace("/", "_")
+
+
+def load_state() -> dict:
+    if STATE_FILE.exists():
+        return json.loads(STATE_FILE.read_text())
+    return {"hosts": {}, "created_mountpoints": []}
+
+
+def save_state(state: dict) -> None:
+    LAB.mkdir(parents=True, exist_ok=True)
+    tmp = STATE_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, STATE_FILE)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def netns_exists(ns: str) -> bool:
+    return Path("/run/netns", ns).exists()
+
+
+def netns_pids(ns: str) -> list[int]:
+    if not netns_exists(ns):
+        return []
+    out = run(["ip", "netns", "pids", ns], check=False, capture=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def in_host(pid: int, cmd: list[str]) -> list[str]:
+    return ["nsenter", "-t", str(pid), "-m", "-u", "-n", "--"] + cmd
+
+
+# ---------------------------------------------------------------- machine-wide parts
+
+def ensure_shim() -> None:
+    if SHIM.exists() and SHIM.stat().st_mtime >= SHIM_SRC.stat().st_mtime:
+        return
+    SHIM.parent.mkdir(parents=True, exist_ok=True)
+    run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(SHIM), str(SHIM_SRC), "-ldl"])
+    log(f"built {SHIM.relative_to(REPO)}")
+
+
+def sanlock_needs_shim() -> bool:
+    """True where this sandbox refuses the rlimits sanlock raises at start."""
+    import resource
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+        return False
+    except (ValueError, OSError):
+        return True
+
+
+def ensure_ssh_key() -> None:
+    key = SSH_DIR / "id_ed25519"
+    if not key.exists():
+        SSH_DIR.mkdir(parents=True, exist_ok=True)
+        os.chmod(SSH_DIR, 0o700)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "virtnode-lab", "-f", str(key)])
+        log("generated lab SSH key")
+    (SSH_DIR / "authorized_keys").write_text((SSH_DIR / "id_ed25519.pub").read_text())
+
+
+def ensure_guest() -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import guest  # tests/lab/guest.py
+    return guest.build(GUEST_DIR)
+
+
+def ensure_bridge() -> None:
+    if not Path("/sys/class/net", BRIDGE).exists():
+        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        log(f"created bridge {BRIDGE}")
+    addrs = run(["ip", "-o", "-4", "addr", "show", "dev", BRIDGE], capture=True).stdout
+    if f" {BRIDGE_IP}/24 " not in addrs:
+        run(["ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", BRIDGE])
+    run(["ip", "link", "set", BRIDGE, "up"])
+
+
+def ensure_mountpoints(state: dict) -> None:
+    for target in BIND_DIRS:
+        if not os.path.isdir(target):
+            os.makedirs(target)
+            state["created_mountpoints"].append(target)
+
+
+def write_hosts_file(count: int) -> Path:
+    path = LAB / "etc_hosts"
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{host_ip(i)}\t{host_name(i)}" for i in range(1, count + 1)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- one host
+
+def prepare_host_dirs(name: str, index: int, hosts_file: Path) -> None:
+    hdir = host_dir(name)
+    fresh = not (hdir / "root").exists()
+    for target in BIND_DIRS:
+        bind_source(name, target).mkdir(parents=True, exist_ok=True)
+    if fresh:
+        # Each host starts from the machine's packaged libvirt configuration.
+        run(["cp", "-a", "/etc/libvirt/.", str(bind_source(name, "/etc/libvirt"))])
+        run(["cp", "-a", "/var/lib/libvirt/.", str(bind_source(name, "/var/lib/libvirt"))])
+        autostart = bind_source(name, "/etc/libvirt") / "qemu" / "networks" / "autostart"
+        if autostart.is_dir():
+            for link in autostart.iterdir():
+                link.unlink()
+        with open(bind_source(name, "/etc/libvirt") / "libvirtd.conf", "a") as f:
+            f.write("\n# virtnode lab: plain TCP migration listener, no auth, own identity\n"
+                    "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n"
+                    f"host_uuid = \"{host_uuid(name)}\"\n")
+        with open(bind_source(name, "/etc/libvirt") / "qemu.conf", "a") as f:
+            # No cgroups: hosts share the machine's cgroup tree and would collide.
+            f.write("\n# virtnode lab\nuser = \"root\"\ngroup = \"root\"\n"
+                    "security_driver = \"none\"\ncgroup_controllers = [ ]\n")
+    log_dir = bind_source(name, "/var/log")
+    (log_dir / "libvirt" / "qemu").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(hosts_file, hdir / "root" / "etc_hosts")
+    (hdir / "root" / "etc_machine-id").write_text(uuid.UUID(host_uuid(name)).hex + "\n")
+    ssh = hdir / "ssh"
+    ssh.mkdir(exist_ok=True)
+    if not (ssh / "ssh_host_ed25519_key").exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "ssh_host_ed25519_key")])
+    (ssh / "sshd_config").write_text(
+        f"ListenAddress {host_ip(index)}\n"
+        "Port 22\n"
+        f"HostKey {ssh / 'ssh_host_ed25519_key'}\n"
+        "PidFile /run/sshd.pid\n"
+        f"AuthorizedKeysFile {SSH_DIR / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "UsePAM no\n"
+        "StrictModes no\n"
+        "MaxSessions 50\n"
+        "MaxStartups 50:30:100\n"
+        "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+    )
+
+
+def start_holder(name: str, index: int) -> int:
+    """Create the host's namespaces; return the pid that keeps them alive."""
+    ns = netns_name(name)
+    veth = f"vnlab-h{index}"
+    if not netns_exists(ns):
+        run(["ip", "netns", "add", ns])
+    if not Path("/sys/class/net", veth).exists():
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+    addrs = run(["ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"], capture=True).stdout
+    if f" {host_ip(index)}/24 " not in addrs:
+        run(["ip", "-n", ns, "addr", "add", f"{host_ip(index)}/24", "dev", "eth0"])
+    run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    routes = run(["ip", "-n", ns, "route", "show", "default"], capture=True).stdout
+    if not routes.strip():
+        run(["ip", "-n", ns, "route", "add", "default", "via", BRIDGE_IP])
+
+    mounts = [f"mount --bind {bind_source(name, t)} {t}" for t in BIND_DIRS]
+    mounts += [f"mount --bind {host_dir(name) / 'root' / t.strip('/').replace('/', '_')} {t}"
+               for t in BIND_FILES]
+    script = "set -e\n" + f"hostname {name}\n" + "\n".join(mounts) + "\n" + \
+        "mkdir -p /run/sshd /run/libvirt /run/sanlock /run/lock\n" + \
+        "echo ready > /run/virtnode-lab-host\n" + "exec sleep infinity\n"
+    (host_dir(name) / "holder.sh").write_text(script)
+    logf = open(host_dir(name) / "holder.log", "w")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "unshare", "-m", "-u", "--propagation", "private",
+         "sh", str(host_dir(name) / "holder.sh")],
+        stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    marker = bind_source(name, "/run") / "virtnode-lab-host"
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"lab: host {name} failed to start its namespaces:\n"
+                             + (host_dir(name) / "holder.log").read_text())
+        time.sleep(0.05)
+    return proc.pid
+
+
+def daemon_pid(name: str, pidfile: str) -> int | None:
+    path = bind_source(name, "/run") / pidfile
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# pid file under the host's /run, command line
+def daemons(use_shim: bool) -> list[tuple[str, str, list[str], dict]]:
+    sanlock_env = {"LD_PRELOAD": str(SHIM)} if use_shim else {}
+    return [
+        ("virtlogd", "virtlogd.pid", ["virtlogd", "-d"], {}),
+        ("libvirtd", "libvirtd.pid", ["libvirtd", "-d", "--listen"], {}),
+        # -w 0: the lab has no watchdog device.
+        ("sanlock", "sanlock/sanlock.pid", ["sanlock", "daemon", "-w", "0", "-U", "root", "-G", "root"],
+         sanlock_env),
+        ("sshd", "sshd.pid", ["/usr/sbin/sshd", "-f", "{ssh}/sshd_config", "-E", "/var/log/sshd.log"], {}),
+    ]
+
+
+def ensure_daemons(name: str, holder: int, use_shim: bool) -> list[str]:
+    started = []
+    for label, pidfile, cmd, extra_env in daemons(use_shim):
+        if pid_alive(daemon_pid(name, pidfile)):
+            continue
+        cmd = [c.replace("{ssh}", str(host_dir(name) / "ssh")) for c in cmd]
+        env = dict(os.environ, **extra_env)
+        proc = run(in_host(holder, cmd), check=False, capture=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"lab: {label} failed to start on {name}: {proc.stderr.strip()}")
+        started.append(label)
+    return started
+
+
+def wait_ready(name: str, index: int, holder: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    checks = {
+        "libvirtd": in_host(holder, ["virsh", "-q", "-c", "qemu:///system", "version"]),
+        "sanlock": in_host(holder, ["sanlock", "client", "status"]),
+    }
+    pending = dict(checks)
+    while pending:
+        for label, cmd in list(pending.items()):
+            if run(cmd, check=False, capture=True).returncode == 0:
+                del pending[label]
+        try:
+            with socket.create_connection((host_ip(index), 22), timeout=1):
+                ssh_ok = True
+        except OSError:
+            ssh_ok = False
+        if not pending and ssh_ok:
+            return
+        if time.monotonic() > deadline:
+            missing = list(pending) + ([] if ssh_ok else ["sshd"])
+            raise SystemExit(f"lab: {name} not ready after {READY_TIMEOUT}s: {', '.join(missing)}; "
+                             f"logs in {host_dir(name)}")
+        time.sleep(0.2)
+
+
+def ensure_host(state: dict, index: int, use_shim: bool) -> None:
+    name = host_name(index)
+    info = state["hosts"].get(name, {})
+    holder = info.get("holder")
+    ns = netns_name(name)
+    if not (pid_alive(holder) and netns_exists(ns) and holder in netns_pids(ns)):
+        if netns_exists(ns) or info:
+            log(f"{name}: incomplete, recreating")
+            destroy_host(name)
+        prepare_host_dirs(name, index, LAB / "etc_hosts")
+        holder = start_holder(name, index)
+        log(f"{name}: namespaces up (holder pid {holder})")
+    else:
+        prepare_host_dirs(name, index, LAB / "etc_hosts")
+    state["hosts"][name] = {"index": index, "holder": holder, "ip": host_ip(index),
+                            "netns": ns, "uuid": host_uuid(name)}
+    save_state(state)
+    started = ensure_daemons(name, holder, use_shim)
+    wait_ready(name, index, holder)
+    log(f"{name}: ready at {host_ip(index)}" + (f" (started {', '.join(started)})" if started else ""))
+
+
+def destroy_host(name: str) -> None:
+    ns = netns_name(name)
+    pids = netns_pids(ns)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.1)
+        pids = [p for p in netns_pids(ns) if pid_alive(p)]
+        if not pids:
+            break
+    if netns_exists(ns):
+        run(["ip", "netns", "del", ns], check=False)
+
+
+def write_inventory(state: dict, guest: dict) -> None:
+    hosts = {name: {"ansible_host": h["ip"], "virtnode_lab_host_uuid": h["uuid"]}
+             for name, h in sorted(state["hosts"].items(), key=lambda kv: kv[1]["index"])}
+    inv = {"all": {"children": {"lab": {
+        "hosts": hosts,
+        "vars": {
+            "ansible_user": "root",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_private_key_file": str(SSH_DIR / "id_ed25519"),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                       "-o LogLevel=ERROR",
+            "virtnode_lab_shared_dir": str(SHARED_DIR),
+            "virtnode_lab_guest_kernel": guest["kernel"],
+            "virtnode_lab_guest_initrd": guest["initrd"],
+            "virtnode_lab_guest_cmdline": guest["cmdline_base"],
+        }}}}}
+    # JSON is valid YAML; keeps the tool free of third-party modules.
+    INVENTORY.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_up(args) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("lab: must run as root")
+    t0 = time.monotonic()
+    LAB.mkdir(parents=True, exist_ok=True)
+    state = load_state()
+    use_shim = sanlock_needs_shim()
+    if use_shim:
+        ensure_shim()
+    ensure_ssh_key()
+    guest = ensure_guest()
+    SHARED_DIR.mkdir(parents=True, exist_ok=True)
+    ensure_mountpoints(state)
+    ensure_bridge()
+    write_hosts_file(args.hosts)
+    # Hosts beyond the requested count are removed, so HOSTS=N is the whole truth.
+    for name in list(state["hosts"]):
+        if state["hosts"][name]["index"] > args.hosts:
+            destroy_host(name)
+            del state["hosts"][name]
+    save_state(state)
+    for index in range(1, args.hosts + 1):
+        ensure_host(state, index, use_shim)
+    write_inventory(state, guest)
+    log(f"{args.hosts} host(s) ready in {time.monotonic() - t0:.1f}s; inventory {INVENTORY}")
+
+
+def cmd_down(args) -> None:
+    state = load_state()
+    names = set(state["hosts"])
+    names |= {ns[len(NETNS_PREFIX):] for ns in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+              if ns.startswith(NETNS_PREFIX)}
+    for name in sorted(names):
+        destroy_host(name)
+        log(f"{name}: removed")
+    if Path("/sys/class/net", BRIDGE).exists():
+        run(["ip", "link", "del", BRIDGE], check=False)
+        log(f"removed bridge {BRIDGE}")
+    for target in reversed(state.get("created_mountpoints", [])):
+        try:
+            os.rmdir(target)
+        except OSError:
+            pass
+    # Lab state goes; the cached guest, SSH key and shim stay for the next lab-up.
+    for path in (HOSTS_DIR, SHARED_DIR):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (STATE_FILE, INVENTORY, LAB / "etc_hosts"):
+        if path.exists():
+            path.unlink()
+    log("lab is down")
+
+
+def cmd_status(args) -> None:
+    state = load_state()
+    if not state["hosts"]:
+        print("lab: no hosts")
+        return
+    for name, h in sorted(state["hosts"].items(), key=lambda kv: kv[1]["index"]):
+        parts = [f"{name} {h['ip']} holder={'up' if pid_alive(h['holder']) else 'DOWN'}"]
+        for label, pidfile, _cmd, _env in daemons(False):
+            parts.append(f"{label}={'up' if pid_alive(daemon_pid(name, pidfile)) else 'DOWN'}")
+        print(" ".join(parts))
+
+
+def cmd_exec(args) -> None:
+    state = load_state()
+    if args.host not in state["hosts"]:
+        raise SystemExit(f"lab: no host {args.host}; hosts: {', '.join(sorted(state['hosts'])) or 'none'}")
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    os.execvp("nsenter", in_host(state["hosts"][args.host]["holder"], cmd))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command_name", required=True)
+    up = sub.add_parser("up", help="create or repair the lab")
+    up.add_argument("--hosts", type=int, default=2)
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="remove the lab").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="show hosts").set_defaults(func=cmd_status)
+    ex = sub.add_parser("exec", help="run a command inside a host")
+    ex.add_argument("host")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+    args = parser.parse_args(argv)
+    if getattr(args, "hosts", 1) < 1 or getattr(args, "hosts", 1) > 50:
+        parser.error("--hosts must be between 1 and 50")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
