@@ -64,7 +64,7 @@ sanity: venv collection
 	cd $(COLLECTION) && ansible-test sanity --venv --python 3.11 --color no
 
 lint: venv collection
-	cd $(COLLECTION) && ansible-lint --profile production roles playbooks
+	cd $(COLLECTION) && ansible-lint --offline --nocolor --profile production $$(ls -d roles/* playbooks 2>/dev/null)
 
 integration: lab-up collection
 	$(VENV)/bin/python -m pytest -v tests/integration
