@@ -4,6 +4,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 HOSTS ?= 2
+VIRTNODE_LAB_ID ?= 0
+export VIRTNODE_LAB_ID
+LAB_DIR := $(if $(filter 0,$(VIRTNODE_LAB_ID)),.lab,.lab$(VIRTNODE_LAB_ID))
 PYTHON ?= python3
 VENV := .venv
 BUILD := .build
@@ -52,7 +55,7 @@ lab-status:
 	$(PYTHON) tests/lab/lab.py status
 
 demo: lab-up collection
-	ansible-playbook -i .lab/inventory.yml playbooks/demo.yml
+	ansible-playbook -i $(LAB_DIR)/inventory.yml playbooks/demo.yml
 
 test: deps
 	tests/run_suite.sh

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = Path(os.environ.get("VIRTNODE_LAB_DIR", REPO / ".lab"))
+LAB_ID = int(os.environ.get("VIRTNODE_LAB_ID", "0"))
+LAB = Path(os.environ.get("VIRTNODE_LAB_DIR", REPO / (".lab" if LAB_ID == 0 else f".lab{LAB_ID}")))
 INVENTORY = LAB / "inventory.yml"
 
 

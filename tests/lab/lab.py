@@ -30,7 +30,12 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = Path(os.environ.get("VIRTNODE_LAB_DIR", REPO / ".lab"))
+# Several labs can coexist (e.g. a developer's and a test run's): each id has
+# its own directory, bridge, subnet and namespace names.
+LAB_ID = int(os.environ.get("VIRTNODE_LAB_ID", "0"))
+if not 0 <= LAB_ID <= 9:
+    raise SystemExit("lab: VIRTNODE_LAB_ID must be 0..9")
+LAB = Path(os.environ.get("VIRTNODE_LAB_DIR", REPO / (".lab" if LAB_ID == 0 else f".lab{LAB_ID}")))
 HOSTS_DIR = LAB / "hosts"
 SHARED_DIR = LAB / "shared"
 SSH_DIR = LAB / "ssh"
@@ -40,10 +45,10 @@ INVENTORY = LAB / "inventory.yml"
 SHIM_SRC = Path(__file__).with_name("setrlimit_shim.c")
 SHIM = LAB / "shim" / "setrlimit_shim.so"
 
-BRIDGE = "vnlab0"
-SUBNET_PREFIX = "10.251.0."
+BRIDGE = f"vnlab{LAB_ID}"
+SUBNET_PREFIX = f"10.251.{LAB_ID}."
 BRIDGE_IP = SUBNET_PREFIX + "1"
-NETNS_PREFIX = "vnlab-"
+NETNS_PREFIX = f"vnlab{LAB_ID}-"
 HOST_PREFIX = "vnhost"
 # Stable identities, so a host keeps its UUID across lab-down/lab-up.
 UUID_NAMESPACE = uuid.UUID("3f0f8f7e-6a52-4c0e-9d2b-5b7e1c9a0d11")
@@ -248,7 +253,7 @@ def prepare_host_dirs(name: str, index: int, hosts_file: Path) -> None:
 def start_holder(name: str, index: int) -> int:
     """Create the host's namespaces; return the pid that keeps them alive."""
     ns = netns_name(name)
-    veth = f"vnlab-h{index}"
+    veth = f"vnlab{LAB_ID}-h{index}"
     if not netns_exists(ns):
         run(["ip", "netns", "add", ns])
     if not Path("/sys/class/net", veth).exists():
