@@ -1,0 +1,247 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+SD_UUID = '275766cb-c7d8-43d6-a663-4e52160de620'
+POOL = '5d928855-b09b-47a7-b920-bd2d2eb5808c'
+OTHER_SD = '0f4b4d8c-4e1b-4c6b-9d1b-3a8a4b0f2e11'
+
+# The worked example from the reference (a version 5 LOCALFS domain as VDSM writes it).
+EXAMPLE = """\
+ALIGNMENT=1048576
+BLOCK_SIZE=512
+CLASS=Data
+DESCRIPTION=storage domain
+IOOPTIMEOUTSEC=10
+LEASERETRIES=3
+LEASETIMESEC=60
+LOCKPOLICY=
+LOCKRENEWALINTERVALSEC=5
+POOL_UUID=
+REMOTE_PATH=server:/path
+ROLE=Regular
+SDUUID=275766cb-c7d8-43d6-a663-4e52160de620
+TYPE=LOCALFS
+VERSION=5
+_SHA_CKSUM=9336f77705ff9e3d5faf65c4d0dc818a29de458d
+"""
+EXAMPLE_CHECKSUM = '9336f77705ff9e3d5faf65c4d0dc818a29de458d'
+
+V4_NFS = {
+    'CLASS': 'Data',
+    'DESCRIPTION': 'old nfs domain',
+    'IOOPTIMEOUTSEC': '10',
+    'LEASERETRIES': '3',
+    'LEASETIMESEC': '60',
+    'LOCKPOLICY': '',
+    'LOCKRENEWALINTERVALSEC': '5',
+    'MASTER_VERSION': '7',
+    'POOL_DESCRIPTION': 'Default',
+    'POOL_DOMAINS': '%s:Active,%s:Attached' % (SD_UUID, OTHER_SD),
+    'POOL_SPM_ID': '-1',
+    'POOL_SPM_LVER': '-1',
+    'POOL_UUID': POOL,
+    'REMOTE_PATH': 'nfs.example:/export/data',
+    'ROLE': 'Master',
+    'SDUUID': SD_UUID,
+    'TYPE': 'NFS',
+    'VERSION': '4',
+}
+
+
+def example_pairs():
+    lines = EXAMPLE.splitlines()[:-1]
+    return dict(line.split('=', 1) for line in lines)
+
+
+def test_checksum_of_worked_example():
+    assert sd_metadata.checksum(example_pairs()) == EXAMPLE_CHECKSUM
+
+
+def test_checksum_uses_xml_character_references():
+    # A non-ASCII character is sealed as its XML reference, not as UTF-8.
+    assert sd_metadata.checksum({'DESCRIPTION': 'caf\u00e9'}) == sd_metadata.checksum({'DESCRIPTION': 'caf&#233;'})
+
+
+def test_parse_worked_example():
+    assert sd_metadata.parse(EXAMPLE) == example_pairs()
+
+
+def test_serialize_reproduces_vdsm_file_exactly():
+    assert sd_metadata.serialize(example_pairs()) == EXAMPLE.encode('ascii')
+
+
+def test_new_domain_metadata_matches_vdsm():
+    pairs = sd_metadata.new_domain_metadata(SD_UUID, 'LOCALFS', 'Data', 'storage domain', 'server:/path')
+    assert sd_metadata.serialize(pairs) == EXAMPLE.encode('ascii')
+
+
+@pytest.mark.parametrize('block_size, alignment, seal', [
+    (4096, 1024 ** 2, '7910a564cc0a340f93aea5680e0e9c2d6ff4903a'),
+    (4096, 2 * 1024 ** 2, '769baef6c65aeef08cf6d177c2c44046b2aac877'),
+])
+def test_new_domain_metadata_4k(block_size, alignment, seal):
+    pairs = sd_metadata.new_domain_metadata(SD_UUID, 'LOCALFS', 'Data', 'storage domain', 'server:/path',
+                                            block_size=block_size, alignment=alignment)
+    assert pairs['BLOCK_SIZE'] == str(block_size)
+    assert sd_metadata.checksum(pairs) == seal
+
+
+def test_broken_seal_is_refused():
+    tampered = EXAMPLE.replace('DESCRIPTION=storage domain', 'DESCRIPTION=storage domaiN')
+    with pytest.raises(VirtnodeError, match='metadata seal is broken') as info:
+        sd_metadata.parse(tampered)
+    assert info.value.details['declared'] == EXAMPLE_CHECKSUM
+
+
+def test_missing_seal_is_trusted():
+    without_seal = ''.join(line + '\n' for line in EXAMPLE.splitlines()[:-1])
+    assert sd_metadata.parse(without_seal) == example_pairs()
+
+
+def test_parse_skips_junk_lines_and_strips_values():
+    assert sd_metadata.parse('garbage\nA= x \n\n') == {'A': 'x'}
+    assert sd_metadata.parse('') == {}
+
+
+def test_round_trip_keeps_unknown_keys():
+    pairs = dict(example_pairs(), FUTURE_KEY='something new', LOGBLKSIZE='512')
+    assert sd_metadata.parse(sd_metadata.serialize(pairs).decode()) == pairs
+    md = sd_metadata.DomainMetadata.from_dict(pairs)
+    assert md.extra == {'FUTURE_KEY': 'something new', 'LOGBLKSIZE': '512'}
+    assert md.to_dict() == pairs
+
+
+def test_serialize_refuses_multiline_values_and_bad_keys():
+    with pytest.raises(VirtnodeError, match='single line'):
+        sd_metadata.serialize({'DESCRIPTION': 'a\nVERSION=9'})
+    for key in ('A=B', '', '_SHA_CKSUM', ' A'):
+        with pytest.raises(VirtnodeError):
+            sd_metadata.serialize({key: 'x'})
+
+
+def test_typed_view_of_v5_example():
+    md = sd_metadata.DomainMetadata.from_dict(example_pairs())
+    assert (md.sd_uuid, md.version, md.sd_type, md.domain_class, md.role) == (SD_UUID, 5, 'LOCALFS', 'Data', 'Regular')
+    assert (md.alignment, md.block_size, md.pool_uuids, md.remote_path) == (1048576, 512, [], 'server:/path')
+    assert (md.io_op_timeout_sec, md.lease_retries, md.lease_time_sec, md.lock_renewal_interval_sec) == (10, 3, 60, 5)
+    assert md.pool_domains is None and md.pool_spm_id is None
+
+
+def test_v4_master_domain_is_readable_and_round_trips():
+    md = sd_metadata.DomainMetadata.from_dict(V4_NFS)
+    assert md.version == 4
+    assert (md.alignment, md.block_size) == (1024 ** 2, 512)
+    assert md.pool_uuids == [POOL]
+    assert md.pool_domains == {SD_UUID: 'Active', OTHER_SD: 'Attached'}
+    assert (md.pool_spm_id, md.pool_spm_lver, md.master_version) == (-1, -1, 7)
+    assert md.pool_description == 'Default'
+    out = md.to_dict()
+    assert out == V4_NFS
+    assert 'ALIGNMENT' not in out and 'BLOCK_SIZE' not in out
+
+
+def test_spm_update_on_master_domain():
+    md = sd_metadata.DomainMetadata.from_dict(V4_NFS)
+    md.pool_spm_id, md.pool_spm_lver = 2, 0
+    md.pool_domains[OTHER_SD] = 'Active'
+    out = md.to_dict()
+    assert (out['POOL_SPM_ID'], out['POOL_SPM_LVER']) == ('2', '0')
+    assert out['POOL_DOMAINS'] == '%s:Active,%s:Active' % (SD_UUID, OTHER_SD)
+
+
+def test_pool_domains_decoding_is_lenient_like_vdsm():
+    pairs = dict(V4_NFS, POOL_DOMAINS="'%s':'active'" % SD_UUID, POOL_UUID='%s,%s' % (POOL, OTHER_SD))
+    md = sd_metadata.DomainMetadata.from_dict(pairs)
+    assert md.pool_domains == {SD_UUID: 'Active'}
+    assert md.pool_uuids == [POOL, OTHER_SD]
+
+
+def test_unparsable_lease_parameter_falls_back_to_default():
+    md = sd_metadata.DomainMetadata.from_dict(dict(example_pairs(), LEASETIMESEC='', IOOPTIMEOUTSEC='x'))
+    assert (md.lease_time_sec, md.io_op_timeout_sec) == (60, 10)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('VERSION', '3', 'unsupported storage domain version 3'),
+    ('VERSION', 'five', 'VERSION is not an integer'),
+    ('SDUUID', 'not-a-uuid', 'SDUUID is not a valid UUID'),
+    ('TYPE', 'RBD', 'TYPE must be one of'),
+    ('CLASS', 'data', 'CLASS must be one of'),
+    ('ROLE', 'Boss', 'ROLE must be one of'),
+    ('ALIGNMENT', '4096', 'ALIGNMENT must be one of'),
+    ('BLOCK_SIZE', '1024', 'BLOCK_SIZE must be one of'),
+    ('POOL_UUID', 'x', 'POOL_UUID is not a valid UUID'),
+    ('POOL_SPM_ID', 'none', 'POOL_SPM_ID is not an integer'),
+    ('POOL_DOMAINS', 'nocolon', 'POOL_DOMAINS entry'),
+])
+def test_invalid_values_are_named(key, value, message):
+    with pytest.raises(VirtnodeError, match=message):
+        sd_metadata.DomainMetadata.from_dict(dict(example_pairs(), **{key: value}))
+
+
+def test_missing_required_keys():
+    pairs = example_pairs()
+    del pairs['ALIGNMENT']
+    with pytest.raises(VirtnodeError, match='lacks ALIGNMENT'):
+        sd_metadata.DomainMetadata.from_dict(pairs)
+    with pytest.raises(VirtnodeError, match='lacks SDUUID'):
+        sd_metadata.DomainMetadata.from_dict({'VERSION': '5'})
+
+
+def test_v4_cannot_carry_other_alignment():
+    md = sd_metadata.DomainMetadata.from_dict(V4_NFS)
+    md.block_size = 4096
+    with pytest.raises(VirtnodeError, match='version 4 supports only'):
+        md.to_dict()
+
+
+def test_new_domain_metadata_validates():
+    with pytest.raises(VirtnodeError, match='at most 50 characters'):
+        sd_metadata.new_domain_metadata(SD_UUID, 'NFS', 'Data', 'x' * 51, 'server:/path')
+    with pytest.raises(VirtnodeError, match='TYPE must be one of'):
+        sd_metadata.new_domain_metadata(SD_UUID, 'nfs', 'Data', 'd', 'server:/path')
+    with pytest.raises(VirtnodeError, match='not a valid UUID'):
+        sd_metadata.new_domain_metadata('X', 'NFS', 'Data', 'd', 'server:/path')
+
+
+def test_read_and_write_domain_metadata(tmp_path):
+    path = tmp_path / 'metadata'
+    sd_metadata.write_domain_metadata(str(path), example_pairs())
+    assert path.read_text() == EXAMPLE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    assert sd_metadata.read_domain_metadata(str(path)) == example_pairs()
+    assert os.listdir(tmp_path) == ['metadata']
+
+
+def test_write_refuses_invalid_metadata_and_keeps_old_file(tmp_path):
+    path = tmp_path / 'metadata'
+    path.write_text(EXAMPLE)
+    with pytest.raises(VirtnodeError, match='CLASS must be one of'):
+        sd_metadata.write_domain_metadata(str(path), dict(example_pairs(), CLASS='Nope'))
+    assert path.read_text() == EXAMPLE
+
+
+def test_read_names_the_file_on_broken_seal(tmp_path):
+    path = tmp_path / 'metadata'
+    path.write_text(EXAMPLE.replace('VERSION=5', 'VERSION=6'))
+    with pytest.raises(VirtnodeError, match='metadata seal is broken') as info:
+        sd_metadata.read_domain_metadata(str(path))
+    assert str(path) in str(info.value)
+    assert info.value.details['path'] == str(path)
+
+
+def test_v4_with_foreign_alignment_is_refused():
+    with pytest.raises(VirtnodeError, match='version 4 supports only'):
+        sd_metadata.DomainMetadata.from_dict(dict(V4_NFS, ALIGNMENT='2097152'))
+    assert sd_metadata.DomainMetadata.from_dict(dict(V4_NFS, BLOCK_SIZE='512')).block_size == 512
