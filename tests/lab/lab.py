@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The project's lab: several virtualization hosts on one machine.
 
 Each host is a network namespace on a lab bridge plus a private mount and UTS
@@ -256,6 +255,9 @@ def start_holder(name: str, index: int) -> int:
     veth = f"vnlab{LAB_ID}-h{index}"
     if not netns_exists(ns):
         run(["ip", "netns", "add", ns])
+    peer = run(["ip", "-n", ns, "link", "show", "dev", "eth0"], check=False, capture=True)
+    if Path("/sys/class/net", veth).exists() and peer.returncode != 0:
+        run(["ip", "link", "del", veth])  # a stale end left by a half-removed host
     if not Path("/sys/class/net", veth).exists():
         run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
     run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
@@ -271,7 +273,11 @@ def start_holder(name: str, index: int) -> int:
     mounts = [f"mount --bind {bind_source(name, t)} {t}" for t in BIND_DIRS]
     mounts += [f"mount --bind {host_dir(name) / 'root' / t.strip('/').replace('/', '_')} {t}"
                for t in BIND_FILES]
-    script = "set -e\n" + f"hostname {name}\n" + "\n".join(mounts) + "\n" + \
+    # Drop the copies of other hosts' /run/netns handles this mount namespace
+    # inherited: they would keep those namespaces (and their veths) alive
+    # after `ip netns del`.
+    forget_netns = "findmnt -rn -t nsfs -o TARGET | while read -r m; do umount -l \"$m\"; done\n"
+    script = "set -e\n" + f"hostname {name}\n" + forget_netns + "\n".join(mounts) + "\n" + \
         "mkdir -p /run/sshd /run/libvirt /run/sanlock /run/lock\n" + \
         "echo ready > /run/virtnode-lab-host\n" + "exec sleep infinity\n"
     (host_dir(name) / "holder.sh").write_text(script)
@@ -351,6 +357,7 @@ def wait_ready(name: str, index: int, holder: int) -> None:
 
 
 def ensure_host(state: dict, index: int, use_shim: bool) -> None:
+    """Create or repair one host's namespaces and start its missing daemons."""
     name = host_name(index)
     info = state["hosts"].get(name, {})
     holder = info.get("holder")
@@ -368,8 +375,8 @@ def ensure_host(state: dict, index: int, use_shim: bool) -> None:
                             "netns": ns, "uuid": host_uuid(name)}
     save_state(state)
     started = ensure_daemons(name, holder, use_shim)
-    wait_ready(name, index, holder)
-    log(f"{name}: ready at {host_ip(index)}" + (f" (started {', '.join(started)})" if started else ""))
+    if started:
+        log(f"{name}: started {', '.join(started)}")
 
 
 def destroy_host(name: str) -> None:
@@ -389,6 +396,10 @@ def destroy_host(name: str) -> None:
             break
     if netns_exists(ns):
         run(["ip", "netns", "del", ns], check=False)
+    # The kernel frees a namespace lazily; delete its veth now so nothing lingers.
+    veth = f"vnlab{LAB_ID}-h{name[len(HOST_PREFIX):]}"
+    if Path("/sys/class/net", veth).exists():
+        run(["ip", "link", "del", veth], check=False, capture=True)
 
 
 def write_inventory(state: dict, guest: dict) -> None:
@@ -434,8 +445,12 @@ def cmd_up(args) -> None:
             destroy_host(name)
             del state["hosts"][name]
     save_state(state)
+    # Start every host first, then wait: the daemons come up in parallel.
     for index in range(1, args.hosts + 1):
         ensure_host(state, index, use_shim)
+    for index in range(1, args.hosts + 1):
+        wait_ready(host_name(index), index, state["hosts"][host_name(index)]["holder"])
+        log(f"{host_name(index)}: ready at {host_ip(index)}")
     write_inventory(state, guest)
     log(f"{args.hosts} host(s) ready in {time.monotonic() - t0:.1f}s; inventory {INVENTORY}")
 
