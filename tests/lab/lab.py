@@ -54,7 +54,7 @@ UUID_NAMESPACE = uuid.UUID("3f0f8f7e-6a52-4c0e-9d2b-5b7e1c9a0d11")
 
 # Per-host directories bind-mounted over the machine's own.
 BIND_DIRS = ("/run", "/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
-             "/var/log", "/etc/virtnode", "/var/lib/virtnode")
+             "/var/log", "/etc/virtnode", "/var/lib/virtnode", "/rhev")
 BIND_FILES = ("/etc/hosts", "/etc/machine-id")
 READY_TIMEOUT = 60
 
