@@ -10,6 +10,7 @@ shared storage, visible at the same path on every host.
     lab.py down               remove everything it created (idempotent)
     lab.py status             one line per host
     lab.py exec HOST -- CMD   run CMD inside a host's namespaces
+    lab.py crash HOST         kill a host outright (its sanlock stops renewing)
 
 Only the standard library is used; it runs as root.
 """
@@ -492,6 +493,21 @@ def cmd_status(args) -> None:
         print(" ".join(parts))
 
 
+def cmd_crash(args) -> None:
+    """Kill a host outright (SIGKILL, no clean-up), as a power failure would."""
+    state = load_state()
+    if args.host not in state["hosts"]:
+        raise SystemExit(f"lab: no host {args.host}")
+    ns = netns_name(args.host)
+    for pid in netns_pids(ns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    destroy_host(args.host)
+    log(f"{args.host}: crashed (lab-up brings it back)")
+
+
 def cmd_exec(args) -> None:
     state = load_state()
     if args.host not in state["hosts"]:
@@ -508,6 +524,9 @@ def main(argv: list[str] | None = None) -> None:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="remove the lab").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show hosts").set_defaults(func=cmd_status)
+    crash = sub.add_parser("crash", help="kill a host outright, as a power failure would")
+    crash.add_argument("host")
+    crash.set_defaults(func=cmd_crash)
     ex = sub.add_parser("exec", help="run a command inside a host")
     ex.add_argument("host")
     ex.add_argument("command", nargs=argparse.REMAINDER)
