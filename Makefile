@@ -9,7 +9,7 @@ export VIRTNODE_LAB_ID
 LAB_DIR := $(if $(filter 0,$(VIRTNODE_LAB_ID)),.lab,.lab$(VIRTNODE_LAB_ID))
 PYTHON ?= python3
 VENV := .venv
-BUILD := .build
+BUILD ?= .build
 COLLECTION := $(BUILD)/ansible_collections/virtnode/kvm
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)
 export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
@@ -44,6 +44,8 @@ venv: $(VENV)/.installed
 collection:
 	@rm -rf $(COLLECTION) && mkdir -p $(COLLECTION)
 	@git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(COLLECTION)
+	@# ansible-test lists files with git; the copy is its own repository so it sees them.
+	@cd $(COLLECTION) && git init -q && git add -A
 
 lab-up: deps
 	$(PYTHON) tests/lab/lab.py up --hosts $(HOSTS)
@@ -63,7 +65,12 @@ test: deps
 units: venv collection
 	cd $(COLLECTION) && PYTHONPATH=$(CURDIR)/$(BUILD) $(CURDIR)/$(VENV)/bin/python -m pytest -q tests/unit
 
+# ansible-test's venvs bootstrap pip from a script it downloads from outside the
+# package registries; the project's own stand-in takes its place in the cache.
+ANSIBLE_TEST_PIP = $(HOME)/.ansible/test/cache/get_pip_$(shell $(VENV)/bin/python -c "import re,ansible_test,pathlib;print(re.search(r\"pip='([0-9.]+)'\",(pathlib.Path(ansible_test.__file__).parent/'_internal/python_requirements.py').read_text()).group(1).replace('.','_'))" 2>/dev/null).py
+
 sanity: venv collection
+	@mkdir -p $(dir $(ANSIBLE_TEST_PIP)) && cp tests/sanity/pip_bootstrap.py $(ANSIBLE_TEST_PIP)
 	cd $(COLLECTION) && ansible-test sanity --venv --python 3.11 --color no
 
 lint: venv collection

@@ -419,7 +419,11 @@ def kvm_device_usable(root='/'):
 
 
 def virtualization_info(flags, domain_types, root='/'):
-    """Hardware support, /dev/kvm usability and the domain type VMs should use."""
+    """Hardware support, /dev/kvm usability and the domain type VMs should use.
+
+    KVM is recommended only when the CPU shows vmx/svm too: some hypervisors
+    hand guests a /dev/kvm that opens fine but cannot run a stock kernel.
+    """
     flags = set(flags or ())
     hardware = 'vmx' if 'vmx' in flags else 'svm' if 'svm' in flags else None
     usable = kvm_device_usable(root)
@@ -430,7 +434,7 @@ def virtualization_info(flags, domain_types, root='/'):
         'kvm_device_usable': usable,
         'kvm_offered': 'kvm' in domain_types,
         'software_emulation': 'qemu' in domain_types,
-        'recommended_domain_type': 'kvm' if usable and 'kvm' in domain_types else 'qemu',
+        'recommended_domain_type': 'kvm' if hardware and usable and 'kvm' in domain_types else 'qemu',
     }
 
 

@@ -38,12 +38,12 @@ def ansible_env() -> dict:
 def run_playbook(playbook: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = ["ansible-playbook", "-i", str(INVENTORY), str(playbook), *extra]
     return subprocess.run(cmd, cwd=REPO, env=ansible_env(), text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, check=False)
 
 
 def lab_exec(host: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "exec", host, "--", *cmd],
-                          text=True, capture_output=True, timeout=120)
+                          text=True, capture_output=True, timeout=120, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"{host}: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
     return proc

@@ -65,7 +65,7 @@ def log(msg: str) -> None:
 
 
 def run(cmd: list[str], check: bool = True, capture: bool = False, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, text=True, capture_output=capture, **kw)
+    proc = subprocess.run(cmd, text=True, capture_output=capture, check=False, **kw)
     if check and proc.returncode != 0:
         err = (proc.stderr or "").strip() if capture else ""
         raise SystemExit(f"lab: command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")

@@ -276,6 +276,15 @@ def test_virtualization_kvm_not_offered(tmp_path):
     assert virt['recommended_domain_type'] == 'qemu'
 
 
+def test_virtualization_kvm_device_without_cpu_support(tmp_path):
+    # A /dev/kvm that opens but with no vmx/svm: a paravirtual KVM, not for stock guests.
+    write(tmp_path, '/dev/kvm')
+    virt = host.virtualization_info(['hypervisor', 'lm'], ['kvm', 'qemu'], str(tmp_path))
+    assert virt['kvm_device_usable'] is True
+    assert virt['hardware'] is None
+    assert virt['recommended_domain_type'] == 'qemu'
+
+
 def test_cpu_info_section(tmp_path):
     write(tmp_path, '/proc/cpuinfo', CPUINFO)
     make_cpu_sysfs(tmp_path, '0-1', {0: (0, 0), 1: (0, 1)})
