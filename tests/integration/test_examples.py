@@ -42,13 +42,13 @@ def test_examples_run_and_return_documented_keys(module, tmp_path):
         pytest.skip(first[2:])
     tasks = yaml.safe_load(examples)
     assert tasks, f"{module} has no EXAMPLES"
-    for index, task in enumerate(tasks):
-        task["register"] = f"example_{index}"
+    # Examples may register results of their own for later examples to use.
+    registered = [task.setdefault("register", f"example_{index}") for index, task in enumerate(tasks)]
     results = tmp_path / "results.json"
     tasks.append({
         "name": "Collect the example results",
         "ansible.builtin.copy": {
-            "content": "{{ [" + ", ".join(f"example_{i}" for i in range(len(tasks))) + "] | to_json }}",
+            "content": "{{ [" + ", ".join(registered) + "] | to_json }}",
             "dest": str(results), "mode": "0600"},
         "delegate_to": "localhost",
     })
