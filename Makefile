@@ -15,7 +15,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)
 export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint integration clean
+.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint changelog-lint integration clean
 
 help:
 	@echo "make demo       install, bring up a $(HOSTS)-host lab, run playbooks/demo.yml"
@@ -63,7 +63,7 @@ test: deps
 	tests/run_suite.sh
 
 units: venv collection
-	cd $(COLLECTION) && PYTHONPATH=$(CURDIR)/$(BUILD) $(CURDIR)/$(VENV)/bin/python -m pytest -q tests/unit
+	cd $(COLLECTION) && PYTHONPATH=$(CURDIR)/$(BUILD) $(CURDIR)/$(VENV)/bin/python -m pytest -q -rs tests/unit
 
 # ansible-test's venvs bootstrap pip from a script it downloads from outside the
 # package registries; the project's own stand-in takes its place in the cache.
@@ -73,11 +73,14 @@ sanity: venv collection
 	@mkdir -p $(dir $(ANSIBLE_TEST_PIP)) && cp tests/sanity/pip_bootstrap.py $(ANSIBLE_TEST_PIP)
 	cd $(COLLECTION) && ansible-test sanity --venv --python 3.11 --color no
 
+changelog-lint: venv
+	antsibull-changelog lint
+
 lint: venv collection
 	cd $(COLLECTION) && ansible-lint --offline --nocolor --profile production $$(ls -d roles/* playbooks 2>/dev/null)
 
 integration: lab-up collection
-	$(VENV)/bin/python -m pytest -v tests/integration
+	$(VENV)/bin/python -m pytest -v -rs tests/integration
 
 clean: lab-down
 	rm -rf $(BUILD) $(VENV)

@@ -1,31 +1,48 @@
 #!/usr/bin/env bash
 # The whole suite, as `make test` and CI run it. Every phase runs even when an
 # earlier one failed, the lab is always brought down, and a summary with the
-# time of each phase is printed at the end.
-set -u
+# time of each phase is printed at the end, closed by one line that adds up
+# the pytest results (sanity and lint count as one test each).
+set -u -o pipefail
 cd "$(dirname "$0")/.."
+logs=$(mktemp -d)
 declare -a names results times
-status=0
+status=0 passed=0 failed=0 skipped=0
+count() {  # count <log> <word>: sum of "N <word>" in pytest's closing lines
+  grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|errors?|deselected|warnings?)\b.* in [0-9.]+s' "$1" \
+    | grep -oE "[0-9]+ $2" | awk '{s+=$1} END {print s+0}'
+}
 phase() {
-  local name=$1; shift
-  local t0=$SECONDS
+  local name=$1 kind=$2; shift 2
+  local t0=$SECONDS log="$logs/$name.log"
   echo "=== $name: $*"
-  if "$@"; then results+=("ok"); else results+=("FAILED"); status=1; fi
+  if "$@" 2>&1 | tee "$log"; then results+=("ok"); else results+=("FAILED"); status=1; fi
   names+=("$name"); times+=($((SECONDS - t0)))
+  if [ "$kind" = pytest ]; then
+    passed=$((passed + $(count "$log" passed)))
+    failed=$((failed + $(count "$log" failed) + $(count "$log" error)))
+    skipped=$((skipped + $(count "$log" skipped)))
+  elif [ "$kind" = check ]; then
+    if [ "${results[-1]}" = ok ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  fi
 }
 suite_start=$SECONDS
-trap 'make --no-print-directory lab-down >/dev/null 2>&1 || true' EXIT
+trap 'make --no-print-directory lab-down >/dev/null 2>&1 || true; rm -rf "$logs"' EXIT
 
-phase units       make --no-print-directory units
-phase sanity      make --no-print-directory sanity
-phase lint        make --no-print-directory lint
-phase lab-up      make --no-print-directory lab-up
-phase integration make --no-print-directory integration
-phase lab-down    make --no-print-directory lab-down
+phase units       pytest make --no-print-directory units
+phase sanity      check  make --no-print-directory sanity
+phase lint        check  make --no-print-directory lint
+phase changelog   check  make --no-print-directory changelog-lint
+phase lab-up      setup  make --no-print-directory lab-up
+phase integration pytest make --no-print-directory integration
+phase lab-down    setup  make --no-print-directory lab-down
 
 echo "=== summary"
 for i in "${!names[@]}"; do
   printf '%-12s %-7s %4ss\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
 done
 echo "suite time: $((SECONDS - suite_start))s"
+# A failed setup phase fails the run even when no test counted it.
+if [ $status -ne 0 ] && [ $failed -eq 0 ]; then failed=1; fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
 exit $status
