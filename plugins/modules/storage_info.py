@@ -1,0 +1,174 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: storage_info
+short_description: Report the storage domains, images, volume chains, pools and SPM status seen by this node
+version_added: 0.1.0
+description:
+  - Scans the connected storage servers under C(/rhev/data-center/mnt) for VDSM file storage domains (format 4 and 5)
+    and reports their metadata, free space, images and volume chains (sizes, legality, parents).
+  - With O(pool_uuid), also reports the pool and its SPM status (from sanlock and this host's SPM holder).
+  - Never changes anything.
+options:
+  sd_uuid:
+    description: Report only this domain.
+    type: str
+  pool_uuid:
+    description: Pool whose metadata and SPM status to report; also limits RV(domains) to that pool's domains.
+    type: str
+  images:
+    description: Whether to list images and volumes.
+    type: bool
+    default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+  action_group:
+    support: full
+    membership:
+      - virtnode.kvm.all
+author:
+  - virtnode.kvm maintainers (@virtnode)
+"""
+
+EXAMPLES = r"""
+- name: List every storage domain this host sees
+  virtnode.kvm.storage_info:
+  register: storage
+
+- name: Only the domains, without images
+  virtnode.kvm.storage_info:
+    images: false
+"""
+
+RETURN = r"""
+domains:
+  description: Storage domains found, sorted by UUID.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    sd_uuid:
+      description: Domain UUID.
+      type: str
+      returned: always
+      sample: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    path:
+      description: Domain directory.
+      type: str
+      returned: always
+      sample: /rhev/data-center/mnt/nfs.example.com:_exports_data/5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    version:
+      description: Format version.
+      type: int
+      returned: always
+      sample: 5
+    type:
+      description: Domain type (C(TYPE)).
+      type: str
+      returned: always
+      sample: NFS
+    role:
+      description: V(Regular) or V(Master).
+      type: str
+      returned: always
+      sample: Master
+    free_bytes:
+      description: Free space of the file system holding the domain.
+      type: int
+      returned: always
+      sample: 107374182400
+    total_bytes:
+      description: Size of that file system.
+      type: int
+      returned: always
+      sample: 214748364800
+    metadata:
+      description: Raw metadata keys.
+      type: dict
+      returned: always
+      sample: {CLASS: Data}
+    images:
+      description: Images, each with C(image_uuid) and C(volumes) (base first; capacity, apparent and true size, legality, parent).
+      type: list
+      elements: dict
+      returned: when O(images=true)
+      sample: []
+pool:
+  description: The pool's metadata (V(null) without O(pool_uuid)).
+  type: dict
+  returned: always
+  sample: {pool_uuid: 0b4f2a62-4a44-4d71-8f0d-0ad5b0e3c6a2, domains: {}}
+spm:
+  description: SPM status of the pool (see M(virtnode.kvm.spm)); V(null) without O(pool_uuid).
+  type: dict
+  returned: always
+  sample: {spm_status: SPM, spm_id: 1, lver: 2}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils import spm
+from ansible_collections.virtnode.kvm.plugins.module_utils import storage
+from ansible_collections.virtnode.kvm.plugins.module_utils import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+
+def run(module):
+    params = module.params
+    sd_filter = validate.uuid_str(params['sd_uuid'], 'sd_uuid') if params['sd_uuid'] else None
+    sp_uuid = validate.uuid_str(params['pool_uuid'], 'pool_uuid') if params['pool_uuid'] else None
+    pool = spm_status = None
+    members = None
+    if sp_uuid:
+        _master_dir, md = storage.find_master(sp_uuid)
+        members = set(storage.pool_domains(md))
+        pool = {'pool_uuid': sp_uuid, 'master_sd_uuid': md.sd_uuid, 'description': md.pool_description or '',
+                'domains': storage.pool_domains(md), 'master_version': md.master_version, 'spm_id': md.pool_spm_id,
+                'lver': md.pool_spm_lver}
+        if sanlock_lock.HAS_SANLOCK:
+            spm_status = spm.status(sp_uuid)
+    domains = []
+    for sd_uuid, dom_dir in sorted(storage.scan_domains().items()):
+        if (sd_filter and sd_uuid != sd_filter) or (members is not None and sd_uuid not in members):
+            continue
+        try:
+            domains.append(storage.domain_info(dom_dir, images=params['images']))
+        except VirtnodeError as err:
+            domains.append({'sd_uuid': sd_uuid, 'path': dom_dir, 'error': err.message})
+    if sd_filter and not domains:
+        raise VirtnodeError('storage domain %s not found under /rhev/data-center/mnt' % sd_filter, {'sd_uuid': sd_filter})
+    return {'changed': False, 'domains': domains, 'pool': pool, 'spm': spm_status}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            sd_uuid=dict(type='str'),
+            pool_uuid=dict(type='str'),
+            images=dict(type='bool', default=True),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except VirtnodeError as err:
+        module.fail_json(**err.to_dict())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,175 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: storage_server
+short_description: Connect a virtualization node to a file storage server the way VDSM does
+version_added: 0.1.0
+description:
+  - Connects or disconnects a storage server, as VDSM's connectStorageServer does.
+  - The connection appears under the VDSM mount root
+    C(/rhev/data-center/mnt/<name>) where the name is the path with C(_) doubled and C(/) replaced by C(_).
+  - V(localfs) links a local directory there; V(posixfs) mounts O(path) with O(vfstype) and O(options);
+    V(nfs) mounts with C(soft,nosharecache), O(timeo), O(retrans) and O(nfs_version).
+options:
+  type:
+    description: Kind of storage server.
+    type: str
+    choices: [localfs, posixfs, nfs]
+    required: true
+  path:
+    description:
+      - Local absolute directory (V(localfs)), mount source (V(posixfs)) or C(server:/export) (V(nfs)).
+    type: str
+    required: true
+  vfstype:
+    description: File system type for V(posixfs), for example V(xfs), V(ext4), V(none) for a bind mount.
+    type: str
+  options:
+    description: Extra mount options, comma separated (for example V(bind)).
+    type: str
+  nfs_version:
+    description: NFS protocol version; V(auto) lets the client negotiate.
+    type: str
+    choices: ['3', '4', '4.0', '4.1', '4.2', auto]
+    default: auto
+  timeo:
+    description: NFS timeout in deciseconds.
+    type: int
+    default: 600
+  retrans:
+    description: NFS retransmissions before a soft mount fails.
+    type: int
+    default: 6
+  state:
+    description: Whether the server is connected.
+    type: str
+    choices: [connected, disconnected]
+    default: connected
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+  action_group:
+    support: full
+    membership:
+      - virtnode.kvm.all
+notes:
+  - Mounts are made in the mount namespace the module runs in.
+  - Disconnecting does not check whether domains on the server are still in use.
+seealso:
+  - module: virtnode.kvm.storage_domain
+author:
+  - virtnode.kvm maintainers (@virtnode)
+"""
+
+EXAMPLES = r"""
+# not runnable in the lab: needs a real NFS server, a real block device and /srv/virtnode/local on the host
+- name: Connect an NFS export
+  virtnode.kvm.storage_server:
+    type: nfs
+    path: nfs.example.com:/exports/data
+    nfs_version: "4.2"
+
+- name: Connect a POSIX file system (an XFS volume)
+  virtnode.kvm.storage_server:
+    type: posixfs
+    path: /dev/vg0/vmstore
+    vfstype: xfs
+
+- name: Link a local directory as local storage
+  virtnode.kvm.storage_server:
+    type: localfs
+    path: /srv/virtnode/local
+
+- name: Disconnect the NFS export
+  virtnode.kvm.storage_server:
+    type: nfs
+    path: nfs.example.com:/exports/data
+    state: disconnected
+"""
+
+RETURN = r"""
+mount_point:
+  description: Where the server is (or would be) connected.
+  type: str
+  returned: success
+  sample: /rhev/data-center/mnt/nfs.example.com:_exports_data
+connected:
+  description: Whether the server is connected after the task.
+  type: bool
+  returned: success
+  sample: true
+command:
+  description: The mount command used (or that would be used) for a V(posixfs) or V(nfs) connection.
+  type: list
+  elements: str
+  returned: when O(type) is not V(localfs)
+  sample: [mount, -t, nfs, -o, "soft,nosharecache,timeo=600,retrans=6", "nfs.example.com:/exports/data", "/rhev/data-center/mnt/nfs.example.com:_exports_data"]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils import storage_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+
+def run(module):
+    params = module.params
+    conn_type, spec = params['type'], params['path']
+    storage_conn.validate_spec(conn_type, spec)
+    target = sd_layout.mount_point(spec)
+    result = {'mount_point': target}
+    mount_args = (params['vfstype'], params['options'], params['nfs_version'], params['timeo'], params['retrans'])
+    if conn_type != 'localfs':
+        result['command'] = storage_conn.mount_argv(conn_type, spec, target, *mount_args)
+    before = storage_conn.is_connected(conn_type, spec)
+    wanted = params['state'] == 'connected'
+    changed = before != wanted
+    if changed and not module.check_mode:
+        if wanted:
+            storage_conn.connect(conn_type, spec, *mount_args)
+        else:
+            storage_conn.disconnect(conn_type, spec)
+    result.update(changed=changed, connected=wanted if changed else before)
+    if module._diff:
+        result['diff'] = {'before': {'connected': before}, 'after': {'connected': result['connected']},
+                          'before_header': target, 'after_header': target}
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            type=dict(type='str', required=True, choices=list(storage_conn.TYPES)),
+            path=dict(type='str', required=True),
+            vfstype=dict(type='str'),
+            options=dict(type='str'),
+            nfs_version=dict(type='str', default='auto', choices=list(storage_conn.NFS_VERSIONS)),
+            timeo=dict(type='int', default=storage_conn.DEFAULT_NFS_TIMEO),
+            retrans=dict(type='int', default=storage_conn.DEFAULT_NFS_RETRANS),
+            state=dict(type='str', default='connected', choices=['connected', 'disconnected']),
+        ),
+        required_if=[('type', 'posixfs', ('vfstype',))],
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except VirtnodeError as err:
+        module.fail_json(**err.to_dict())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

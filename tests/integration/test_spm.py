@@ -1,0 +1,101 @@
+"""SPM failover: the SPM host dies, another host takes the role once sanlock declares it dead.
+
+Two lab hosts share a posixfs domain whose lockspace uses an io timeout of 1 s, so the dead
+host's lease expires after 8 x 1 + 60 s. The measured failover time is printed
+(`pytest -s tests/integration/test_spm.py`). The crashed host is brought back with
+`lab.py up` and reconnects its storage and pool, so later tests find two working hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import REPO, lab_exec, run_playbook
+
+SP = "4e5f6a7b-1c2d-4e3f-8a9b-0c1d2e3f4a50"
+SD = "5f6a7b8c-2d3e-4f4a-9b0c-1d2e3f4a5b61"
+IO_TIMEOUT = 1
+
+
+def play(tmp_path: Path, name: str, hosts: str, tasks: list, timeout: int = 900) -> str:
+    playbook = tmp_path / f"{name}.yml"
+    playbook.write_text(json.dumps([{
+        "name": name, "hosts": hosts, "gather_facts": False,
+        "vars": {"export": "{{ virtnode_lab_shared_dir }}/spm-failover", "sp": SP, "sd": SD},
+        "tasks": tasks}]))
+    proc = run_playbook(playbook, timeout=timeout)
+    print(proc.stdout[-6000:])
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-20000:]}"
+    return proc.stdout
+
+
+SERVER = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none", "options": "bind"}}
+CONNECT = {"virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": "{{ groups.lab.index(inventory_hostname) + 1 }}"}}
+
+
+def cleanup_tasks() -> list:
+    return [
+        {"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
+        {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
+         "failed_when": False},
+        {"name": "Disconnect server", **{k: dict(v, state="disconnected") for k, v in SERVER.items()}},
+        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}, "run_once": True},
+    ]
+
+
+def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
+    first, second = list(lab_hosts)[:2]
+    play(tmp_path, "cleanup-before", "lab", cleanup_tasks())
+    play(tmp_path, "setup", "lab", [
+        {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
+         "run_once": True},
+        {"name": "Connect server", **SERVER},
+        {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
+                                                                  "io_timeout": IO_TIMEOUT},
+         "run_once": True},
+        {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
+                                                              "host_id": 1, "state": "present"},
+         "when": "inventory_hostname == groups.lab[0]"},
+        {"name": "Connect pool", **CONNECT},
+        {"name": "First host becomes SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started",
+                                                                "check_interval": 0.5},
+         "when": "inventory_hostname == groups.lab[0]", "register": "started"},
+        {"name": "It is SPM", "ansible.builtin.assert": {"that": ["started.spm.spm_status == 'SPM'"]},
+         "when": "inventory_hostname == groups.lab[0]"},
+    ])
+    try:
+        crash = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "crash", first],
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert crash.returncode == 0, crash.stderr
+        crashed_at = time.monotonic()
+        out = play(tmp_path, "takeover", second, [
+            {"name": "Second host takes over once the dead SPM's lease expires",
+             "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5},
+             "register": "takeover", "until": "takeover is succeeded", "retries": 150, "delay": 1},
+            {"name": "Show", "ansible.builtin.debug": {"var": "takeover.spm"}},
+            {"name": "Second host is SPM with a new LVER",
+             "ansible.builtin.assert": {"that": ["takeover.spm.spm_status == 'SPM'", "takeover.spm.spm_id == 2",
+                                                 "takeover.spm.lver >= 2"]}},
+        ])
+        failover = time.monotonic() - crashed_at
+        print(f"SPM failover after crashing {first}: {failover:.1f} s (sanlock io timeout {IO_TIMEOUT} s)")
+        assert "RETRYING" in out  # refused at first: the dead host's lease was still valid
+        assert 8 * IO_TIMEOUT + 40 < failover < 8 * IO_TIMEOUT + 60 + 60
+    finally:
+        up = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "up", "--hosts", str(len(lab_hosts))],
+                            capture_output=True, text=True, timeout=600, check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+    # The crashed host comes back fresh: it reconnects the storage and the pool, and sees host 2 as SPM.
+    play(tmp_path, "reconnect", first, [
+        {"name": "Reconnect server", **SERVER},
+        {"name": "Reconnect pool", **CONNECT},
+        {"name": "Status", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}"}, "register": "status"},
+        {"name": "Host 2 is SPM, this host is free",
+         "ansible.builtin.assert": {"that": ["status.spm.spm_id == 2", "status.spm.spm_status == 'Free'",
+                                             f"status.spm.spm_host == '{second}'"]}},
+    ])
+    assert "sanlock" not in lab_exec(first, "true").stderr
+    play(tmp_path, "cleanup-after", "lab", cleanup_tasks())
