@@ -1,0 +1,281 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import netconf
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fake_ip import FakeIp  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def kernel():
+    ip = FakeIp()
+    ip.add_nic('eth0', up=True, addresses=['10.0.0.5/24'])
+    ip.rts[4].append({'gateway': '10.0.0.1', 'dev': 'eth0'})
+    ip.add_nic('nic1')
+    ip.add_nic('nic2')
+    ip.add_nic('nic3')
+    return ip
+
+
+def request(networks=None, bonds=None, purge=False):
+    return netconf.request_from_params(networks or [], bonds or [], purge=purge)
+
+
+def plan(ip, running, req):
+    state = netconf.read_state(ip)
+    config, problems = netconf.desired_config(running, req)
+    assert not problems
+    netconf.check_config(config, state['links'])
+    targets, routes = netconf.compute_targets(config, running, state['links'])
+    return state, config, targets, routes, netconf.plan_changes(state, targets, routes)
+
+
+def commands(steps):
+    return [netconf.command_text(s['do']) for s in steps]
+
+
+def apply(ip, running, req):
+    state, config, targets, routes, steps = plan(ip, running, req)
+    netconf.apply_steps(ip, None, steps)
+    assert netconf.differences(netconf.read_state(ip), targets, routes) == []
+    return config, steps
+
+
+BRIDGED = {'name': 'net1', 'nic': 'nic1', 'mtu': 1400, 'ipv4': {'addresses': ['192.0.2.10/24']}}
+
+
+def test_bridged_network_plan_and_idempotency(kernel):
+    config, steps = apply(kernel, netconf.empty_config(), request([BRIDGED]))
+    assert commands(steps) == [
+        'ip link add name net1 type bridge stp_state 0 forward_delay 0',
+        'ip link set dev net1 mtu 1400',
+        'ip link set dev nic1 mtu 1400',
+        'ip link set dev nic1 master net1',
+        'ip addr add 192.0.2.10/24 dev net1',
+        'ip link set dev nic1 up',
+        'ip link set dev net1 up',
+    ]
+    assert kernel.devs['nic1']['master'] == 'net1'
+    assert plan(kernel, config, request([BRIDGED]))[-1] == []
+
+
+def test_every_step_has_an_undo_that_restores(kernel):
+    before = kernel.snapshot()
+    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([BRIDGED]))
+    done = netconf.apply_steps(kernel, None, steps)
+    assert netconf.undo_steps(kernel, None, done) == []
+    assert kernel.snapshot() == before
+
+
+def test_failure_halfway_rolls_back_to_the_snapshot(kernel):
+    before = kernel.snapshot()
+    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([BRIDGED]))
+    snapshot = netconf.snapshot_state(state, set(targets) | {'eth0'})
+    kernel.fail_on = 'addr add'
+    with pytest.raises(netconf.ApplyError) as err:
+        netconf.apply_steps(kernel, None, steps)
+    assert 'step 4 (add address 192.0.2.10/24 to net1) failed' in str(err.value)
+    kernel.fail_on = None
+    report = netconf.rollback(kernel, None, err.value.done, snapshot)
+    assert report['restored'], report
+    assert kernel.snapshot() == before
+
+
+def test_injected_failure(kernel):
+    steps = plan(kernel, netconf.empty_config(), request([BRIDGED]))[-1]
+    with pytest.raises(netconf.ApplyError, match='injected failure at step 2') as err:
+        netconf.apply_steps(kernel, None, steps, fail_at_step=2)
+    assert len(err.value.done) == 2
+
+
+def test_snapshot_restore_survives_json_and_brings_back_default_route(kernel):
+    before = kernel.snapshot()
+    mgmt = {'name': 'mgmt', 'bridged': False, 'nic': 'eth0'}
+    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([mgmt]))
+    assert commands(steps) == ['ip -4 route del default via 10.0.0.1 dev eth0', 'ip addr del 10.0.0.5/24 dev eth0']
+    snapshot = json.loads(json.dumps(netconf.snapshot_state(state, set(targets) | {'eth0'})))
+    netconf.apply_steps(kernel, None, steps)
+    ok, diffs, errors = netconf.restore_snapshot(kernel, None, snapshot)
+    assert ok and not diffs and not errors
+    assert kernel.snapshot() == before
+
+
+def test_bridgeless_edit_and_remove(kernel):
+    net = {'name': 'net2', 'bridged': False, 'nic': 'nic2', 'ipv4': {'addresses': ['198.51.100.2/24']}}
+    config, steps = apply(kernel, netconf.empty_config(), request([net]))
+    assert kernel.devs['nic2']['addresses'] == ['198.51.100.2/24']
+    edited = dict(net, ipv4={'addresses': ['198.51.100.3/24']}, mtu=9000)
+    config, steps = apply(kernel, config, request([edited]))
+    assert commands(steps) == ['ip addr del 198.51.100.2/24 dev nic2', 'ip link set dev nic2 mtu 9000',
+                               'ip addr add 198.51.100.3/24 dev nic2']
+    config, steps = apply(kernel, config, request([{'name': 'net2', 'state': 'absent'}]))
+    assert kernel.devs['nic2']['addresses'] == []
+    assert config['networks'] == {}
+
+
+def test_removing_a_bridged_network_detaches_then_deletes(kernel):
+    config, dummy = apply(kernel, netconf.empty_config(), request([BRIDGED]))
+    config, steps = apply(kernel, config, request([{'name': 'net1', 'state': 'absent'}]))
+    assert commands(steps) == ['ip link set dev nic1 nomaster', 'ip addr del 192.0.2.10/24 dev net1',
+                               'ip link set dev net1 down', 'ip link del dev net1']
+    assert 'net1' not in kernel.devs
+
+
+def test_purge_removes_only_managed_networks(kernel):
+    config, dummy = apply(kernel, netconf.empty_config(), request([BRIDGED]))
+    config, steps = apply(kernel, config, request([], purge=True))
+    assert 'net1' not in kernel.devs
+    assert kernel.devs['eth0']['addresses'] == ['10.0.0.5/24']
+
+
+def test_default_route_moves_to_the_network(kernel):
+    net = {'name': 'net1', 'nic': 'nic1', 'default_route': True, 'ipv4': {'addresses': ['192.0.2.10/24'], 'gateway': '192.0.2.1'}}
+    config, steps = apply(kernel, netconf.empty_config(), request([net]))
+    assert commands(steps)[0] == 'ip -4 route del default via 10.0.0.1 dev eth0'
+    assert commands(steps)[-1] == 'ip -4 route add default via 192.0.2.1 dev net1'
+
+
+BOND = {'name': 'bond0', 'mode': 'active-backup', 'options': {'miimon': '100'}, 'nics': ['nic2', 'nic3']}
+
+
+def test_bond_with_bridged_vlan_network_plan(kernel):
+    net = {'name': 'vmnet', 'bond': 'bond0', 'vlan': 100, 'mtu': 9000}
+    config, steps = apply(kernel, netconf.empty_config(), request([net], [BOND]))
+    assert commands(steps) == [
+        'ip link add name bond0 type bond mode active-backup miimon 100',
+        'ip link add link bond0 name bond0.100 type vlan id 100',
+        'ip link add name vmnet type bridge stp_state 0 forward_delay 0',
+        'ip link set dev nic2 master bond0',
+        'ip link set dev nic3 master bond0',
+        'ip link set dev bond0.100 master vmnet',
+        'ip link set dev bond0 mtu 9000',
+        'ip link set dev bond0.100 mtu 9000',
+        'ip link set dev vmnet mtu 9000',
+        'ip link set dev nic2 up',
+        'ip link set dev nic3 up',
+        'ip link set dev bond0 up',
+        'ip link set dev bond0.100 up',
+        'ip link set dev vmnet up',
+    ]
+    assert plan(kernel, config, request([net], [BOND]))[-1] == []
+    # Changing a bond option is done in place; changing the mode re-creates the bond.
+    changed = dict(BOND, options={'miimon': '200'})
+    assert commands(plan(kernel, config, request([net], [changed]))[-1]) == ['ip link set dev bond0 type bond miimon 200']
+    remove = request([{'name': 'vmnet', 'state': 'absent'}], [{'name': 'bond0', 'state': 'absent'}])
+    config, steps = apply(kernel, config, remove)
+    assert not {'bond0', 'bond0.100', 'vmnet'} & set(kernel.devs)
+    assert kernel.devs['nic2']['master'] is None
+
+
+def test_vlan_on_nic_plan(kernel):
+    net = {'name': 'v200', 'bridged': False, 'nic': 'nic1', 'vlan': 200, 'ipv6': {'addresses': ['2001:db8::5/64']}}
+    config, steps = apply(kernel, netconf.empty_config(), request([net]))
+    assert commands(steps) == ['ip link add link nic1 name nic1.200 type vlan id 200',
+                               'ip addr add 2001:db8::5/64 dev nic1.200 nodad',
+                               'ip link set dev nic1 up', 'ip link set dev nic1.200 up']
+
+
+def test_unsupported_kernel_fails_before_touching_anything(kernel):
+    kernel.supported = {'bridge'}
+    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([], [BOND]))
+    with pytest.raises(VirtnodeError, match='kernel cannot create bonding devices.*nothing was changed'):
+        netconf.check_kernel_support(kernel, state, steps)
+    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([{'name': 'v', 'nic': 'nic1', 'vlan': 5}]))
+    with pytest.raises(VirtnodeError, match='kernel cannot create 802.1q VLAN devices'):
+        netconf.check_kernel_support(kernel, state, steps)
+    assert kernel.commands == []
+
+
+@pytest.mark.parametrize('networks, bonds, message', [
+    ([{'name': 'n', 'nic': 'nic1', 'ipv4': {'addresses': ['192.0.2.300/24']}}], [], "bad address '192.0.2.300/24'"),
+    ([{'name': 'n', 'nic': 'nic1', 'ipv4': {'addresses': ['192.0.2.3']}}], [], 'needs a prefix length'),
+    ([{'name': 'n', 'nic': 'nic1', 'ipv4': {'addresses': ['192.0.2.3/33']}}], [], "bad address '192.0.2.3/33'"),
+    ([{'name': 'n', 'nic': 'nic1', 'ipv4': {'addresses': ['2001:db8::1/64']}}], [], 'is not an IPv4 address'),
+    ([{'name': 'n', 'nic': 'nic1', 'vlan': 0}], [], 'vlan: 0 is out of range 1..4094'),
+    ([{'name': 'n', 'nic': 'nic1', 'vlan': 4095}], [], 'vlan: 4095 is out of range 1..4094'),
+    ([{'name': 'n', 'nic': 'nic1', 'mtu': 67}], [], 'mtu: 67 is out of range 68..65535'),
+    ([{'name': 'n', 'nic': 'nic1', 'mtu': 65536}], [], 'mtu: 65536 is out of range 68..65535'),
+    ([], [{'name': 'b1', 'nics': ['nic1']}, {'name': 'b2', 'nics': ['nic1', 'nic2']}], "NIC 'nic1' is in two bonds"),
+    ([{'name': 'n', 'nic': 'nope'}], [], "NIC 'nope' does not exist"),
+    ([{'name': 'a/b', 'nic': 'nic1'}], [], 'not a valid Linux interface name'),
+    ([{'name': 'x' * 16, 'nic': 'nic1'}], [], 'too long for a Linux interface name'),
+    ([{'name': 'n', 'nic': 'nic1', 'vlan': 1000}, {'name': 'm', 'nic': 'nic1', 'vlan': 1000}], [], 'are both on nic1 VLAN 1000'),
+    ([{'name': 'verylongnic', 'nic': 'nic1', 'vlan': 100}], [], None),
+    ([{'name': 'n', 'bond': 'nob'}], [], "bond 'nob' is not defined"),
+    ([{'name': 'eth0', 'nic': 'nic1'}], [], "a nic device with that name exists"),
+    ([{'name': 'n', 'nic': 'nic1', 'ipv4': {'addresses': ['192.0.2.3/24'], 'gateway': '10.1.1.1'}, 'default_route': True}], [],
+     "gateway 10.1.1.1 is not in the network's subnet"),
+    ([{'name': 'n', 'nic': 'nic1', 'ipv4': {'addresses': ['192.0.2.3/24'], 'gateway': '192.0.2.1'}}], [], 'set default_route: true'),
+    ([{'name': 'n', 'nic': 'nic2'}], [{'name': 'b1', 'nics': ['nic2']}], 'is a member of bond'),
+    ([{'name': 'n', 'bridged': False}], [], 'a bridgeless network needs a nic or a bond'),
+])
+def test_validation(kernel, networks, bonds, message):
+    config, problems = netconf.desired_config(netconf.empty_config(), request(networks, bonds))
+    problems += netconf.validate_config(config, netconf.read_state(kernel)['links'])
+    if message is None:
+        assert problems == []
+    else:
+        assert any(message in p for p in problems), problems
+
+
+def test_vlan_device_name_too_long(kernel):
+    kernel.add_nic('abcdefghijkl')
+    config, problems = netconf.desired_config(netconf.empty_config(), request([{'name': 'n', 'nic': 'abcdefghijkl', 'vlan': 1000}]))
+    problems = netconf.validate_config(config, netconf.read_state(kernel)['links'])
+    assert any("VLAN device 'abcdefghijkl.1000': too long" in p for p in problems)
+
+
+def test_check_config_message_says_nothing_changed(kernel):
+    config, dummy = netconf.desired_config(netconf.empty_config(), request([{'name': 'n', 'nic': 'nope'}]))
+    with pytest.raises(VirtnodeError, match='nothing was changed'):
+        netconf.check_config(config, netconf.read_state(kernel)['links'])
+
+
+def test_persistence_round_trip(tmp_path):
+    config, dummy = netconf.desired_config(netconf.empty_config(), request([BRIDGED]))
+    path = str(tmp_path / 'persistent' / 'netconf.json')
+    netconf.write_persistent(config, path)
+    saved = netconf.read_persistent(path)
+    assert saved['networks'] == config['networks'] and saved['saved_at']
+    assert oct(os.stat(path).st_mode & 0o777) == '0o600'
+    assert netconf.persisted_names(config, saved) == {'networks': ['net1'], 'bonds': []}
+    assert netconf.read_persistent(str(tmp_path / 'missing.json')) is None
+
+
+def test_running_config_round_trip(tmp_path):
+    config, dummy = netconf.desired_config(netconf.empty_config(), request([BRIDGED]))
+    path = str(tmp_path / 'running.json')
+    netconf.write_running(config, path)
+    assert netconf.read_running(path) == config
+    assert netconf.read_running(str(tmp_path / 'none.json')) == netconf.empty_config()
+
+
+def test_read_state_ignores_link_local_and_dynamic():
+    class Ip(object):
+        def links(self):
+            return [{'ifname': 'eth0', 'mtu': 1500, 'flags': ['UP'], 'linkinfo': {'info_kind': 'veth'}}]
+
+        def addresses(self):
+            return [{'ifname': 'eth0', 'addr_info': [
+                {'family': 'inet', 'local': '10.0.0.5', 'prefixlen': 24, 'scope': 'global'},
+                {'family': 'inet', 'local': '10.0.0.6', 'prefixlen': 24, 'scope': 'global', 'dynamic': True},
+                {'family': 'inet6', 'local': 'fe80::1', 'prefixlen': 64, 'scope': 'link'}]}]
+
+        def routes(self, family):
+            return [{'dst': 'default', 'gateway': 'fe80::1', 'dev': 'eth0', 'protocol': 'ra', 'metric': 1024}] if family == 6 else []
+
+    state = netconf.read_state(Ip())
+    assert state['links']['eth0']['addresses'] == ['10.0.0.5/24']
+    assert state['links']['eth0']['dynamic_addresses'] == ['10.0.0.6/24']
+    assert state['routes'] == {4: [], 6: []}
