@@ -1,0 +1,741 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm
+short_description: Run a virtual machine from a typed spec, with VDSM's lifecycle
+version_added: 0.1.0
+description:
+  - Creates, starts, pauses, shuts down, saves, restores, migrates and removes
+    a libvirt/QEMU virtual machine described by a typed spec (memory, vCPUs,
+    disks, NICs, CD-ROM, graphics, serial console), not by raw XML.
+  - Idempotent against the running domain. Only the fields given are compared
+    with the live domain, so what libvirt adds by itself (generated MAC
+    addresses, PCI addresses, aliases, default controllers, the expanded
+    machine type) never counts as a change.
+  - Changes a running VM can take are applied live; CD change, disk and NIC
+    hotplug and unplug, balloon target within O(max_memory), console ticket
+    and custom properties. Others are listed in RV(pending_restart) and take
+    effect at the next start (the persistent definition is updated at once).
+  - Transient by default, like VDSM; O(persistent=true) defines the domain
+    and updates an existing definition.
+  - Every state change returns only when the state is reached, or fails when
+    O(timeout) expires.
+  - Runs VDSM-style hooks from O(hooks_dir) (C(before_vm_start) may rewrite
+    the domain XML through C(_hook_domxml); custom properties arrive as
+    environment variables).
+options:
+  name:
+    description: Name of the VM (the libvirt domain). Must be usable as a file name.
+    type: str
+    required: true
+  uuid:
+    description:
+      - UUID of the VM, lower case. libvirt generates one when it is left out.
+      - When given it must match the existing domain called O(name).
+    type: str
+  state:
+    description:
+      - V(running) starts the VM (restoring it from a saved image when one
+        exists) or resumes it when paused.
+      - V(paused) starts it paused or pauses it.
+      - V(shutdown) asks the guest to power off (ACPI) and waits O(timeout)
+        seconds; with O(force=true) a VM still running then is destroyed.
+      - V(destroyed) stops it at once. A persistent VM stays defined.
+      - V(absent) destroys and undefines it and drops its records.
+      - V(saved) saves (hibernates) its memory to O(save_path) and stops it.
+    type: str
+    choices: [running, paused, shutdown, destroyed, absent, saved]
+    default: running
+  persistent:
+    description:
+      - V(true) keeps a libvirt definition of the VM (and updates it when the
+        spec changes). V(false) makes it transient; an existing definition
+        is removed while the VM runs on. Left out, new VMs are transient and
+        existing ones keep what they have.
+    type: bool
+  domain_type:
+    description: V(kvm) or V(qemu) (software emulation). Default is what the host recommends.
+    type: str
+    choices: [kvm, qemu]
+  machine:
+    description: Machine type, for example V(q35) or V(pc-q35-7.2). Left out, libvirt's default.
+    type: str
+  memory:
+    description:
+      - Memory of the VM, an integer number of bytes or a string like V(512MiB).
+      - With a balloon this is the balloon target and can change live up to O(max_memory).
+    type: str
+  max_memory:
+    description: Boot-time memory (the balloon's maximum). Defaults to O(memory). Changing it needs a restart.
+    type: str
+  vcpus:
+    description: Number of virtual CPUs (default 1). Changing it needs a restart.
+    type: int
+  cpu_topology:
+    description: Sockets, cores and threads; their product must equal O(vcpus).
+    type: dict
+    suboptions:
+      sockets:
+        description: Sockets.
+        type: int
+        default: 1
+      cores:
+        description: Cores per socket.
+        type: int
+        default: 1
+      threads:
+        description: Threads per core.
+        type: int
+        default: 1
+  cpu_model:
+    description: V(host-passthrough), V(host-model) or a named CPU model such as V(qemu64).
+    type: str
+  boot_order:
+    description: Boot devices in order. Mutually exclusive with O(kernel).
+    type: list
+    elements: str
+    choices: [hd, cdrom, network, fd]
+  kernel:
+    description: Direct kernel boot, path of the kernel on the host.
+    type: path
+  initrd:
+    description: Initial ramdisk for O(kernel).
+    type: path
+  cmdline:
+    description: Kernel command line for O(kernel).
+    type: str
+  disks:
+    description:
+      - Disks, matched with the running domain by path. A disk added to the
+        list is hotplugged, a disk removed from it is unplugged.
+      - A disk is a O(disks[].path) today; a storage-domain volume given as
+        O(disks[].domain_id), O(disks[].image_id) and O(disks[].volume_id) is
+        resolved to C(/rhev/data-center/mnt/<mount>/<sd>/images/<img>/<vol>)
+        when the volume is prepared on the host.
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: File or block device holding the disk.
+        type: path
+      domain_id:
+        description: Storage domain UUID of a volume disk.
+        type: str
+      image_id:
+        description: Image UUID of a volume disk.
+        type: str
+      volume_id:
+        description: Volume UUID of a volume disk.
+        type: str
+      type:
+        description: V(file) or V(block); found from the path when left out.
+        type: str
+        choices: [file, block]
+      format:
+        description: Image format.
+        type: str
+        choices: [raw, qcow2]
+        default: raw
+      bus:
+        description: Disk bus.
+        type: str
+        choices: [virtio, sata, scsi, ide]
+        default: virtio
+      target:
+        description: Device name in the guest (V(vda), V(sdb)...). The first free name of the bus when left out.
+        type: str
+      cache:
+        description: Cache mode.
+        type: str
+        choices: [none, writeback, writethrough, directsync, unsafe, default]
+        default: none
+      io:
+        description: I/O mode.
+        type: str
+        choices: [threads, native, io_uring]
+      error_policy:
+        description: What QEMU does on a write error; V(stop) pauses the VM (VDSM's policy, needed for thin provisioning).
+        type: str
+        choices: [stop, report, ignore, enospace]
+        default: stop
+      readonly:
+        description: Attach read-only.
+        type: bool
+        default: false
+      serial:
+        description: Serial number shown to the guest.
+        type: str
+  nics:
+    description:
+      - Network interfaces, matched with the running domain by MAC address
+        (or, without one, by source in order). Added ones are hotplugged,
+        removed ones unplugged.
+    type: list
+    elements: dict
+    suboptions:
+      bridge:
+        description: Linux bridge to plug into.
+        type: str
+      network:
+        description: libvirt network to plug into.
+        type: str
+      mac:
+        description: MAC address; libvirt generates one when left out.
+        type: str
+      model:
+        description: NIC model.
+        type: str
+        choices: [virtio, e1000, e1000e, rtl8139]
+        default: virtio
+  cdrom:
+    description:
+      - CD-ROM drive with this ISO image, or V("") for an empty drive. Left
+        out, no drive is created (and an existing one is left alone).
+      - Changing the image of a running VM is applied live.
+    type: str
+  graphics:
+    description: A VNC or SPICE display and its ticket (password and expiry), settable live.
+    type: dict
+    suboptions:
+      type:
+        description: Display protocol.
+        type: str
+        choices: [vnc, spice]
+        default: vnc
+      listen:
+        description: Address the display listens on.
+        type: str
+        default: 127.0.0.1
+      password:
+        description: Ticket (password) of the display; no password when left out.
+        type: str
+      password_valid_to:
+        description: Expiry of the ticket, UTC, V(YYYY-MM-DDTHH:MM:SS). A time in the past expires the ticket at once.
+        type: str
+  console_log:
+    description:
+      - Serial console on a pty, logged to C(/var/log/libvirt/qemu/<name>-console.log).
+      - Created by default for new VMs; when left out an existing VM's console is not compared.
+    type: bool
+  custom_properties:
+    description: Free-form key/value pairs stored with the VM and given to every hook as environment variables.
+    type: dict
+  lease:
+    description: A sanlock VM lease (on a storage domain's C(xleases) volume); the domain does not start without it.
+    type: dict
+    suboptions:
+      sd_id:
+        description: Storage domain UUID (the lockspace).
+        type: str
+      lease_id:
+        description: Lease UUID (the resource).
+        type: str
+      path:
+        description: Path of the lease volume.
+        type: path
+      offset:
+        description: Offset of the lease in the volume.
+        type: int
+        default: 0
+  force:
+    description: With O(state=shutdown), destroy a VM that is still running after O(timeout).
+    type: bool
+    default: false
+  timeout:
+    description: Seconds to wait for the VM to reach the state asked for.
+    type: int
+    default: 120
+  save_path:
+    description:
+      - File the memory image goes to with O(state=saved). Defaults to
+        C(/var/lib/virtnode/vms/<uuid>/saved.img).
+      - O(state=running) restores from the saved image of the VM (found by
+        O(name) or O(uuid)) and removes the image afterwards.
+    type: path
+  migrate_to:
+    description:
+      - With O(state=running), live-migrate the VM to this host (its libvirt
+        at C(qemu+tcp://<host>/system)). Other spec fields are not applied
+        during a migration.
+      - Nothing changes when the VM already runs on that host.
+    type: str
+  migrate_uri:
+    description: libvirt URI of the destination, instead of the one derived from O(migrate_to).
+    type: str
+  migrate_unsafe:
+    description:
+      - Migrate even when libvirt cannot prove the disks are on shared storage
+        with safe caching (C(VIR_MIGRATE_UNSAFE)). Needed for a plain
+        directory shared between hosts.
+    type: bool
+    default: false
+  migrate_options:
+    description: Tuning of a migration.
+    type: dict
+    suboptions:
+      max_downtime_ms:
+        description: Maximum downtime of the final switch-over, milliseconds.
+        type: int
+      bandwidth:
+        description: Maximum bandwidth, MiB/s.
+        type: int
+      timeout:
+        description: Seconds after which the migration is aborted (the VM stays on the source).
+        type: int
+        default: 300
+      auto_converge:
+        description: Throttle the guest's vCPUs when the migration does not converge.
+        type: bool
+        default: false
+      compressed:
+        description: Compress memory pages.
+        type: bool
+        default: false
+      data_uri:
+        description: URI of the migration data stream, for example V(tcp://10.0.0.2) to use another network.
+        type: str
+  hooks_dir:
+    description: Directory of the hook points (C(before_vm_start/), C(after_vm_start/), ...).
+    type: path
+    default: /etc/virtnode/hooks
+extends_documentation_fragment:
+  - virtnode.kvm.libvirt
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: The diff shows the spec fields given, before and after; never raw XML.
+  platform:
+    platforms: posix
+  action_group:
+    support: full
+    membership:
+      - virtnode.kvm.all
+notes:
+  - Graceful shutdown needs a guest that handles ACPI power button events.
+    A guest without (the project's tiny busybox test guest, for one) times
+    out; use O(force=true) to destroy it after O(timeout).
+  - Hook points used are C(before_vm_start), C(after_vm_start),
+    C(before_vm_pause), C(after_vm_pause), C(before_vm_cont), C(after_vm_cont),
+    C(before_vm_destroy), C(after_vm_destroy), C(before_vm_hibernate),
+    C(after_vm_hibernate), C(before_vm_dehibernate), C(after_vm_dehibernate),
+    C(before_vm_migrate_source), C(after_vm_migrate_source), C(before_disk_hotplug),
+    C(after_disk_hotplug), C(before_disk_hotunplug), C(after_disk_hotunplug),
+    C(before_nic_hotplug), C(after_nic_hotplug), C(before_nic_hotunplug) and
+    C(after_nic_hotunplug). A failing C(before_*) hook fails the operation;
+    C(after_*) failures are warnings. Hooks not owned by root or writable by
+    group or others are refused.
+  - Exit records (why a VM went down) are kept in C(/var/lib/virtnode/vms/<uuid>/exit.json)
+    until the VM is started again or made absent; M(virtnode.kvm.vm_info) reports them.
+seealso:
+  - module: virtnode.kvm.vm_info
+author:
+  - virtnode.kvm maintainers (@virtnode)
+"""
+
+EXAMPLES = r"""
+- name: Run a small guest with direct kernel boot (transient, like VDSM)
+  virtnode.kvm.vm:
+    name: example-vm
+    memory: 128MiB
+    vcpus: 1
+    kernel: "{{ virtnode_lab_guest_kernel }}"
+    initrd: "{{ virtnode_lab_guest_initrd }}"
+    cmdline: "{{ virtnode_lab_guest_cmdline }} workload=idle"
+    state: running
+
+- name: Pause it
+  virtnode.kvm.vm:
+    name: example-vm
+    state: paused
+
+- name: Resume it and give it a custom property (applied live)
+  virtnode.kvm.vm:
+    name: example-vm
+    state: running
+    custom_properties:
+      owner: examples
+
+- name: Stop it; the tiny guest ignores ACPI, so destroy it after 3 seconds
+  virtnode.kvm.vm:
+    name: example-vm
+    state: shutdown
+    timeout: 3
+    force: true
+
+- name: Remove it
+  virtnode.kvm.vm:
+    name: example-vm
+    state: absent
+"""
+
+RETURN = r"""
+vm:
+  description: The VM after the operation (before it, in check mode).
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Name of the VM.
+      type: str
+      returned: always
+      sample: web1
+    uuid:
+      description: UUID of the VM; V(null) when it does not exist.
+      type: str
+      returned: always
+      sample: 0c6cf1f5-6b5b-4a4c-9d4f-2a6d8c0b8d5e
+    status:
+      description: Status in VDSM's names.
+      type: str
+      returned: always
+      sample: Up
+      choices: [WaitForLaunch, Powering up, Up, Paused, Powering down, Migration Source, Migration Destination,
+                Saving State, Restoring state, Down]
+    pause_reason:
+      description: libvirt's reason of a pause (V(user), V(ioerror), V(migration)...); V(null) unless paused.
+      type: str
+      returned: always
+      sample: user
+    pause_code:
+      description: VDSM's pause code (V(NOERR), V(EIO), V(ENOSPC), V(POSTCOPY)); V(null) unless paused.
+      type: str
+      returned: always
+      sample: NOERR
+    persistent:
+      description: Whether libvirt keeps a definition of the VM.
+      type: bool
+      returned: always
+      sample: false
+    host:
+      description: libvirt URI the VM runs on (the destination after a migration).
+      type: str
+      returned: always
+      sample: qemu:///system
+    exit:
+      description: Why a VM that is down went down (VDSM's exitCode, exitReason, exitMessage); V(null) when unknown.
+      type: dict
+      returned: always
+      sample: {"exit_code": 0, "exit_reason": 6, "exit_message": "Admin shut down", "time": 1767225600.0}
+pending_restart:
+  description: Spec fields that differ from the running VM and take effect at its next start.
+  returned: always
+  type: list
+  elements: str
+  sample: [vcpus, max_memory]
+actions:
+  description: What was done (or, in check mode, would be done), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [start, hotplug disk /var/lib/images/d1.qcow2 as vdb]
+hooks:
+  description: Hook points that ran, with each script's exit status and output.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"point": "before_vm_start", "failed": false, "stopped": false,
+            "scripts": [{"script": "/etc/virtnode/hooks/before_vm_start/10_desc", "rc": 0, "stdout": "", "stderr": ""}]}]
+migration:
+  description: Outcome of a migration.
+  returned: when O(migrate_to) is given
+  type: dict
+  contains:
+    destination_uri:
+      description: libvirt URI of the destination.
+      type: str
+      returned: always
+      sample: qemu+tcp://vnhost2/system
+    duration_s:
+      description: Seconds the migration took; V(0) when the VM already ran on the destination; V(null) in check mode.
+      type: float
+      returned: always
+      sample: 2.61
+    migrate_uri:
+      description: URI of the data stream when one was given.
+      type: str
+      returned: always
+      sample: null
+    progress:
+      description: Last migration job statistics seen while it ran.
+      type: dict
+      returned: when a migration ran
+      sample: {"progress_percent": 97, "data_total": 142606336, "data_remaining": 4096}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import host as host_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.hooks import DEFAULT_HOOKS_DIR
+
+STATES = ['running', 'paused', 'shutdown', 'destroyed', 'absent', 'saved']
+
+
+def argument_spec():
+    disk = dict(
+        path=dict(type='path'), domain_id=dict(type='str'), image_id=dict(type='str'), volume_id=dict(type='str'),
+        type=dict(type='str', choices=['file', 'block']),
+        format=dict(type='str', choices=list(vm_spec.DISK_FORMATS), default='raw'),
+        bus=dict(type='str', choices=list(vm_spec.DISK_BUSES), default='virtio'),
+        target=dict(type='str'),
+        cache=dict(type='str', choices=list(vm_spec.DISK_CACHES), default='none'),
+        io=dict(type='str', choices=list(vm_spec.DISK_IO)),
+        error_policy=dict(type='str', choices=list(vm_spec.ERROR_POLICIES), default='stop'),
+        readonly=dict(type='bool', default=False),
+        serial=dict(type='str'),
+    )
+    nic = dict(bridge=dict(type='str'), network=dict(type='str'), mac=dict(type='str'),
+               model=dict(type='str', choices=list(vm_spec.NIC_MODELS), default='virtio'))
+    return libvirt_conn.libvirt_argument_spec(
+        name=dict(type='str', required=True),
+        uuid=dict(type='str'),
+        state=dict(type='str', choices=STATES, default='running'),
+        persistent=dict(type='bool'),
+        domain_type=dict(type='str', choices=list(vm_spec.DOMAIN_TYPES)),
+        machine=dict(type='str'),
+        memory=dict(type='str'),
+        max_memory=dict(type='str'),
+        vcpus=dict(type='int'),
+        cpu_topology=dict(type='dict', options=dict(sockets=dict(type='int', default=1), cores=dict(type='int', default=1),
+                                                    threads=dict(type='int', default=1))),
+        cpu_model=dict(type='str'),
+        boot_order=dict(type='list', elements='str', choices=list(vm_spec.BOOT_DEVICES)),
+        kernel=dict(type='path'),
+        initrd=dict(type='path'),
+        cmdline=dict(type='str'),
+        disks=dict(type='list', elements='dict', options=disk),
+        nics=dict(type='list', elements='dict', options=nic),
+        cdrom=dict(type='str'),
+        graphics=dict(type='dict', options=dict(
+            type=dict(type='str', choices=list(vm_spec.GRAPHICS_TYPES), default='vnc'),
+            listen=dict(type='str', default='127.0.0.1'),
+            password=dict(type='str', no_log=True),
+            password_valid_to=dict(type='str', no_log=False))),
+        console_log=dict(type='bool'),
+        custom_properties=dict(type='dict'),
+        lease=dict(type='dict', options=dict(sd_id=dict(type='str'), lease_id=dict(type='str'), path=dict(type='path'),
+                                             offset=dict(type='int', default=0))),
+        force=dict(type='bool', default=False),
+        timeout=dict(type='int', default=120),
+        save_path=dict(type='path'),
+        migrate_to=dict(type='str'),
+        migrate_uri=dict(type='str'),
+        migrate_unsafe=dict(type='bool', default=False),
+        migrate_options=dict(type='dict', options=dict(
+            max_downtime_ms=dict(type='int'), bandwidth=dict(type='int'), timeout=dict(type='int', default=300),
+            auto_converge=dict(type='bool', default=False), compressed=dict(type='bool', default=False),
+            data_uri=dict(type='str'))),
+        hooks_dir=dict(type='path', default=DEFAULT_HOOKS_DIR),
+    )
+
+
+def recommended_domain_type(caps_xml):
+    caps = host_utils.parse_capabilities(caps_xml)
+    flags = host_utils.read_cpuinfo()['flags']
+    return host_utils.virtualization_info(flags, host_utils.caps_domain_types(caps))['recommended_domain_type']
+
+
+def vm_view(dom, uri, name, records_dir=vm_stats.RECORDS_DIR, vm_uuid=None):
+    if dom is None:
+        return {'name': name, 'uuid': vm_uuid, 'status': vm_stats.DOWN, 'pause_reason': None, 'pause_code': None,
+                'persistent': False, 'host': uri, 'exit': vm_stats.exit_info(vm_uuid, records_dir=records_dir)}
+    try:
+        view = vm_stats.domain_status(dom)
+    except libvirt_conn.LibvirtError:
+        return vm_view(None, uri, name, records_dir, dom.UUIDString())
+    view.update(name=dom.name(), uuid=dom.UUIDString(), host=uri, exit=None)
+    if view['status'] == vm_stats.DOWN:
+        state, reason = dom.state()
+        view['exit'] = vm_stats.exit_info(view['uuid'], state, reason, records_dir)
+    return view
+
+
+def refresh(conn, name):
+    try:
+        return vm_lifecycle.lookup(conn, name)
+    except VirtnodeError:
+        return None
+
+
+def ensure_running(conn, lc, params, spec, dom, result):
+    """state=running/paused: create, restore, start or resume, then apply live changes."""
+    paused = params['state'] == 'paused'
+    persistent = params['persistent']
+    before = vm_spec.parse_live(dom.XMLDesc(vm_lifecycle.flag('VIR_DOMAIN_XML_SECURE'))) if dom is not None else None
+    aliases = vm_spec.machine_aliases(conn.getCapabilities())
+    result['diff'] = dict(zip(('before', 'after'), vm_spec.diff_view(spec, before)))
+    if dom is None:
+        rec_uuid, record = lc.find_saved(spec['uuid'])
+        if record:
+            dom = lc.restore(rec_uuid, record, paused)
+            if dom is None:
+                return None
+            before = vm_spec.parse_live(dom.XMLDesc(vm_lifecycle.flag('VIR_DOMAIN_XML_SECURE')))
+            result['diff']['before'] = vm_spec.diff_view(spec, before)[0]
+        else:
+            if spec['console_log'] is None:
+                spec['console_log'] = True
+            xml = vm_spec.build_xml(spec, domain_type=recommended_domain_type(conn.getCapabilities()))
+            return lc.start_new(xml, bool(persistent), paused)
+
+    secure = vm_lifecycle.flag('VIR_DOMAIN_XML_SECURE')
+    inactive = vm_lifecycle.flag('VIR_DOMAIN_XML_INACTIVE')
+    if not vm_lifecycle.is_active(dom):
+        definition = dom.XMLDesc(secure | inactive)
+        diffs = vm_spec.compare(spec, vm_spec.parse_live(definition), aliases)
+        if diffs['restart'] or diffs['live']:
+            if lc.act('update definition'):
+                dom = conn.defineXML(vm_spec.updated_persistent_xml(spec, definition, before['domain_type']))
+        lc.start_defined(dom, paused)
+        if persistent is False and lc.act('undefine (make transient)'):
+            dom.undefine()
+        return dom
+
+    diffs = vm_spec.compare(spec, before, aliases)
+    result['pending_restart'] = diffs['restart']
+    lc.apply_live(dom, diffs['live'], spec)
+    if dom.isPersistent():
+        if persistent is False:
+            if lc.act('undefine (make transient)'):
+                dom.undefine()
+        else:
+            definition = dom.XMLDesc(secure | inactive)
+            config_diffs = vm_spec.compare(spec, vm_spec.parse_live(definition), aliases)
+            if (config_diffs['restart'] or config_diffs['live']) and lc.act('update definition'):
+                conn.defineXML(vm_spec.updated_persistent_xml(spec, definition, before['domain_type']))
+    elif persistent:
+        if lc.act('define'):
+            conn.defineXML(vm_spec.updated_persistent_xml(spec, dom.XMLDesc(secure), before['domain_type']))
+
+    state = dom.state()[0]
+    if paused and state in (vm_stats.RUNNING, vm_stats.BLOCKED):
+        lc.pause(dom)
+    elif not paused and state in (vm_stats.PAUSED, vm_stats.PMSUSPENDED):
+        lc.resume(dom)
+    return dom
+
+
+def migrate(conn, lc, params, dom, result):
+    dest_uri = params['migrate_uri'] or vm_lifecycle.default_migration_uri(params['migrate_to'])
+    options = dict(params['migrate_options'] or {})
+    options['unsafe'] = params['migrate_unsafe']
+    options['migrate_uri'] = options.pop('data_uri', None)
+    result['migration'] = {'destination_uri': dest_uri, 'duration_s': 0, 'migrate_uri': options['migrate_uri']}
+    with libvirt_conn.connect(dest_uri) as dconn:
+        remote = vm_lifecycle.lookup(dconn, params['name'])
+        remote_active = vm_lifecycle.is_active(remote)
+        if dom is None or not vm_lifecycle.is_active(dom):
+            if remote_active:
+                result['vm'] = vm_view(remote, dest_uri, params['name'])
+                return
+            raise VirtnodeError('VM %s runs neither here nor on %s' % (params['name'], dest_uri))
+        if remote_active:
+            raise VirtnodeError('a VM named %s already runs on %s' % (params['name'], dest_uri))
+        result['migration'] = lc.migrate(dom, dest_uri, options)
+        if not lc.check_mode:
+            result['vm'] = vm_view(vm_lifecycle.lookup(dconn, params['name']), dest_uri, params['name'])
+
+
+def run(module, conn, spec):
+    params = module.params
+    state = params['state']
+    env = spec['custom_properties'] or {}
+    lc = vm_lifecycle.Lifecycle(conn, spec['name'], hooks_dir=params['hooks_dir'], check_mode=module.check_mode,
+                                timeout=params['timeout'])
+    result = {'changed': False, 'pending_restart': [], 'actions': lc.actions, 'hooks': lc.hook_results}
+    dom = vm_lifecycle.lookup(conn, spec['name'], spec['uuid'])
+    vm_uuid = dom.UUIDString() if dom is not None else spec['uuid']
+    if dom is not None and not env:
+        lc.env = vm_spec.parse_live(dom.XMLDesc(0))['custom_properties']
+    else:
+        lc.env = env
+    uri = params['uri']
+    before_status = vm_view(dom, uri, spec['name'])['status'] if dom is not None else 'absent'
+    try:
+        if params['migrate_to'] or params['migrate_uri']:
+            migrate(conn, lc, params, dom, result)
+        elif state in ('running', 'paused'):
+            dom = ensure_running(conn, lc, params, spec, dom, result) or dom
+        elif dom is None:
+            if state == 'saved' and not lc.find_saved(vm_uuid)[1]:
+                raise VirtnodeError('VM %s does not exist and has no saved image' % spec['name'])
+            if state == 'absent':
+                rec_uuid = vm_uuid or lc.find_saved()[0]
+                for candidate in [rec_uuid] + [u for u, r in vm_stats.all_records('exit') if r.get('name') == spec['name']]:
+                    lc.forget(candidate)
+        else:
+            active = vm_lifecycle.is_active(dom)
+            if state == 'shutdown' and active:
+                lc.shutdown(dom, params['timeout'], params['force'])
+            elif state == 'destroyed' and active:
+                lc.destroy(dom)
+            elif state == 'absent':
+                persistent = bool(dom.isPersistent())
+                if active:
+                    lc.destroy(dom)
+                if persistent:
+                    lc.undefine(dom)
+                lc.forget(vm_uuid)
+            elif state == 'saved':
+                if active:
+                    lc.save(dom, params['save_path'] or os.path.join(vm_stats.record_dir(vm_uuid), 'saved.img'))
+                elif not lc.find_saved(vm_uuid)[1]:
+                    raise VirtnodeError('VM %s is not running and has no saved image' % spec['name'])
+    finally:
+        result['warnings'] = lc.warnings
+    if 'vm' not in result:
+        current = refresh(conn, spec['name'])
+        result['vm'] = vm_view(current, uri, spec['name'], vm_uuid=(current.UUIDString() if current else vm_uuid))
+    result['changed'] = bool(lc.actions)
+    if state not in ('running', 'paused') or params['migrate_to']:
+        target = {'absent': 'absent', 'running': vm_stats.UP}.get(state, vm_stats.DOWN)
+        result['diff'] = {'before': {'status': before_status},
+                          'after': {'status': target if lc.actions else before_status}}
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        supports_check_mode=True,
+        mutually_exclusive=[('boot_order', 'kernel')],
+        required_by={'initrd': 'kernel', 'cmdline': 'kernel'},
+    )
+    if module.params['migrate_to'] and module.params['state'] != 'running':
+        module.fail_json(msg='migrate_to needs state=running')
+    try:
+        spec = vm_spec.normalize(module.params)
+    except VirtnodeError as err:
+        module.fail_json(**err.to_dict())
+    libvirt_conn.require_libvirt(module)
+    result = {}
+    try:
+        with libvirt_conn.connect(module.params['uri']) as conn:
+            result = run(module, conn, spec)
+    except VirtnodeError as err:
+        module.fail_json(**err.to_dict())
+    warnings = result.pop('warnings', [])
+    for warning in warnings:
+        module.warn(warning)
+    if not module._diff:
+        result.pop('diff', None)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,198 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_info
+short_description: Status and statistics of the VMs of a node, as VDSM reports them
+version_added: 0.1.0
+description:
+  - Reports every VM of the node, or one, with its status in VDSM's names,
+    the reason of a pause, CPU, memory and balloon, per-disk and per-NIC
+    counters and rates, disk allocation, migration progress, and the exit
+    reason of VMs that went down.
+  - Statistics come from libvirt's bulk call (C(virConnectGetAllDomainStats)),
+    two samples O(sample_interval) apart for rates; not one call per VM per counter.
+  - Never changes anything.
+options:
+  name:
+    description: Only this VM. All VMs when left out.
+    type: str
+  sample_interval:
+    description:
+      - Seconds between the two samples rates are computed from, 0 to 60.
+      - V(0) takes one sample; rates and percentages are then V(null).
+    type: float
+    default: 1.0
+extends_documentation_fragment:
+  - virtnode.kvm.libvirt
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.actiongroups
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+  action_group:
+    support: full
+    membership:
+      - virtnode.kvm.all
+notes:
+  - A transient VM that went down is no longer known to libvirt; it is still
+    reported (status V(Down), with its exit reason) while the record the
+    M(virtnode.kvm.vm) module wrote in C(/var/lib/virtnode/vms/<uuid>/exit.json) exists.
+seealso:
+  - module: virtnode.kvm.vm
+author:
+  - virtnode.kvm maintainers (@virtnode)
+"""
+
+EXAMPLES = r"""
+- name: Every VM of the node, with rates over one second
+  virtnode.kvm.vm_info:
+  register: node_vms
+
+- name: Show status and CPU use
+  ansible.builtin.debug:
+    msg: "{{ node_vms.vms | map(attribute='status') | list }}"
+
+- name: Counters of one VM only, no waiting
+  virtnode.kvm.vm_info:
+    name: example-vm
+    sample_interval: 0
+"""
+
+RETURN = r"""
+vms:
+  description: The VMs, sorted by name. Empty when O(name) is given and no such VM is known.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Name.
+      type: str
+      returned: always
+      sample: web1
+    uuid:
+      description: UUID.
+      type: str
+      returned: always
+      sample: 0c6cf1f5-6b5b-4a4c-9d4f-2a6d8c0b8d5e
+    status:
+      description: Status in VDSM's names.
+      type: str
+      returned: always
+      sample: Up
+    pause_reason:
+      description: libvirt's pause reason; V(null) unless paused.
+      type: str
+      returned: always
+      sample: user
+    pause_code:
+      description: VDSM's pause code (V(NOERR), V(EIO), V(ENOSPC), V(POSTCOPY)); V(null) unless paused.
+      type: str
+      returned: always
+      sample: NOERR
+    persistent:
+      description: Whether libvirt keeps a definition.
+      type: bool
+      returned: always
+      sample: false
+    cpu:
+      description: vCPUs, CPU time (ns) and use in percent of the VM's vCPUs; V(null) when down.
+      type: dict
+      returned: always
+      sample: {"vcpus": 1, "time_ns": 5120000000, "user_ns": 10000000, "system_ns": 20000000,
+               "usage_percent": 12.5, "user_percent": 0.5, "system_percent": 1.0}
+    memory:
+      description: Memory and balloon (KiB); V(null) when down.
+      type: dict
+      returned: always
+      sample: {"max_kib": 131072, "balloon_current_kib": 131072, "rss_kib": 90000, "usable_kib": null, "unused_kib": null}
+    disks:
+      description: Per disk counters, rates and sizes (allocation, capacity, physical in bytes).
+      type: list
+      elements: dict
+      returned: always
+      sample: [{"name": "vda", "path": "/var/lib/images/d.qcow2", "read_bytes": 1024, "write_bytes": 0,
+                "read_ops": 2, "write_ops": 0, "flush_ops": 0, "read_time_ns": 1000, "write_time_ns": 0,
+                "read_bytes_per_sec": 0.0, "write_bytes_per_sec": 0.0, "read_ops_per_sec": 0.0, "write_ops_per_sec": 0.0,
+                "allocation": 196608, "capacity": 16777216, "physical": 200704}]
+    nics:
+      description: Per NIC counters and byte rates.
+      type: list
+      elements: dict
+      returned: always
+      sample: [{"name": "vnet0", "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0, "rx_errors": 0,
+                "tx_errors": 0, "rx_dropped": 0, "tx_dropped": 0, "rx_bytes_per_sec": 0.0, "tx_bytes_per_sec": 0.0}]
+    migration:
+      description: Progress of an outgoing migration; V(null) when none runs.
+      type: dict
+      returned: always
+      sample: {"progress_percent": 40, "elapsed_ms": 800, "data_total": 142606336, "data_processed": 57000000,
+               "data_remaining": 85606336, "memory_dirty_rate": 0, "downtime_ms": null}
+    exit:
+      description: Why a VM that is down went down (VDSM's exit code, reason and message); V(null) when up or unknown.
+      type: dict
+      returned: always
+      sample: {"exit_code": 0, "exit_reason": 6, "exit_message": "Admin shut down", "time": 1767225600.0}
+sample_interval:
+  description: Seconds between the two samples (V(0) for one sample).
+  returned: always
+  type: float
+  sample: 1.0
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+
+def gather(conn, name, interval):
+    """Entries of the VMs libvirt knows (one or all), plus exited transient VMs with a record."""
+    if name:
+        dom = vm_lifecycle.lookup(conn, name)
+        if dom is None:
+            return [vm_stats.exited_entry(u, r) for u, r in vm_stats.all_records('exit') if r.get('name') == name][:1]
+        return vm_stats.collect(conn, [dom], interval, libvirt_module=libvirt_conn.libvirt)
+    entries = vm_stats.collect(conn, None, interval, libvirt_module=libvirt_conn.libvirt)
+    known = set(e['uuid'] for e in entries)
+    names = set(e['name'] for e in entries)
+    for vm_uuid, record in vm_stats.all_records('exit'):
+        if vm_uuid not in known and record.get('name') not in names:
+            entries.append(vm_stats.exited_entry(vm_uuid, record))
+    return sorted(entries, key=lambda e: (e['name'] or '', e['uuid']))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=libvirt_conn.libvirt_argument_spec(
+            name=dict(type='str'),
+            sample_interval=dict(type='float', default=1.0),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        interval = vm_stats.validate_sample_interval(module.params['sample_interval'])
+    except VirtnodeError as err:
+        module.fail_json(**err.to_dict())
+    libvirt_conn.require_libvirt(module)
+    try:
+        with libvirt_conn.connect(module.params['uri']) as conn:
+            vms = gather(conn, module.params['name'], interval)
+    except VirtnodeError as err:
+        module.fail_json(**err.to_dict())
+    module.exit_json(changed=False, vms=vms, sample_interval=interval)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,182 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+
+
+class FakeStat(object):
+    def __init__(self, mode):
+        self.st_mode = mode
+
+
+def fake_stat(path):
+    if path.startswith('/missing'):
+        raise FileNotFoundError(2, 'No such file or directory')
+    if path.startswith('/dev/'):
+        return FakeStat(stat.S_IFBLK | 0o660)
+    return FakeStat(stat.S_IFREG | 0o644)
+
+
+def spec_of(**params):
+    base = {'name': 'vm1', 'memory': '128MiB'}
+    base.update(params)
+    return vm_spec.normalize(base, stat_fn=fake_stat)
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, name)) as handle:
+        return handle.read()
+
+
+# The spec the lab domain in vm_live_full.xml was started from (virsh dumpxml --security-info).
+FIXTURE_SPEC = dict(
+    name='fx-guest', uuid='5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11', memory='96MiB', max_memory='128MiB', vcpus=2,
+    cpu_topology={'sockets': 1, 'cores': 2, 'threads': 1}, machine='q35',
+    kernel='/work/main/.lab4/guest/vmlinuz', initrd='/work/main/.lab4/guest/initrd.img',
+    cmdline='console=ttyS0 quiet panic=-1 workload=idle',
+    disks=[{'path': '/var/lib/fx-disk.qcow2', 'format': 'qcow2'}],
+    nics=[{'bridge': 'vmbr-fx', 'mac': '52:54:00:aa:bb:01'}, {'bridge': 'vmbr-fx'}],
+    cdrom='/var/lib/fx-cd.iso',
+    graphics={'type': 'vnc', 'password': 'secret1', 'password_valid_to': '2099-01-01T00:00:00'},
+    custom_properties={'owner': 'fixtures'},
+    console_log=True,
+)
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'name': 'a/b'}, 'must not contain "/"'),
+    ({'memory': '-1G'}, 'must not be negative'),
+    ({'memory': '256MiB', 'max_memory': '128MiB'}, 'must not exceed max_memory'),
+    ({'vcpus': 0}, 'vcpus must be'),
+    ({'vcpus': 2, 'cpu_topology': {'sockets': 1, 'cores': 1, 'threads': 1}}, 'gives 1 vCPUs'),
+    ({'nics': [{'bridge': 'br0', 'mac': '52:54:00:zz:00:01'}]}, 'is not a MAC address'),
+    ({'nics': [{'bridge': 'br0', 'mac': '01:54:00:00:00:01'}]}, 'multicast'),
+    ({'nics': [{'bridge': 'br0', 'network': 'default'}]}, 'exactly one of bridge or network'),
+    ({'disks': [{'path': '/missing/disk.img'}]}, '/missing/disk.img cannot be used'),
+    ({'disks': [{'path': 'relative.img'}]}, 'must be absolute'),
+    ({'disks': [{'path': '/a.img', 'target': 'sda'}]}, 'does not fit bus virtio'),
+    ({'disks': [{'path': '/a.img'}, {'path': '/a.img'}]}, 'given twice'),
+    ({'disks': [{'path': '/a.img', 'domain_id': 'x'}]}, 'not both'),
+    ({'disks': [{'domain_id': '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'}]}, 'needs domain_id, image_id and volume_id'),
+    ({'kernel': '/boot/vmlinuz', 'boot_order': ['hd']}, 'mutually exclusive'),
+    ({'cmdline': 'x'}, 'need kernel'),
+    ({'graphics': {'type': 'vnc', 'password': '123456789'}}, 'at most 8'),
+    ({'graphics': {'password': 'x', 'password_valid_to': 'tomorrow'}}, 'YYYY-MM-DD'),
+    ({'custom_properties': {'bad-name': 'x'}}, 'environment variable'),
+    ({'uuid': 'NOT-A-UUID'}, 'not a valid UUID'),
+])
+def test_bad_specs_are_refused(params, message):
+    with pytest.raises(VirtnodeError) as err:
+        spec_of(**params)
+    assert message in str(err.value)
+
+
+def test_normalize_fills_defaults_and_targets():
+    spec = spec_of(disks=[{'path': '/a.img'}, {'path': '/dev/sdx', 'bus': 'sata'}, {'path': '/b.img', 'target': 'vda'}],
+                   nics=[{'bridge': 'br0', 'mac': '52-54-00-AA-00-01'}], cdrom='', machine='q35')
+    assert spec['memory'] == spec['max_memory'] == 131072
+    assert [d['target'] for d in spec['disks']] == ['vdb', 'sda', 'vda']
+    assert spec['disks'][1]['type'] == 'block'
+    assert spec['disks'][0]['error_policy'] == 'stop' and spec['disks'][0]['cache'] == 'none'
+    assert spec['nics'][0]['mac'] == '52:54:00:aa:00:01'
+    assert spec['vcpus'] is None and spec['machine'] == 'q35'
+
+
+def test_volume_disks_go_through_the_resolver():
+    ids = ['5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e1%d' % i for i in range(3)]
+    seen = []
+
+    def resolver(sd, img, vol):
+        seen.append((sd, img, vol))
+        return '/rhev/data-center/mnt/server:_export/%s/images/%s/%s' % (sd, img, vol)
+
+    spec = vm_spec.normalize({'name': 'v', 'disks': [dict(zip(('domain_id', 'image_id', 'volume_id'), ids))]},
+                             stat_fn=fake_stat, resolver=resolver)
+    assert seen == [tuple(ids)]
+    assert spec['disks'][0]['path'].endswith('/images/%s/%s' % (ids[1], ids[2]))
+    assert spec['disks'][0]['volume'] == dict(zip(('domain_id', 'image_id', 'volume_id'), ids))
+
+
+def test_unprepared_volume_is_a_clear_error(tmp_path):
+    with pytest.raises(VirtnodeError) as err:
+        vm_spec.resolve_volume(*(['5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'] * 3))
+    assert 'not prepared on this host' in str(err.value)
+
+
+def test_build_xml_round_trips_through_parse_live():
+    spec = spec_of(max_memory='256MiB', vcpus=2, cpu_model='host-model', kernel='/boot/vmlinuz', initrd='/boot/initrd',
+                   cmdline='console=ttyS0', disks=[{'path': '/a.img', 'format': 'qcow2', 'readonly': True}],
+                   nics=[{'network': 'default', 'mac': '52:54:00:00:00:01', 'model': 'e1000'}], cdrom='/iso',
+                   graphics={'type': 'spice', 'password': 'pw', 'password_valid_to': '2030-01-01T00:00:00Z'},
+                   custom_properties={'a': 1}, console_log=True,
+                   lease={'sd_id': '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11', 'lease_id': '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e12',
+                          'path': '/rhev/xleases', 'offset': 3145728})
+    xml = vm_spec.build_xml(spec, domain_type='kvm')
+    live = vm_spec.parse_live(xml)
+    assert live['domain_type'] == 'kvm'
+    assert live['custom_properties'] == {'a': '1'}
+    assert live['graphics']['password_valid_to'] == '2030-01-01T00:00:00'
+    assert live['console_log_file'] == '/var/log/libvirt/qemu/vm1-console.log'
+    assert live['lease']['offset'] == 3145728
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+
+
+def test_live_fixture_shows_no_spurious_differences():
+    """Real `virsh dumpxml` of a domain started from FIXTURE_SPEC: libvirt's additions are not diffs."""
+    live = vm_spec.parse_live(fixture('vm_live_full.xml'))
+    spec = vm_spec.normalize(FIXTURE_SPEC, stat_fn=fake_stat)
+    assert live['machine'].startswith('pc-q35-')
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    before, after = vm_spec.diff_view(spec, live)
+    assert before == after
+    assert after['graphics']['password'] == 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER'
+
+
+def test_live_fixture_changes_are_sorted_into_live_and_restart():
+    live = vm_spec.parse_live(fixture('vm_live_full.xml'))
+    params = dict(FIXTURE_SPEC, vcpus=4, cpu_topology=None, memory='64MiB', cdrom='',
+                  disks=[{'path': '/var/lib/new.qcow2', 'format': 'qcow2'}],
+                  nics=[{'bridge': 'vmbr-fx', 'mac': '52:54:00:aa:bb:01'}],
+                  graphics=dict(FIXTURE_SPEC['graphics'], password='other'))
+    result = vm_spec.compare(vm_spec.normalize(params, stat_fn=fake_stat), live)
+    assert result['restart'] == ['vcpus']
+    kinds = sorted(a['action'] for a in result['live'])
+    assert kinds == ['attach_disk', 'change_cd', 'detach_disk', 'detach_nic', 'set_memory', 'set_ticket']
+    detached = [a for a in result['live'] if a['action'] == 'detach_nic'][0]
+    assert detached['nic']['mac'] != '52:54:00:aa:bb:01'
+
+
+def test_machine_alias_and_max_memory_restart():
+    live = vm_spec.parse_live(fixture('vm_live_full.xml'))
+    spec = vm_spec.normalize(dict(FIXTURE_SPEC, machine='pc-q35-7.2', max_memory='256MiB'), stat_fn=fake_stat)
+    assert vm_spec.compare(spec, live)['restart'] == ['max_memory']
+    spec = vm_spec.normalize(dict(FIXTURE_SPEC, machine='pc'), stat_fn=fake_stat)
+    assert vm_spec.compare(spec, live, aliases={'pc': 'pc-i440fx-7.2'})['restart'] == ['machine']
+
+
+def test_updated_persistent_xml_keeps_what_the_spec_leaves_out():
+    live_xml = fixture('vm_live_full.xml')
+    spec = vm_spec.normalize({'name': 'fx-guest', 'vcpus': 2, 'cpu_topology': None}, stat_fn=fake_stat)
+    new = vm_spec.parse_live(vm_spec.updated_persistent_xml(spec, live_xml))
+    old = vm_spec.parse_live(live_xml)
+    for key in ('uuid', 'max_memory', 'kernel', 'cmdline', 'custom_properties', 'cdrom'):
+        assert new[key] == old[key], key
+    assert [n['mac'] for n in new['nics']] == [n['mac'] for n in old['nics']]
+    assert new['machine'] == 'q35'
+
+
+def test_machine_aliases_from_capabilities():
+    caps = fixture('capabilities_x86_64.xml')
+    aliases = vm_spec.machine_aliases(caps)
+    assert all(value.startswith('pc-') for value in aliases.values())

@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats as s
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+
+@pytest.mark.parametrize('state, reason, job, status', [
+    (s.RUNNING, 1, None, 'Up'),
+    (s.PAUSED, 1, None, 'Paused'),
+    (s.PAUSED, s.PAUSED_IOERROR, None, 'Paused'),
+    (s.PAUSED, s.PAUSED_STARTING_UP, None, 'WaitForLaunch'),
+    (s.RUNNING, 1, s.JOB_MIGRATION_OUT, 'Migration Source'),
+    (s.PAUSED, s.PAUSED_MIGRATION, s.JOB_MIGRATION_IN, 'Migration Destination'),
+    (s.RUNNING, 1, s.JOB_SAVE, 'Saving State'),
+    (s.PAUSED, 0, s.JOB_RESTORE, 'Restoring state'),
+    (s.SHUTDOWN, 1, None, 'Powering down'),
+    (s.SHUTOFF, 2, None, 'Down'),
+    (s.CRASHED, 0, None, 'Down'),
+])
+def test_vdsm_status(state, reason, job, status):
+    assert s.vdsm_status(state, reason, job) == status
+    assert status in s.STATUSES
+
+
+def test_pause_codes():
+    assert s.pause_info(s.RUNNING, 1) == (None, None)
+    assert s.pause_info(s.PAUSED, 1) == ('user', 'NOERR')
+    assert s.pause_info(s.PAUSED, s.PAUSED_IOERROR, {'vda': s.DISK_ERROR_NO_SPACE}) == ('ioerror', 'ENOSPC')
+    assert s.pause_info(s.PAUSED, s.PAUSED_IOERROR, {'vda': 1}) == ('ioerror', 'EIO')
+
+
+def test_exit_records(tmp_path):
+    uuid = '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'
+    assert s.exit_info(uuid, records_dir=str(tmp_path)) is None
+    assert s.exit_info(uuid, s.SHUTOFF, 1, records_dir=str(tmp_path))['exit_reason'] == s.EXIT_USER_SHUTDOWN
+    s.write_record(uuid, 'exit', s.exit_record(s.EXIT_ADMIN_SHUTDOWN, name='vm1'), str(tmp_path))
+    info = s.exit_info(uuid, s.SHUTOFF, 1, records_dir=str(tmp_path))
+    assert info['exit_reason'] == s.EXIT_ADMIN_SHUTDOWN and info['exit_code'] == 0
+    assert s.all_records('exit', str(tmp_path))[0][1]['name'] == 'vm1'
+    s.remove_record(uuid, 'exit', str(tmp_path))
+    assert s.all_records('exit', str(tmp_path)) == []
+
+
+class Dom(object):
+    def __init__(self, name, uuid):
+        self._name, self._uuid = name, uuid
+
+    def name(self):
+        return self._name
+
+    def UUIDString(self):
+        return self._uuid
+
+    def isPersistent(self):
+        return 0
+
+    def jobStats(self):
+        return {'type': 0}
+
+
+class Conn(object):
+    """Answers bulk stats calls only; counts them."""
+
+    def __init__(self, samples):
+        self.samples = samples
+        self.calls = 0
+
+    def getAllDomainStats(self, mask, flags):
+        self.calls += 1
+        return self.samples.pop(0)
+
+
+def test_collect_uses_two_bulk_samples_for_rates():
+    dom = Dom('vm1', 'u1')
+    first = {'state.state': 1, 'state.reason': 1, 'cpu.time': 1000000000, 'vcpu.current': 1, 'balloon.maximum': 131072,
+             'block.count': 1, 'block.0.name': 'vda', 'block.0.rd.bytes': 1000, 'block.0.wr.bytes': 0,
+             'net.count': 1, 'net.0.name': 'vnet0', 'net.0.rx.bytes': 100, 'net.0.tx.bytes': 10}
+    second = dict(first, **{'cpu.time': 1500000000, 'block.0.rd.bytes': 3000, 'net.0.rx.bytes': 600,
+                            'block.0.capacity': 16777216})
+    conn = Conn([[(dom, first)], [(dom, second)]])
+    times = iter([10.0, 12.0])
+    entries = s.collect(conn, sample_interval=2, sleep=lambda x: None)
+    assert conn.calls == 2
+    del times
+    vm = entries[0]
+    assert vm['status'] == 'Up' and vm['exit'] is None
+    assert vm['disks'][0]['read_bytes'] == 3000 and vm['disks'][0]['capacity'] == 16777216
+    assert vm['disks'][0]['read_bytes_per_sec'] > 0
+    assert vm['nics'][0]['rx_bytes_per_sec'] > 0
+    assert vm['cpu']['usage_percent'] > 0
+
+
+def test_collect_counters_only():
+    dom = Dom('vm1', 'u1')
+    conn = Conn([[(dom, {'state.state': s.SHUTOFF, 'state.reason': 2})]])
+    vm = s.collect(conn, sample_interval=0)[0]
+    assert conn.calls == 1
+    assert vm['status'] == 'Down' and vm['cpu'] is None
+    assert vm['exit']['exit_reason'] == s.EXIT_ADMIN_SHUTDOWN
+
+
+def test_sample_interval_bounds():
+    with pytest.raises(VirtnodeError):
+        s.validate_sample_interval(61)
