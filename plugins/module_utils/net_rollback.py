@@ -24,16 +24,13 @@ import datetime
 import fcntl
 import json
 import os
-import signal
 import time
 import traceback
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.detached import process_start_time, spawn_detached
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
 
-try:
-    from ansible_collections.virtnode.kvm.plugins.module_utils.atomic_file import write_atomic
-except ImportError:  # pragma: no cover
-    write_atomic = None
+from ansible_collections.virtnode.kvm.plugins.module_utils.atomic_file import write_atomic
 
 TRANSACTION_DIR = '/var/lib/virtnode/network/transactions'
 POLL_INTERVAL = 0.2
@@ -47,20 +44,6 @@ def boot_id():
             return handle.read().strip()
     except OSError:
         return None
-
-
-def process_start_time(pid):
-    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # The command name may contain spaces: fields after its closing parenthesis.
-    fields = data[data.rindex(')') + 2:].split()
-    if fields[0] == 'Z':
-        return None
-    return int(fields[19])
 
 
 def utc_text(epoch):
@@ -82,13 +65,7 @@ class Transactions(object):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         payload = (json.dumps(record, indent=1, sort_keys=True) + '\n').encode('utf-8')
         path = self.path(record['id'])
-        if write_atomic is not None:
-            write_atomic(path, payload, 0o600)
-        else:  # pragma: no cover
-            with open(path + '.new', 'wb') as handle:
-                handle.write(payload)
-                os.fsync(handle.fileno())
-            os.replace(path + '.new', path)
+        write_atomic(path, payload, 0o600)
 
     def load(self, txid):
         try:
@@ -231,50 +208,6 @@ def confirm(store, txid, on_confirm=None):
         record['finished_at'] = utc_text(record['finished'])
         store.write(record)
     return record
-
-
-def spawn_detached(function, *args):
-    """Run ``function(*args)`` in a detached grandchild process; return its pid.
-
-    The grandchild starts a new session, ignores SIGHUP, has /dev/null as
-    stdin/stdout/stderr and closes every other inherited descriptor (so an
-    SSH session waiting for the module's output is not held open), then
-    leaves with os._exit() without running the caller's cleanup.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 0
-        try:
-            os.close(read_end)
-            os.setsid()
-            grandchild = os.fork()
-            if grandchild:
-                os.write(write_end, str(grandchild).encode('ascii'))
-                os._exit(0)
-            os.chdir('/')
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            os.closerange(3, 65536)
-            function(*args)
-        except BaseException:  # nothing may escape into the caller's code in a forked child
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    data = b''
-    while True:
-        chunk = os.read(read_end, 64)
-        if not chunk:
-            break
-        data += chunk
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    if not data:
-        raise VirtnodeError('could not start the network rollback watcher')
-    return int(data)
 
 
 def start_watcher(store, record, restore, log=None):

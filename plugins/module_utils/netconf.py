@@ -38,10 +38,7 @@ import time
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.iproute import format_command
 
-try:
-    from ansible_collections.virtnode.kvm.plugins.module_utils.atomic_file import write_atomic
-except ImportError:  # pragma: no cover - atomic_file ships with the collection
-    write_atomic = None
+from ansible_collections.virtnode.kvm.plugins.module_utils.atomic_file import write_atomic
 
 STATE_DIR = '/var/lib/virtnode/network'
 PERSISTENT_DIR = STATE_DIR + '/persistent'
@@ -1055,15 +1052,7 @@ def _write_json(path, data, mode=0o644):
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     payload = (json.dumps(data, indent=2, sort_keys=True) + '\n').encode('utf-8')
-    if write_atomic is not None:
-        write_atomic(path, payload, mode)
-        return
-    temp = path + '.new'  # pragma: no cover
-    with open(temp, 'wb') as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    write_atomic(path, payload, mode)
 
 
 def _read_json(path, default=None):

@@ -35,6 +35,7 @@ import signal
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils import atomic_file
+from ansible_collections.virtnode.kvm.plugins.module_utils import detached
 from ansible_collections.virtnode.kvm.plugins.module_utils import sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils import storage
@@ -66,22 +67,6 @@ def state_path(sp_uuid):
     return os.path.join(STATE_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID') + '.json')
 
 
-def process_start_time(pid):
-    """The start time (clock ticks since boot) of ``pid``, None if it does not exist."""
-    try:
-        with open('/proc/%d/stat' % pid) as stream:
-            data = stream.read()
-    except (OSError, TypeError):
-        return None
-    fields = data.rsplit(')', 1)[-1].split()
-    if fields and fields[0] == 'Z':
-        return None
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def read_state(sp_uuid):
     """The holder's state file, with ``alive`` telling whether that process still runs."""
     try:
@@ -90,7 +75,7 @@ def read_state(sp_uuid):
     except (OSError, ValueError):
         return None
     pid = state.get('pid')
-    state['alive'] = isinstance(pid, int) and pid > 0 and process_start_time(pid) == state.get('start_time')
+    state['alive'] = isinstance(pid, int) and pid > 0 and detached.process_start_time(pid) == state.get('start_time')
     return state
 
 
@@ -195,7 +180,7 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     report = report or (lambda outcome: None)
     pid = os.getpid()
-    state = {'pid': pid, 'start_time': process_start_time(pid), 'sp_uuid': sp_uuid, 'host_id': host_id,
+    state = {'pid': pid, 'start_time': detached.process_start_time(pid), 'sp_uuid': sp_uuid, 'host_id': host_id,
              'status': CONTEND, 'check_interval': check_interval, 'since': time.time()}
     master_dir = None
     try:
@@ -262,19 +247,6 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
     return 'stopped'
 
 
-def _detach_stdio(keep):
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    keep = sorted(fd for fd in keep if fd > 2)
-    low = 3
-    for fd in keep:
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 65536)
-
-
 def _read_report(read_fd, timeout):
     chunks = []
     deadline = time.monotonic() + timeout
@@ -295,37 +267,31 @@ def _read_report(read_fd, timeout):
     return json.loads(data.decode('utf-8'))
 
 
+def _holder_main(sp_uuid, host_id, check_interval, report_fd):
+    sent = []
+
+    def report(outcome):
+        if not sent:
+            sent.append(True)
+            os.write(report_fd, json.dumps(outcome).encode('utf-8'))
+            os.close(report_fd)
+
+    try:
+        run_holder(sp_uuid, host_id, check_interval, report)
+    except BaseException as err:  # pylint: disable=broad-except
+        _log(sp_uuid, 'holder crashed: %r' % (err,))
+        report({'ok': False, 'msg': 'the SPM holder failed: %s' % (err,)})
+        raise
+
+
 def spawn_holder(sp_uuid, host_id, check_interval, timeout=DEFAULT_START_TIMEOUT):
     """Fork a detached holder and return its report (``ok``, ``msg``, ``lver``, ``pid``)."""
     read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:
-        code = 0
-        try:
-            os.close(read_fd)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            _detach_stdio(keep=[write_fd])
-            sent = []
-
-            def report(outcome):
-                if not sent:
-                    sent.append(True)
-                    os.write(write_fd, json.dumps(outcome).encode('utf-8'))
-                    os.close(write_fd)
-
-            try:
-                run_holder(sp_uuid, host_id, check_interval, report)
-            except BaseException as err:  # pylint: disable=broad-except
-                _log(sp_uuid, 'holder crashed: %r' % (err,))
-                report({'ok': False, 'msg': 'the SPM holder failed: %s' % (err,)})
-                code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
     try:
-        os.waitpid(child, 0)
+        detached.spawn_detached(_holder_main, sp_uuid, host_id, check_interval, write_fd, keep_fds=(write_fd,))
+    finally:
+        os.close(write_fd)
+    try:
         return _read_report(read_fd, timeout)
     finally:
         os.close(read_fd)
@@ -369,7 +335,7 @@ def stop(sp_uuid, timeout=DEFAULT_STOP_TIMEOUT):
         _remove_state(sp_uuid)
         return False
     deadline = time.monotonic() + timeout
-    while process_start_time(pid) == local.get('start_time'):
+    while detached.process_start_time(pid) == local.get('start_time'):
         if time.monotonic() > deadline:
             raise VirtnodeError('the SPM holder (pid %d) did not stop within %ss' % (pid, timeout), {'pid': pid})
         time.sleep(0.1)
