@@ -4,7 +4,7 @@
 # time of each phase is printed at the end, closed by one line that adds up
 # the pytest results (sanity and lint count as one test each).
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 logs=$(mktemp -d)
 declare -a names results times
 status=0 passed=0 failed=0 skipped=0
