@@ -52,6 +52,11 @@ def test_lab_up_twice_then_down_twice_leaves_nothing():
         assert "started" not in second and "recreating" not in second, second
         assert footprint() == up, "a second lab-up must change nothing"
         assert "vnhost1" in lab("status") and "DOWN" not in lab("status")
+        # A crashed host comes back with lab-up, fresh but with its disks.
+        lab("crash", "vnhost1")
+        assert "DOWN" in lab("status")
+        lab("up", "--hosts", "1")
+        assert "DOWN" not in lab("status")
     finally:
         lab("down")
     lab("down")

@@ -367,6 +367,9 @@ def ensure_host(state: dict, index: int, use_shim: bool) -> None:
         if netns_exists(ns) or info:
             log(f"{name}: incomplete, recreating")
             destroy_host(name)
+        # A host coming back starts with an empty /run, as after a reboot:
+        # stale pid files and sockets of its previous life must not count.
+        shutil.rmtree(bind_source(name, "/run"), ignore_errors=True)
         prepare_host_dirs(name, index, LAB / "etc_hosts")
         holder = start_holder(name, index)
         log(f"{name}: namespaces up (holder pid {holder})")
