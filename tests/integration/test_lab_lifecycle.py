@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
+import time
 
 from conftest import REPO
 
@@ -41,13 +42,25 @@ def footprint() -> dict:
     return {"netns": netns, "links": links, "mounts": mounts, "processes": processes}
 
 
+CLEAN = {"netns": [], "links": [], "mounts": 0, "processes": []}
+
+
+def settled_footprint() -> dict:
+    """The footprint once killed processes have finished exiting (a few seconds at most)."""
+    deadline = time.monotonic() + 10
+    while (current := footprint()) != CLEAN and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return current
+
+
 def test_lab_up_twice_then_down_twice_leaves_nothing():
-    before = footprint()
-    assert before == {"netns": [], "links": [], "mounts": 0, "processes": []}, before
+    before = settled_footprint()
+    assert before == CLEAN, before
     try:
         lab("up", "--hosts", "1")
         up = footprint()
-        assert len(up["netns"]) == 1 and len(up["links"]) == 2 and up["mounts"] > 0 and up["processes"], up
+        # Two lab bridges (management, VM traffic) and the host's two veths.
+        assert len(up["netns"]) == 1 and len(up["links"]) == 4 and up["mounts"] > 0 and up["processes"], up
         second = lab("up", "--hosts", "1")
         assert "started" not in second and "recreating" not in second, second
         assert footprint() == up, "a second lab-up must change nothing"
@@ -60,5 +73,5 @@ def test_lab_up_twice_then_down_twice_leaves_nothing():
     finally:
         lab("down")
     lab("down")
-    assert footprint() == before
+    assert settled_footprint() == CLEAN
     assert not (LAB_DIR / "hosts").exists() and not (LAB_DIR / "state.json").exists()

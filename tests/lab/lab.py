@@ -46,6 +46,9 @@ SHIM_SRC = Path(__file__).with_name("setrlimit_shim.c")
 SHIM = LAB / "shim" / "setrlimit_shim.so"
 
 BRIDGE = f"vnlab{LAB_ID}"
+# A second, address-less segment for VM traffic: every host's eth1 is on it,
+# so a VM network bridged on eth1 exists on all hosts and guests can migrate.
+VM_BRIDGE = f"vnlab{LAB_ID}v"
 SUBNET_PREFIX = f"10.251.{LAB_ID}."
 BRIDGE_IP = SUBNET_PREFIX + "1"
 NETNS_PREFIX = f"vnlab{LAB_ID}-"
@@ -178,13 +181,14 @@ def ensure_guest() -> dict:
 
 
 def ensure_bridge() -> None:
-    if not Path("/sys/class/net", BRIDGE).exists():
-        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-        log(f"created bridge {BRIDGE}")
+    for bridge in (BRIDGE, VM_BRIDGE):
+        if not Path("/sys/class/net", bridge).exists():
+            run(["ip", "link", "add", bridge, "type", "bridge"])
+            log(f"created bridge {bridge}")
+        run(["ip", "link", "set", bridge, "up"])
     addrs = run(["ip", "-o", "-4", "addr", "show", "dev", BRIDGE], capture=True).stdout
     if f" {BRIDGE_IP}/24 " not in addrs:
         run(["ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", BRIDGE])
-    run(["ip", "link", "set", BRIDGE, "up"])
 
 
 def ensure_mountpoints(state: dict) -> None:
@@ -250,27 +254,43 @@ def prepare_host_dirs(name: str, index: int, hosts_file: Path) -> None:
     )
 
 
-def start_holder(name: str, index: int) -> int:
-    """Create the host's namespaces; return the pid that keeps them alive."""
+def host_nics(index: int) -> list[tuple[str, str, str]]:
+    """(outer veth end, NIC name inside the host, lab bridge) of each host NIC."""
+    return [(f"vnlab{LAB_ID}-h{index}", "eth0", BRIDGE), (f"vnlab{LAB_ID}-v{index}", "eth1", VM_BRIDGE)]
+
+
+def ensure_host_network(name: str, index: int, addresses: bool = True) -> None:
+    """The host's namespace and NICs, and (when asked) its address and default route.
+
+    A running host is repaired without touching addresses: tests may have moved
+    them, e.g. onto a bridge over eth0, and take care of them themselves.
+    """
     ns = netns_name(name)
-    veth = f"vnlab{LAB_ID}-h{index}"
     if not netns_exists(ns):
         run(["ip", "netns", "add", ns])
-    peer = run(["ip", "-n", ns, "link", "show", "dev", "eth0"], check=False, capture=True)
-    if Path("/sys/class/net", veth).exists() and peer.returncode != 0:
-        run(["ip", "link", "del", veth])  # a stale end left by a half-removed host
-    if not Path("/sys/class/net", veth).exists():
-        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-    run(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+    for veth, nic, bridge in host_nics(index):
+        peer = run(["ip", "-n", ns, "link", "show", "dev", nic], check=False, capture=True)
+        if Path("/sys/class/net", veth).exists() and peer.returncode != 0:
+            run(["ip", "link", "del", veth])  # a stale end left by a half-removed host
+        if not Path("/sys/class/net", veth).exists():
+            run(["ip", "link", "add", veth, "type", "veth", "peer", "name", nic, "netns", ns])
+        run(["ip", "link", "set", veth, "master", bridge, "up"])
+        run(["ip", "-n", ns, "link", "set", nic, "up"])
+    if not addresses:
+        return
     addrs = run(["ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"], capture=True).stdout
     if f" {host_ip(index)}/24 " not in addrs:
         run(["ip", "-n", ns, "addr", "add", f"{host_ip(index)}/24", "dev", "eth0"])
-    run(["ip", "-n", ns, "link", "set", "eth0", "up"])
     run(["ip", "-n", ns, "link", "set", "lo", "up"])
     routes = run(["ip", "-n", ns, "route", "show", "default"], capture=True).stdout
     if not routes.strip():
         run(["ip", "-n", ns, "route", "add", "default", "via", BRIDGE_IP])
 
+
+def start_holder(name: str, index: int) -> int:
+    """Create the host's namespaces; return the pid that keeps them alive."""
+    ns = netns_name(name)
+    ensure_host_network(name, index)
     mounts = [f"mount --bind {bind_source(name, t)} {t}" for t in BIND_DIRS]
     mounts += [f"mount --bind {host_dir(name) / 'root' / t.strip('/').replace('/', '_')} {t}"
                for t in BIND_FILES]
@@ -375,6 +395,7 @@ def ensure_host(state: dict, index: int, use_shim: bool) -> None:
         log(f"{name}: namespaces up (holder pid {holder})")
     else:
         prepare_host_dirs(name, index, LAB / "etc_hosts")
+        ensure_host_network(name, index, addresses=False)
     state["hosts"][name] = {"index": index, "holder": holder, "ip": host_ip(index),
                             "netns": ns, "uuid": host_uuid(name)}
     save_state(state)
@@ -400,10 +421,10 @@ def destroy_host(name: str) -> None:
             break
     if netns_exists(ns):
         run(["ip", "netns", "del", ns], check=False)
-    # The kernel frees a namespace lazily; delete its veth now so nothing lingers.
-    veth = f"vnlab{LAB_ID}-h{name[len(HOST_PREFIX):]}"
-    if Path("/sys/class/net", veth).exists():
-        run(["ip", "link", "del", veth], check=False, capture=True)
+    # The kernel frees a namespace lazily; delete its veths now so nothing lingers.
+    for veth, _nic, _bridge in host_nics(int(name[len(HOST_PREFIX):])):
+        if Path("/sys/class/net", veth).exists():
+            run(["ip", "link", "del", veth], check=False, capture=True)
 
 
 def write_inventory(state: dict, guest: dict) -> None:
@@ -467,9 +488,10 @@ def cmd_down(args) -> None:
     for name in sorted(names):
         destroy_host(name)
         log(f"{name}: removed")
-    if Path("/sys/class/net", BRIDGE).exists():
-        run(["ip", "link", "del", BRIDGE], check=False)
-        log(f"removed bridge {BRIDGE}")
+    for bridge in (BRIDGE, VM_BRIDGE):
+        if Path("/sys/class/net", bridge).exists():
+            run(["ip", "link", "del", bridge], check=False)
+            log(f"removed bridge {bridge}")
     for target in reversed(state.get("created_mountpoints", [])):
         try:
             os.rmdir(target)
