@@ -109,9 +109,13 @@ def status(sp_uuid):
     host id owning the SPM lease on storage (or POOL_SPM_ID when nobody
     owns it), ``lver`` the pool's POOL_SPM_LVER.
     """
-    master_dir, md = storage.find_master(sp_uuid)
+    master_dir, md = storage.find_master(sp_uuid, required=False)
     local = read_state(sp_uuid) or {}
     pool_state = storage.read_pool_state(sp_uuid) or {}
+    if md is None:
+        if not (local.get('alive') or pool_state):
+            storage.find_master(sp_uuid)  # raises, naming what is missing
+        return _status_without_storage(sp_uuid, local, pool_state)
     role = FREE
     if local.get('alive'):
         if local.get('status') == SPM and (md.sd_uuid, storage.SPM_RESOURCE) in sanlock_lock.held_resources(pid=local['pid']):
@@ -134,6 +138,29 @@ def status(sp_uuid):
         'lver': md.pool_spm_lver if md.pool_spm_lver is not None else sdm.SPM_LVER_INVALID,
         'host_id': pool_state.get('host_id'),
         'holder_pid': local.get('pid') if local.get('alive') else None,
+        'last_state': local.get('status'),
+    }
+
+
+def _status_without_storage(sp_uuid, local, pool_state):
+    """Status of a connected pool whose storage is gone from view.
+
+    A holder still running must be reported (and so be stoppable): it may
+    hold the SDM lease on storage this host no longer mounts.
+    """
+    alive = bool(local.get('alive'))
+    holds_lease = alive and any(resource == storage.SPM_RESOURCE
+                                for _ls, resource in sanlock_lock.held_resources(pid=local['pid']))
+    role = (SPM if local.get('status') == SPM and holds_lease else CONTEND) if alive else FREE
+    return {
+        'sp_uuid': sp_uuid,
+        'master_sd_uuid': local.get('sd_uuid', pool_state.get('master_sd')),
+        'spm_status': role,
+        'spm_id': pool_state.get('host_id', sdm.SPM_ID_FREE) if role == SPM else sdm.SPM_ID_FREE,
+        'spm_host': pool_state.get('hostname') if role == SPM else None,
+        'lver': local.get('lver', sdm.SPM_LVER_INVALID),
+        'host_id': pool_state.get('host_id'),
+        'holder_pid': local['pid'] if alive else None,
         'last_state': local.get('status'),
     }
 

@@ -380,13 +380,13 @@ def join_lockspace(dom_dir, md, host_id):
     return sanlock_lock.add_lockspace(md.sd_uuid, host_id, dom_md_file(dom_dir, 'ids'), md.io_op_timeout_sec)
 
 
-def leave_lockspace(dom_dir, md):
-    if not uses_sanlock(md.sd_type):
-        return False
-    held = sanlock_lock.lockspaces().get(md.sd_uuid)
+def leave_lockspace(sd_uuid):
+    """Leave the domain's lockspace if this host's sanlock holds it (by name: the
+    domain's storage may already be gone)."""
+    held = sanlock_lock.lockspaces().get(sd_uuid)
     if held is None:
         return False
-    return sanlock_lock.rem_lockspace(md.sd_uuid, held['host_id'], held['path'])
+    return sanlock_lock.rem_lockspace(sd_uuid, held['host_id'], held['path'])
 
 
 def pool_domains(master_md):
@@ -464,20 +464,21 @@ def connect_pool(sp_uuid, host_id, hostname=None):
     if host_name_of(master_dir, host_id) != hostname:
         atomic_file.write_atomic(record, (hostname + '\n').encode('utf-8'), 0o644)
     refresh_links(sp_uuid, master_dir, master_md)
+    # The lockspaces are recorded so disconnecting can leave them even when the
+    # pool's storage is no longer reachable.
+    held = sanlock_lock.lockspaces() if uses_sanlock(master_md.sd_type) else {}
     write_pool_state(sp_uuid, {'sp_uuid': sp_uuid, 'host_id': host_id, 'hostname': hostname,
-                               'master_sd': master_md.sd_uuid, 'connected_at': int(time.time())})
+                               'master_sd': master_md.sd_uuid, 'connected_at': int(time.time()),
+                               'lockspaces': sorted(sd for sd in pool_domains(master_md) if sd in held)})
     return joined
 
 
 def disconnect_pool(sp_uuid):
     """Leave the lockspaces of the pool's domains and remove its links and local state."""
-    master_dir, master_md = find_master(sp_uuid, required=False)
-    left = []
-    if master_md is not None:
-        found = scan_domains()
-        for sd_uuid in sorted(pool_domains(master_md)):
-            if sd_uuid in found and leave_lockspace(found[sd_uuid], read_md(found[sd_uuid])):
-                left.append(sd_uuid)
+    _master_dir, master_md = find_master(sp_uuid, required=False)
+    recorded = (read_pool_state(sp_uuid) or {}).get('lockspaces', [])
+    members = set(recorded) | (set(pool_domains(master_md)) if master_md is not None else set())
+    left = [sd_uuid for sd_uuid in sorted(members) if leave_lockspace(sd_uuid)]
     pdir = sd_layout.pool_dir(sp_uuid)
     if os.path.isdir(pdir):
         for name in os.listdir(pdir):

@@ -268,7 +268,7 @@ def set_membership(module, dom_dir, sp_uuid, wanted, actions, force=False):
     if wanted is None:
         domains.pop(md.sd_uuid, None)
         storage.update_md(dom_dir, {sdm.POOL_UUID: ''})
-        storage.leave_lockspace(dom_dir, md)
+        storage.leave_lockspace(md.sd_uuid)
     else:
         changes = {sdm.POOL_UUID: sp_uuid}
         if force and md.pool_uuids and not in_pool:

@@ -99,3 +99,43 @@ def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
     ])
     assert "sanlock" not in lab_exec(first, "true").stderr
     play(tmp_path, "cleanup-after", "lab", cleanup_tasks())
+
+
+def test_spm_stops_and_pool_disconnects_after_its_storage_vanished(lab_hosts, tmp_path):
+    """Storage gone from view (here: lazily unmounted) must not strand the SPM lease or the lockspace."""
+    host = list(lab_hosts)[0]
+    sp, sd = "6a7b8c9d-3e4f-4a5b-8c6d-2e3f4a5b6c72", "7b8c9d0e-4f5a-4b6c-9d7e-3f4a5b6c7d83"
+    server = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none",
+                                              "options": "bind"}}
+
+    def vanished_play(name, tasks):
+        playbook = tmp_path / f"{name}.yml"
+        playbook.write_text(json.dumps([{
+            "name": name, "hosts": host, "gather_facts": False,
+            "vars": {"export": "{{ virtnode_lab_shared_dir }}/spm-vanished", "sp": sp, "sd": sd}, "tasks": tasks}]))
+        proc = run_playbook(playbook)
+        print(proc.stdout[-6000:])
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-20000:]}"
+
+    vanished_play("setup", [
+        {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"}},
+        {"name": "Connect server", **server, "register": "server"},
+        {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
+                                                                  "io_timeout": IO_TIMEOUT}},
+        {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
+                                                              "host_id": 1, "state": "present"}},
+        {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": 1}},
+        {"name": "Become SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}},
+        {"name": "The storage goes away under the SPM",
+         "ansible.builtin.command": {"argv": ["umount", "-l", "{{ server.mount_point }}"]}, "changed_when": True},
+    ])
+    assert sd in lab_exec(host, "sanlock", "client", "status").stdout
+    vanished_play("recover", [
+        {"name": "Stop being SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "register": "stopped"},
+        {"name": "Disconnect the pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"}},
+        {"name": "Disconnect the server", **{k: dict(v, state="disconnected") for k, v in server.items()}},
+        {"name": "Stopped", "ansible.builtin.assert": {"that": ["stopped is changed", "stopped.spm.spm_status == 'Free'"]}},
+        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}},
+    ])
+    status = lab_exec(host, "sanlock", "client", "status").stdout
+    assert sd not in status, f"lockspace or SDM lease of the vanished domain still held:\n{status}"
