@@ -354,7 +354,7 @@ after:
   returned: always
   type: dict
 saved:
-  description: Whether the running configuration was saved as the configuration restored at boot.
+  description: Whether this task wrote the saved configuration (false when the saved one already matched).
   returned: always
   type: bool
   sample: false
