@@ -84,3 +84,8 @@ integration: lab-up collection
 
 clean: lab-down
 	rm -rf $(BUILD) $(VENV)
+
+# Benchmark of the node agent's sampler and cache (1000 domains on libvirt's test driver); not a test.
+.PHONY: bench-agent
+bench-agent: collection
+	BUILD=$(BUILD) /usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD)

@@ -1,0 +1,254 @@
+"""The node agent on a lab host: statistics, metrics, events, libvirtd restarts, storage trouble.
+
+Needs the lab with the bootstrap and node_agent roles applied (test_roles.py
+does it; the module fixture applies node_agent again, which is idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from conftest import REPO, lab_exec, run_playbook
+
+HOST = "vnhost1"
+GUEST = "agent-guest"
+SD_UUID = "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+MOUNT_DIR = "/rhev/data-center/mnt/agent-test"
+AGENT_PATH = "/usr/lib/virtnode-agent"
+PY = "/usr/bin/python3"
+CLIENT = (
+    "import sys, json; sys.path.insert(0, %r)\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client, agent_events\n"
+    "kind = sys.argv[1]\n"
+    "if kind == 'events':\n"
+    "    print(json.dumps(agent_events.read_events(since=int(sys.argv[2]))))\n"
+    "else:\n"
+    "    print(json.dumps(agent_client.query(kind, timeout=5, max_age=3600)))\n" % AGENT_PATH
+)
+
+
+def agent(kind: str, *args: str):
+    proc = lab_exec(HOST, PY, "-c", CLIENT, kind, *args)
+    return json.loads(proc.stdout)
+
+
+def when(predicate, probe):
+    """A probe that returns probe()'s value when predicate(value) holds, else None."""
+    def check():
+        value = probe()
+        return value if value and predicate(value) else None
+    return check
+
+
+def wait_for(what: str, probe, timeout: float = 60, step: float = 1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def events_since(cursor: int) -> list:
+    return agent("events", str(cursor))["events"]
+
+
+def agent_pid() -> int:
+    return int(lab_exec(HOST, "cat", "/run/virtnode-agent.pid").stdout.split()[0])
+
+
+def virsh(*args: str, check: bool = True):
+    return lab_exec(HOST, "virsh", "-c", "qemu:///system", *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def deployed(lab_hosts):
+    proc = run_playbook(REPO / "molecule" / "node_agent" / "converge.yml")
+    assert proc.returncode == 0, proc.stdout[-20000:]
+    return agent_pid()
+
+
+@pytest.fixture(scope="module")
+def guest(deployed, inventory):
+    lab_vars = inventory["all"]["children"]["lab"]["vars"]
+    xml = f"""<domain type='qemu'>
+  <name>{GUEST}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{lab_vars['virtnode_lab_guest_kernel']}</kernel>
+    <initrd>{lab_vars['virtnode_lab_guest_initrd']}</initrd>
+    <cmdline>{lab_vars['virtnode_lab_guest_cmdline']} workload=heartbeat</cmdline>
+  </os>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+  </devices>
+</domain>
+"""
+    virsh("destroy", GUEST, check=False)
+    lab_exec(HOST, "sh", "-c", f"cat > /run/{GUEST}.xml <<'EOF'\n{xml}EOF\n")
+    cursor = agent("status")["data"]["event_seq"]
+    virsh("create", f"/run/{GUEST}.xml")
+    yield cursor
+    virsh("destroy", GUEST, check=False)
+
+
+def vm_entry():
+    answer = agent("vms")
+    if not answer:
+        return None
+    for vm in answer["data"]["vms"]:
+        if vm["name"] == GUEST:
+            return vm
+    return None
+
+
+def test_vm_stats_match_libvirt_and_rates_are_sane(guest):
+    vm = wait_for("two samples of the guest",
+                  when(lambda v: v["cpu"] and v["cpu"]["usage_percent"] is not None, vm_entry))
+    raw = virsh("domstats", "--raw", "--cpu-total", "--balloon", "--vcpu", GUEST).stdout
+    stats = dict(line.strip().split("=", 1) for line in raw.splitlines() if "=" in line)
+    assert vm["status"] == "Up"
+    assert vm["cpu"]["vcpus"] == int(stats["vcpu.current"]) == 1
+    assert vm["memory"]["max_kib"] == int(stats["balloon.maximum"]) == 131072
+    # The agent's counter was read earlier, so it is at most libvirt's current one.
+    assert 0 < vm["cpu"]["time_ns"] <= int(stats["cpu.time"])
+    assert 0 <= vm["cpu"]["usage_percent"] <= 105
+    host = agent("host")["data"]["stats"]
+    assert 0 <= host["cpu"]["idle"] <= 100 and host["memory"]["free_mib"] > 0
+    assert host["sample_interval"] > 0
+
+
+def test_metrics_endpoint(guest):
+    wait_for("the guest in the cache", vm_entry)
+    scrape = lab_exec(HOST, PY, "-c", "import urllib.request; print(urllib.request.urlopen("
+                      "'http://127.0.0.1:9177/metrics', timeout=10).read().decode())").stdout
+    # prometheus_client writes labels sorted by name.
+    assert re.search(r'^virtnode_vm_cpu_seconds_total\{uuid="[0-9a-f-]+",vm="%s"\} [0-9.e+]+$' % GUEST, scrape, re.M)
+    assert re.search(r'^virtnode_vm_up\{uuid="[0-9a-f-]+",vm="%s"\} 1\.0$' % GUEST, scrape, re.M)
+    assert "virtnode_host_memory_free_bytes " in scrape
+    assert "virtnode_agent_libvirt_connected 1.0" in scrape
+
+
+def test_events_for_start_pause_resume_stop(guest, tmp_path):
+    cursor = guest
+    wait_for("the started event",
+             lambda: any(e["event"] == "started" and e.get("vm") == GUEST for e in events_since(cursor)))
+    virsh("suspend", GUEST)
+    virsh("resume", GUEST)
+    virsh("destroy", GUEST)
+    seen = wait_for("pause, resume and stop events",
+                    when(lambda evs: {"paused", "resumed", "stopped"} <= {e["event"] for e in evs},
+                         lambda: [e for e in events_since(cursor) if e.get("vm") == GUEST]))
+    kinds = [(e["event"], e["reason"]) for e in seen]
+    # libvirt also reports the resume of the CPUs at start and the shutdown before the stop: look for
+    # the four in order, others may come between.
+    wanted = [("started", "booted"), ("paused", "paused"), ("resumed", "unpaused"), ("stopped", "destroyed")]
+    positions = []
+    for item in wanted:
+        start = positions[-1] + 1 if positions else 0
+        assert item in kinds[start:], f"{item} missing after {wanted[:len(positions)]} in {kinds}"
+        positions.append(kinds.index(item, start))
+    seqs = [e["seq"] for e in seen]
+    assert seqs == sorted(seqs)
+    # The module reads the same log since a cursor.
+    playbook = tmp_path / "events.yml"
+    playbook.write_text(
+        "- name: Read events\n  hosts: vnhost1\n  gather_facts: false\n  tasks:\n"
+        f"    - name: Since the guest started\n      virtnode.kvm.event_info:\n        since: {cursor}\n"
+        "        events: [paused, resumed]\n      register: ev\n"
+        "    - name: Check\n      ansible.builtin.assert:\n        that:\n"
+        "          - (ev.events | map(attribute='event') | list)[-2:] == ['paused', 'resumed']\n"
+        "          - ev.events | map(attribute='event') | unique | sort == ['paused', 'resumed']\n"
+        f"          - ev.cursor >= {seqs[-1]}\n"
+        "          - not ev.changed\n")
+    proc = run_playbook(playbook)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+
+
+def test_agent_survives_a_libvirtd_restart(deployed):
+    pid = agent_pid()
+    before = agent("status")["data"]
+    assert before["libvirt_connected"]
+    cursor = before["event_seq"]
+    old = int(lab_exec(HOST, "cat", "/run/libvirtd.pid").stdout.split()[0])
+    lab_exec(HOST, "kill", "-TERM", str(old))
+    wait_for("libvirtd to exit", lambda: lab_exec(HOST, "kill", "-0", str(old), check=False).returncode != 0)
+    wait_for("the agent to notice", lambda: not agent("status")["data"]["libvirt_connected"], timeout=40)
+    lab_exec(HOST, "libvirtd", "-d", "--listen")
+    after = wait_for("the agent to reconnect",
+                     when(lambda s: s["libvirt_connected"] and s["libvirt_connects"] > before["libvirt_connects"],
+                          lambda: agent("status")["data"]), timeout=60)
+    assert agent_pid() == pid
+    assert after["pid"] == pid
+    names = [e["event"] for e in events_since(cursor)]
+    assert "libvirt_disconnected" in names and names.index("libvirt_disconnected") < len(names) - 1 - names[::-1].index("libvirt_connected")
+    wait_for("fresh VM data", lambda: agent("vms"))
+
+
+METADATA_WRITER = (
+    "import sys; sys.path.insert(0, %r)\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata\n"
+    "pairs = sd_metadata.new_domain_metadata(sys.argv[1], 'POSIXFS', 'Data', 'agent test', 'server:/agent')\n"
+    "open(sys.argv[2], 'wb').write(sd_metadata.serialize(pairs))\n" % AGENT_PATH
+)
+
+
+def domain_status():
+    answer = agent("storage")
+    return answer["data"]["domains"].get(SD_UUID) if answer else None
+
+
+@pytest.fixture
+def storage_domain(deployed):
+    dom_md = f"{MOUNT_DIR}/{SD_UUID}/dom_md"
+    lab_exec(HOST, "mkdir", "-p", dom_md, "/run/agent-test-empty")
+    lab_exec(HOST, PY, "-c", METADATA_WRITER, SD_UUID, f"{dom_md}/metadata")
+    yield dom_md
+    lab_exec(HOST, "sh", "-c", f"umount {dom_md}/metadata 2>/dev/null; umount {dom_md} 2>/dev/null; "
+             f"rm -rf {MOUNT_DIR} /run/agent-test-empty /run/agent-test-fifo", check=False)
+
+
+def test_storage_domain_unreachable_and_back(storage_domain):
+    pid = agent_pid()
+    wait_for("the domain valid", lambda: (domain_status() or {}).get("valid"))
+    cursor = agent("status")["data"]["event_seq"]
+    # Unreachable: the domain's dom_md is hidden behind an empty directory.
+    lab_exec(HOST, "mount", "--bind", "/run/agent-test-empty", storage_domain)
+    status = wait_for("the domain invalid", when(lambda s: not s["valid"], domain_status))
+    assert status["code"] == 2 and "metadata" in status["error"]
+    lab_exec(HOST, "umount", storage_domain)
+    wait_for("the domain valid again", lambda: (domain_status() or {}).get("valid"))
+    names = [(e["event"], e.get("sd_uuid")) for e in events_since(cursor)]
+    assert ("storage_domain_unreachable", SD_UUID) in names and ("storage_domain_reachable", SD_UUID) in names
+    assert agent_pid() == pid
+
+
+def test_storage_that_hangs_never_blocks_the_agent(storage_domain):
+    pid = agent_pid()
+    wait_for("the domain valid", lambda: (domain_status() or {}).get("valid"))
+    # A FIFO over the metadata file: opening it blocks like a read from a dead NFS server.
+    lab_exec(HOST, "mkfifo", "/run/agent-test-fifo")
+    lab_exec(HOST, "mount", "--bind", "/run/agent-test-fifo", f"{storage_domain}/metadata")
+    status = wait_for("the read to time out", when(lambda s: s["code"] == 110, domain_status))
+    assert not status["valid"] and status["delay"] >= 2
+    # Everything else keeps answering, fast.
+    started = time.monotonic()
+    assert agent("status")["data"]["libvirt_connected"]
+    assert agent("host")
+    assert time.monotonic() - started < 10
+    # The server comes back: the stuck read completes, the FIFO goes away.
+    lab_exec(HOST, "timeout", "10", "sh", "-c", "echo > /run/agent-test-fifo")
+    lab_exec(HOST, "umount", f"{storage_domain}/metadata")
+    wait_for("the domain valid again", lambda: (domain_status() or {}).get("valid"))
+    assert agent("status")["data"]["storage_stuck"] == 0
+    assert agent_pid() == pid

@@ -1,0 +1,146 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The agent's sampling, reconnection and error isolation against a fake libvirt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import agent_daemon
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+from conftest import FakeLibvirtError
+
+
+class FakeDomain:
+    def __init__(self, name, uuid, broken=False):
+        self._name, self._uuid, self.broken = name, uuid, broken
+
+    def name(self):
+        if self.broken:
+            raise FakeLibvirtError('domain vanished')
+        return self._name
+
+    def UUIDString(self):
+        return self._uuid
+
+    def isPersistent(self):
+        return 1
+
+    def jobStats(self):
+        return {'type': 0}
+
+
+class FakeConn:
+    def __init__(self, backend):
+        self.backend = backend
+        self.close_cb = None
+
+    def registerCloseCallback(self, cb, opaque):
+        self.close_cb = cb
+
+    def unregisterCloseCallback(self):
+        self.close_cb = None
+
+    def setKeepAlive(self, interval, count):
+        return 0
+
+    def domainEventRegisterAny(self, dom, event_id, cb, opaque):
+        self.backend.lifecycle = cb
+        return 1
+
+    def domainEventDeregisterAny(self, callback_id):
+        return 0
+
+    def isAlive(self):
+        return self.backend.alive
+
+    def getAllDomainStats(self, mask, flags):
+        if not self.backend.alive:
+            raise FakeLibvirtError('connection broken')
+        self.backend.tick += 1
+        stats = []
+        for dom in self.backend.domains:
+            stats.append((dom, {'state.state': 1, 'state.reason': 1, 'cpu.time': 1000000000 * self.backend.tick,
+                                'vcpu.current': 1, 'balloon.maximum': 131072}))
+        return stats
+
+    def close(self):
+        return 0
+
+
+@pytest.fixture
+def agent(fake_libvirt, tmp_path):
+    fake_libvirt.domains = [FakeDomain('a', 'u-a'), FakeDomain('b', 'u-b', broken=True), FakeDomain('c', 'u-c')]
+    fake_libvirt.alive = True
+    fake_libvirt.tick = 0
+    fake_libvirt.module.open = lambda uri=None: fake_libvirt._open(uri, False) and FakeConn(fake_libvirt)
+    config = agent_daemon.load_config(None, {
+        'socket_path': str(tmp_path / 'agent.sock'), 'events_file': str(tmp_path / 'events.jsonl'),
+        'storage_root': str(tmp_path / 'mnt'), 'log_file': '', 'reconnect_min': 0.01, 'reconnect_max': 0.01})
+    return agent_daemon.Agent(config, libvirt_module=fake_libvirt.module)
+
+
+def test_one_broken_vm_does_not_hide_the_others(agent):
+    agent.sample_once()
+    agent.sample_once()
+    vms = agent.answer({'query': 'vms'})['data']['vms']
+    assert [vm['name'] for vm in vms] == ['a', 'c']
+    assert agent.vm_sampler.errors == 2
+    assert vms[0]['cpu']['time_ns'] == 2000000000
+    assert vms[0]['cpu']['usage_percent'] is not None
+    host = agent.answer({'query': 'host'})['data']['stats']
+    assert set(host) >= {'cpu', 'memory', 'network', 'uptime_seconds'}
+
+
+def test_reconnects_after_libvirtd_goes_away(agent, fake_libvirt):
+    agent.sample_once()
+    fake_libvirt.alive = False
+    agent.sample_once()
+    assert agent.answer({'query': 'vms'})['ok'] is False
+    assert not agent.session.connected
+    fake_libvirt.alive = True
+    import time
+    time.sleep(0.05)
+    agent.sample_once()
+    assert agent.answer({'query': 'vms'})['ok'] is True
+    assert agent.session.connects == 2
+    events = [json.loads(line)['event'] for line in open(agent.config['events_file'])]
+    assert events == ['libvirt_connected', 'libvirt_disconnected', 'libvirt_connected']
+
+
+def test_lifecycle_events_are_recorded(agent, fake_libvirt):
+    agent.sample_once()
+    fake_libvirt.lifecycle(None, fake_libvirt.domains[0], 3, 0, None)
+    fake_libvirt.lifecycle(None, fake_libvirt.domains[1], 5, 1, None)
+    lines = [json.loads(line) for line in open(agent.config['events_file'])]
+    assert lines[-2]['event'] == 'paused' and lines[-2]['vm'] == 'a' and lines[-2]['reason'] == 'paused'
+    assert lines[-1]['event'] == 'stopped' and lines[-1]['vm'] is None
+
+
+def test_close_callback_triggers_reconnect(agent, fake_libvirt):
+    agent.sample_once()
+    conn = agent.session.ensure()
+    conn.close_cb(conn, 1, None)
+    assert not agent.session.connected
+    import time
+    time.sleep(0.05)
+    agent.sample_once()
+    assert agent.session.connects == 2
+
+
+def test_config_validation(tmp_path):
+    path = tmp_path / 'agent.conf'
+    path.write_text('{"interval": 5, "metrics_port": 9000}')
+    config = agent_daemon.load_config(str(path))
+    assert config['interval'] == 5.0 and config['metrics_port'] == 9000
+    path.write_text('{"intervall": 5}')
+    with pytest.raises(VirtnodeError, match='unknown agent configuration keys'):
+        agent_daemon.load_config(str(path))
+    path.write_text('{"interval": 0}')
+    with pytest.raises(VirtnodeError, match='positive'):
+        agent_daemon.load_config(str(path))
+    assert agent_daemon.load_config(str(tmp_path / 'missing.conf'))['interval'] == 15.0

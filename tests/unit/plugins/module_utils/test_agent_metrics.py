@@ -1,0 +1,54 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import re
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import agent_metrics
+
+SNAPSHOT = {
+    'agent': {'libvirt_connected': True, 'samples': 3, 'sample_errors': 0, 'vm_errors': 1},
+    'host': {'counters': {'cpu_seconds': {'user': 10.5, 'idle': 100.0}, 'memory_total_bytes': 2048,
+                          'memory_free_bytes': 1024, 'load': {'avg1': 0.5, 'avg5': 0.25, 'avg15': None},
+                          'network': {'eth0': {'rx_bytes': 10, 'tx_bytes': 20}}}},
+    'vms': {'vms': [
+        {'name': 'a"b', 'uuid': 'u1', 'status': 'Up', 'cpu': {'time_ns': 2500000000, 'vcpus': 1},
+         'memory': {'max_kib': 1024}, 'disks': [{'name': 'vda', 'read_bytes': 5}],
+         'nics': [{'name': 'vnet0', 'rx_bytes': 7}]},
+        {'name': 'down', 'uuid': 'u2', 'status': 'Down', 'cpu': None, 'memory': None, 'disks': [], 'nics': []},
+    ]},
+    'storage': {'domains': {'sd1': {'valid': False, 'delay': 5.0, 'last_check': 1.0}}},
+}
+
+
+def test_families_and_text():
+    text = agent_metrics.render_text(agent_metrics.families(SNAPSHOT))
+    assert 'virtnode_vm_cpu_seconds_total{vm="a\\"b",uuid="u1"} 2.5' in text
+    assert 'virtnode_vm_memory_max_bytes{vm="a\\"b",uuid="u1"} 1048576' in text
+    assert 'virtnode_vm_disk_read_bytes_total{vm="a\\"b",uuid="u1",disk="vda"} 5' in text
+    assert 'virtnode_vm_network_receive_bytes_total{vm="a\\"b",uuid="u1",interface="vnet0"} 7' in text
+    assert 'virtnode_vm_up{vm="down",uuid="u2"} 0' in text
+    assert 'virtnode_host_vms{status="Up"} 1' in text
+    assert 'virtnode_host_memory_free_bytes 1024' in text
+    assert 'virtnode_host_cpu_seconds_total{mode="user"} 10.5' in text
+    assert 'virtnode_storage_domain_valid{sd_uuid="sd1"} 0' in text
+    assert 'virtnode_agent_libvirt_connected 1' in text
+    assert '# TYPE virtnode_vm_cpu_seconds_total counter' in text
+    # Missing values are left out, never reported as 0.
+    assert '\nvirtnode_host_load15 ' not in text
+    for line in text.splitlines():
+        if not line.startswith('#'):
+            assert re.match(r'^[a-z_0-9]+(\{.*\})? -?[0-9.e+]+$', line), line
+
+
+def test_counters_end_in_total():
+    for family in agent_metrics.families(SNAPSHOT):
+        assert family.name.startswith('virtnode_')
+        assert (family.kind == 'counter') == family.name.endswith('_total'), family.name
+
+
+def test_empty_snapshot():
+    text = agent_metrics.render_text(agent_metrics.families({}))
+    assert 'virtnode_agent_libvirt_connected 0' in text

@@ -1,0 +1,85 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import errno
+import shutil
+import threading
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import agent_storage
+from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata
+
+SD = '275766cb-c7d8-43d6-a663-4e52160de620'
+
+
+def make_domain(root, sd_uuid=SD, mount='server:_export'):
+    md = root / mount / sd_uuid / 'dom_md'
+    md.mkdir(parents=True)
+    pairs = sd_metadata.new_domain_metadata(sd_uuid, 'NFS', 'Data', 'test', 'server:/export')
+    (md / 'metadata').write_bytes(sd_metadata.serialize(pairs))
+    return md / 'metadata'
+
+
+def test_valid_domain_and_transitions(tmp_path):
+    metadata = make_domain(tmp_path)
+    changes = []
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2, on_change=lambda sd, st: changes.append((sd, st['valid'])))
+    stats = monitor.check()
+    assert stats[SD]['valid'] is True and stats[SD]['code'] == 0 and stats[SD]['version'] == 5
+    assert changes == []
+    good = metadata.read_bytes()
+    metadata.write_text('garbage=1\n_SHA_CKSUM=00\n')
+    stats = monitor.check()
+    assert stats[SD]['valid'] is False and stats[SD]['code'] == errno.EINVAL
+    assert changes == [(SD, False)]
+    metadata.unlink()
+    assert monitor.check()[SD]['code'] == errno.ENOENT
+    assert changes == [(SD, False)]
+    metadata.write_bytes(good)
+    assert monitor.check()[SD]['valid'] is True
+    assert changes == [(SD, False), (SD, True)]
+
+
+def test_hung_read_times_out_without_piling_up_threads(tmp_path):
+    make_domain(tmp_path)
+    release = threading.Event()
+    calls = []
+
+    def reader(path):
+        calls.append(path)
+        release.wait(10)
+        return agent_storage.read_metadata(path)
+
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=0.2, reader=reader)
+    started = time.monotonic()
+    for _round in range(3):
+        stats = monitor.check()
+    assert time.monotonic() - started < 3
+    assert stats[SD]['valid'] is False and stats[SD]['code'] == errno.ETIMEDOUT
+    assert stats[SD]['delay'] >= 0.4
+    assert len(calls) == 1 and monitor.stuck_workers() == 1
+    release.set()
+    time.sleep(0.2)
+    assert monitor.check()[SD]['valid'] is True
+
+
+def test_mismatched_sd_uuid_and_non_domains(tmp_path):
+    other = '11111111-2222-4333-8444-555555555555'
+    md = tmp_path / 'm' / other / 'dom_md'
+    md.mkdir(parents=True)
+    (md / 'metadata').write_bytes(sd_metadata.serialize(sd_metadata.new_domain_metadata(SD, 'NFS', 'Data', 'x', 's:/e')))
+    (tmp_path / 'm' / '__DIRECT_IO_TEST__').mkdir()
+    stats = agent_storage.StorageMonitor(str(tmp_path), timeout=2).check()
+    assert list(stats) == [other]
+    assert stats[other]['valid'] is False and 'does not match' in stats[other]['error']
+
+
+def test_removed_domain_disappears(tmp_path):
+    make_domain(tmp_path)
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2)
+    assert SD in monitor.check()
+    shutil.rmtree(str(tmp_path / 'server:_export'))
+    assert monitor.check() == {}
