@@ -492,7 +492,11 @@ def cmd_down(args) -> None:
         if Path("/sys/class/net", bridge).exists():
             run(["ip", "link", "del", bridge], check=False)
             log(f"removed bridge {bridge}")
-    for target in reversed(state.get("created_mountpoints", [])):
+    # Removing a directory detaches the mounts on it in every namespace, so the
+    # mount points stay while any other lab still has hosts.
+    other_labs = [ns for ns in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+                  if ns.startswith("vnlab") and not ns.startswith(NETNS_PREFIX)]
+    for target in reversed(state.get("created_mountpoints", []) if not other_labs else []):
         try:
             os.rmdir(target)
         except OSError:
