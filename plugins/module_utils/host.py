@@ -954,13 +954,14 @@ def needs_libvirt(sections):
 
 
 def gather(sections=None, uri=libvirt_conn.DEFAULT_URI, sample_interval=1.0, root='/',
-           run=None, sleep=None):
+           run=None, sleep=None, stats=None):
     """Collect the requested sections into one dict.
 
     ``host_uuid``, ``host_uuid_source``, ``hostname``, ``sections``, ``kernel``
     and ``os`` are always present. A libvirt connection is opened only when a
     section needs one; failing to connect raises ``VirtnodeError``. ``run`` and
-    ``sleep`` default to :func:`run_command` and ``time.sleep``.
+    ``sleep`` default to :func:`run_command` and ``time.sleep``. ``stats``, when
+    given (the node agent's cached sample), is used instead of sampling.
     """
     run = run or run_command
     sleep = sleep or time.sleep
@@ -994,5 +995,5 @@ def gather(sections=None, uri=libvirt_conn.DEFAULT_URI, sample_interval=1.0, roo
     if 'storage' in wanted:
         result['storage'] = storage_info(root)
     if 'stats' in wanted:
-        result['stats'] = stats_info(root, interval, sleep=sleep)
+        result['stats'] = stats if stats is not None else stats_info(root, interval, sleep=sleep)
     return result

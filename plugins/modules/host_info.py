@@ -38,6 +38,14 @@ options:
       - V(0) takes a single sample, so rates and percentages are V(null).
     type: float
     default: 1.0
+  source:
+    description:
+      - Where the C(stats) section comes from. V(auto) takes the node agent's cached
+        sample when the agent runs on the host (no sampling wait; rates are over the
+        agent's interval), and samples directly otherwise; V(direct) always samples.
+    type: str
+    choices: [auto, direct]
+    default: auto
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
   - ansible.builtin.action_common_attributes
@@ -91,6 +99,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+source:
+  description: V(agent) when the C(stats) section came from the node agent's cache, else V(direct).
+  returned: always
+  type: str
+  sample: direct
 host:
   description: Facts about the node. Sections not asked for with O(gather) are absent.
   returned: always
@@ -778,6 +791,7 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
 from ansible_collections.virtnode.kvm.plugins.module_utils import host as host_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
@@ -788,6 +802,7 @@ def main():
         gather=dict(type='list', elements='str', default=['all'],
                     choices=['all'] + list(host_utils.SECTIONS)),
         sample_interval=dict(type='float', default=1.0),
+        source=dict(type='str', default='auto', choices=['auto', 'direct']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
 
@@ -799,16 +814,20 @@ def main():
     if host_utils.needs_libvirt(module.params['gather']):
         libvirt_conn.require_libvirt(module)
 
+    cached = None
+    if module.params['source'] == 'auto' and 'stats' in host_utils.normalize_sections(module.params['gather']):
+        cached = agent_client.query('host')
     try:
         host = host_utils.gather(
             sections=module.params['gather'],
             uri=module.params['uri'],
             sample_interval=interval,
+            stats=cached['data']['stats'] if cached else None,
         )
     except VirtnodeError as err:
         module.fail_json(**err.to_dict())
 
-    module.exit_json(changed=False, host=host)
+    module.exit_json(changed=False, host=host, source='agent' if cached else 'direct')
 
 
 if __name__ == '__main__':

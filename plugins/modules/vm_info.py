@@ -27,6 +27,15 @@ options:
       - V(0) takes one sample; rates and percentages are then V(null).
     type: float
     default: 1.0
+  source:
+    description:
+      - Where the figures come from. V(auto) takes them from the node agent's cache
+        when the agent runs on the host (no sampling wait; rates are over the agent's
+        interval) and from libvirt otherwise; V(libvirt) always samples directly.
+      - The agent serves only O(uri=qemu:///system).
+    type: str
+    choices: [auto, libvirt]
+    default: auto
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
   - ansible.builtin.action_common_attributes
@@ -143,14 +152,20 @@ vms:
       returned: always
       sample: {"exit_code": 0, "exit_reason": 6, "exit_message": "Admin shut down", "time": 1767225600.0}
 sample_interval:
-  description: Seconds between the two samples (V(0) for one sample).
+  description: Seconds between the two samples (V(0) for one sample); the agent's interval when RV(source=agent).
   returned: always
   type: float
   sample: 1.0
+source:
+  description: V(agent) when the node agent's cache answered, V(libvirt) when sampled directly.
+  returned: always
+  type: str
+  sample: libvirt
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
 from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
 from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats
@@ -162,14 +177,19 @@ def gather(conn, name, interval):
     if name:
         dom = vm_lifecycle.lookup(conn, name)
         if dom is None:
-            return [vm_stats.exited_entry(u, r) for u, r in vm_stats.all_records('exit') if r.get('name') == name][:1]
+            return with_exit_records([], name)
         return vm_stats.collect(conn, [dom], interval, libvirt_module=libvirt_conn.libvirt)
-    entries = vm_stats.collect(conn, None, interval, libvirt_module=libvirt_conn.libvirt)
+    return with_exit_records(vm_stats.collect(conn, None, interval, libvirt_module=libvirt_conn.libvirt), None)
+
+
+def with_exit_records(entries, name):
+    """Add the VMs that went down and are known only by their exit record."""
     known = set(e['uuid'] for e in entries)
     names = set(e['name'] for e in entries)
     for vm_uuid, record in vm_stats.all_records('exit'):
-        if vm_uuid not in known and record.get('name') not in names:
+        if vm_uuid not in known and record.get('name') not in names and (not name or record.get('name') == name):
             entries.append(vm_stats.exited_entry(vm_uuid, record))
+            names.add(record.get('name'))
     return sorted(entries, key=lambda e: (e['name'] or '', e['uuid']))
 
 
@@ -178,6 +198,7 @@ def main():
         argument_spec=libvirt_conn.libvirt_argument_spec(
             name=dict(type='str'),
             sample_interval=dict(type='float', default=1.0),
+            source=dict(type='str', default='auto', choices=['auto', 'libvirt']),
         ),
         supports_check_mode=True,
     )
@@ -185,13 +206,19 @@ def main():
         interval = vm_stats.validate_sample_interval(module.params['sample_interval'])
     except VirtnodeError as err:
         module.fail_json(**err.to_dict())
+    if module.params['source'] == 'auto' and module.params['uri'] == 'qemu:///system':
+        cached = agent_client.query('vms')
+        if cached is not None:
+            name = module.params['name']
+            vms = with_exit_records([vm for vm in cached['data']['vms'] if not name or vm.get('name') == name], name)
+            module.exit_json(changed=False, vms=vms, sample_interval=float(cached.get('interval') or 0), source='agent')
     libvirt_conn.require_libvirt(module)
     try:
         with libvirt_conn.connect(module.params['uri']) as conn:
             vms = gather(conn, module.params['name'], interval)
     except VirtnodeError as err:
         module.fail_json(**err.to_dict())
-    module.exit_json(changed=False, vms=vms, sample_interval=interval)
+    module.exit_json(changed=False, vms=vms, sample_interval=interval, source='libvirt')
 
 
 if __name__ == '__main__':

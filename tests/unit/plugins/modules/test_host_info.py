@@ -11,6 +11,7 @@ import yaml
 
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
 from ansible_collections.virtnode.kvm.plugins.module_utils import host as host_utils
 from ansible_collections.virtnode.kvm.plugins.modules import host_info
 
@@ -160,3 +161,17 @@ def test_documentation_parses():
     assert set(doc['options']['gather']['choices']) == {'all'} | SECTION_KEYS
     assert set(doc['options']['gather']['choices']) - {'all'} == set(host_utils.SECTIONS)
     yaml.safe_load(host_info.EXAMPLES)
+
+
+def test_stats_from_the_agent_cache(capsys, fake_libvirt, monkeypatch):
+    cached = {'cpu': {'user': 1.0}, 'sample_interval': 15}
+    monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: {'data': {'stats': cached}} if kind == 'host' else None)
+    monkeypatch.setattr(host_utils.time, 'sleep', lambda seconds: pytest.fail('sampled although the agent answered'))
+    code, result = run_module(capsys, {'gather': ['stats'], 'sample_interval': 5})
+    assert code == 0 and result['source'] == 'agent' and result['host']['stats'] == cached
+
+
+def test_direct_source_never_asks_the_agent(capsys, fake_libvirt, monkeypatch):
+    monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: pytest.fail('the agent was asked'))
+    code, result = run_module(capsys, {'gather': ['stats'], 'sample_interval': 0, 'source': 'direct'})
+    assert code == 0 and result['source'] == 'direct'
