@@ -34,15 +34,16 @@ options:
   sample_interval:
     description:
       - Seconds over which the C(stats) section samples CPU usage and network
-        counters, between V(0) and V(60).
+        counters, between V(0) and V(60); V(1) when left out.
       - V(0) takes a single sample, so rates and percentages are V(null).
+      - Giving it asks for a sample of this host now, so the node agent's cache is not used.
     type: float
-    default: 1.0
   source:
     description:
       - Where the C(stats) section comes from. V(auto) takes the node agent's cached
-        sample when the agent runs on the host (no sampling wait; rates are over the
-        agent's interval), and samples directly otherwise; V(direct) always samples.
+        sample when the agent runs on the host and O(sample_interval) is not given (no
+        sampling wait; rates are over the agent's interval), and samples directly
+        otherwise; V(direct) always samples.
     type: str
     choices: [auto, direct]
     default: auto
@@ -801,13 +802,14 @@ def main():
     argument_spec = libvirt_conn.libvirt_argument_spec(
         gather=dict(type='list', elements='str', default=['all'],
                     choices=['all'] + list(host_utils.SECTIONS)),
-        sample_interval=dict(type='float', default=1.0),
+        sample_interval=dict(type='float'),
         source=dict(type='str', default='auto', choices=['auto', 'direct']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
 
     try:
-        interval = host_utils.validate_sample_interval(module.params['sample_interval'])
+        interval = host_utils.validate_sample_interval(
+            1.0 if module.params['sample_interval'] is None else module.params['sample_interval'])
     except VirtnodeError as err:
         module.fail_json(**err.to_dict())
 
@@ -815,7 +817,8 @@ def main():
         libvirt_conn.require_libvirt(module)
 
     cached = None
-    if module.params['source'] == 'auto' and 'stats' in host_utils.normalize_sections(module.params['gather']):
+    if (module.params['source'] == 'auto' and module.params['sample_interval'] is None
+            and 'stats' in host_utils.normalize_sections(module.params['gather'])):
         cached = agent_client.query('host')
     try:
         host = host_utils.gather(

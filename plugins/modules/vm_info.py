@@ -23,15 +23,16 @@ options:
     type: str
   sample_interval:
     description:
-      - Seconds between the two samples rates are computed from, 0 to 60.
+      - Seconds between the two samples rates are computed from, 0 to 60; V(1) when left out.
       - V(0) takes one sample; rates and percentages are then V(null).
+      - Giving it asks for a sample now, so the node agent's cache is not used.
     type: float
-    default: 1.0
   source:
     description:
       - Where the figures come from. V(auto) takes them from the node agent's cache
-        when the agent runs on the host (no sampling wait; rates are over the agent's
-        interval) and from libvirt otherwise; V(libvirt) always samples directly.
+        when the agent runs on the host and O(sample_interval) is not given (no sampling
+        wait; rates are over the agent's interval), and from libvirt otherwise;
+        V(libvirt) always samples directly.
       - The agent serves only O(uri=qemu:///system).
     type: str
     choices: [auto, libvirt]
@@ -197,16 +198,17 @@ def main():
     module = AnsibleModule(
         argument_spec=libvirt_conn.libvirt_argument_spec(
             name=dict(type='str'),
-            sample_interval=dict(type='float', default=1.0),
+            sample_interval=dict(type='float'),
             source=dict(type='str', default='auto', choices=['auto', 'libvirt']),
         ),
         supports_check_mode=True,
     )
     try:
-        interval = vm_stats.validate_sample_interval(module.params['sample_interval'])
+        interval = vm_stats.validate_sample_interval(
+            1.0 if module.params['sample_interval'] is None else module.params['sample_interval'])
     except VirtnodeError as err:
         module.fail_json(**err.to_dict())
-    if module.params['source'] == 'auto' and module.params['uri'] == 'qemu:///system':
+    if module.params['source'] == 'auto' and module.params['sample_interval'] is None and module.params['uri'] == 'qemu:///system':
         cached = agent_client.query('vms')
         if cached is not None:
             name = module.params['name']

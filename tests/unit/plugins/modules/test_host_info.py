@@ -167,8 +167,14 @@ def test_stats_from_the_agent_cache(capsys, fake_libvirt, monkeypatch):
     cached = {'cpu': {'user': 1.0}, 'sample_interval': 15}
     monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: {'data': {'stats': cached}} if kind == 'host' else None)
     monkeypatch.setattr(host_utils.time, 'sleep', lambda seconds: pytest.fail('sampled although the agent answered'))
-    code, result = run_module(capsys, {'gather': ['stats'], 'sample_interval': 5})
+    code, result = run_module(capsys, {'gather': ['stats']})
     assert code == 0 and result['source'] == 'agent' and result['host']['stats'] == cached
+
+
+def test_an_explicit_sample_interval_samples_now(capsys, fake_libvirt, monkeypatch):
+    monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: pytest.fail('the agent was asked'))
+    code, result = run_module(capsys, {'gather': ['stats'], 'sample_interval': 0})
+    assert code == 0 and result['source'] == 'direct' and result['host']['stats']['sample_interval'] == 0
 
 
 def test_direct_source_never_asks_the_agent(capsys, fake_libvirt, monkeypatch):

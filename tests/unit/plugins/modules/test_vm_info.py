@@ -46,6 +46,12 @@ def test_falls_back_to_libvirt_without_agent(capsys, monkeypatch, no_libvirt):
     assert code == 1 and 'libvirt' in result['msg']
 
 
+def test_an_explicit_sample_interval_samples_now(capsys, monkeypatch, no_libvirt):
+    monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: pytest.fail('the agent was asked'))
+    code, result = run_module(capsys, {'sample_interval': 0})
+    assert code == 1 and 'libvirt' in result['msg']
+
+
 def test_source_libvirt_never_asks_the_agent(capsys, monkeypatch, no_libvirt):
     monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: pytest.fail('the agent was asked'))
     code, result = run_module(capsys, {'source': 'libvirt'})
