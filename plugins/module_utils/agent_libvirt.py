@@ -159,23 +159,21 @@ class LibvirtSession:
             if self._conn is not None:
                 self._drop(message)
 
-    def _drop(self, message):
+    def _release(self):
+        """Deregister our callbacks and close the connection; the caller holds the lock."""
         conn, stack = self._conn, self._stack
         self._conn = self._stack = None
-        for callback_id in self._callback_ids:
+        callback_ids, self._callback_ids = self._callback_ids, []
+        steps = [(conn.domainEventDeregisterAny, (callback_id,)) for callback_id in callback_ids]
+        steps += [(conn.unregisterCloseCallback, ()), (stack.close, ())]
+        for step, args in steps:
             try:
-                conn.domainEventDeregisterAny(callback_id)
-            except Exception:  # pylint: disable=broad-except
+                step(*args)
+            except Exception:  # pylint: disable=broad-except  # a dead connection refuses anything
                 pass
-        self._callback_ids = []
-        try:
-            conn.unregisterCloseCallback()
-        except Exception:  # pylint: disable=broad-except
-            pass
-        try:
-            stack.close()
-        except Exception:  # pylint: disable=broad-except
-            pass
+
+    def _drop(self, message):
+        self._release()
         # Try again at once: a restarted libvirtd is often back already; failures then back off.
         self.last_error = message
         self._next_attempt = 0.0
@@ -196,14 +194,4 @@ class LibvirtSession:
     def close(self):
         with self._lock:
             if self._conn is not None:
-                conn, stack = self._conn, self._stack
-                self._conn = self._stack = None
-                for callback_id in self._callback_ids:
-                    try:
-                        conn.domainEventDeregisterAny(callback_id)
-                    except Exception:  # pylint: disable=broad-except
-                        pass
-                try:
-                    stack.close()
-                except Exception:  # pylint: disable=broad-except
-                    pass
+                self._release()

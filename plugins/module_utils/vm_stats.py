@@ -20,9 +20,10 @@ import os
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+# One rule for sampling intervals, shared with host_info.
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import validate_sample_interval
 
 RECORDS_DIR = '/var/lib/virtnode/vms'
-MAX_SAMPLE_INTERVAL = 60.0
 
 # virDomainState
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
@@ -260,16 +261,6 @@ def stats_mask(libvirt_module=None):
     for name in STATS_GROUPS:
         mask |= getattr(libvirt_module, name, _STATS_DEFAULTS[name]) if libvirt_module else _STATS_DEFAULTS[name]
     return mask
-
-
-def validate_sample_interval(value):
-    try:
-        interval = float(value)
-    except (TypeError, ValueError) as exc:
-        raise VirtnodeError('sample_interval must be a number of seconds, got %r' % (value,)) from exc
-    if not 0 <= interval <= MAX_SAMPLE_INTERVAL:
-        raise VirtnodeError('sample_interval must be between 0 and %g seconds, got %g' % (MAX_SAMPLE_INTERVAL, interval))
-    return interval
 
 
 def sample(conn, domains=None, libvirt_module=None):
