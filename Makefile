@@ -89,3 +89,16 @@ clean: lab-down
 .PHONY: bench-agent
 bench-agent: collection
 	BUILD=$(BUILD) /usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD)
+
+# virtnode.kvm.vm against community.libvirt.virt (from PyPI's `ansible`, cached in .cache/): 20 guests
+# defined and started, then the no-op re-run, 3 rounds on the lab's first host; not a test.
+# BENCH_ARGS="--guests 2 --rounds 1" for a quick look.
+.PHONY: bench-vm
+bench-vm: lab-up collection
+	/usr/bin/python3 tests/bench/bench_vm_vs_community_libvirt.py --collections $(CURDIR)/$(BUILD) $(BENCH_ARGS)
+
+# Thin provisioning in the node agent: extension latency (local and mailbox paths) and the guest's
+# write rate with and without the agent, on a 2-host lab; not a test. BENCH_THIN_ARGS="--chunk-mib 128".
+.PHONY: bench-thin
+bench-thin: collection
+	$(VENV)/bin/python tests/bench/bench_thin.py $(BENCH_THIN_ARGS)

@@ -11,7 +11,10 @@ Threads of a running agent:
   callback, keepalive);
 * ``storage-monitor``: one monitoring round every ``storage_interval``,
   its reads in bounded worker threads (see ``agent_storage``);
-* ``query-socket`` and ``metrics-http``: answer from the latest snapshot.
+* ``query-socket`` and ``metrics-http``: answer from the latest snapshot;
+* ``thin-check`` and ``thin-extend-N``: thin provisioning of block COW
+  volumes (see ``thin_monitor``), driven by libvirt's BLOCK_THRESHOLD and
+  IO error events plus a check every ``thin_check_interval``.
 
 The snapshot is an immutable dict replaced as a whole, so readers never see
 half an update and never wait for a sample.
@@ -38,6 +41,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils import agent_sampling
 from ansible_collections.virtnode.kvm.plugins.module_utils import agent_server
 from ansible_collections.virtnode.kvm.plugins.module_utils import agent_storage
 from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils import mailbox_service
+from ansible_collections.virtnode.kvm.plugins.module_utils import thin_monitor
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
 
 LOG = logging.getLogger('virtnode.agent')
@@ -56,14 +61,25 @@ DEFAULTS = {
     'storage_root': agent_storage.MOUNT_ROOT,
     'storage_interval': 10.0,
     'storage_timeout': agent_storage.DEFAULT_TIMEOUT,
+    'mailbox_enabled': True,
+    'mailbox_check_interval': 3.0,
+    'mailbox_interval': mailbox_service.DEFAULT_INTERVAL,
+    'mailbox_event_interval': mailbox_service.DEFAULT_EVENT_INTERVAL,
+    'thin_enabled': True,
+    'thin_utilization': thin_monitor.DEFAULT_UTILIZATION,
+    'thin_chunk_mib': thin_monitor.DEFAULT_CHUNK_MIB,
+    'thin_check_interval': thin_monitor.DEFAULT_CHECK_INTERVAL,
+    'thin_extend_timeout': thin_monitor.DEFAULT_EXTEND_TIMEOUT,
     'reconnect_min': 1.0,
     'reconnect_max': 30.0,
     'log_file': '/var/log/virtnode/agent.log',
     'log_level': 'INFO',
 }
-_NUMBERS = ('interval', 'storage_interval', 'storage_timeout', 'reconnect_min', 'reconnect_max')
-_INTEGERS = ('metrics_port', 'events_max_bytes')
-_BOOLEANS = ('metrics_enabled', 'storage_enabled')
+_NUMBERS = ('interval', 'storage_interval', 'storage_timeout', 'reconnect_min', 'reconnect_max',
+            'mailbox_check_interval', 'mailbox_interval', 'mailbox_event_interval',
+            'thin_check_interval', 'thin_extend_timeout')
+_INTEGERS = ('metrics_port', 'events_max_bytes', 'thin_utilization', 'thin_chunk_mib')
+_BOOLEANS = ('metrics_enabled', 'storage_enabled', 'mailbox_enabled', 'thin_enabled')
 
 
 def load_config(path=CONFIG_FILE, overrides=None):
@@ -94,6 +110,7 @@ def load_config(path=CONFIG_FILE, overrides=None):
     for key in _BOOLEANS:
         if not isinstance(config[key], bool):
             raise VirtnodeError('agent configuration: %s must be true or false, got %r' % (key, config[key]))
+    thin_monitor.check_settings(config['thin_utilization'], config['thin_chunk_mib'], config['thin_check_interval'])
     if config['log_level'].upper() not in ('DEBUG', 'INFO', 'WARNING', 'ERROR'):
         raise VirtnodeError('agent configuration: log_level must be DEBUG, INFO, WARNING or ERROR')
     return config
@@ -109,17 +126,31 @@ class Agent:
         self.events = agent_events.EventLog(config['events_file'], config['events_max_bytes'])
         self.host_sampler = agent_sampling.HostSampler(host_root)
         self.vm_sampler = agent_sampling.VmSampler(self.libvirt)
+        self.thin = None
+        if config['thin_enabled']:
+            self.thin = thin_monitor.ThinMonitor(
+                self._libvirt_connection, self.record, utilization=config['thin_utilization'],
+                chunk_mib=config['thin_chunk_mib'], check_interval=config['thin_check_interval'],
+                extender=thin_monitor.Extender(timeout=config['thin_extend_timeout']), libvirt_module=self.libvirt)
         self.session = agent_libvirt.LibvirtSession(
             config['libvirt_uri'], self.libvirt, on_lifecycle=self._on_lifecycle, on_state=self._on_libvirt_state,
-            backoff_min=config['reconnect_min'], backoff_max=config['reconnect_max'])
+            backoff_min=config['reconnect_min'], backoff_max=config['reconnect_max'],
+            domain_events=self.thin.callbacks() if self.thin else ())
         self.storage = agent_storage.StorageMonitor(config['storage_root'], config['storage_timeout'],
                                                     on_change=self._on_storage_change)
         self._snapshot = {'host': None, 'vms': None, 'storage': None, 'agent': {}}
         self._snapshot_lock = threading.Lock()
         self.counters = {'samples': 0, 'sample_errors': 0, 'vm_errors': 0}
         self.started_at = time.time()
+        self.mailboxes = mailbox_service.SpmMailboxes(
+            _extend_on_spm, on_event=lambda event, **fields: self.record(event, kind='mailbox', **fields),
+            interval=config['mailbox_interval'], event_interval=config['mailbox_event_interval'],
+            io_timeout=config['storage_timeout'])
         self._servers = []
         self._threads = []
+
+    def _libvirt_connection(self):
+        return self.session.ensure()
 
     # ------------------------------------------------------------ snapshot
 
@@ -149,6 +180,8 @@ class Agent:
             'sampled_at': self.counters.get('sampled_at'),
             'event_seq': self.events.seq,
             'storage_stuck': self.storage.stuck_workers(),
+            'spm_mailboxes': self.mailboxes.serving(),
+            'thin': self.thin.status() if self.thin else None,
         }
 
     # ------------------------------------------------------------ events
@@ -169,6 +202,8 @@ class Agent:
             LOG.warning('lifecycle event %s for a domain that cannot be named: %s', name, libvirt_conn.error_text(err))
         LOG.info('VM %s (%s): %s (%s)', vm_name, vm_uuid, name, reason)
         self.record(name, kind='vm', vm=vm_name, uuid=vm_uuid, reason=reason, **extra)
+        if self.thin is not None:
+            self.thin.on_lifecycle(dom, event, detail)
 
     def _on_libvirt_state(self, connected, message):
         if connected:
@@ -225,6 +260,16 @@ class Agent:
                 LOG.exception('storage monitoring round failed')
             self.stop_event.wait(max(0.1, interval - (time.monotonic() - started)))
 
+    def _mailbox_loop(self):
+        # Serves the SPM mailbox of the pools this host is SPM of (VDSM starts it with the SPM role).
+        while not self.stop_event.is_set():
+            try:
+                self.mailboxes.check()
+            except Exception:  # pylint: disable=broad-except
+                LOG.exception('SPM mailbox check failed')
+            self.stop_event.wait(self.config['mailbox_check_interval'])
+        self.mailboxes.stop()
+
     # ------------------------------------------------------------ queries
 
     def answer(self, request):
@@ -263,6 +308,12 @@ class Agent:
             thread = threading.Thread(target=self._storage_loop, name='storage-monitor', daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.config['mailbox_enabled']:
+            thread = threading.Thread(target=self._mailbox_loop, name='spm-mailbox-check', daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.thin is not None:
+            self.thin.start()
 
     def run(self):
         """Sample every interval until ``stop_event`` is set."""
@@ -284,12 +335,21 @@ class Agent:
             except Exception:  # pylint: disable=broad-except
                 pass
         self._servers = []
+        self.mailboxes.stop()
+        if self.thin is not None:
+            self.thin.stop()
         self.session.close()
         try:
             os.unlink(self.config['socket_path'])
         except OSError:
             pass
         self.record('agent_stopped', kind='agent', pid=os.getpid())
+
+
+def _extend_on_spm(sd_uuid, vol_uuid, size_mib):
+    """What the SPM does for a host's extend request (the thin provisioning core)."""
+    from ansible_collections.virtnode.kvm.plugins.module_utils import thin_block  # pylint: disable=import-outside-toplevel
+    return thin_block.extend_volume_on_spm(sd_uuid, vol_uuid, size_mib)
 
 
 # ---------------------------------------------------------------- process

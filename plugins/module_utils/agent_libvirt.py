@@ -67,8 +67,11 @@ class LibvirtSession:
     """
 
     def __init__(self, uri=libvirt_conn.DEFAULT_URI, libvirt_module=None, on_lifecycle=None, on_state=None,
-                 backoff_min=1.0, backoff_max=30.0, keepalive_interval=5, keepalive_count=3, clock=None):
+                 backoff_min=1.0, backoff_max=30.0, keepalive_interval=5, keepalive_count=3, clock=None,
+                 domain_events=()):
         self.uri = uri
+        # More domain events: (event id, callback taking libvirt's arguments), registered on every connection.
+        self.domain_events = list(domain_events)
         self.libvirt = libvirt_module if libvirt_module is not None else libvirt_conn.libvirt
         self.on_lifecycle = on_lifecycle
         self.on_state = on_state
@@ -134,6 +137,11 @@ class LibvirtSession:
         if self.on_lifecycle is not None:
             event_id = getattr(self.libvirt, 'VIR_DOMAIN_EVENT_ID_LIFECYCLE', VIR_DOMAIN_EVENT_ID_LIFECYCLE)
             self._callback_ids.append(conn.domainEventRegisterAny(None, event_id, self._lifecycle_callback, None))
+        for event_id, callback in self.domain_events:
+            try:
+                self._callback_ids.append(conn.domainEventRegisterAny(None, event_id, callback, None))
+            except libvirt_conn.LibvirtError as err:
+                LOG.warning('cannot register domain event %s: %s', event_id, libvirt_conn.error_text(err))
 
     def _schedule_retry(self, message):
         self.last_error = message

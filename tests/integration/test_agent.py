@@ -246,9 +246,11 @@ def test_storage_that_hangs_never_blocks_the_agent(storage_domain):
     assert agent("status")["data"]["libvirt_connected"]
     assert agent("host")
     assert time.monotonic() - started < 10
-    # The server comes back: the stuck read completes, the FIFO goes away.
-    lab_exec(HOST, "timeout", "10", "sh", "-c", "echo > /run/agent-test-fifo")
-    lab_exec(HOST, "umount", f"{storage_domain}/metadata")
+    # The server comes back: the stuck read completes, the FIFO goes away. The monitor's next
+    # round may open the FIFO again before the umount and pin it: feed it and retry.
+    lab_exec(HOST, "sh", "-c", "for i in $(seq 20); do timeout 2 sh -c 'echo > /run/agent-test-fifo'; "
+             f"umount {storage_domain}/metadata 2>/dev/null && exit 0; sleep 0.2; done; "
+             f"umount {storage_domain}/metadata")
     wait_for("the domain valid again", lambda: (domain_status() or {}).get("valid"))
     assert agent("status")["data"]["storage_stuck"] == 0
     assert agent_pid() == pid

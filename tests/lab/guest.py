@@ -19,7 +19,9 @@ the serial console (console=ttyS0):
     workload=heartbeat      "heartbeat N", N = 1, 2, ... once a second (default)
     workload=writer         dd zeros over the disk at full speed:
                             "writer start ...", "writer progress <bytes>",
-                            then "writer done <bytes>" or "writer error ...";
+                            then "writer done <bytes>" or "writer error ...",
+                            after done "writer rate bytes=<n> cs=<guest
+                            centiseconds the writes took>";
                             writer_mb=N limits it to N MiB (default: whole disk)
     workload=pattern_write  writes pattern_mb=N MiB (default 16) of a pattern
                             (64-byte lines naming pattern_tag=T, default
@@ -348,6 +350,12 @@ wait_disk() {
     done
 }
 
+# Guest uptime in centiseconds (/proc/uptime has two decimals).
+uptime_cs() {
+    up=$(cut -d' ' -f1 /proc/uptime)
+    echo $(( ${up%.*} * 100 + $(echo "${up#*.}" | sed 's/^0//') ))
+}
+
 disk_mb() {
     echo $(( $(cat "/sys/block/$disk/size") / 2048 ))
 }
@@ -366,6 +374,7 @@ writer() {
         [ "$writer_mb" -lt "$total" ] && total=$writer_mb
     fi
     echo "writer start dev=/dev/$disk bytes=$((total * MiB))"
+    started=$(uptime_cs)
     off=0
     while [ "$off" -lt "$total" ]; do
         n=$((total - off))
@@ -379,6 +388,7 @@ writer() {
         echo "writer progress $((off * MiB))"
     done
     echo "writer done $((total * MiB))"
+    echo "writer rate bytes=$((total * MiB)) cs=$(( $(uptime_cs) - started ))"
 }
 
 # One MiB of the pattern for MiB number $1 into /tmp/pattern.blk: 16384

@@ -49,7 +49,8 @@ class FakeConn:
         return 0
 
     def domainEventRegisterAny(self, dom, event_id, cb, opaque):
-        self.backend.lifecycle = cb
+        if event_id == 0:  # lifecycle; the thin monitor registers more
+            self.backend.lifecycle = cb
         return 1
 
     def domainEventDeregisterAny(self, callback_id):

@@ -1,0 +1,164 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Block volume backends: the LVM commands (fake runner) and the loop backend's file side."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import thin_block
+from ansible_collections.virtnode.kvm.plugins.module_utils import volume_metadata as vmd
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+
+MIB = 1024 ** 2
+SD = '11111111-2222-4333-8444-555555555555'
+IMG = '21111111-2222-4333-8444-555555555555'
+VOL = '31111111-2222-4333-8444-555555555555'
+
+
+class FakeRunner:
+    def __init__(self, answers=None):
+        self.answers = answers or {}
+        self.calls = []
+
+    def __call__(self, argv, timeout=None):  # pylint: disable=unused-argument
+        self.calls.append(argv)
+        for prefix, answer in self.answers.items():
+            if tuple(argv[:len(prefix)]) == prefix:
+                return answer(argv) if callable(answer) else answer
+        return ''
+
+
+def test_round_up_and_cow_maximum():
+    assert thin_block.round_up_mib(1) == MIB
+    assert thin_block.round_up_mib(MIB) == MIB
+    assert thin_block.max_physical(1024 * MIB) == 1127 * MIB
+
+
+def test_volume_of_path_knows_both_stable_paths():
+    assert thin_block.volume_of_path('/run/virtnode/block/%s/%s/%s' % (SD, IMG, VOL)) == (SD, IMG, VOL)
+    assert thin_block.volume_of_path('/rhev/data-center/mnt/blockSD/%s/images/%s/%s' % (SD, IMG, VOL)) == (SD, IMG, VOL)
+    assert thin_block.volume_of_path('/rhev/data-center/mnt/server:_x/%s/images/%s/%s' % (SD, IMG, VOL)) is None
+    assert thin_block.volume_of_path('/run/virtnode/block/%s/../%s/%s' % (SD, IMG, VOL)) is None
+    assert thin_block.volume_of_path(None) is None
+
+
+# ------------------------------------------------------------------ LVM (production path)
+
+def lvm(size_mib=128, tags='IU_%s,MD_4,PU_00000000-0000-0000-0000-000000000000' % IMG):
+    state = {'size': size_mib * MIB}
+
+    def lvs(argv):
+        return '  %s\n' % (tags if argv[-2] == 'lv_tags' else state['size'])
+
+    def lvextend(argv):
+        state['size'] = int(argv[argv.index('--size') + 1][:-1]) * MIB
+        return ''
+
+    runner = FakeRunner({('lvs',): lvs, ('lvextend',): lvextend})
+    return thin_block.LvmBackend(runner=runner, link_root='/nonexistent'), runner, state
+
+
+def test_lvm_extend_runs_lvextend_in_mib_and_never_shrinks():
+    backend, runner, _state = lvm()
+    assert backend.extend(SD, IMG, VOL, 256 * MIB + 1) == 257 * MIB
+    assert ['lvextend', '--autobackup', 'n', '--size', '257m', '%s/%s' % (SD, VOL)] in runner.calls
+    runner.calls.clear()
+    assert backend.extend(SD, IMG, VOL, 200 * MIB) == 257 * MIB
+    assert not [c for c in runner.calls if c[0] == 'lvextend']
+
+
+def test_lvm_refresh_and_image_tag():
+    backend, runner, _state = lvm()
+    assert backend.refresh(SD, IMG, VOL) == 128 * MIB
+    assert runner.calls[0] == ['lvchange', '--refresh', '%s/%s' % (SD, VOL)]
+    assert backend.image_of(SD, VOL) == IMG
+    backend, _runner, _state = lvm(tags='MD_4')
+    with pytest.raises(VirtnodeError, match='IU_'):
+        backend.image_of(SD, VOL)
+
+
+def test_lvm_activate_links_vdsm_block_path(tmp_path):
+    runner = FakeRunner()
+    backend = thin_block.LvmBackend(runner=runner, link_root=str(tmp_path))
+    link = backend.activate(SD, IMG, VOL)
+    assert link == str(tmp_path / SD / 'images' / IMG / VOL)
+    assert os.readlink(link) == '/dev/%s/%s' % (SD, VOL)
+    assert runner.calls == [['lvchange', '--activate', 'y', '%s/%s' % (SD, VOL)]]
+    backend.deactivate(SD, IMG, VOL)
+    assert not os.path.lexists(link)
+
+
+def test_bad_uuid_never_reaches_a_command():
+    backend, runner, _state = lvm()
+    with pytest.raises(VirtnodeError):
+        backend.extend('../etc', IMG, VOL, MIB)
+    assert not runner.calls
+
+
+# ------------------------------------------------------------------ loop over a file
+
+@pytest.fixture
+def domain(tmp_path):
+    dom_dir = tmp_path / 'mnt' / SD
+    img_dir = dom_dir / 'images' / IMG
+    img_dir.mkdir(parents=True)
+    (img_dir / VOL).write_bytes(b'qcow2 header')
+    md = vmd.VolumeMetadata(domain=SD, image=IMG, capacity=1024 * MIB, volume_format='COW', allocation='SPARSE',
+                            role='LEAF', disk_type='DATA', parent=vmd.BLANK_UUID, description='', legality='LEGAL')
+    vmd.write_volume_metadata(str(img_dir / (VOL + '.meta')), md, 5)
+    return dom_dir
+
+
+def loop_backend(domain, tmp_path, runner=None):
+    return thin_block.LoopBackend(runner=runner or FakeRunner(), link_root=str(tmp_path / 'block'),
+                                  find_domain=lambda sd, required=True: str(domain) if sd == SD else None)
+
+
+def test_loop_extend_grows_the_file_and_never_shrinks(domain, tmp_path):
+    backend = loop_backend(domain, tmp_path)
+    path = domain / 'images' / IMG / VOL
+    assert backend.extend(SD, IMG, VOL, 128 * MIB) == 128 * MIB
+    assert path.stat().st_size == 128 * MIB
+    assert backend.extend(SD, IMG, VOL, 64 * MIB) == 128 * MIB
+    assert path.stat().st_size == 128 * MIB
+    assert backend.image_of(SD, VOL) == IMG
+    assert backend.capacity(SD, IMG, VOL) == 1024 * MIB
+
+
+def test_loop_activate_reuses_an_attached_device_and_links_it(domain, tmp_path):
+    path = os.path.realpath(str(domain / 'images' / IMG / VOL))
+    listing = json.dumps({'loopdevices': [{'name': '/dev/loop3', 'back-file': '/elsewhere'},
+                                          {'name': '/dev/loop7', 'back-file': path}]})
+    runner = FakeRunner({('losetup', '--list'): listing})
+    backend = loop_backend(domain, tmp_path, runner)
+    link = backend.activate(SD, IMG, VOL)
+    assert link == str(tmp_path / 'block' / SD / IMG / VOL)
+    assert os.readlink(link) == '/dev/loop7'
+    assert not [c for c in runner.calls if '--find' in c]
+    backend.refresh = lambda *ids: None
+    backend.deactivate(SD, IMG, VOL)
+    assert ['losetup', '--detach', '/dev/loop7'] in runner.calls
+    assert not os.path.lexists(link) and not os.path.exists(str(tmp_path / 'block' / SD))
+
+
+def test_loop_activate_attaches_a_new_device(domain, tmp_path):
+    runner = FakeRunner({('losetup', '--list'): '{"loopdevices": []}', ('losetup', '--find'): '/dev/loop9\n'})
+    backend = loop_backend(domain, tmp_path, runner)
+    assert os.readlink(backend.activate(SD, IMG, VOL)) == '/dev/loop9'
+    assert ['losetup', '--find', '--show', str(domain / 'images' / IMG / VOL)] in runner.calls
+
+
+def test_extend_volume_on_spm_caps_at_capacity_plus_ten_percent(domain, tmp_path):
+    backend = loop_backend(domain, tmp_path)
+    assert thin_block.extend_volume_on_spm(SD, VOL, 256, backend=backend) == 256
+    assert thin_block.extend_volume_on_spm(SD, VOL, 5000, backend=backend) == 1127
+    assert thin_block.extend_volume_on_spm(SD, VOL, 128, backend=backend) == 1127
+    with pytest.raises(VirtnodeError, match='positive'):
+        thin_block.extend_volume_on_spm(SD, VOL, 0, backend=backend)
+    with pytest.raises(VirtnodeError, match='not found'):
+        thin_block.extend_volume_on_spm(SD, '41111111-2222-4333-8444-555555555555', 1, backend=backend)
