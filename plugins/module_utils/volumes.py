@@ -200,7 +200,8 @@ def delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
     _write_meta(dom_dir, md, domain_md.version, meta)
     _discard([data, lease, meta])
     parent = volumes.get(md.parent)
-    if parent is not None and parent.role == 'INTERNAL':
+    siblings = [v for v, m in volumes.items() if m.parent == md.parent and v != vol_uuid]
+    if parent is not None and parent.role == 'INTERNAL' and not siblings:
         parent.role = 'LEAF'
         _write_meta(dom_dir, parent, domain_md.version, paths(dom_dir, img_uuid, md.parent)[1])
     img_dir = image_path(dom_dir, img_uuid)
@@ -209,6 +210,39 @@ def delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
     else:
         atomic_file.fsync_directory(img_dir)
     return True
+
+
+def sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain):
+    """Make an image's metadata follow the chain QEMU really uses after a live merge (VDSM's syncVolumeChain).
+
+    ``top_uuid`` is the leaf the metadata knew before the merge, ``actual_chain`` the
+    volume UUIDs the VM uses now (base first). Volumes of the old chain missing from
+    it are marked ILLEGAL (safe to delete; deleting them is the SPM's job); a kept
+    volume whose parent was removed gets the nearest kept ancestor as its parent.
+    Returns the removed volume UUIDs.
+    """
+    volumes = image_volumes(dom_dir, img_uuid)
+    chain, current = [], top_uuid
+    while current in volumes and current not in chain:
+        chain.insert(0, current)
+        current = volumes[current].parent
+    removed = [vol for vol in chain if vol not in actual_chain]
+    for vol in chain:
+        md = volumes[vol]
+        meta = paths(dom_dir, img_uuid, vol)[1]
+        if vol in removed:
+            if md.legality != 'ILLEGAL':
+                md.legality = 'ILLEGAL'
+                _write_meta(dom_dir, md, domain_md.version, meta)
+            continue
+        parent = md.parent
+        while parent in removed:
+            parent = volumes[parent].parent
+        if parent != md.parent:
+            md.parent = parent
+            md.generation = vmd.next_generation(md.generation)
+            _write_meta(dom_dir, md, domain_md.version, meta)
+    return removed
 
 
 def delete_image(dom_dir, img_uuid):
