@@ -40,8 +40,14 @@ def flag(name):
     return getattr(libvirt_conn.libvirt, name, _FLAGS[name]) if libvirt_conn.libvirt is not None else _FLAGS[name]
 
 
-def default_migration_uri(host):
-    return 'qemu+tcp://%s/system' % host
+MIGRATION_TRANSPORTS = ('tcp', 'tls')
+
+
+def default_migration_uri(host, transport='tcp'):
+    """libvirt URI of ``host``'s migration listener: plain TCP (16509) or TLS with certificates (16514)."""
+    if transport not in MIGRATION_TRANSPORTS:
+        raise VirtnodeError('unknown migration transport %r (known: %s)' % (transport, ', '.join(MIGRATION_TRANSPORTS)))
+    return 'qemu+%s://%s/system' % (transport, host)
 
 
 def _code(exc):
@@ -213,7 +219,8 @@ class Lifecycle(object):
         self.hook('after_vm_dehibernate', dom.XMLDesc(0), rec_uuid, fail=False)
         return dom
 
-    def save(self, dom, path):
+    def save(self, dom, path, volume=None):
+        """Hibernate to ``path``; ``volume`` ({domain_id, image_id, volume_id}) is recorded when it is a storage volume."""
         vm_uuid = dom.UUIDString()
         if not self.act('save'):
             return
@@ -228,10 +235,11 @@ class Lifecycle(object):
             dom.save(path)
         except libvirt_conn.LibvirtError as exc:
             raise VirtnodeError('cannot save VM %s to %s: %s' % (self.name, path, libvirt_conn.error_text(exc)))
-        vm_stats.write_record(vm_uuid, 'saved', {'name': self.name, 'path': path, 'persistent': persistent,
-                                                 'time': round(time.time(), 3),
-                                                 'owned': path.startswith(vm_stats.record_dir(vm_uuid, self.records_dir))},
-                              self.records_dir)
+        record = {'name': self.name, 'path': path, 'persistent': persistent, 'time': round(time.time(), 3),
+                  'owned': volume is None and path.startswith(vm_stats.record_dir(vm_uuid, self.records_dir))}
+        if volume is not None:
+            record['volume'] = dict(volume)
+        vm_stats.write_record(vm_uuid, 'saved', record, self.records_dir)
         self.write_exit(vm_uuid, vm_stats.EXIT_SAVE_STATE_SUCCEEDED)
         self.hook('after_vm_hibernate', '', vm_uuid, fail=False)
 

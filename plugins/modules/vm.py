@@ -47,7 +47,7 @@ options:
         seconds; with O(force=true) a VM still running then is destroyed.
       - V(destroyed) stops it at once. A persistent VM stays defined.
       - V(absent) destroys and undefines it and drops its records.
-      - V(saved) saves (hibernates) its memory to O(save_path) and stops it.
+      - V(saved) saves (hibernates) its memory to O(save_path) (or O(saved_volume)) and stops it.
     type: str
     choices: [running, paused, shutdown, destroyed, absent, saved]
     default: running
@@ -133,7 +133,13 @@ options:
         description: Volume UUID of a volume disk.
         type: str
       type:
-        description: V(file) or V(block); found from the path when left out.
+        description:
+          - V(file) or V(block); found from the path when left out.
+          - For a storage-domain volume, V(block) presents it as a block device through the
+            host's block backend (the logical volume activated on a block domain; a loop device
+            over the volume on a file domain) under C(/run/virtnode/block). A thin COW volume
+            presented this way is extended by the node agent as the guest writes.
+          - In check mode nothing is activated.
         type: str
         choices: [file, block]
       format:
@@ -257,15 +263,47 @@ options:
       - O(state=running) restores from the saved image of the VM (found by
         O(name) or O(uuid)) and removes the image afterwards.
     type: path
+  saved_volume:
+    description:
+      - With O(state=saved), hibernate into this RAW storage-domain volume instead of a file
+        (VDSM's memory-dump volume). It must hold the VM's memory plus 32 MiB; a missing or
+        too small volume fails before anything changes.
+      - The volume is recorded with the VM; O(state=running) restores from it and leaves the
+        volume in place (deleting it is the SPM's job, M(virtnode.kvm.volume)).
+    type: dict
+    suboptions:
+      domain_id:
+        description: Storage domain UUID.
+        type: str
+        required: true
+      image_id:
+        description: Image UUID.
+        type: str
+        required: true
+      volume_id:
+        description: Volume UUID.
+        type: str
+        required: true
   migrate_to:
     description:
       - With O(state=running), live-migrate the VM to this host (its libvirt
-        at C(qemu+tcp://<host>/system)). Other spec fields are not applied
+        at C(qemu+<migrate_transport>://<host>/system)). Other spec fields are not applied
         during a migration.
       - Nothing changes when the VM already runs on that host.
     type: str
+  migrate_transport:
+    description:
+      - How libvirt reaches the destination named by O(migrate_to), and how the source's libvirtd
+        talks to it during the migration.
+      - V(tls) is libvirtd's TLS listener (port 16514) with certificate verification both ways, with
+        the CA in C(/etc/pki/CA/cacert.pem) and the client certificate in C(/etc/pki/libvirt/), as the
+        C(virtnode.kvm.bootstrap) role sets up by default. V(tcp) is the plain listener (port 16509),
+        for labs.
+    type: str
+    choices: [tcp, tls]
+    default: tcp
   migrate_uri:
-    description: libvirt URI of the destination, instead of the one derived from O(migrate_to).
+    description: libvirt URI of the destination, instead of the one derived from O(migrate_to) and O(migrate_transport).
     type: str
   migrate_unsafe:
     description:
@@ -533,7 +571,11 @@ def argument_spec():
         force=dict(type='bool', default=False),
         timeout=dict(type='int', default=120),
         save_path=dict(type='path'),
+        saved_volume=dict(type='dict', options=dict(domain_id=dict(type='str', required=True),
+                                                    image_id=dict(type='str', required=True),
+                                                    volume_id=dict(type='str', required=True))),
         migrate_to=dict(type='str'),
+        migrate_transport=dict(type='str', choices=['tcp', 'tls'], default='tcp'),
         migrate_uri=dict(type='str'),
         migrate_unsafe=dict(type='bool', default=False),
         migrate_options=dict(type='dict', options=dict(
@@ -631,7 +673,7 @@ def ensure_running(conn, lc, params, spec, dom, result):
 
 
 def migrate(conn, lc, params, dom, result):
-    dest_uri = params['migrate_uri'] or vm_lifecycle.default_migration_uri(params['migrate_to'])
+    dest_uri = params['migrate_uri'] or vm_lifecycle.default_migration_uri(params['migrate_to'], params['migrate_transport'])
     options = dict(params['migrate_options'] or {})
     options['unsafe'] = params['migrate_unsafe']
     options['migrate_uri'] = options.pop('data_uri', None)
@@ -692,7 +734,15 @@ def run(module, conn, spec):
                     lc.undefine(dom)
                 lc.forget(vm_uuid)
             elif state == 'saved':
-                if active:
+                if active and params['saved_volume']:
+                    # Imported here: it pulls in the storage layer, which other states never need.
+                    from ansible_collections.virtnode.kvm.plugins.module_utils import vm_snapshot  # pylint: disable=import-outside-toplevel
+                    target = vm_snapshot.memory_volume(params['saved_volume'], vm_snapshot.memory_needed(dom.XMLDesc(0)),
+                                                       'saved_volume')
+                    lc.save(dom, target['path'], volume=dict((k, target[k]) for k in vm_snapshot.IDS))
+                    if not module.check_mode:
+                        vm_snapshot.restore_volume_size(target)
+                elif active:
                     lc.save(dom, params['save_path'] or os.path.join(vm_stats.record_dir(vm_uuid), 'saved.img'))
                 elif not lc.find_saved(vm_uuid)[1]:
                     raise VirtnodeError('VM %s is not running and has no saved image' % spec['name'])
@@ -713,13 +763,14 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
         supports_check_mode=True,
-        mutually_exclusive=[('boot_order', 'kernel')],
+        mutually_exclusive=[('boot_order', 'kernel'), ('save_path', 'saved_volume')],
         required_by={'initrd': 'kernel', 'cmdline': 'kernel'},
     )
     if module.params['migrate_to'] and module.params['state'] != 'running':
         module.fail_json(msg='migrate_to needs state=running')
     try:
-        spec = vm_spec.normalize(module.params)
+        spec = vm_spec.normalize(module.params, block_resolver=(vm_spec.planned_block_volume if module.check_mode
+                                                                else vm_spec.activate_block_volume))
     except VirtnodeError as err:
         module.fail_json(**err.to_dict())
     libvirt_conn.require_libvirt(module)

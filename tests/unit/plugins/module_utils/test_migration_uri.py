@@ -1,0 +1,30 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The destination URI the vm module derives from migrate_to and migrate_transport."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.modules import vm
+
+
+def test_plain_tcp_is_the_default():
+    assert vm_lifecycle.default_migration_uri('vnhost2') == 'qemu+tcp://vnhost2/system'
+
+
+def test_tls_uses_the_tls_listener():
+    assert vm_lifecycle.default_migration_uri('10.0.0.2', 'tls') == 'qemu+tls://10.0.0.2/system'
+
+
+def test_unknown_transport_is_refused():
+    with pytest.raises(VirtnodeError, match='unknown migration transport'):
+        vm_lifecycle.default_migration_uri('vnhost2', 'ssh')
+
+
+def test_module_option_matches_the_known_transports():
+    spec = vm.argument_spec()['migrate_transport']
+    assert spec['choices'] == list(vm_lifecycle.MIGRATION_TRANSPORTS) and spec['default'] == 'tcp'
