@@ -1,7 +1,7 @@
 """The project's lab: several virtualization hosts on one machine.
 
 Each host is a network namespace on a lab bridge plus a private mount and UTS
-namespace (its own hostname, /run, /etc/libvirt, /var/lib/libvirt, /var/log,
+namespace (its own hostname, /run, /etc/libvirt, /etc/pki, /var/lib/libvirt, /var/log,
 machine-id), running its own sshd, virtlogd, libvirtd (TCP listener for
 migration) and sanlock daemon. A directory outside the namespaces is the
 shared storage, visible at the same path on every host.
@@ -57,7 +57,8 @@ HOST_PREFIX = "vnhost"
 UUID_NAMESPACE = uuid.UUID("3f0f8f7e-6a52-4c0e-9d2b-5b7e1c9a0d11")
 
 # Per-host directories bind-mounted over the machine's own.
-BIND_DIRS = ("/run", "/etc/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
+# /etc/pki holds libvirt's TLS certificates (CA, server, client) at paths the libvirt client fixes.
+BIND_DIRS = ("/run", "/etc/libvirt", "/etc/pki", "/var/lib/libvirt", "/var/cache/libvirt",
              "/var/log", "/etc/virtnode", "/var/lib/virtnode", "/rhev")
 BIND_FILES = ("/etc/hosts", "/etc/machine-id")
 READY_TIMEOUT = 60
