@@ -48,6 +48,9 @@ DISK_FORMATS = ('raw', 'qcow2')
 DISK_CACHES = ('none', 'writeback', 'writethrough', 'directsync', 'unsafe', 'default')
 DISK_IO = ('threads', 'native', 'io_uring')
 ERROR_POLICIES = ('stop', 'report', 'ignore', 'enospace')
+# Argument spec of a storage-domain volume given by its three UUIDs (saved_volume, snapshot volumes).
+VOLUME_REF_OPTIONS = dict(domain_id=dict(type='str', required=True), image_id=dict(type='str', required=True),
+                          volume_id=dict(type='str', required=True))
 NIC_MODELS = ('virtio', 'e1000', 'e1000e', 'rtl8139')
 BOOT_DEVICES = ('hd', 'cdrom', 'network', 'fd')
 GRAPHICS_TYPES = ('vnc', 'spice')

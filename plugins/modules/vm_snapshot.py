@@ -305,10 +305,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
 from ansible_collections.virtnode.kvm.plugins.module_utils import vm_snapshot
+from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
-
-VOLUME_OPTIONS = dict(domain_id=dict(type='str', required=True), image_id=dict(type='str', required=True),
-                      volume_id=dict(type='str', required=True))
 
 
 def expected_chains(before, plan_ids, state):
@@ -383,9 +381,9 @@ def main():
     module = AnsibleModule(
         argument_spec=libvirt_conn.libvirt_argument_spec(
             name=dict(type='str', required=True),
-            volumes=dict(type='list', elements='dict', required=True, options=VOLUME_OPTIONS),
+            volumes=dict(type='list', elements='dict', required=True, options=vm_spec.VOLUME_REF_OPTIONS),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
-            memory_volume=dict(type='dict', options=VOLUME_OPTIONS),
+            memory_volume=dict(type='dict', options=vm_spec.VOLUME_REF_OPTIONS),
             freeze=dict(type='bool', default=True),
             description=dict(type='str'),
             delete_merged=dict(type='bool', default=True),

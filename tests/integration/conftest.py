@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,31 @@ def lab_exec(host: str, *cmd: str, check: bool = True) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"{host}: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def wait_for(what: str, probe, timeout: float = 60, step: float = 0.5):
+    """Poll ``probe`` until it returns something true; fail with its last answer after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+# Pool tests: the play's `export` (a folder of the lab's shared storage) as a bind-mounted posixfs server.
+POOL_SERVER = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none",
+                                               "options": "bind"}}
+
+
+def pool_cleanup_tasks() -> list:
+    """Tasks that undo a pool test (SPM, pool `sp`, server, export), whatever state it was left in."""
+    return [
+        {"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
+        {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
+         "failed_when": False},
+        {"name": "Disconnect server", **{k: dict(v, state="disconnected") for k, v in POOL_SERVER.items()}},
+        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}, "run_once": True},
+    ]

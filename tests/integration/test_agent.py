@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, lab_exec, run_playbook
+from conftest import REPO, lab_exec, run_playbook, wait_for
 
 HOST = "vnhost1"
 GUEST = "agent-guest"
@@ -42,17 +42,6 @@ def when(predicate, probe):
         value = probe()
         return value if value and predicate(value) else None
     return check
-
-
-def wait_for(what: str, probe, timeout: float = 60, step: float = 1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def events_since(cursor: int) -> list:

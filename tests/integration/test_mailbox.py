@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ansible_env, lab_exec, run_playbook
+from conftest import POOL_SERVER, REPO, ansible_env, lab_exec, pool_cleanup_tasks, run_playbook
 
 SP = "8c9d0e1f-5a6b-4c7d-8e9f-4a5b6c7d8e94"
 SD = "9d0e1f2a-6b7c-4d8e-9f0a-5b6c7d8e9fa5"
@@ -75,18 +75,7 @@ def play(tmp_path: Path, name: str, hosts: str, tasks: list) -> str:
     return proc.stdout
 
 
-SERVER = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none", "options": "bind"}}
 FIRST = "inventory_hostname == groups.lab[0]"
-
-
-def cleanup_tasks() -> list:
-    return [
-        {"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
-        {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
-         "failed_when": False},
-        {"name": "Disconnect server", **{k: dict(v, state="disconnected") for k, v in SERVER.items()}},
-        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}, "run_once": True},
-    ]
 
 
 def events(host: str, cursor: int, *names: str) -> list:
@@ -132,7 +121,7 @@ def host_side(host: str, *args: str) -> dict:
 def pool(lab_hosts, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("mailbox")
     first = list(lab_hosts)[0]
-    play(tmp_path, "cleanup-before", "lab", cleanup_tasks())
+    play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
     # The node agent (with the mailbox server) on every host, unless test_agent.py deployed this build already.
     if not all(agent_is_current(host) for host in lab_hosts):
         started = time.monotonic()
@@ -143,7 +132,7 @@ def pool(lab_hosts, tmp_path_factory):
     play(tmp_path, "setup", "lab", [
         {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
          "run_once": True},
-        {"name": "Connect server", **SERVER},
+        {"name": "Connect server", **POOL_SERVER},
         {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
                                                                   "io_timeout": 1}, "run_once": True},
         {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
@@ -158,7 +147,7 @@ def pool(lab_hosts, tmp_path_factory):
     ])
     wait_events(first, cursor, ("mailbox_serving_started",), lambda event: event.get("sp_uuid") == SP)
     yield tmp_path
-    play(tmp_path, "cleanup-after", "lab", cleanup_tasks())
+    play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
 
 
 def volume_size(host: str) -> int:

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import REPO, lab_exec, run_playbook
+from conftest import POOL_SERVER, REPO, lab_exec, pool_cleanup_tasks, run_playbook
 
 SP = "4e5f6a7b-1c2d-4e3f-8a9b-0c1d2e3f4a50"
 SD = "5f6a7b8c-2d3e-4f4a-9b0c-1d2e3f4a5b61"
@@ -32,27 +32,16 @@ def play(tmp_path: Path, name: str, hosts: str, tasks: list, timeout: int = 900)
     return proc.stdout
 
 
-SERVER = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none", "options": "bind"}}
 CONNECT = {"virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": "{{ groups.lab.index(inventory_hostname) + 1 }}"}}
-
-
-def cleanup_tasks() -> list:
-    return [
-        {"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
-        {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
-         "failed_when": False},
-        {"name": "Disconnect server", **{k: dict(v, state="disconnected") for k, v in SERVER.items()}},
-        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}, "run_once": True},
-    ]
 
 
 def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
     first, second = list(lab_hosts)[:2]
-    play(tmp_path, "cleanup-before", "lab", cleanup_tasks())
+    play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
     play(tmp_path, "setup", "lab", [
         {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
          "run_once": True},
-        {"name": "Connect server", **SERVER},
+        {"name": "Connect server", **POOL_SERVER},
         {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
                                                                   "io_timeout": IO_TIMEOUT},
          "run_once": True},
@@ -90,7 +79,7 @@ def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
     # The crashed host comes back fresh: it reconnects the storage and the pool, and sees host 2 as SPM.
     play(tmp_path, "reconnect", first, [
-        {"name": "Reconnect server", **SERVER},
+        {"name": "Reconnect server", **POOL_SERVER},
         {"name": "Reconnect pool", **CONNECT},
         {"name": "Status", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}"}, "register": "status"},
         {"name": "Host 2 is SPM, this host is free",
@@ -98,7 +87,7 @@ def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
                                              f"status.spm.spm_host == '{second}'"]}},
     ])
     assert "sanlock" not in lab_exec(first, "true").stderr
-    play(tmp_path, "cleanup-after", "lab", cleanup_tasks())
+    play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
 
 
 def test_spm_stops_and_pool_disconnects_after_its_storage_vanished(lab_hosts, tmp_path):

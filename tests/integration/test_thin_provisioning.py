@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, lab_exec, run_playbook
+from conftest import POOL_SERVER, REPO, lab_exec, pool_cleanup_tasks, run_playbook, wait_for
 
 SP = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c40"
 SD = "7b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d51"
@@ -78,17 +78,6 @@ def event_cursor(host: str) -> int:
     return json.loads(helper(host, "events", "0"))["cursor"]
 
 
-def wait_for(what: str, probe, timeout: float = 60, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
-
-
 def play(tmp_path: Path, name: str, tasks: list, hosts: str = "lab") -> str:
     playbook = tmp_path / f"{name}.yml"
     playbook.write_text(json.dumps([{
@@ -99,18 +88,7 @@ def play(tmp_path: Path, name: str, tasks: list, hosts: str = "lab") -> str:
     return proc.stdout
 
 
-SERVER = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none", "options": "bind"}}
 FIRST = "inventory_hostname == groups.lab[0]"
-
-
-def cleanup_tasks() -> list:
-    return [
-        {"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
-        {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
-         "failed_when": False},
-        {"name": "Disconnect server", **{k: dict(v, state="disconnected") for k, v in SERVER.items()}},
-        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}, "run_once": True},
-    ]
 
 
 def agent_pid(host: str):
@@ -148,12 +126,12 @@ def thin_lab(hosts: list, tmp: Path, **config):
     volumes = [{"name": f"Volume {key}", "virtnode.kvm.volume": {
         "sd_uuid": "{{ sd }}", "image_uuid": img, "volume_uuid": vol, "size": f"{CAPACITY_MIB}M", "format": "COW",
         "allocation": "SPARSE"}, "when": FIRST} for key, (img, vol) in VOLUMES.items()]
-    leftovers = [dict(task, failed_when=False) for task in cleanup_tasks()]
+    leftovers = [dict(task, failed_when=False) for task in pool_cleanup_tasks()]
     play(tmp, "thin-setup", [
         *leftovers,
         {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
          "run_once": True},
-        {"name": "Connect server", **SERVER},
+        {"name": "Connect server", **POOL_SERVER},
         {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
                                                                   "io_timeout": 1}, "run_once": True},
         {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
@@ -183,7 +161,7 @@ def teardown(hosts: list, tmp: Path, role_agents: dict):
         agent_stop(host)
         if role_agents[host]:
             agent_start(host, ROLE_AGENT_ARGV)
-    play(tmp, "thin-cleanup", cleanup_tasks())
+    play(tmp, "thin-cleanup", pool_cleanup_tasks())
 
 
 @pytest.fixture(scope="module")
