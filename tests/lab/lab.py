@@ -502,6 +502,12 @@ def cmd_down(args) -> None:
             os.rmdir(target)
         except OSError:
             pass
+    # The systemd host's cgroup (tests/lab/systemd_host.py), empty once its processes are gone.
+    for cgroup in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        for top in cgroup.glob(f"virtnode-lab{LAB_ID}-*"):
+            for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                sub.rmdir()
+            top.rmdir()
     # Lab state goes; the cached guest, SSH key and shim stay for the next lab-up.
     for path in (HOSTS_DIR, SHARED_DIR):
         shutil.rmtree(path, ignore_errors=True)
