@@ -80,7 +80,7 @@ lint: venv collection
 	cd $(COLLECTION) && ansible-lint --offline --nocolor --profile production $$(ls -d roles/* playbooks 2>/dev/null)
 
 integration: lab-up collection
-	$(VENV)/bin/python -m pytest -v -rs tests/integration
+	$(VENV)/bin/python -m pytest -v -rs --durations=40 tests/integration
 
 clean: lab-down
 	rm -rf $(BUILD) $(VENV)
