@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
+from ansible_collections.virtnode.kvm.plugins.module_utils import command
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
 
 QEMU_IMG = 'qemu-img'
@@ -34,16 +34,7 @@ def qemu_format(volume_format):
 
 
 def _run(argv, timeout=DEFAULT_TIMEOUT):
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as err:
-        raise VirtnodeError('qemu-img is not installed (Debian: qemu-utils)', {'argv': argv}) from err
-    except subprocess.TimeoutExpired as err:
-        raise VirtnodeError('qemu-img timed out after %ss: %s' % (timeout, ' '.join(argv)), {'argv': argv}) from err
-    if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip() or 'exit status %d' % proc.returncode
-        raise VirtnodeError('qemu-img %s failed: %s' % (argv[1], message), {'argv': argv, 'rc': proc.returncode})
-    return proc.stdout
+    return command.run_checked(argv, timeout, label='qemu-img %s' % argv[1], install_hint='Debian: qemu-utils')
 
 
 def create_argv(path, volume_format, size=None, backing=None, backing_format=None, preallocation=None):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
+from ansible_collections.virtnode.kvm.plugins.module_utils import command
 from ansible_collections.virtnode.kvm.plugins.module_utils import sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
 
@@ -103,12 +103,7 @@ def is_connected(conn_type, spec):
 
 
 def _run(argv):
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=MOUNT_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise VirtnodeError('%s failed: %s' % (' '.join(argv), err), {'argv': argv}) from err
-    if proc.returncode != 0:
-        raise VirtnodeError('%s failed: %s' % (' '.join(argv), (proc.stderr or proc.stdout).strip()), {'argv': argv})
+    command.run_checked(argv, MOUNT_TIMEOUT)
 
 
 def connect(conn_type, spec, vfstype=None, options=None, nfs_version=None, timeo=None, retrans=None):

@@ -44,9 +44,9 @@ import fcntl
 import json
 import os
 import re
-import subprocess
 import threading
 
+from ansible_collections.virtnode.kvm.plugins.module_utils import command
 from ansible_collections.virtnode.kvm.plugins.module_utils import sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils import storage
 from ansible_collections.virtnode.kvm.plugins.module_utils import validate
@@ -77,17 +77,8 @@ def max_physical(capacity):
 
 
 def run_command(argv, timeout=COMMAND_TIMEOUT):
-    """Run ``argv`` (no shell); stdout on success, VirtnodeError naming the command otherwise."""
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as err:
-        raise VirtnodeError('%s is not installed' % argv[0], {'argv': argv}) from err
-    except subprocess.TimeoutExpired as err:
-        raise VirtnodeError('%s timed out after %ss' % (' '.join(argv), timeout), {'argv': argv}) from err
-    if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip() or 'exit status %d' % proc.returncode
-        raise VirtnodeError('%s failed: %s' % (' '.join(argv), message), {'argv': argv, 'rc': proc.returncode})
-    return proc.stdout
+    """The block backends' command runner (tests replace it): stdout, or VirtnodeError."""
+    return command.run_checked(argv, timeout)
 
 
 def volume_of_path(path):
