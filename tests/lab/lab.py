@@ -1,7 +1,7 @@
 """The project's lab: several virtualization hosts on one machine.
 
 Each host is a network namespace on a lab bridge plus a private mount and UTS
-namespace (its own hostname, /run, /etc/libvirt, /etc/pki, /var/lib/libvirt, /var/log,
+namespace (its own hostname, /run, /root, /etc/libvirt, /etc/pki, /var/lib/libvirt, /var/log,
 machine-id), running its own sshd, virtlogd, libvirtd (TCP listener for
 migration) and sanlock daemon. A directory outside the namespaces is the
 shared storage, visible at the same path on every host.
@@ -58,8 +58,10 @@ UUID_NAMESPACE = uuid.UUID("3f0f8f7e-6a52-4c0e-9d2b-5b7e1c9a0d11")
 
 # Per-host directories bind-mounted over the machine's own.
 # /etc/pki holds libvirt's TLS certificates (CA, server, client) at paths the libvirt client fixes.
+# /root is a fresh Debian root home: the machine's may hold a developer's shell set-up (pyenv and
+# the like), which bash would run for every command Ansible sends over SSH.
 BIND_DIRS = ("/run", "/etc/libvirt", "/etc/pki", "/var/lib/libvirt", "/var/cache/libvirt",
-             "/var/log", "/etc/virtnode", "/var/lib/virtnode", "/rhev")
+             "/var/log", "/etc/virtnode", "/var/lib/virtnode", "/rhev", "/root")
 BIND_FILES = ("/etc/hosts", "/etc/machine-id")
 READY_TIMEOUT = 60
 
@@ -199,6 +201,15 @@ def ensure_mountpoints(state: dict) -> None:
             state["created_mountpoints"].append(target)
 
 
+def seed_root_home(home: Path) -> None:
+    """A root home as a fresh Debian has it: Debian's shell start-up files and nothing else."""
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    for name in (".bashrc", ".profile"):
+        if Path("/etc/skel", name).exists() and not (home / name).exists():
+            shutil.copyfile(Path("/etc/skel", name), home / name)
+
+
 def write_hosts_file(count: int) -> Path:
     path = LAB / "etc_hosts"
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
@@ -230,6 +241,7 @@ def prepare_host_dirs(name: str, index: int, hosts_file: Path) -> None:
             # No cgroups: hosts share the machine's cgroup tree and would collide.
             f.write("\n# virtnode lab\nuser = \"root\"\ngroup = \"root\"\n"
                     "security_driver = \"none\"\ncgroup_controllers = [ ]\n")
+    seed_root_home(bind_source(name, "/root"))
     log_dir = bind_source(name, "/var/log")
     (log_dir / "libvirt" / "qemu").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(hosts_file, hdir / "root" / "etc_hosts")

@@ -5,8 +5,8 @@ machine has no systemd as init. This host is the same kind of namespace host on 
 but its mount, PID and cgroup namespaces make it a small container in which
 /lib/systemd/systemd runs as PID 1 and boots multi-user.target from the machine's installed
 Debian: its own /proc, read-only /sys, a cgroup2 subtree of its own, a private /dev, /run and
-/tmp, and copy-on-write overlays of /etc, /usr, /var and /root (nothing it writes reaches the
-machine). So ssh, libvirtd, virtlogd and sanlock start from their Debian unit files, and the
+/tmp, copy-on-write overlays of /etc, /usr and /var (nothing it writes reaches the machine), and
+a root home of its own, as a fresh Debian has it (the machine's holds a developer's shell set-up). So ssh, libvirtd, virtlogd and sanlock start from their Debian unit files, and the
 roles' enable/start/restart tasks and the agent's unit run for real, at native speed.
 
 What a container cannot offer is set up as on a host that lacks it, and nothing else:
@@ -43,7 +43,7 @@ NAME = lab.host_name(INDEX)
 IP = lab.host_ip(INDEX)
 NETNS = lab.netns_name(NAME)
 HOST_DIR = lab.host_dir(NAME)
-OVERLAYS = ("/etc", "/usr", "/var", "/root")
+OVERLAYS = ("/etc", "/usr", "/var")
 # Device nodes a virtualization host's services open; bound from the machine's /dev.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "kvm", "net/tun", "vhost-net")
 MASK_UNITS = ("postgresql.service", "postgresql@.service", "getty@.service", "console-getty.service",
@@ -101,8 +101,11 @@ def prepare(use_shim: bool) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to("/lib/systemd/system/nftables.service")
     write("/etc", "ssh/sshd_config.d/virtnode-lab.conf", "PermitRootLogin prohibit-password\nUseDNS no\n")
-    write("/root", ".ssh/authorized_keys", (lab.SSH_DIR / "id_ed25519.pub").read_text(), 0o600)
-    upper("/root").joinpath(".ssh").chmod(0o700)
+    home = HOST_DIR / "root-home"
+    lab.seed_root_home(home)
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "authorized_keys").write_text((lab.SSH_DIR / "id_ed25519.pub").read_text())
+    (home / ".ssh" / "authorized_keys").chmod(0o600)
     if use_shim:
         write("/etc", "systemd/system/sanlock.service.d/virtnode-lab-shim.conf",
               f"# lab only: this sandbox refuses sanlock's setrlimit calls\n[Service]\n"
@@ -124,6 +127,7 @@ hostname {NAME}
 # The netns handles of other hosts this mount namespace inherited would keep them alive.
 findmnt -rn -t nsfs -o TARGET | while read -r m; do umount -l "$m"; done
 {overlays}
+mount --bind {HOST_DIR / "root-home"} /root
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 D=/run/.dev
