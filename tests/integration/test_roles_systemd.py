@@ -16,6 +16,7 @@ Each phase's time is printed; the hosts are removed at the end, pass or fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -82,6 +83,28 @@ print(json.dumps(out))
 '''
 
 
+@contextlib.contextmanager
+def phase(times: dict, name: str):
+    """Time the block into ``times[name]`` (printed at the end of a test)."""
+    t0 = time.monotonic()
+    yield
+    times[name] = time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def host_under_test(times: dict, diagnostics, remove):
+    """Run the block; on failure print the host's ``diagnostics()``; always ``remove()`` the host
+    and print the phase times."""
+    try:
+        yield
+    except BaseException:
+        print(diagnostics())
+        raise
+    finally:
+        remove()
+        print("phase times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+
+
 def recap(output: str) -> dict:
     return {m.group(1): {"ok": int(m.group(2)), "changed": int(m.group(3)), "unreachable": int(m.group(4)),
                          "failed": int(m.group(5))} for m in RECAP.finditer(output)}
@@ -95,6 +118,11 @@ def deploy(inventory, host, extra_vars) -> tuple[str, dict]:
     print(proc.stdout[-6000:])
     assert proc.returncode == 0, proc.stdout[-20000:]
     return proc.stdout, recap(proc.stdout)[host]
+
+
+def second_run_changes_nothing(inventory, host, extra_vars) -> None:
+    out, second = deploy(inventory, host, extra_vars)
+    assert second["changed"] == 0 and second["failed"] == 0, out[-20000:]
 
 
 def write_inventory(path, host, hostvars) -> None:
@@ -195,17 +223,15 @@ def test_host_deploy_by_an_engine_in_systemd_mode(tmp_path):
                   # The role's CA lives on the controller; keep this run's out of ~/.virtnode.
                   "bootstrap_pki_local_dir": str(tmp_path / "pki")}
     host = systemd_host.NAME
-    try:
-        t0 = time.monotonic()
-        booted = systemd_host.up()
-        times["boot"] = time.monotonic() - t0
+    with host_under_test(times, lambda: f"--- {host} ---\n{systemd_host.journal(120)}", systemd_host.down):
+        with phase(times, "boot"):
+            booted = systemd_host.up()
         # Debian enables wdmd, which fails without a watchdog device; nothing else may fail.
         assert booted["failed_units"] in ([], ["wdmd.service"]), booted
         write_inventory(inventory, host, systemd_host.inventory_vars())
 
-        t0 = time.monotonic()
-        out, stats, events = deploy_as_an_engine(tmp_path, host, extra_vars)
-        times["converge (ansible-runner)"] = time.monotonic() - t0
+        with phase(times, "converge (ansible-runner)"):
+            out, stats, events = deploy_as_an_engine(tmp_path, host, extra_vars)
         assert not stats.get("failures") and not stats.get("dark"), stats
         check_converged(out, {"failed": 0, "changed": stats.get("changed", {}).get(host, 0)})
         # The events carry what an engine shows: roles, tasks, hosts, the closing stats.
@@ -219,24 +245,15 @@ def test_host_deploy_by_an_engine_in_systemd_mode(tmp_path):
         check_host(probe_systemd_host(), watchdog=False)
 
         # What the roles enabled starts at boot, in the right order, without Ansible.
-        t0 = time.monotonic()
-        rebooted = systemd_host.reboot()
-        times["reboot"] = time.monotonic() - t0
+        with phase(times, "reboot"):
+            rebooted = systemd_host.reboot()
         assert rebooted["state"] == "running", rebooted
         wait_for("the agent's answer after the reboot", agent_answers, timeout=60, step=1)
         check_host(probe_systemd_host(), watchdog=False)
 
         # An administrator's second run, after the reboot: nothing to change.
-        t0 = time.monotonic()
-        out, second = deploy(inventory, host, extra_vars)
-        times["idempotence (ansible-playbook)"] = time.monotonic() - t0
-        assert second["changed"] == 0 and second["failed"] == 0, out[-20000:]
-    except BaseException:
-        print(f"--- {host} ---\n{systemd_host.journal(120)}")
-        raise
-    finally:
-        systemd_host.down()
-        print("phase times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+        with phase(times, "idempotence (ansible-playbook)"):
+            second_run_changes_nothing(inventory, host, extra_vars)
     assert systemd_host.init_pid() is None
 
 
@@ -244,13 +261,12 @@ def test_host_deploy_by_an_engine_in_systemd_mode(tmp_path):
                     reason="set VIRTNODE_SYSTEMD_TEST=1 (boots a Debian VM under TCG, ~40 min on 2 cores)")
 def test_roles_in_systemd_mode_on_a_debian_vm(tmp_path):
     times = {}
-    t0 = time.monotonic()
-    image = testhost.build()
-    times["image build (0 when cached)"] = time.monotonic() - t0
-    try:
-        t0 = time.monotonic()
-        host = testhost.up(NAME, testhost.default_port())
-        times["boot to SSH"] = time.monotonic() - t0
+    with phase(times, "image build (0 when cached)"):
+        image = testhost.build()
+    with host_under_test(times, lambda: f"--- serial console of {NAME} (tail) ---\n{testhost.serial_tail(NAME, 120)}",
+                   lambda: testhost.down(NAME)):
+        with phase(times, "boot to SSH"):
+            host = testhost.up(NAME, testhost.default_port())
 
         inventory = tmp_path / "inventory.yml"
         write_inventory(inventory, INVENTORY_HOST, {
@@ -264,23 +280,14 @@ def test_roles_in_systemd_mode_on_a_debian_vm(tmp_path):
         extra_vars = {"bootstrap_allow_software_emulation": True,
                       "bootstrap_pki_local_dir": str(tmp_path / "pki")}
 
-        t0 = time.monotonic()
-        out, first = deploy(inventory, INVENTORY_HOST, extra_vars)
-        times["converge"] = time.monotonic() - t0
+        with phase(times, "converge"):
+            out, first = deploy(inventory, INVENTORY_HOST, extra_vars)
         check_converged(out, first)
 
         proc = testhost.ssh(NAME, "/usr/bin/python3", "-c", PROBE, probe_units(), check=False)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         check_host(json.loads(proc.stdout), watchdog=True)
 
-        t0 = time.monotonic()
-        out, second = deploy(inventory, INVENTORY_HOST, extra_vars)
-        times["idempotence"] = time.monotonic() - t0
-        assert second["changed"] == 0 and second["failed"] == 0, out[-20000:]
-    except BaseException:
-        print(f"--- serial console of {NAME} (tail) ---\n{testhost.serial_tail(NAME, 120)}")
-        raise
-    finally:
-        testhost.down(NAME)
-        print("phase times: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+        with phase(times, "idempotence"):
+            second_run_changes_nothing(inventory, INVENTORY_HOST, extra_vars)
     assert testhost.pid_of(testhost.run_dir(NAME)) is None
