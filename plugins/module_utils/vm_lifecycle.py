@@ -43,7 +43,7 @@ def flag(name):
 MIGRATION_TRANSPORTS = ('tcp', 'tls')
 
 
-def default_migration_uri(host, transport='tcp'):
+def default_migration_uri(host, transport='tls'):
     """libvirt URI of ``host``'s migration listener: plain TCP (16509) or TLS with certificates (16514)."""
     if transport not in MIGRATION_TRANSPORTS:
         raise VirtnodeError('unknown migration transport %r (known: %s)' % (transport, ', '.join(MIGRATION_TRANSPORTS)))

@@ -298,10 +298,10 @@ options:
       - V(tls) is libvirtd's TLS listener (port 16514) with certificate verification both ways, with
         the CA in C(/etc/pki/CA/cacert.pem) and the client certificate in C(/etc/pki/libvirt/), as the
         C(virtnode.kvm.bootstrap) role sets up by default. V(tcp) is the plain listener (port 16509),
-        for labs.
+        for labs (C(bootstrap_libvirt_listen=tcp)).
     type: str
     choices: [tcp, tls]
-    default: tcp
+    default: tls
   migrate_uri:
     description: libvirt URI of the destination, instead of the one derived from O(migrate_to) and O(migrate_transport).
     type: str
@@ -573,7 +573,7 @@ def argument_spec():
         save_path=dict(type='path'),
         saved_volume=dict(type='dict', options=vm_spec.VOLUME_REF_OPTIONS),
         migrate_to=dict(type='str'),
-        migrate_transport=dict(type='str', choices=['tcp', 'tls'], default='tcp'),
+        migrate_transport=dict(type='str', choices=['tcp', 'tls'], default='tls'),
         migrate_uri=dict(type='str'),
         migrate_unsafe=dict(type='bool', default=False),
         migrate_options=dict(type='dict', options=dict(

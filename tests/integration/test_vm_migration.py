@@ -54,6 +54,7 @@ PLAYBOOK = """
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: "{{ groups['lab'][1] }}"
+        migrate_transport: tcp  # the lab's hosts listen on plain TCP
         migrate_unsafe: true
         migrate_options:
           max_downtime_ms: 300
@@ -63,6 +64,7 @@ PLAYBOOK = """
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: "{{ groups['lab'][1] }}"
+        migrate_transport: tcp  # the lab's hosts listen on plain TCP
         migrate_unsafe: true
       register: again
     - name: Report
@@ -95,6 +97,7 @@ PLAYBOOK = """
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: "{{ groups['lab'][0] }}"
+        migrate_transport: tcp
         migrate_unsafe: true
       register: back
     - name: Report

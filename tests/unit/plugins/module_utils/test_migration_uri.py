@@ -12,12 +12,12 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.errors import Virtnod
 from ansible_collections.virtnode.kvm.plugins.modules import vm
 
 
-def test_plain_tcp_is_the_default():
-    assert vm_lifecycle.default_migration_uri('vnhost2') == 'qemu+tcp://vnhost2/system'
+def test_tls_is_the_default_as_bootstrap_listens_with_tls_by_default():
+    assert vm_lifecycle.default_migration_uri('vnhost2') == 'qemu+tls://vnhost2/system'
 
 
-def test_tls_uses_the_tls_listener():
-    assert vm_lifecycle.default_migration_uri('10.0.0.2', 'tls') == 'qemu+tls://10.0.0.2/system'
+def test_plain_tcp_uses_the_tcp_listener():
+    assert vm_lifecycle.default_migration_uri('10.0.0.2', 'tcp') == 'qemu+tcp://10.0.0.2/system'
 
 
 def test_unknown_transport_is_refused():
@@ -27,4 +27,4 @@ def test_unknown_transport_is_refused():
 
 def test_module_option_matches_the_known_transports():
     spec = vm.argument_spec()['migrate_transport']
-    assert spec['choices'] == list(vm_lifecycle.MIGRATION_TRANSPORTS) and spec['default'] == 'tcp'
+    assert spec['choices'] == list(vm_lifecycle.MIGRATION_TRANSPORTS) and spec['default'] == 'tls'
