@@ -107,9 +107,13 @@ def prepare(use_shim: bool) -> None:
     (home / ".ssh" / "authorized_keys").write_text((lab.SSH_DIR / "id_ed25519.pub").read_text())
     (home / ".ssh" / "authorized_keys").chmod(0o600)
     if use_shim:
+        # Copied in: the checkout may live under /tmp, which is the host's own.
+        shim = upper("/usr") / "lib" / "virtnode-lab" / lab.SHIM.name
+        shim.parent.mkdir(parents=True)
+        shutil.copyfile(lab.SHIM, shim)
         write("/etc", "systemd/system/sanlock.service.d/virtnode-lab-shim.conf",
               f"# lab only: this sandbox refuses sanlock's setrlimit calls\n[Service]\n"
-              f"Environment=LD_PRELOAD={lab.SHIM}\n")
+              f"Environment=LD_PRELOAD=/usr/lib/virtnode-lab/{lab.SHIM.name}\n")
     for unit in MASK_UNITS:
         mask(unit)
 
