@@ -311,6 +311,14 @@ def present_volume(sd_uuid, img_uuid, vol_uuid, activate=True):
     return backend.link_path(sd_uuid, img_uuid, vol_uuid)
 
 
+def release_path(path):
+    """Deactivate the block volume behind its stable ``path`` (see :func:`volume_of_path`)."""
+    ids = volume_of_path(path)
+    if ids is None:
+        raise VirtnodeError('%s is not the path of a block-presented volume' % path, {'path': path})
+    backend_for(ids[0]).deactivate(*ids)
+
+
 _EXTEND_LOCKS = {}
 _EXTEND_LOCKS_GUARD = threading.Lock()
 

@@ -304,6 +304,28 @@ class Lifecycle(object):
                  | flag('VIR_DOMAIN_UNDEFINE_NVRAM'))
         dom.undefineFlags(flags)
 
+    def release_block_volumes(self, vm_uuid, domxml):
+        """Deactivate the block-presented volumes of a removed VM (VDSM tears a VM's images down
+        with it), except those another VM on this host still uses. Returns their paths."""
+        # Imported here: only VMs with block volumes pay for the storage layer's import.
+        from ansible_collections.virtnode.kvm.plugins.module_utils import thin_block  # pylint: disable=import-outside-toplevel
+        paths = [d['path'] for d in vm_spec.parse_live(domxml)['disks'] if thin_block.volume_of_path(d['path'])]
+        if not paths:
+            return []
+        in_use = set()
+        for other in self.conn.listAllDomains(0):
+            if other.UUIDString() == vm_uuid:
+                continue  # still listed in check mode
+            in_use.update(d['path'] for d in vm_spec.parse_live(other.XMLDesc(0))['disks'])
+        released = []
+        for path in paths:
+            if path in in_use or not os.path.lexists(path):
+                continue
+            released.append(path)
+            if self.act('deactivate block volume %s' % path):
+                thin_block.release_path(path)
+        return released
+
     def forget(self, vm_uuid):
         """Drop every record of a VM (exit reason, saved image we own)."""
         if not vm_uuid:

@@ -47,6 +47,8 @@ options:
         seconds; with O(force=true) a VM still running then is destroyed.
       - V(destroyed) stops it at once. A persistent VM stays defined.
       - V(absent) destroys and undefines it and drops its records.
+      - When the VM is gone afterwards (V(absent), or a transient VM stopped), the volumes it had as
+        block devices (disks with C(type=block)) are deactivated, unless another VM on the host uses them.
       - V(saved) saves (hibernates) its memory to O(save_path) (or O(saved_volume)) and stops it.
     type: str
     choices: [running, paused, shutdown, destroyed, absent, saved]
@@ -720,16 +722,21 @@ def run(module, conn, spec):
                     lc.forget(candidate)
         else:
             active = vm_lifecycle.is_active(dom)
+            persistent = bool(dom.isPersistent())
+            domxml = dom.XMLDesc(0)
             if state == 'shutdown' and active:
                 lc.shutdown(dom, params['timeout'], params['force'])
             elif state == 'destroyed' and active:
                 lc.destroy(dom)
             elif state == 'absent':
-                persistent = bool(dom.isPersistent())
                 if active:
                     lc.destroy(dom)
                 if persistent:
                     lc.undefine(dom)
+            # A VM that is gone (removed, or transient and stopped) gives its block volumes back.
+            if state == 'absent' or (state in ('shutdown', 'destroyed') and active and not persistent):
+                lc.release_block_volumes(vm_uuid, domxml)
+            if state == 'absent':
                 lc.forget(vm_uuid)
             elif state == 'saved':
                 if active and params['saved_volume']:

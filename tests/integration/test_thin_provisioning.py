@@ -236,9 +236,23 @@ def run_writer(inventory, host: str, key: str, before_start=None, timeout: float
     elapsed = time.monotonic() - started
     time.sleep(0.5)
     console = lab_exec(host, "cat", log).stdout
-    lab_exec(host, "virsh", "-c", "qemu:///system", "destroy", name)
-    check = lab_exec(host, "qemu-img", "check", "-f", "qcow2", device, check=False)
-    helper(host, "deactivate", SD, img, vol)
+    if tmp_path is not None:
+        loop_device = lab_exec(host, "readlink", "-f", device).stdout.strip()
+        volume_file = lab_exec(host, "losetup", "-n", "-O", "BACK-FILE", loop_device).stdout.strip()
+        # Stopping the (transient) VM through the module gives its block volume back, as VDSM tears
+        # a VM's images down with it: no link, no loop device left over the volume's file.
+        play(tmp_path, f"thin-vm-{key}-stop", [
+            {"virtnode.kvm.vm": {"name": name, "state": "destroyed"}, "register": "stopped"},
+            {"ansible.builtin.assert": {"that": [f"'deactivate block volume {device}' in stopped.actions"],
+                                        "fail_msg": "{{ stopped.actions | to_json }}"}}], hosts=host)
+        assert lab_exec(host, "test", "-e", device, check=False).returncode != 0, f"{device} is still there"
+        attached = lab_exec(host, "losetup", "-a").stdout
+        assert vol not in attached, f"loop device left attached over the volume:\n{attached}"
+        check = lab_exec(host, "qemu-img", "check", "-f", "qcow2", volume_file, check=False)
+    else:
+        lab_exec(host, "virsh", "-c", "qemu:///system", "destroy", name)
+        check = lab_exec(host, "qemu-img", "check", "-f", "qcow2", device, check=False)
+        helper(host, "deactivate", SD, img, vol)
     events = [e for e in events_since(host, cursor) if e.get("vm") == name]
     rate = re.search(r"writer rate bytes=(\d+) cs=(\d+)", console)
     result = {
