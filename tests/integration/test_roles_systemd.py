@@ -264,7 +264,7 @@ def test_roles_in_systemd_mode_on_a_debian_vm(tmp_path):
     with phase(times, "image build (0 when cached)"):
         image = testhost.build()
     with host_under_test(times, lambda: f"--- serial console of {NAME} (tail) ---\n{testhost.serial_tail(NAME, 120)}",
-                   lambda: testhost.down(NAME)):
+                         lambda: testhost.down(NAME)):
         with phase(times, "boot to SSH"):
             host = testhost.up(NAME, testhost.default_port())
 

@@ -6,8 +6,9 @@ but its mount, PID and cgroup namespaces make it a small container in which
 /lib/systemd/systemd runs as PID 1 and boots multi-user.target from the machine's installed
 Debian: its own /proc, read-only /sys, a cgroup2 subtree of its own, a private /dev, /run and
 /tmp, copy-on-write overlays of /etc, /usr and /var (nothing it writes reaches the machine), and
-a root home of its own, as a fresh Debian has it (the machine's holds a developer's shell set-up). So ssh, libvirtd, virtlogd and sanlock start from their Debian unit files, and the
-roles' enable/start/restart tasks and the agent's unit run for real, at native speed.
+a root home of its own, as a fresh Debian has it (the machine's holds a developer's shell set-up).
+So ssh, libvirtd, virtlogd and sanlock start from their Debian unit files, and the roles'
+enable/start/restart tasks and the agent's unit run for real, at native speed.
 
 What a container cannot offer is set up as on a host that lacks it, and nothing else:
 - no watchdog device, and no module loading or clock setting (the kernel is the machine's; a
