@@ -57,6 +57,14 @@ def make_server(master, extend, events=None, **kwargs):
     return ms.MailboxServer(master, extend, on_event=record, max_hosts=MAX_HOSTS, io_timeout=2, **kwargs)
 
 
+def wait_for_events(events, count, timeout=5):
+    """The server records an event after it wrote the reply, so a requester may see the reply first."""
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return events
+
+
 def inbox_block(master, host_id):
     return ms.read_blocks(ms.mailbox_paths(master)[0], host_id * 4096, 4096)
 
@@ -74,7 +82,7 @@ def test_round_trip_through_a_running_server(master):
         assert requester.request(SD, VOL, 2560, timeout=10) == 3000
         assert extend.calls == [(SD, VOL, 2560)]
         assert 0 < requester.last_elapsed < 10
-        assert events[0][0] == ms.EVENT_SERVED
+        assert wait_for_events(events, 1)[0][0] == ms.EVENT_SERVED
         assert events[0][1]['host_id'] == 2 and events[0][1]['granted_mib'] == 3000 and events[0][1]['slot'] == 0
         # The host acknowledged with the clean marker; the SPM echoes it and the slot is free again.
         deadline = time.monotonic() + 5
@@ -162,7 +170,7 @@ def test_refused_extension_is_a_zero_reply_and_an_error(master):
         requester = ms.ExtendRequester(master, 2, poll_interval=0.01, io_timeout=2)
         with pytest.raises(VirtnodeError, match='replied size 0'):
             requester.request(SD, VOL, 2560, timeout=10)
-        assert [name for name, _f in events] == [ms.EVENT_REFUSED]
+        assert [name for name, _f in wait_for_events(events, 1)] == [ms.EVENT_REFUSED]
         assert 'no space left' in events[0][1]['reason']
         # Another volume still works.
         assert requester.request(SD, VOL2, 100, timeout=10) == 100
@@ -300,7 +308,7 @@ def test_spm_mailboxes_follow_the_role(master, tmp_path):
         assert len(events) == 1
         requester = ms.ExtendRequester(master, 2, poll_interval=0.01, io_timeout=2)
         assert requester.request(SD, VOL, 70, timeout=10) == 70
-        assert events[-1][0] == ms.EVENT_SERVED and events[-1][1]['sp_uuid'] == 'sp-a'
+        assert wait_for_events(events, 2)[-1][0] == ms.EVENT_SERVED and events[-1][1]['sp_uuid'] == 'sp-a'
         roles['sp-a'] = None                            # the role moved away
         assert boxes.check() == {}
         assert events[-1] == (ms.EVENT_NOT_SERVING, {'sp_uuid': 'sp-a', 'path': master})

@@ -16,10 +16,11 @@ def store(tmp_path):
 
 def test_watch_rolls_back_after_deadline(tmp_path):
     s = store(tmp_path)
+    # Before the record: its deadline counts from its creation, not from the watch.
+    started = time.monotonic()
     record = net_rollback.new_record('t1', 0.2, {'snapshot': {'x': 1}})
     s.write(record)
     calls = []
-    started = time.monotonic()
     final = net_rollback.watch(s, 't1', lambda r: calls.append(r['snapshot']) or {'restored': True}, poll=0.02)
     assert time.monotonic() - started >= 0.2
     assert calls == [{'x': 1}]
