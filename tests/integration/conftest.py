@@ -62,6 +62,28 @@ def wait_for(what: str, probe, timeout: float = 60, step: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
+# Migration tests: tasks (YAML, indented for a play's task list; %(guest)s and %(log)s filled in by
+# the test) that start the tiny heartbeat guest and wait for its third beat, and that read its last beat.
+START_HEARTBEAT_GUEST = """    - name: Start
+      virtnode.kvm.vm:
+        name: %(guest)s
+        memory: 128MiB
+        kernel: "{{ virtnode_lab_guest_kernel }}"
+        initrd: "{{ virtnode_lab_guest_initrd }}"
+        cmdline: "{{ virtnode_lab_guest_cmdline }} workload=heartbeat"
+    - name: Wait for the third heartbeat
+      ansible.builtin.wait_for:
+        path: %(log)s
+        search_regex: heartbeat 3
+        timeout: 90
+"""
+LAST_HEARTBEAT = """    - name: Last heartbeat before the migration
+      ansible.builtin.shell: grep -ao 'heartbeat [0-9]*' %(log)s | tail -n 1
+      register: before
+      changed_when: false
+"""
+
+
 # Pool tests: the play's `export` (a folder of the lab's shared storage) as a bind-mounted posixfs server.
 POOL_SERVER = {"virtnode.kvm.storage_server": {"type": "posixfs", "path": "{{ export }}", "vfstype": "none",
                                                "options": "bind"}}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAB, REPO, lab_exec, run_playbook
+from conftest import LAB, LAST_HEARTBEAT, REPO, START_HEARTBEAT_GUEST, lab_exec, run_playbook
 
 GUEST = "vmtest-tls-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
@@ -71,23 +71,7 @@ MIGRATE = """
   hosts: lab[0]
   gather_facts: false
   tasks:
-    - name: Start
-      virtnode.kvm.vm:
-        name: %(guest)s
-        memory: 128MiB
-        kernel: "{{ virtnode_lab_guest_kernel }}"
-        initrd: "{{ virtnode_lab_guest_initrd }}"
-        cmdline: "{{ virtnode_lab_guest_cmdline }} workload=heartbeat"
-    - name: Wait for the third heartbeat
-      ansible.builtin.wait_for:
-        path: %(log)s
-        search_regex: heartbeat 3
-        timeout: 90
-    - name: Last heartbeat before the migration
-      ansible.builtin.shell: grep -ao 'heartbeat [0-9]*' %(log)s | tail -n 1
-      register: before
-      changed_when: false
-    - name: Migrate to the second host over TLS
+""" + START_HEARTBEAT_GUEST + LAST_HEARTBEAT + """    - name: Migrate to the second host over TLS
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: "{{ groups['lab'][1] }}"

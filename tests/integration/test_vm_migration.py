@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import lab_exec, run_playbook
+from conftest import LAST_HEARTBEAT, START_HEARTBEAT_GUEST, lab_exec, run_playbook
 
 GUEST = "vmtest-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
@@ -22,19 +22,7 @@ PLAYBOOK = """
   hosts: lab[0]
   gather_facts: false
   tasks:
-    - name: Start
-      virtnode.kvm.vm:
-        name: %(guest)s
-        memory: 128MiB
-        kernel: "{{ virtnode_lab_guest_kernel }}"
-        initrd: "{{ virtnode_lab_guest_initrd }}"
-        cmdline: "{{ virtnode_lab_guest_cmdline }} workload=heartbeat"
-    - name: Wait for the third heartbeat
-      ansible.builtin.wait_for:
-        path: %(log)s
-        search_regex: heartbeat 3
-        timeout: 90
-    - name: A migration to a host that does not exist fails and leaves the VM here
+""" + START_HEARTBEAT_GUEST + """    - name: A migration to a host that does not exist fails and leaves the VM here
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: no-such-host.invalid
@@ -46,11 +34,7 @@ PLAYBOOK = """
         that:
           - bad is failed
           - "'no-such-host.invalid' in bad.msg"
-    - name: Last heartbeat before the migration
-      ansible.builtin.shell: grep -ao 'heartbeat [0-9]*' %(log)s | tail -n 1
-      register: before
-      changed_when: false
-    - name: Migrate to the second host
+""" + LAST_HEARTBEAT + """    - name: Migrate to the second host
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: "{{ groups['lab'][1] }}"
