@@ -440,6 +440,15 @@ def destroy_host(name: str) -> None:
             run(["ip", "link", "del", veth], check=False, capture=True)
 
 
+def remove_cgroup_tree(top: Path) -> None:
+    """Remove a cgroup and the ones its processes made below it, deepest first (all must be empty)."""
+    if not top.exists():
+        return
+    for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        sub.rmdir()
+    top.rmdir()
+
+
 def write_inventory(state: dict, guest: dict) -> None:
     hosts = {name: {"ansible_host": h["ip"], "virtnode_lab_host_uuid": h["uuid"]}
              for name, h in sorted(state["hosts"].items(), key=lambda kv: kv[1]["index"])}
@@ -517,9 +526,7 @@ def cmd_down(args) -> None:
     # The systemd host's cgroup (tests/lab/systemd_host.py), empty once its processes are gone.
     for cgroup in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
         for top in cgroup.glob(f"virtnode-lab{LAB_ID}-*"):
-            for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                sub.rmdir()
-            top.rmdir()
+            remove_cgroup_tree(top)
     # Lab state goes; the cached guest, SSH key and shim stay for the next lab-up.
     for path in (HOSTS_DIR, SHARED_DIR):
         shutil.rmtree(path, ignore_errors=True)

@@ -293,11 +293,7 @@ def poweroff() -> None:
             log(f"{NAME}: no clean poweroff in 30 s, killing it")
             os.kill(pid, signal.SIGKILL)
     lab.destroy_host(NAME)
-    cgroup = cgroup_dir()
-    if cgroup.exists():
-        for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            sub.rmdir()
-        cgroup.rmdir()
+    lab.remove_cgroup_tree(cgroup_dir())
     (HOST_DIR / "init.pid").unlink(missing_ok=True)
 
 
