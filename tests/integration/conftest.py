@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -82,6 +83,19 @@ LAST_HEARTBEAT = """    - name: Last heartbeat before the migration
       register: before
       changed_when: false
 """
+
+
+def heartbeats(text: str) -> list[int]:
+    """The tiny guest's heartbeat counters found in ``text`` (a console log)."""
+    return [int(n) for n in re.findall(r"heartbeat (\d+)", text)]
+
+
+def remove_guest_everywhere(tmp_path, name: str) -> None:
+    """``state: absent`` for the VM ``name`` on every lab host (its exit records go too)."""
+    playbook = tmp_path / "cleanup.yml"
+    playbook.write_text(json.dumps([{"name": "Remove the guest everywhere", "hosts": "lab", "gather_facts": False,
+                                     "tasks": [{"virtnode.kvm.vm": {"name": name, "state": "absent"}}]}]))
+    run_playbook(playbook)
 
 
 # Pool tests: the play's `export` (a folder of the lab's shared storage) as a bind-mounted posixfs server.

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAB, LAST_HEARTBEAT, REPO, START_HEARTBEAT_GUEST, lab_exec, run_playbook
+from conftest import (LAB, LAST_HEARTBEAT, REPO, START_HEARTBEAT_GUEST, heartbeats, lab_exec, remove_guest_everywhere,
+                      run_playbook)
 
 GUEST = "vmtest-tls-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
@@ -92,24 +93,9 @@ MIGRATE = """
           - out.migration.destination_uri == out.vm.host
 """
 
-CLEANUP = """
-- name: Remove the guest everywhere
-  hosts: lab
-  gather_facts: false
-  tasks:
-    - name: Absent
-      virtnode.kvm.vm:
-        name: %s
-        state: absent
-"""
-
 
 def host_root(host: str) -> Path:
     return LAB / "hosts" / host / "root"
-
-
-def heartbeats(text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"heartbeat (\d+)", text)]
 
 
 def recap(output: str) -> dict:
@@ -156,9 +142,7 @@ def tls_lab(lab_hosts, tmp_path):
             lab_exec(host, "nft", "-f", NFT_CONF)
         yield hosts
     finally:
-        playbook = tmp_path / "cleanup.yml"
-        playbook.write_text(CLEANUP % GUEST)
-        run_playbook(playbook)
+        remove_guest_everywhere(tmp_path, GUEST)
         errors = []
         for host in hosts:
             try:

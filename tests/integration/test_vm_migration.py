@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAST_HEARTBEAT, START_HEARTBEAT_GUEST, lab_exec, run_playbook
+from conftest import LAST_HEARTBEAT, START_HEARTBEAT_GUEST, heartbeats, lab_exec, remove_guest_everywhere, run_playbook
 
 GUEST = "vmtest-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
@@ -95,28 +95,10 @@ PLAYBOOK = """
 """
 
 
-CLEANUP = """
-- name: Remove the migration guest and its exit records everywhere
-  hosts: lab
-  gather_facts: false
-  tasks:
-    - name: Absent
-      virtnode.kvm.vm:
-        name: %s
-        state: absent
-"""
-
-
 @pytest.fixture
 def cleanup(tmp_path):
     yield
-    playbook = tmp_path / "cleanup.yml"
-    playbook.write_text(CLEANUP % GUEST)
-    run_playbook(playbook)
-
-
-def heartbeats(text: str) -> list[int]:
-    return [int(n) for n in re.findall(r"heartbeat (\d+)", text)]
+    remove_guest_everywhere(tmp_path, GUEST)
 
 
 def test_live_migration_keeps_the_guest_running(lab_hosts, tmp_path: Path, cleanup) -> None:
