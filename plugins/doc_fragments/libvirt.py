@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    # Kept in step with LIBVIRT_ARGUMENT_SPEC in plugins/module_utils/libvirt_conn.py.
+    # Kept in step with LIBVIRT_ARGUMENT_SPEC in plugins/module_utils/libvirt/connection.py.
     DOCUMENTATION = r"""
 options:
   uri:

@@ -131,8 +131,8 @@ gap:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_events
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def main():

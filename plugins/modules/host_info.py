@@ -792,10 +792,10 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils import host as host_utils
-from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def main():

@@ -391,11 +391,11 @@ import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import hooks
-from ansible_collections.virtnode.kvm.plugins.module_utils import net_rollback
-from ansible_collections.virtnode.kvm.plugins.module_utils import netconf
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.iproute import IpRoute
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import transaction as net_rollback
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.network.iproute import IpRoute
 
 IP_SPEC = dict(
     method=dict(type='str', choices=['none', 'static', 'dhcp']),

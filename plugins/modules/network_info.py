@@ -230,9 +230,9 @@ persistent:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import netconf
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.iproute import IpRoute
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.network.iproute import IpRoute
 
 
 def gather(ip, dhcp=None):

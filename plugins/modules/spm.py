@@ -134,10 +134,10 @@ spm:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def run(module):

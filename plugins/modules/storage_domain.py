@@ -191,13 +191,13 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_layout
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata as sdm
-from ansible_collections.virtnode.kvm.plugins.module_utils import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils import storage
-from ansible_collections.virtnode.kvm.plugins.module_utils import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 TYPE_NAMES = {'nfs': 'NFS', 'posixfs': 'POSIXFS', 'localfs': 'LOCALFS'}
 

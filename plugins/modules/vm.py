@@ -515,13 +515,13 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import host as host_utils
-from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.hooks import DEFAULT_HOOKS_DIR
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.hooks import DEFAULT_HOOKS_DIR
 
 STATES = ['running', 'paused', 'shutdown', 'destroyed', 'absent', 'saved']
 
@@ -741,7 +741,7 @@ def run(module, conn, spec):
             elif state == 'saved':
                 if active and params['saved_volume']:
                     # Imported here: it pulls in the storage layer, which other states never need.
-                    from ansible_collections.virtnode.kvm.plugins.module_utils import vm_snapshot  # pylint: disable=import-outside-toplevel
+                    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot  # pylint: disable=import-outside-toplevel
                     target = vm_snapshot.memory_volume(params['saved_volume'], vm_snapshot.memory_needed(dom.XMLDesc(0)),
                                                        'saved_volume')
                     lc.save(dom, target['path'], volume=dict((k, target[k]) for k in vm_snapshot.IDS))

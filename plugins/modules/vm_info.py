@@ -166,11 +166,11 @@ source:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def gather(conn, name, interval):

@@ -302,11 +302,11 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_snapshot
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def expected_chains(before, plan_ids, state):

@@ -198,11 +198,11 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils import storage
-from ansible_collections.virtnode.kvm.plugins.module_utils import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils import volumes
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def _volume_dict(dom_dir, img_uuid, vol_uuid):

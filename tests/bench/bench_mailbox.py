@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import mailbox_service as ms
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as ms
 
 SD = '00112233-4455-6677-8899-aabbccddeeff'
 

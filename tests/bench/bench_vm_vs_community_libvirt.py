@@ -530,7 +530,7 @@ def host_probe(args) -> int:
     result["import_lxml"] = _timed(lambda: __import__("lxml.etree"))[0]
     result["import_vm"], vm = _timed(lambda: __import__(
         "ansible_collections.virtnode.kvm.plugins.modules.vm", fromlist=["run"]))
-    from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn  # pylint: disable=import-outside-toplevel
+    from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn  # pylint: disable=import-outside-toplevel
 
     # AnsiballZ ships sources only: every task compiles the module and the module_utils it imports.
     ours = [m.__file__ for n, m in sorted(sys.modules.items())

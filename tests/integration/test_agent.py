@@ -22,7 +22,7 @@ AGENT_PATH = "/usr/lib/virtnode-agent"
 PY = "/usr/bin/python3"
 CLIENT = (
     "import sys, json; sys.path.insert(0, %r)\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client, agent_events\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client\nfrom ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events\n"
     "kind = sys.argv[1]\n"
     "if kind == 'events':\n"
     "    print(json.dumps(agent_events.read_events(since=int(sys.argv[2]))))\n"
@@ -186,7 +186,7 @@ def test_agent_survives_a_libvirtd_restart(deployed):
 
 METADATA_WRITER = (
     "import sys; sys.path.insert(0, %r)\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata\n"
     "pairs = sd_metadata.new_domain_metadata(sys.argv[1], 'POSIXFS', 'Data', 'agent test', 'server:/agent')\n"
     "open(sys.argv[2], 'wb').write(sd_metadata.serialize(pairs))\n" % AGENT_PATH
 )

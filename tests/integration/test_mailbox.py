@@ -28,8 +28,8 @@ MIB = 1024 * 1024
 
 HOST_SIDE = (
     "import sys, json, time; sys.path.insert(0, %r)\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils import mailbox, mailbox_service as ms\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox\nfrom ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as ms\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError\n"
     "master, host_id = ms.find_pool_mailbox(sys.argv[2])\n"
     "if sys.argv[1] == 'request':\n"
     "    requester = ms.ExtendRequester(master, host_id)\n"
@@ -56,7 +56,7 @@ HOST_SIDE = (
 
 EVENTS = (
     "import sys, json; sys.path.insert(0, %r)\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils import agent_events\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events\n"
     "print(json.dumps(agent_events.read_events(since=int(sys.argv[1]), events=sys.argv[2:])))\n"
 ) % AGENT_PATH
 

@@ -68,7 +68,7 @@ out = {"pid1": open("/proc/1/comm").read().strip(),
        "logrotate_file": fileinfo("/etc/logrotate.d/virtnode-agent"),
        "logrotate": sh("logrotate", "-d", "/etc/logrotate.d/virtnode-agent"),
        "nft": sh("nft", "list", "chain", "inet", "filter", "input")}
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
 answer = agent_client.query("status", timeout=10, max_age=3600)
 out["agent_status"] = answer if answer is None else bool(answer.get("ok"))
 out["socket_is_socket"] = stat.S_ISSOCK(os.stat("/run/virtnode/agent.sock").st_mode)

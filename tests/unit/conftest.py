@@ -115,7 +115,7 @@ class FakeLibvirt:
 
 def _libvirt_conn():
     # Imported on use, so tests outside the collection (tests/unit/lab) need no collection path.
-    from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn  # pylint: disable=import-outside-toplevel
+    from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn  # pylint: disable=import-outside-toplevel
     return libvirt_conn
 
 

@@ -64,7 +64,7 @@ def test_summary_takes_medians_of_rounds_and_ratios():
 
 def test_template_renders_the_domain_the_vm_module_builds():
     """community.libvirt gets the same guest as virtnode.kvm.vm (its metadata element aside)."""
-    from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
 
     guest = bench.guests(1)[0]
     variables = {"item": guest, "bench_memory_mib": 128, "bench_workload": "idle",

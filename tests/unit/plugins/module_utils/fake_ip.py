@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import copy
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.iproute import format_command
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.network.iproute import format_command
 
 
 class FakeIp(object):

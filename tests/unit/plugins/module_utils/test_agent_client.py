@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_server
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import server as agent_server
 
 
 def serve(tmp_path, answer):

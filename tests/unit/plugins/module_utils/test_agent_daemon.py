@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_daemon
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import daemon as agent_daemon
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 from conftest import FakeLibvirtError
 

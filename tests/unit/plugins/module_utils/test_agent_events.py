@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_events
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
 
 
 def test_seq_increases_and_survives_a_restart(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_metrics
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import metrics as agent_metrics
 
 SNAPSHOT = {
     'agent': {'libvirt_connected': True, 'samples': 3, 'sample_errors': 0, 'vm_errors': 1},

@@ -9,8 +9,8 @@ import shutil
 import threading
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_storage
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import storage_monitor as agent_storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
 
 SD = '275766cb-c7d8-43d6-a663-4e52160de620'
 

@@ -10,15 +10,15 @@ import threading
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import atomic_file
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def test_write_creates_file_with_exact_mode(tmp_path):
     target = tmp_path / 'metadata'
     old_umask = os.umask(0o077)
     try:
-        atomic_file.write_atomic(str(target), b'A=1\n')
+        fileio.write_atomic(str(target), b'A=1\n')
     finally:
         os.umask(old_umask)
     assert target.read_bytes() == b'A=1\n'
@@ -29,7 +29,7 @@ def test_write_creates_file_with_exact_mode(tmp_path):
 def test_write_replaces_existing_content(tmp_path):
     target = tmp_path / 'metadata'
     target.write_bytes(b'old content that is longer\n')
-    atomic_file.write_atomic(str(target), b'new\n', mode=0o644)
+    fileio.write_atomic(str(target), b'new\n', mode=0o644)
     assert target.read_bytes() == b'new\n'
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
@@ -37,7 +37,7 @@ def test_write_replaces_existing_content(tmp_path):
 def test_write_overwrites_leftover_temp_file(tmp_path):
     target = tmp_path / 'metadata'
     (tmp_path / 'metadata.new').write_bytes(b'half written garbage from a crash')
-    atomic_file.write_atomic(str(target), b'good\n')
+    fileio.write_atomic(str(target), b'good\n')
     assert target.read_bytes() == b'good\n'
     assert not (tmp_path / 'metadata.new').exists()
 
@@ -57,7 +57,7 @@ def test_write_uses_vdsm_temp_name_and_syncs_before_rename(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, 'fsync', fsync)
     monkeypatch.setattr(os, 'replace', replace)
-    atomic_file.write_atomic(str(target), b'x\n')
+    fileio.write_atomic(str(target), b'x\n')
     # File data synced, then renamed, then the directory synced.
     assert events == ['fsync', ('replace', 'metadata.new', 'metadata'), 'fsync']
 
@@ -72,7 +72,7 @@ def test_crash_before_rename_leaves_target_untouched(tmp_path, monkeypatch, fail
 
     monkeypatch.setattr(os, failing, boom)
     with pytest.raises(VirtnodeError) as info:
-        atomic_file.write_atomic(str(target), b'NEW=2\n')
+        fileio.write_atomic(str(target), b'NEW=2\n')
     assert 'Input/output error' in str(info.value)
     assert info.value.details['path'] == str(target)
     assert target.read_bytes() == b'OLD=1\n'
@@ -81,28 +81,28 @@ def test_crash_before_rename_leaves_target_untouched(tmp_path, monkeypatch, fail
 
 def test_write_refuses_text(tmp_path):
     with pytest.raises(VirtnodeError, match='must be bytes'):
-        atomic_file.write_atomic(str(tmp_path / 'x'), 'text')
+        fileio.write_atomic(str(tmp_path / 'x'), 'text')
 
 
 def test_write_into_missing_directory_raises_virtnode_error(tmp_path):
     with pytest.raises(VirtnodeError, match='cannot write'):
-        atomic_file.write_atomic(str(tmp_path / 'missing' / 'x'), b'')
+        fileio.write_atomic(str(tmp_path / 'missing' / 'x'), b'')
 
 
 def test_read_text(tmp_path):
     path = tmp_path / 'f'
     path.write_bytes('DESCRIPTION=caf\u00e9\n'.encode('utf-8'))
-    assert atomic_file.read_text(str(path)) == 'DESCRIPTION=caf\u00e9\n'
-    assert atomic_file.read_text(str(path), timeout=5) == 'DESCRIPTION=caf\u00e9\n'
+    assert fileio.read_text(str(path)) == 'DESCRIPTION=caf\u00e9\n'
+    assert fileio.read_text(str(path), timeout=5) == 'DESCRIPTION=caf\u00e9\n'
 
 
 def test_read_text_errors(tmp_path):
     with pytest.raises(VirtnodeError, match='cannot read'):
-        atomic_file.read_text(str(tmp_path / 'missing'), timeout=5)
+        fileio.read_text(str(tmp_path / 'missing'), timeout=5)
     bad = tmp_path / 'bad'
     bad.write_bytes(b'\xff\xfe')
     with pytest.raises(VirtnodeError, match='not valid UTF-8'):
-        atomic_file.read_text(str(bad))
+        fileio.read_text(str(bad))
 
 
 def test_read_text_times_out_on_hung_storage(tmp_path, monkeypatch):
@@ -116,6 +116,6 @@ def test_read_text_times_out_on_hung_storage(tmp_path, monkeypatch):
     monkeypatch.setattr('builtins.open', hanging_open)
     try:
         with pytest.raises(VirtnodeError, match='timed out'):
-            atomic_file.read_text(str(tmp_path / 'f'), timeout=0.1)
+            fileio.read_text(str(tmp_path / 'f'), timeout=0.1)
     finally:
         release.set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import detached
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import detached
 
 
 def _write_marker(path, fd):

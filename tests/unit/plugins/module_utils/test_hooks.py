@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import hooks
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks
 
 
 def make_hook(directory, name, body, mode=0o755):

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import host
-from ansible_collections.virtnode.kvm.plugins.module_utils import libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import mailbox
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD = '00112233-4455-6677-8899-aabbccddeeff'
 VOL = '275766cb-c7d8-43d6-a663-4e52160de620'

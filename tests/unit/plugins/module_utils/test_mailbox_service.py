@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import mailbox
-from ansible_collections.virtnode.kvm.plugins.module_utils import mailbox_service as ms
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as ms
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD = '00112233-4455-6677-8899-aabbccddeeff'
 VOL = '275766cb-c7d8-43d6-a663-4e52160de620'
@@ -343,7 +343,8 @@ def test_spm_master_needs_a_live_holder_in_spm_state(monkeypatch, tmp_path):
 
 
 def test_agent_serves_and_records_mailbox_events(master, tmp_path, fake_libvirt):
-    from ansible_collections.virtnode.kvm.plugins.module_utils import agent_daemon, agent_events
+    from ansible_collections.virtnode.kvm.plugins.module_utils.agent import daemon as agent_daemon
+    from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
 
     events_file = str(tmp_path / 'events.jsonl')
     config = agent_daemon.load_config(None, {
@@ -371,7 +372,7 @@ def test_agent_serves_and_records_mailbox_events(master, tmp_path, fake_libvirt)
 
 
 def test_agent_mailbox_configuration():
-    from ansible_collections.virtnode.kvm.plugins.module_utils import agent_daemon
+    from ansible_collections.virtnode.kvm.plugins.module_utils.agent import daemon as agent_daemon
 
     config = agent_daemon.load_config(None)
     assert config['mailbox_enabled'] is True and config['mailbox_event_interval'] == 0.1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import net_rollback
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import transaction as net_rollback
 
 
 def store(tmp_path):

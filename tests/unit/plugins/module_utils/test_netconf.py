@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import netconf
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_ip import FakeIp  # noqa: E402  pylint: disable=wrong-import-position

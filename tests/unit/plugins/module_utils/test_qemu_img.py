@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import qemu_img
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 HAS_QEMU_IMG = shutil.which('qemu-img') is not None
 

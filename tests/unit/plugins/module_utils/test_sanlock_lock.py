@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 class FakeSanlockException(Exception):

@@ -9,9 +9,9 @@ import stat
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_layout
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD = '275766cb-c7d8-43d6-a663-4e52160de620'
 IMG = '6f2b8d8e-8f0b-4c52-a2b5-0d9d2d9f1a01'

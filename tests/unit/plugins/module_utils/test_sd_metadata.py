@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_metadata
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD_UUID = '275766cb-c7d8-43d6-a663-4e52160de620'
 POOL = '5d928855-b09b-47a7-b920-bd2d2eb5808c'

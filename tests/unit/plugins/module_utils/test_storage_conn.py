@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import storage_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import connection as storage_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 NFS_TARGET = '/rhev/data-center/mnt/nfs.example.com:_exports_data'
 

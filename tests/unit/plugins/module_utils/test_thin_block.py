@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import thin_block
-from ansible_collections.virtnode.kvm.plugins.module_utils import volume_metadata as vmd
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 MIB = 1024 ** 2
 SD = '11111111-2222-4333-8444-555555555555'

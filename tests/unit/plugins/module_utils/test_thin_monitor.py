@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import thin_monitor as tm
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import thin as tm
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 from conftest import FakeLibvirtError
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 GiB = 1024 ** 3
 

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import thin_block
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
 
 SD = '11111111-2222-4333-8444-555555555555'
 IMG = '22222222-3333-4444-8555-666666666666'

@@ -10,13 +10,13 @@ import shutil
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils import sd_layout
-from ansible_collections.virtnode.kvm.plugins.module_utils import storage
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_snapshot
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils import volumes
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD = '275766cb-c7d8-43d6-a663-4e52160de620'
 IMG = '3e1c9c55-37a3-4f3f-a7cd-7e3a0cf2b6f4'

@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 

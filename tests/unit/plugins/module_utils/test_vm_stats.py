@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats as s
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as s
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 @pytest.mark.parametrize('state, reason, job, status', [

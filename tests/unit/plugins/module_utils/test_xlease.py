@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import xlease
-from ansible_collections.virtnode.kvm.plugins.module_utils.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import xlease
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD = '275766cb-c7d8-43d6-a663-4e52160de620'
 

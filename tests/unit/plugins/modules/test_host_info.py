@@ -11,8 +11,8 @@ import yaml
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils import host as host_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_utils
 from ansible_collections.virtnode.kvm.plugins.modules import host_info
 
 # Keys AnsibleModule adds to every result.

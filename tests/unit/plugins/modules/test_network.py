@@ -13,8 +13,8 @@ import yaml
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import net_rollback
-from ansible_collections.virtnode.kvm.plugins.module_utils import netconf
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import transaction as net_rollback
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
 from ansible_collections.virtnode.kvm.plugins.modules import network
 from ansible_collections.virtnode.kvm.plugins.modules import network_info
 

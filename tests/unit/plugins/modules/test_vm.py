@@ -11,7 +11,8 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_spec, vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 from ansible_collections.virtnode.kvm.plugins.modules import vm
 
 from conftest import FakeConnection, FakeLibvirtError
@@ -76,7 +77,7 @@ def world(fake_libvirt, monkeypatch, tmp_path):
     monkeypatch.setattr(FakeConnection, 'createXML', create, raising=False)
     monkeypatch.setattr(vm_stats, 'RECORDS_DIR', str(tmp_path / 'records'))
     monkeypatch.setattr(vm, 'recommended_domain_type', lambda caps: 'qemu')
-    import ansible_collections.virtnode.kvm.plugins.module_utils.vm_lifecycle as lifecycle
+    import ansible_collections.virtnode.kvm.plugins.module_utils.vm.lifecycle as lifecycle
     monkeypatch.setattr(lifecycle.vm_stats, 'RECORDS_DIR', str(tmp_path / 'records'))
     monkeypatch.setattr(lifecycle.Lifecycle.__init__, '__defaults__',
                         (str(tmp_path / 'hooks'), False, 120, str(tmp_path / 'records'), None,

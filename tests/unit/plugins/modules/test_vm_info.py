@@ -10,8 +10,8 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtnode.kvm.plugins.module_utils import agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils import vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 from ansible_collections.virtnode.kvm.plugins.modules import vm_info
 
 AGENT_ANSWER = {'ok': True, 'query': 'vms', 'interval': 15, 'sampled_at': 1.0,

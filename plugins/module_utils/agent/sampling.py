@@ -1,0 +1,148 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Periodic host and VM sampling for the node agent (VDSM's sampling.py / periodic.py).
+
+The agent takes one sample every interval: the host's counters from /proc
+and /sys (through ``host.py``'s readers) and every VM's counters from a
+single ``virConnectGetAllDomainStats`` call (through ``vm_stats.py``). The
+last two samples are kept; rates come from their difference. The results
+are shaped exactly as ``host_info``'s ``stats`` section and ``vm_info``'s
+VM entries, so those modules can answer from the agent's cache.
+
+One VM whose entry cannot be built (libvirt error, odd stats) is logged and
+left out; the others are still reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
+
+LOG = logging.getLogger('virtnode.agent.sampling')
+CPU_MODES = ('user', 'nice', 'system', 'idle', 'iowait', 'irq', 'softirq', 'steal')
+
+
+def clock_ticks():
+    """Kernel clock ticks per second (USER_HZ) that /proc/stat counts in."""
+    try:
+        return os.sysconf('SC_CLK_TCK')
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+class HostSampler:
+    """Raw host counters now, and host stats from two raw samples."""
+
+    def __init__(self, root='/', clock=None, wall=None):
+        self.root = root
+        self._clock = clock or time.monotonic
+        self._wall = wall or time.time
+        self.previous = None
+        self.last = None
+
+    def take(self):
+        proc_stat = host.read_proc_stat(self.root)
+        raw = {
+            'monotonic': self._clock(),
+            'time': self._wall(),
+            'cpu': proc_stat['cpu'],
+            'btime': proc_stat['btime'],
+            'net': host.read_net_counters(self.root),
+            'meminfo': host.read_meminfo(self.root),
+            'load': host.read_loadavg(self.root),
+            'uptime': host.read_uptime(self.root),
+        }
+        self.previous, self.last = self.last, raw
+        return raw
+
+    def stats(self):
+        """The ``stats`` section of ``host_info`` from the last two samples, plus raw ``counters``."""
+        before, after = self.previous, self.last
+        if after is None:
+            return None
+        elapsed = after['monotonic'] - before['monotonic'] if before else None
+        stats = {
+            'sample_interval': round(elapsed, 3) if elapsed else 0,
+            'timestamp': round(after['time'], 3),
+            'cpu': host.cpu_percentages(before['cpu'] if before else None, after['cpu']),
+            'cpu_load': after['load'],
+        }
+        stats.update(host.memory_usage(after['meminfo']))
+        stats['network'] = host.net_rates(before['net'] if before else None, after['net'],
+                                          elapsed if elapsed and elapsed > 0 else None)
+        stats['uptime_seconds'] = after['uptime']
+        stats['boot_time'] = after['btime']
+        return stats
+
+    def counters(self):
+        """Monotonic counters and gauges of the last sample, in base units, for metrics."""
+        after = self.last
+        if after is None:
+            return None
+        ticks = float(clock_ticks())
+        jiffies = after['cpu'] or []
+        meminfo = after['meminfo']
+
+        def kib(key):
+            value = meminfo.get(key)
+            return None if value is None else value * 1024
+
+        available = meminfo.get('MemAvailable')
+        return {
+            'cpu_seconds': dict((mode, jiffies[index] / ticks) for index, mode in enumerate(CPU_MODES)
+                                if index < len(jiffies)),
+            'memory_total_bytes': kib('MemTotal'),
+            'memory_free_bytes': None if available is None else available * 1024,
+            'swap_total_bytes': kib('SwapTotal'),
+            'swap_free_bytes': kib('SwapFree'),
+            'load': after['load'],
+            'uptime_seconds': after['uptime'],
+            'boot_time_seconds': after['btime'],
+            'network': after['net'],
+        }
+
+
+class VmSampler:
+    """Bulk VM statistics from ``getAllDomainStats``; rates from the last two samples."""
+
+    def __init__(self, libvirt_module=None, records_dir=vm_stats.RECORDS_DIR):
+        self.libvirt_module = libvirt_module
+        self.records_dir = records_dir
+        self.previous = None   # ({uuid: (dom, stats)}, monotonic)
+        self.last = None
+        self.errors = 0
+
+    def reset(self):
+        """Forget samples (after a reconnect the domain objects belong to a dead connection)."""
+        self.previous = self.last = None
+
+    def take(self, conn):
+        """One bulk sample. libvirt errors propagate (the caller decides about reconnecting)."""
+        sample = vm_stats.sample(conn, None, self.libvirt_module)
+        self.previous, self.last = self.last, sample
+        return sample
+
+    def entries(self):
+        """VM entries (as ``vm_stats.vm_entry`` builds them) sorted by name; errors counted, not raised."""
+        if self.last is None:
+            return []
+        last, t1 = self.last
+        first, t0 = self.previous if self.previous else ({}, None)
+        elapsed = (t1 - t0) if t0 is not None else None
+        entries = []
+        for vm_uuid, (dom, stats) in last.items():
+            before = first.get(vm_uuid, (None, None))[1]
+            try:
+                entries.append(vm_stats.vm_entry(dom, before, stats, elapsed, self.records_dir))
+            except Exception as err:  # pylint: disable=broad-except
+                self.errors += 1
+                detail = libvirt_conn.error_text(err) if isinstance(err, libvirt_conn.LibvirtError) else repr(err)
+                LOG.warning('cannot build the statistics of VM %s: %s', vm_uuid, detail)
+        entries.sort(key=lambda entry: (entry.get('name') or '', entry['uuid']))
+        return entries

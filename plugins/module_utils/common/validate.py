@@ -1,0 +1,107 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Input validation shared by every module.
+
+Values checked here end up in paths under /rhev/data-center and in files
+other hosts read, so the rules are strict: one canonical spelling of a UUID,
+file names that cannot climb out of their directory, sizes that are whole
+bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+# VDSM compares UUIDs as strings and uses them as file names, so only the
+# canonical lowercase form is accepted: one UUID, one path.
+_UUID_RE = re.compile(r'\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
+
+NAME_MAX_BYTES = 255
+
+# qemu and the kernel both keep sizes in a signed 64-bit integer.
+MAX_SIZE_BYTES = 2 ** 63 - 1
+
+_UNIT_FACTORS = {
+    '': 1, 'B': 1,
+    'K': 1024, 'KIB': 1024,
+    'M': 1024 ** 2, 'MIB': 1024 ** 2,
+    'G': 1024 ** 3, 'GIB': 1024 ** 3,
+    'T': 1024 ** 4, 'TIB': 1024 ** 4,
+}
+_SIZE_RE = re.compile(r'\A\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*\Z')
+# Longer strings cannot hold a sensible size; refusing them early keeps
+# int()/Decimal() away from pathological input.
+_SIZE_TEXT_MAX = 64
+
+
+def uuid_str(value, what):
+    """Return ``value`` if it is a canonical lowercase UUID string."""
+    if not isinstance(value, str) or not _UUID_RE.match(value):
+        raise VirtnodeError('%s is not a valid UUID: %s' % (what, value), {'field': what})
+    return value
+
+
+def safe_name(value, what):
+    """Return ``value`` if it can be used as one path component."""
+    if not isinstance(value, str):
+        raise VirtnodeError('%s must be a string, got %s' % (what, type(value).__name__), {'field': what})
+    if not value:
+        raise VirtnodeError('%s must not be empty' % what, {'field': what})
+    if value in ('.', '..'):
+        raise VirtnodeError('%s must not be %r' % (what, value), {'field': what})
+    if '/' in value:
+        raise VirtnodeError('%s must not contain "/": %s' % (what, value), {'field': what})
+    if '\0' in value:
+        raise VirtnodeError('%s must not contain a NUL character: %r' % (what, value), {'field': what})
+    if value.startswith('-'):
+        # A leading dash turns the name into an option for the commands it is passed to.
+        raise VirtnodeError('%s must not start with "-": %s' % (what, value), {'field': what})
+    if len(value.encode('utf-8')) > NAME_MAX_BYTES:
+        raise VirtnodeError('%s is longer than %d bytes: %s' % (what, NAME_MAX_BYTES, value), {'field': what})
+    return value
+
+
+def _parse_size_text(text, what):
+    match = _SIZE_RE.match(text) if len(text) <= _SIZE_TEXT_MAX else None
+    if not match:
+        raise VirtnodeError('%s is not a size: %r (use e.g. 4096, 512MiB, 10G, 1.5GiB)' % (what, text), {'field': what})
+    number, unit = match.groups()
+    factor = _UNIT_FACTORS.get(unit.upper())
+    if factor is None:
+        raise VirtnodeError('%s has an unknown unit %r in %r (units: B, K/KiB, M/MiB, G/GiB, T/TiB; all powers of 1024)'
+                            % (what, unit, text), {'field': what})
+    try:
+        exact = Decimal(number) * factor
+    except InvalidOperation as err:
+        raise VirtnodeError('%s is not a size: %r' % (what, text), {'field': what}) from err
+    if exact != exact.to_integral_value():
+        raise VirtnodeError('%s is not a whole number of bytes: %r' % (what, text), {'field': what})
+    return int(exact)
+
+
+def size_bytes(value, what, minimum=0, maximum=None):
+    """Return ``value`` (an int or a string such as ``10G``) as a number of bytes."""
+    if isinstance(value, bool):
+        raise VirtnodeError('%s must be a size, got a boolean' % what, {'field': what})
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        if value.strip().startswith('-'):
+            raise VirtnodeError('%s must not be negative: %s' % (what, value), {'field': what})
+        size = _parse_size_text(value, what)
+    else:
+        raise VirtnodeError('%s must be an integer or a string like 10G, got %s' % (what, type(value).__name__),
+                            {'field': what})
+    if size < 0:
+        raise VirtnodeError('%s must not be negative: %s' % (what, value), {'field': what})
+    if size > MAX_SIZE_BYTES:
+        raise VirtnodeError('%s is absurdly large: %s (limit is 2**63-1 bytes)' % (what, value), {'field': what})
+    if size < minimum:
+        raise VirtnodeError('%s must be at least %d bytes, got %s' % (what, minimum, value), {'field': what})
+    if maximum is not None and size > maximum:
+        raise VirtnodeError('%s must be at most %d bytes, got %s' % (what, maximum, value), {'field': what})
+    return size

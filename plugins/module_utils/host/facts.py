@@ -1,0 +1,999 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host capabilities and statistics of a virtualization node.
+
+The facts are the ones a VDSM style management engine asks a node for
+(capabilities: CPU, memory, NUMA, networks, storage, software versions;
+statistics: CPU and memory usage, NIC rates, uptime). This file holds no
+AnsibleModule code, so the node agent can use it too.
+
+Conventions:
+
+* every reader takes ``root`` (default ``/``) under which ``/proc``, ``/sys``,
+  ``/etc`` and ``/dev`` are looked up, so tests can point it at a fake tree;
+* readers fail soft: an unreadable or missing file gives ``None`` (or an empty
+  list), never an exception. Only libvirt connection errors are raised, as
+  ``VirtnodeError``;
+* helper commands (``ip``, ``qemu-img``, ``sanlock``) are run through a
+  ``run`` callable (see :func:`run_command`) that tests can replace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+SECTIONS = ('cpu', 'memory', 'numa', 'network', 'storage', 'versions', 'libvirt', 'stats')
+# Sections whose facts come (at least partly) from a libvirt connection.
+LIBVIRT_SECTIONS = frozenset(('cpu', 'numa', 'versions', 'libvirt'))
+
+HOST_UUID_FILE = '/etc/virtnode/host_uuid'
+VDSM_MOUNT_ROOT = '/rhev/data-center/mnt'
+IMAGES_DIR = '/var/lib/libvirt/images'
+MAX_SAMPLE_INTERVAL = 60.0
+COMMAND_TIMEOUT = 10
+
+# Firmware placeholders that are not a usable machine identity.
+_BOGUS_DMI_UUIDS = frozenset((
+    '00000000-0000-0000-0000-000000000000',
+    'ffffffff-ffff-ffff-ffff-ffffffffffff',
+    '03000200-0400-0500-0006-000700080009',
+))
+# Extra places for admin tools that are not on a non-login PATH.
+_EXTRA_BIN_DIRS = ('/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin')
+_ARPHRD_LOOPBACK = 772
+_VERSION_RE = re.compile(r'(\d+(?:\.\d+)+)')
+
+
+# --------------------------------------------------------------------------
+# small fail-soft file helpers
+
+def host_path(root, path):
+    """``path`` (absolute) seen under ``root``."""
+    if not root or root == '/':
+        return path
+    return os.path.join(root, path.lstrip('/'))
+
+
+def read_text(path):
+    """Content of ``path`` stripped of surrounding whitespace, or None."""
+    try:
+        with open(path, 'rb') as handle:
+            return handle.read().decode('utf-8', 'replace').strip()
+    except (OSError, ValueError):
+        return None
+
+
+def read_int(path):
+    """Integer content of ``path``, or None."""
+    text = read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text, 0) if text.startswith('0x') else int(text)
+    except ValueError:
+        return None
+
+
+def _list_dir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _mib(kib):
+    return None if kib is None else kib // 1024
+
+
+def parse_cpu_list(text):
+    """``'0-3,8,10-11'`` -> ``[0, 1, 2, 3, 8, 10, 11]``; invalid text gives ``[]``."""
+    cpus = []
+    if not text:
+        return cpus
+    try:
+        for part in text.strip().split(','):
+            part = part.strip()
+            if not part:
+                continue
+            if '-' in part:
+                first, last = part.split('-', 1)
+                cpus.extend(range(int(first), int(last) + 1))
+            else:
+                cpus.append(int(part))
+    except ValueError:
+        return []
+    return sorted(set(cpus))
+
+
+# --------------------------------------------------------------------------
+# helper commands
+
+def find_command(name):
+    """Absolute path of ``name`` on PATH or in the usual sbin directories."""
+    dirs = os.environ.get('PATH', '').split(os.pathsep) + list(_EXTRA_BIN_DIRS)
+    for directory in dirs:
+        if not directory:
+            continue
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def run_command(argv, timeout=COMMAND_TIMEOUT):
+    """Run ``argv`` and return its stdout, or None if it is missing or fails."""
+    path = find_command(argv[0])
+    if path is None:
+        return None
+    env = dict(os.environ, LC_ALL='C', LANG='C')
+    try:
+        proc = subprocess.run(
+            [path] + list(argv[1:]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, timeout=timeout, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode('utf-8', 'replace')
+
+
+def _first_version(text):
+    if not text:
+        return None
+    match = _VERSION_RE.search(text)
+    return match.group(1) if match else None
+
+
+# --------------------------------------------------------------------------
+# identity, kernel, OS
+
+def _normalize_uuid(text):
+    if not text:
+        return None
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        return None
+
+
+def read_host_uuid(root='/'):
+    """``(uuid, source)`` of this host; ``(None, None)`` when nothing usable exists.
+
+    Order: the id written by the virtnode bootstrap, the firmware (DMI)
+    product UUID, then ``/etc/machine-id`` formatted as a UUID.
+    """
+    value = _normalize_uuid(read_text(host_path(root, HOST_UUID_FILE)))
+    if value:
+        return value, 'virtnode'
+    value = _normalize_uuid(read_text(host_path(root, '/sys/class/dmi/id/product_uuid')))
+    if value and value not in _BOGUS_DMI_UUIDS:
+        return value, 'dmi'
+    machine_id = read_text(host_path(root, '/etc/machine-id'))
+    if machine_id and re.match(r'^[0-9a-fA-F]{32}$', machine_id):
+        return str(uuid.UUID(hex=machine_id)), 'machine-id'
+    return None, None
+
+
+def read_hostname():
+    """The kernel host name (what ``hostname`` prints)."""
+    try:
+        name = socket.gethostname()
+    except OSError:
+        name = None
+    return name or os.uname().nodename
+
+
+def read_kernel():
+    """Running kernel release, version and machine architecture."""
+    uname = os.uname()
+    return {'release': uname.release, 'version': uname.version, 'machine': uname.machine}
+
+
+def parse_os_release(text):
+    """Key/value pairs of an os-release file (quotes removed)."""
+    values = {}
+    for line in (text or '').splitlines():
+        line = line.strip()
+        if not line or line.startswith('#') or '=' not in line:
+            continue
+        key, value = line.split('=', 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in '"\'':
+            value = value[1:-1]
+            value = re.sub(r'\\(.)', r'\1', value)
+        values[key.strip()] = value
+    return values
+
+
+def read_os_release(root='/'):
+    """``id``, ``version_id``, ``pretty_name`` (and friends) from os-release."""
+    text = read_text(host_path(root, '/etc/os-release'))
+    if text is None:
+        text = read_text(host_path(root, '/usr/lib/os-release'))
+    values = parse_os_release(text)
+    return {
+        'id': values.get('ID'),
+        'version_id': values.get('VERSION_ID'),
+        'version_codename': values.get('VERSION_CODENAME'),
+        'name': values.get('NAME'),
+        'pretty_name': values.get('PRETTY_NAME'),
+    }
+
+
+# --------------------------------------------------------------------------
+# libvirt capabilities XML
+
+def _int_attr(elem, name):
+    try:
+        return int(elem.get(name))
+    except (TypeError, ValueError):
+        return None
+
+
+def _kib(elem):
+    """Value of a libvirt ``<memory unit='KiB'>`` style element in KiB."""
+    if elem is None or elem.text is None:
+        return None
+    try:
+        value = int(elem.text.strip())
+    except ValueError:
+        return None
+    factors = {'b': 1.0 / 1024, 'bytes': 1.0 / 1024, 'kib': 1, 'k': 1, 'kb': 1000.0 / 1024,
+               'mib': 1024, 'm': 1024, 'gib': 1024 * 1024, 'g': 1024 * 1024}
+    factor = factors.get((elem.get('unit') or 'KiB').lower(), 1)
+    return int(value * factor)
+
+
+def parse_capabilities(xml_text):
+    """The parts of ``virConnectGetCapabilities`` XML that this collection uses.
+
+    Returns ``{'host_uuid', 'arch', 'cpu_model', 'cpu_vendor', 'numa_cells',
+    'guests'}``; ``numa_cells`` is a list of ``{'id', 'memory_mib', 'cpus',
+    'topology'}`` and ``guests`` a list of ``{'os_type', 'arch', 'emulator',
+    'domain_types', 'machines'}``.
+    """
+    try:
+        tree = ET.fromstring(xml_text)
+    except (ET.ParseError, TypeError, ValueError) as exc:
+        raise VirtnodeError('cannot parse libvirt capabilities XML: %s' % exc) from exc
+
+    def text_of(path):
+        value = tree.findtext(path)
+        return value.strip() if value and value.strip() else None
+
+    result = {
+        'host_uuid': _normalize_uuid(text_of('host/uuid')) or text_of('host/uuid'),
+        'arch': text_of('host/cpu/arch'),
+        'cpu_model': text_of('host/cpu/model'),
+        'cpu_vendor': text_of('host/cpu/vendor'),
+        'numa_cells': [],
+        'guests': [],
+    }
+    for cell in tree.findall('host/topology/cells/cell'):
+        cpus = []
+        topology = []
+        for cpu in cell.findall('cpus/cpu'):
+            cpu_id = _int_attr(cpu, 'id')
+            if cpu_id is None:
+                continue
+            cpus.append(cpu_id)
+            topology.append({'id': cpu_id, 'socket_id': _int_attr(cpu, 'socket_id'),
+                             'core_id': _int_attr(cpu, 'core_id')})
+        result['numa_cells'].append({
+            'id': _int_attr(cell, 'id'),
+            'memory_mib': _mib(_kib(cell.find('memory'))),
+            'cpus': sorted(cpus),
+            'topology': topology,
+        })
+    for guest in tree.findall('guest'):
+        arch = guest.find('arch')
+        if arch is None:
+            continue
+        domain_types = []
+        machines = [m.text.strip() for m in arch.findall('machine') if m.text and m.text.strip()]
+        for domain in arch.findall('domain'):
+            if domain.get('type'):
+                domain_types.append(domain.get('type'))
+            machines.extend(m.text.strip() for m in domain.findall('machine') if m.text and m.text.strip())
+        result['guests'].append({
+            'os_type': (guest.findtext('os_type') or '').strip() or None,
+            'arch': arch.get('name'),
+            'emulator': (arch.findtext('emulator') or '').strip() or None,
+            'domain_types': sorted(set(domain_types)),
+            'machines': sorted(set(machines)),
+        })
+    return result
+
+
+def caps_domain_types(caps):
+    """All domain types (``kvm``, ``qemu``, ...) libvirt offers for any guest."""
+    types = set()
+    for guest in (caps or {}).get('guests', []):
+        types.update(guest['domain_types'])
+    return sorted(types)
+
+
+def natural_key(text):
+    """Sort key that orders ``pc-q35-2.9`` before ``pc-q35-2.10``."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r'(\d+)', text))
+
+
+def caps_machine_types(caps, arch='x86_64'):
+    """Machine types (with aliases such as ``pc``/``q35``) for ``hvm`` guests of ``arch``."""
+    machines = set()
+    for guest in (caps or {}).get('guests', []):
+        if guest['arch'] == arch and guest['os_type'] in (None, 'hvm'):
+            machines.update(guest['machines'])
+    return sorted(machines, key=natural_key)
+
+
+# --------------------------------------------------------------------------
+# CPU
+
+def read_cpuinfo(root='/'):
+    """Model, vendor and flags of the first processor in /proc/cpuinfo."""
+    text = read_text(host_path(root, '/proc/cpuinfo'))
+    info = {}
+    for line in (text or '').splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        if ':' not in line:
+            continue
+        key, value = line.split(':', 1)
+        info.setdefault(key.strip().lower(), value.strip())
+    model = info.get('model name') or info.get('cpu model') or info.get('cpu') or info.get('processor')
+    if model is not None and model.isdigit():
+        model = None
+    flags = (info.get('flags') or info.get('features') or '').split()
+    return {
+        'model': model or None,
+        'vendor': info.get('vendor_id') or info.get('vendor') or info.get('cpu implementer'),
+        'flags': sorted(set(flags)),
+    }
+
+
+def read_cpu_topology(root='/', caps=None):
+    """Online CPUs and socket/core/thread counts.
+
+    ``cores`` counts physical cores on all sockets, ``threads`` counts online
+    logical CPUs (VDSM's cpuCores / cpuThreads). sysfs is used first; the
+    libvirt capabilities topology fills in what sysfs does not show.
+    """
+    cpu_dir = host_path(root, '/sys/devices/system/cpu')
+    online = parse_cpu_list(read_text(os.path.join(cpu_dir, 'online')))
+    if not online:
+        online = sorted(int(name[3:]) for name in _list_dir(cpu_dir)
+                        if name.startswith('cpu') and name[3:].isdigit())
+    if not online and caps:
+        online = sorted(cpu for cell in caps['numa_cells'] for cpu in cell['cpus'])
+
+    placement = {}
+    for cpu in online:
+        topo = os.path.join(cpu_dir, 'cpu%d' % cpu, 'topology')
+        package = read_int(os.path.join(topo, 'physical_package_id'))
+        core = read_int(os.path.join(topo, 'core_id'))
+        if package is not None and core is not None:
+            placement[cpu] = (package, core)
+    if len(placement) != len(online) and caps:
+        for cell in caps['numa_cells']:
+            for cpu in cell['topology']:
+                if cpu['id'] in online and cpu['socket_id'] is not None and cpu['core_id'] is not None:
+                    placement.setdefault(cpu['id'], (cpu['socket_id'], cpu['core_id']))
+
+    sockets = cores = None
+    if online and len(placement) == len(online):
+        sockets = len(set(package for package, _core in placement.values()))
+        cores = len(set(placement.values()))
+    return {
+        'online_cpus': online,
+        'sockets': sockets,
+        'cores': cores,
+        'threads': len(online) or None,
+        'threads_per_core': (len(online) // cores) if cores else None,
+    }
+
+
+def kvm_device_usable(root='/'):
+    """True when /dev/kvm can be opened read-write (what QEMU needs for KVM)."""
+    try:
+        fd = os.open(host_path(root, '/dev/kvm'), os.O_RDWR | getattr(os, 'O_CLOEXEC', 0))
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def virtualization_info(flags, domain_types, root='/'):
+    """Hardware support, /dev/kvm usability and the domain type VMs should use.
+
+    KVM is recommended only when the CPU shows vmx/svm too: some hypervisors
+    hand guests a /dev/kvm that opens fine but cannot run a stock kernel.
+    """
+    flags = set(flags or ())
+    hardware = 'vmx' if 'vmx' in flags else 'svm' if 'svm' in flags else None
+    usable = kvm_device_usable(root)
+    domain_types = set(domain_types or ())
+    return {
+        'hardware': hardware,
+        'kvm_device_present': os.path.exists(host_path(root, '/dev/kvm')),
+        'kvm_device_usable': usable,
+        'kvm_offered': 'kvm' in domain_types,
+        'software_emulation': 'qemu' in domain_types,
+        'recommended_domain_type': 'kvm' if hardware and usable and 'kvm' in domain_types else 'qemu',
+    }
+
+
+def cpu_info(root='/', caps=None):
+    """The ``cpu`` section."""
+    info = read_cpuinfo(root)
+    topology = read_cpu_topology(root, caps)
+    return {
+        'model': info['model'],
+        'vendor': info['vendor'] or (caps or {}).get('cpu_vendor'),
+        'libvirt_model': (caps or {}).get('cpu_model'),
+        'sockets': topology['sockets'],
+        'cores': topology['cores'],
+        'threads': topology['threads'],
+        'threads_per_core': topology['threads_per_core'],
+        'online_cpus': topology['online_cpus'],
+        'flags': info['flags'],
+        'virtualization': virtualization_info(info['flags'], caps_domain_types(caps), root),
+    }
+
+
+def numa_info(caps):
+    """The ``numa`` section: cells with their CPUs and memory."""
+    cells = [{'id': cell['id'], 'cpus': cell['cpus'], 'memory_mib': cell['memory_mib']}
+             for cell in (caps or {}).get('numa_cells', [])]
+    return {'cells': cells, 'cell_count': len(cells)}
+
+
+# --------------------------------------------------------------------------
+# memory
+
+def read_meminfo(root='/'):
+    """/proc/meminfo as ``{key: value_in_KiB_or_count}``."""
+    values = {}
+    for line in (read_text(host_path(root, '/proc/meminfo')) or '').splitlines():
+        if ':' not in line:
+            continue
+        key, rest = line.split(':', 1)
+        parts = rest.split()
+        if not parts:
+            continue
+        try:
+            values[key.strip()] = int(parts[0])
+        except ValueError:
+            continue
+    return values
+
+
+def _available_kib(meminfo):
+    if 'MemAvailable' in meminfo:
+        return meminfo['MemAvailable']
+    if 'MemFree' not in meminfo:
+        return None
+    # Pre-3.14 kernels: what VDSM counts as free.
+    return sum(meminfo.get(key, 0) for key in ('MemFree', 'Buffers', 'Cached', 'SReclaimable'))
+
+
+def memory_info(meminfo):
+    """The ``memory`` section (MiB, hugepage counts)."""
+    return {
+        'total_mib': _mib(meminfo.get('MemTotal')),
+        'free_mib': _mib(meminfo.get('MemFree')),
+        'available_mib': _mib(_available_kib(meminfo)),
+        'swap_total_mib': _mib(meminfo.get('SwapTotal')),
+        'swap_free_mib': _mib(meminfo.get('SwapFree')),
+        'hugepages_total': meminfo.get('HugePages_Total'),
+        'hugepages_free': meminfo.get('HugePages_Free'),
+        'hugepage_size_kib': meminfo.get('Hugepagesize'),
+    }
+
+
+# --------------------------------------------------------------------------
+# network
+
+_LINK_KINDS = {
+    'bridge': 'bridge',
+    'bond': 'bond',
+    'vlan': 'vlan',
+    'veth': 'veth',
+    'tun': 'tun',
+    'tap': 'tun',
+}
+
+
+def parse_ip_addr_json(text):
+    """``ip -j -d addr show`` output -> ``{ifname: {'ipv4', 'ipv6', 'link_kind', ...}}``."""
+    try:
+        data = json.loads(text) if text else []
+    except ValueError:
+        return {}
+    result = {}
+    if not isinstance(data, list):
+        return result
+    for entry in data:
+        if not isinstance(entry, dict) or not entry.get('ifname'):
+            continue
+        ipv4, ipv6 = [], []
+        for addr in entry.get('addr_info') or []:
+            if not isinstance(addr, dict) or 'local' not in addr:
+                continue
+            cidr = '%s/%s' % (addr['local'], addr.get('prefixlen', 32 if addr.get('family') == 'inet' else 128))
+            if addr.get('family') == 'inet':
+                ipv4.append(cidr)
+            elif addr.get('family') == 'inet6':
+                ipv6.append(cidr)
+        linkinfo = entry.get('linkinfo') or {}
+        info_data = linkinfo.get('info_data') or {}
+        result[entry['ifname']] = {
+            'ipv4': ipv4,
+            'ipv6': ipv6,
+            'link_kind': linkinfo.get('info_kind'),
+            'vlan_id': info_data.get('id') if linkinfo.get('info_kind') == 'vlan' else None,
+            'link': entry.get('link'),
+        }
+    return result
+
+
+def read_ip_addresses(run=None):
+    """Addresses and link kinds per interface from ``ip``; ``{}`` when ``ip`` is missing."""
+    return parse_ip_addr_json((run or run_command)(['ip', '-j', '-d', 'addr', 'show']))
+
+
+def _uevent(sysdir):
+    values = {}
+    for line in (read_text(os.path.join(sysdir, 'uevent')) or '').splitlines():
+        if '=' in line:
+            key, value = line.split('=', 1)
+            values[key] = value
+    return values
+
+
+def classify_interface(name, sysdir, link_kind=None):
+    """One of nic, bridge, bond, vlan, veth, loopback, tun, other."""
+    if name == 'lo' or read_int(os.path.join(sysdir, 'type')) == _ARPHRD_LOOPBACK:
+        return 'loopback'
+    if link_kind in _LINK_KINDS:
+        return _LINK_KINDS[link_kind]
+    devtype = _uevent(sysdir).get('DEVTYPE')
+    if os.path.isdir(os.path.join(sysdir, 'bridge')) or devtype == 'bridge':
+        return 'bridge'
+    if os.path.isdir(os.path.join(sysdir, 'bonding')) or devtype == 'bond':
+        return 'bond'
+    if devtype == 'vlan':
+        return 'vlan'
+    if os.path.exists(os.path.join(sysdir, 'tun_flags')):
+        return 'tun'
+    if link_kind:
+        return 'other'
+    if os.path.exists(os.path.join(sysdir, 'device')):
+        return 'nic'
+    ifindex = read_int(os.path.join(sysdir, 'ifindex'))
+    iflink = read_int(os.path.join(sysdir, 'iflink'))
+    if ifindex is not None and iflink is not None and ifindex != iflink:
+        # A virtual link whose peer lives elsewhere, the usual veth shape.
+        return 'veth'
+    return 'other'
+
+
+def _proc_vlan(root, name):
+    text = read_text(host_path(root, '/proc/net/vlan/%s' % name)) or ''
+    vid = re.search(r'VID:\s*(\d+)', text)
+    dev = re.search(r'Device:\s*(\S+)', text)
+    return (int(vid.group(1)) if vid else None), (dev.group(1) if dev else None)
+
+
+def read_interface(root, name, ip_info=None):
+    """Facts of one interface under /sys/class/net."""
+    sysdir = os.path.join(host_path(root, '/sys/class/net'), name)
+    ip_info = ip_info or {}
+    kind = classify_interface(name, sysdir, ip_info.get('link_kind'))
+    speed = read_int(os.path.join(sysdir, 'speed'))
+    master = None
+    try:
+        master = os.path.basename(os.readlink(os.path.join(sysdir, 'master')))
+    except OSError:
+        pass
+    iface = {
+        'name': name,
+        'kind': kind,
+        'mac': read_text(os.path.join(sysdir, 'address')) or None,
+        'mtu': read_int(os.path.join(sysdir, 'mtu')),
+        'operstate': read_text(os.path.join(sysdir, 'operstate')),
+        'speed': speed if speed is not None and speed > 0 else None,
+        'master': master,
+        'ipv4': list(ip_info.get('ipv4', [])),
+        'ipv6': list(ip_info.get('ipv6', [])),
+    }
+    if kind == 'bridge':
+        iface['ports'] = _list_dir(os.path.join(sysdir, 'brif'))
+        stp = read_int(os.path.join(sysdir, 'bridge', 'stp_state'))
+        iface['stp'] = None if stp is None else stp != 0
+    elif kind == 'bond':
+        iface['slaves'] = sorted((read_text(os.path.join(sysdir, 'bonding', 'slaves')) or '').split())
+        mode = read_text(os.path.join(sysdir, 'bonding', 'mode'))
+        iface['mode'] = mode.split()[0] if mode else None
+    elif kind == 'vlan':
+        vlan_id, parent = ip_info.get('vlan_id'), ip_info.get('link')
+        if vlan_id is None or parent is None:
+            proc_id, proc_parent = _proc_vlan(root, name)
+            vlan_id = proc_id if vlan_id is None else vlan_id
+            parent = proc_parent if parent is None else parent
+        iface['vlan_id'] = vlan_id
+        iface['parent'] = parent
+    return iface
+
+
+def network_info(root='/', ip_addresses=None):
+    """The ``network`` section: one dict per interface, sorted by name."""
+    ip_addresses = ip_addresses or {}
+    netdir = host_path(root, '/sys/class/net')
+    names = [name for name in _list_dir(netdir) if os.path.isdir(os.path.join(netdir, name))]
+    return [read_interface(root, name, ip_addresses.get(name)) for name in names]
+
+
+# --------------------------------------------------------------------------
+# storage
+
+def _unescape_mount(text):
+    return re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mountinfo(text):
+    """/proc/self/mountinfo -> list of ``{'mountpoint', 'source', 'fstype', 'options'}``."""
+    mounts = []
+    for line in (text or '').splitlines():
+        fields = line.split()
+        try:
+            sep = fields.index('-', 6)
+        except ValueError:
+            continue
+        if len(fields) < sep + 3:
+            continue
+        mounts.append({
+            'mountpoint': _unescape_mount(fields[4]),
+            'source': _unescape_mount(fields[sep + 2]),
+            'fstype': fields[sep + 1],
+            'options': fields[5],
+        })
+    return mounts
+
+
+def read_vdsm_mounts(root='/', prefix=VDSM_MOUNT_ROOT):
+    """Mounts at or below the VDSM storage mount root."""
+    mounts = parse_mountinfo(read_text(host_path(root, '/proc/self/mountinfo')))
+    prefix = prefix.rstrip('/')
+    return [m for m in mounts if m['mountpoint'] == prefix or m['mountpoint'].startswith(prefix + '/')]
+
+
+def read_iscsi_initiator_name(root='/'):
+    """InitiatorName from /etc/iscsi/initiatorname.iscsi, or None."""
+    for line in (read_text(host_path(root, '/etc/iscsi/initiatorname.iscsi')) or '').splitlines():
+        line = line.strip()
+        if line.startswith('#') or '=' not in line:
+            continue
+        key, value = line.split('=', 1)
+        if key.strip() == 'InitiatorName' and value.strip():
+            return value.strip()
+    return None
+
+
+def path_usage(path, root='/'):
+    """Size and free space of the filesystem holding ``path`` (or its nearest existing parent)."""
+    checked = path
+    while checked != '/' and not os.path.exists(host_path(root, checked)):
+        checked = os.path.dirname(checked) or '/'
+    usage = {'path': path, 'checked_path': checked, 'total_bytes': None, 'free_bytes': None}
+    try:
+        st = os.statvfs(host_path(root, checked))
+    except OSError:
+        return usage
+    usage['total_bytes'] = st.f_blocks * st.f_frsize
+    usage['free_bytes'] = st.f_bavail * st.f_frsize
+    return usage
+
+
+def _pid_alive(root, pidfile):
+    pid = read_int(host_path(root, pidfile))
+    return pid is not None and pid > 0 and os.path.exists(host_path(root, '/proc/%d' % pid))
+
+
+def multipath_info(root='/'):
+    """Whether multipath tools are installed, configured and running."""
+    installed = any(os.path.exists(host_path(root, os.path.join(d, 'multipath'))) for d in ('/usr/sbin', '/sbin'))
+    return {
+        'installed': installed,
+        'config_present': os.path.exists(host_path(root, '/etc/multipath.conf')),
+        'daemon_running': _pid_alive(root, '/run/multipathd.pid') or _pid_alive(root, '/var/run/multipathd.pid'),
+    }
+
+
+def storage_info(root='/'):
+    """The ``storage`` section."""
+    return {
+        'vdsm_mount_root': VDSM_MOUNT_ROOT,
+        'mounts': read_vdsm_mounts(root),
+        'iscsi_initiator_name': read_iscsi_initiator_name(root),
+        'images': path_usage(IMAGES_DIR, root),
+        'device_mapper': os.path.exists(host_path(root, '/dev/mapper/control')),
+        'multipath': multipath_info(root),
+    }
+
+
+# --------------------------------------------------------------------------
+# versions and libvirt
+
+def versions_info(conn, run=None):
+    """The ``versions`` section; ``conn`` is an open libvirt connection."""
+    run = run or run_command
+    return {
+        'libvirt': {
+            'library': libvirt_conn.library_version(),
+            'daemon': libvirt_conn.format_version(conn.getLibVersion()),
+        },
+        'qemu': libvirt_conn.format_version(conn.getVersion()),
+        'qemu_img': _first_version(run(['qemu-img', '--version'])),
+        'sanlock': _first_version(run(['sanlock', 'version'])),
+        'python': platform.python_version(),
+    }
+
+
+def libvirt_info(conn, caps, uri):
+    """The ``libvirt`` section."""
+    return {
+        'uri': conn.getURI() or uri,
+        'hypervisor': conn.getType(),
+        'arch': caps['arch'],
+        'host_uuid': caps['host_uuid'],
+        'domain_types': caps_domain_types(caps),
+        'machine_types': caps_machine_types(caps, 'x86_64'),
+    }
+
+
+# --------------------------------------------------------------------------
+# statistics
+
+def read_proc_stat(root='/'):
+    """Aggregate CPU jiffies and boot time from /proc/stat."""
+    result = {'cpu': None, 'btime': None}
+    for line in (read_text(host_path(root, '/proc/stat')) or '').splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if fields[0] == 'cpu':
+                result['cpu'] = [int(v) for v in fields[1:]]
+            elif fields[0] == 'btime':
+                result['btime'] = int(fields[1])
+        except (ValueError, IndexError):
+            continue
+    return result
+
+
+def cpu_percentages(first_sample, last_sample):
+    """user/system/idle/iowait/steal percentages between two /proc/stat ``cpu`` rows."""
+    empty = {'user': None, 'system': None, 'idle': None, 'iowait': None, 'steal': None}
+    if not first_sample or not last_sample:
+        return empty
+    first, last = first_sample, last_sample
+    width = min(len(first), len(last), 8)
+    first = list(first[:width]) + [0] * (8 - width)
+    last = list(last[:width]) + [0] * (8 - width)
+    delta = [b - a for a, b in zip(first, last)]
+    total = sum(delta)
+    if total <= 0 or any(d < 0 for d in delta):
+        return empty
+    user, nice, system, idle, iowait, irq, softirq, steal = delta
+
+    def pct(value):
+        return round(100.0 * value / total, 2)
+
+    return {
+        'user': pct(user + nice),
+        'system': pct(system + irq + softirq),
+        'idle': pct(idle + iowait),
+        'iowait': pct(iowait),
+        'steal': pct(steal),
+    }
+
+
+_NET_COUNTERS = ('rx_bytes', 'tx_bytes', 'rx_errors', 'tx_errors', 'rx_dropped', 'tx_dropped')
+
+
+def read_net_counters(root='/'):
+    """``{ifname: {counter: value}}`` from /sys/class/net/*/statistics."""
+    netdir = host_path(root, '/sys/class/net')
+    counters = {}
+    for name in _list_dir(netdir):
+        statdir = os.path.join(netdir, name, 'statistics')
+        if not os.path.isdir(statdir):
+            continue
+        counters[name] = {key: read_int(os.path.join(statdir, key)) for key in _NET_COUNTERS}
+    return counters
+
+
+def _delta(first, last):
+    if first is None or last is None or last < first:
+        return None
+    return last - first
+
+
+def net_rates(first, last, elapsed):
+    """Per interface counters, byte rates and error/drop increases."""
+    result = []
+    for name in sorted(last):
+        now = last[name]
+        before = first.get(name) if first else None
+        entry = {'name': name}
+        entry.update(now)
+        for key in ('rx_bytes', 'tx_bytes'):
+            delta = _delta(before[key], now[key]) if before and elapsed else None
+            entry[key + '_per_sec'] = None if delta is None else round(delta / elapsed, 1)
+        for key in ('rx_errors', 'tx_errors', 'rx_dropped', 'tx_dropped'):
+            entry[key + '_delta'] = _delta(before[key], now[key]) if before and elapsed else None
+        result.append(entry)
+    return result
+
+
+def read_loadavg(root='/'):
+    """1, 5 and 15 minute load averages."""
+    fields = (read_text(host_path(root, '/proc/loadavg')) or '').split()
+    try:
+        return {'avg1': float(fields[0]), 'avg5': float(fields[1]), 'avg15': float(fields[2])}
+    except (IndexError, ValueError):
+        return {'avg1': None, 'avg5': None, 'avg15': None}
+
+
+def read_uptime(root='/'):
+    """Seconds since boot, from /proc/uptime."""
+    fields = (read_text(host_path(root, '/proc/uptime')) or '').split()
+    try:
+        return float(fields[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def memory_usage(meminfo):
+    """Used/free memory and swap (MiB) as VDSM's host stats report them."""
+    total = meminfo.get('MemTotal')
+    available = _available_kib(meminfo)
+    used = total - available if total is not None and available is not None else None
+    swap_total, swap_free = meminfo.get('SwapTotal'), meminfo.get('SwapFree')
+    swap_used = swap_total - swap_free if swap_total is not None and swap_free is not None else None
+    return {
+        'memory': {
+            'used_mib': _mib(used),
+            'free_mib': _mib(available),
+            'used_percent': round(100.0 * used / total, 2) if used is not None and total else None,
+        },
+        'swap': {
+            'total_mib': _mib(swap_total),
+            'free_mib': _mib(swap_free),
+            'used_mib': _mib(swap_used),
+        },
+    }
+
+
+def validate_sample_interval(value):
+    """``value`` as a float in 0..60, or VirtnodeError."""
+    try:
+        interval = float(value)
+    except (TypeError, ValueError) as exc:
+        raise VirtnodeError('sample_interval must be a number of seconds, got %r' % (value,)) from exc
+    if not 0 <= interval <= MAX_SAMPLE_INTERVAL:
+        raise VirtnodeError('sample_interval must be between 0 and %g seconds, got %g'
+                            % (MAX_SAMPLE_INTERVAL, interval))
+    return interval
+
+
+def stats_info(root='/', sample_interval=1.0, sleep=None, clock=None):
+    """The ``stats`` section, sampled over ``sample_interval`` seconds (0: no rates)."""
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    interval = validate_sample_interval(sample_interval)
+    first_cpu = first_net = None
+    start = clock()
+    if interval > 0:
+        first_cpu = read_proc_stat(root)['cpu']
+        first_net = read_net_counters(root)
+        sleep(interval)
+    proc_stat = read_proc_stat(root)
+    last_net = read_net_counters(root)
+    elapsed = clock() - start if interval > 0 else 0
+    stats = {
+        'sample_interval': interval,
+        'timestamp': round(time.time(), 3),
+        'cpu': cpu_percentages(first_cpu, proc_stat['cpu']),
+        'cpu_load': read_loadavg(root),
+    }
+    stats.update(memory_usage(read_meminfo(root)))
+    stats['network'] = net_rates(first_net, last_net, elapsed if elapsed > 0 else None)
+    stats['uptime_seconds'] = read_uptime(root)
+    stats['boot_time'] = proc_stat['btime']
+    return stats
+
+
+# --------------------------------------------------------------------------
+# everything together
+
+def normalize_sections(sections):
+    """Expand ``all`` and validate section names; returns a frozenset."""
+    if not sections:
+        return frozenset(SECTIONS)
+    wanted = set()
+    for name in sections:
+        if name == 'all':
+            wanted.update(SECTIONS)
+        elif name in SECTIONS:
+            wanted.add(name)
+        else:
+            raise VirtnodeError('unknown section %r; choose from all, %s' % (name, ', '.join(SECTIONS)))
+    return frozenset(wanted)
+
+
+def needs_libvirt(sections):
+    """True when gathering ``sections`` opens a libvirt connection."""
+    return bool(normalize_sections(sections) & LIBVIRT_SECTIONS)
+
+
+def gather(sections=None, uri=libvirt_conn.DEFAULT_URI, sample_interval=1.0, root='/',
+           run=None, sleep=None, stats=None):
+    """Collect the requested sections into one dict.
+
+    ``host_uuid``, ``host_uuid_source``, ``hostname``, ``sections``, ``kernel``
+    and ``os`` are always present. A libvirt connection is opened only when a
+    section needs one; failing to connect raises ``VirtnodeError``. ``run`` and
+    ``sleep`` default to :func:`run_command` and ``time.sleep``. ``stats``, when
+    given (the node agent's cached sample), is used instead of sampling.
+    """
+    run = run or run_command
+    sleep = sleep or time.sleep
+    wanted = normalize_sections(sections)
+    interval = validate_sample_interval(sample_interval)
+    host_uuid, source = read_host_uuid(root)
+    result = {
+        'host_uuid': host_uuid,
+        'host_uuid_source': source,
+        'hostname': read_hostname(),
+        'sections': [name for name in SECTIONS if name in wanted],
+        'kernel': read_kernel(),
+        'os': read_os_release(root),
+    }
+    caps = None
+    if wanted & LIBVIRT_SECTIONS:
+        with libvirt_conn.connect(uri) as conn:
+            caps = parse_capabilities(conn.getCapabilities())
+            if 'versions' in wanted:
+                result['versions'] = versions_info(conn, run)
+            if 'libvirt' in wanted:
+                result['libvirt'] = libvirt_info(conn, caps, uri)
+    if 'cpu' in wanted:
+        result['cpu'] = cpu_info(root, caps)
+    if 'memory' in wanted:
+        result['memory'] = memory_info(read_meminfo(root))
+    if 'numa' in wanted:
+        result['numa'] = numa_info(caps)
+    if 'network' in wanted:
+        result['network'] = network_info(root, read_ip_addresses(run))
+    if 'storage' in wanted:
+        result['storage'] = storage_info(root)
+    if 'stats' in wanted:
+        result['stats'] = stats if stats is not None else stats_info(root, interval, sleep=sleep)
+    return result

@@ -1,0 +1,346 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Thin COW volumes presented as block devices: one backend interface, two implementations.
+
+A *block volume* is a qcow2 (COW) volume that QEMU reads through a block
+device whose size (the *physical* size) is smaller than the image's
+capacity and grows in chunks while the guest writes (thin provisioning, as
+VDSM does it on block storage domains). Every backend offers:
+
+    activate(sd, img, vol)        -> stable device path (a symlink)
+    deactivate(sd, img, vol)
+    physical_size(sd, img, vol)   -> bytes, as this host sees the device
+    capacity(sd, img, vol)        -> virtual size in bytes
+    extend(sd, img, vol, bytes)   -> bytes (SPM side: grow the storage)
+    refresh(sd, img, vol)         -> bytes (every host using it: see the new size)
+    image_of(sd, vol)             -> the image UUID holding the volume
+
+Two implementations:
+
+* :class:`LvmBackend` is the production path on block storage domains: the
+  volume group is named after the domain, the logical volume after the
+  volume; ``lvextend`` on the SPM, ``lvchange --refresh`` on the host running
+  the VM, ``lvs`` for sizes and the ``IU_<image>`` tag. The stable path is
+  VDSM's ``/rhev/data-center/mnt/blockSD/<sd>/images/<img>/<vol>``.
+* :class:`LoopBackend` presents a volume of a *file* storage domain through
+  a loop device over the volume file: extend grows the file on the shared
+  storage, refresh is ``losetup -c``. libvirt still sees a real block device
+  (``<disk type='block'>``), QEMU really pauses on ENOSPC and the threshold
+  events are real, so hosts without device-mapper exercise the same code.
+  The stable path is ``/run/virtnode/block/<sd>/<img>/<vol>``.
+
+Which backend serves a domain: a domain found under the file mount root
+uses the loop backend, any other one the LVM backend (:func:`backend_for`).
+A volume becomes a block volume when it is activated through a backend and
+the VM's disk points at the stable path; the path names the domain, image
+and volume, so the node agent maps a drive back to its volume with
+:func:`volume_of_path`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+MIB = 1024 ** 2
+LOOP_LINK_ROOT = os.path.join(storage.RUN_DIR, 'block')
+LVM_LINK_ROOT = os.path.join(sd_layout.MOUNT_ROOT, 'blockSD')
+# A COW volume may grow past its capacity by the qcow2 metadata: VDSM allows 10 %.
+COW_OVERHEAD = 1.1
+COMMAND_TIMEOUT = 60
+# ioctl of <linux/loop.h>: re-read the size of the backing file (what losetup --set-capacity does).
+LOOP_SET_CAPACITY = 0x4C07
+_UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+_PATH_RE = re.compile(r'\A(?:%s|%s)/(%s)/(?:images/)?(%s)/(%s)\Z' % (
+    re.escape(LOOP_LINK_ROOT), re.escape(LVM_LINK_ROOT), _UUID, _UUID, _UUID))
+
+
+def round_up_mib(size):
+    """``size`` bytes rounded up to a whole MiB."""
+    return (int(size) + MIB - 1) // MIB * MIB
+
+
+def max_physical(capacity):
+    """The most a COW volume of ``capacity`` bytes may take on storage (capacity x 1.1, MiB aligned)."""
+    return round_up_mib(capacity * COW_OVERHEAD)
+
+
+def run_command(argv, timeout=COMMAND_TIMEOUT):
+    """The block backends' command runner (tests replace it): stdout, or VirtnodeError."""
+    return command.run_checked(argv, timeout)
+
+
+def volume_of_path(path):
+    """``(sd, img, vol)`` of a block volume's stable path, or None for any other path."""
+    match = _PATH_RE.match(os.path.normpath(path or '/'))
+    return match.groups() if match else None
+
+
+def _ids(sd_uuid, img_uuid, vol_uuid):
+    return (validate.uuid_str(sd_uuid, 'storage domain UUID'), validate.uuid_str(img_uuid, 'image UUID'),
+            validate.uuid_str(vol_uuid, 'volume UUID'))
+
+
+def _set_link(link, target):
+    if os.path.islink(link) and os.readlink(link) == target:
+        return
+    os.makedirs(os.path.dirname(link), mode=0o755, exist_ok=True)
+    temp = link + '.new'
+    if os.path.lexists(temp):
+        os.unlink(temp)
+    os.symlink(target, temp)
+    os.replace(temp, link)
+
+
+def _remove_link(link):
+    try:
+        os.unlink(link)
+    except FileNotFoundError:
+        pass
+    # Empty <img> and <sd> directories go too.
+    directory = os.path.dirname(link)
+    for _level in range(2):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            break
+        directory = os.path.dirname(directory)
+
+
+def _device_size(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise VirtnodeError('cannot open %s: %s' % (path, err.strerror or err), {'path': path}) from err
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+class LoopBackend:
+    """A file domain's volume seen through a loop device (lab and file domains)."""
+
+    name = 'loop'
+
+    def __init__(self, runner=run_command, link_root=LOOP_LINK_ROOT, find_domain=storage.find_domain):
+        self.run = runner
+        self.link_root = link_root
+        self.find_domain = find_domain
+
+    def link_path(self, sd_uuid, img_uuid, vol_uuid):
+        return os.path.join(self.link_root, *_ids(sd_uuid, img_uuid, vol_uuid))
+
+    def volume_file(self, sd_uuid, img_uuid, vol_uuid):
+        sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
+        dom_dir = self.find_domain(sd_uuid)
+        path = os.path.join(dom_dir, sd_layout.IMAGES, img_uuid, vol_uuid)
+        if not os.path.isfile(path):
+            raise VirtnodeError('volume %s not found in image %s of domain %s' % (vol_uuid, img_uuid, sd_uuid),
+                                {'path': path})
+        return path
+
+    def image_of(self, sd_uuid, vol_uuid):
+        vol_uuid = validate.uuid_str(vol_uuid, 'volume UUID')
+        images = os.path.join(self.find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID')), sd_layout.IMAGES)
+        try:
+            names = sorted(os.listdir(images))
+        except OSError as err:
+            raise VirtnodeError('cannot list %s: %s' % (images, err.strerror or err), {'path': images}) from err
+        for img in names:
+            if not img.startswith(sd_layout.REMOVED_IMAGE_PREFIX) and os.path.isfile(os.path.join(images, img, vol_uuid)):
+                return img
+        raise VirtnodeError('volume %s not found in domain %s' % (vol_uuid, sd_uuid), {'vol_uuid': vol_uuid})
+
+    def devices(self, sd_uuid, img_uuid, vol_uuid):
+        """Loop devices attached to the volume file on this host."""
+        out = self.run(['losetup', '--list', '--json', '--output', 'NAME,BACK-FILE'])
+        wanted = os.path.realpath(self.volume_file(sd_uuid, img_uuid, vol_uuid))
+        try:
+            entries = json.loads(out or '{}').get('loopdevices', [])
+        except ValueError as err:
+            raise VirtnodeError('losetup returned invalid JSON', {'output': out[:200]}) from err
+        return sorted(e['name'] for e in entries if (e.get('back-file') or '').strip() == wanted)
+
+    def activate(self, sd_uuid, img_uuid, vol_uuid):
+        path = self.volume_file(sd_uuid, img_uuid, vol_uuid)
+        devices = self.devices(sd_uuid, img_uuid, vol_uuid)
+        device = devices[0] if devices else self.run(['losetup', '--find', '--show', path]).strip()
+        link = self.link_path(sd_uuid, img_uuid, vol_uuid)
+        _set_link(link, device)
+        return link
+
+    def deactivate(self, sd_uuid, img_uuid, vol_uuid):
+        link = self.link_path(sd_uuid, img_uuid, vol_uuid)
+        for device in self.devices(sd_uuid, img_uuid, vol_uuid):
+            self.run(['losetup', '--detach', device])
+        _remove_link(link)
+
+    def physical_size(self, sd_uuid, img_uuid, vol_uuid):
+        return _device_size(self.link_path(sd_uuid, img_uuid, vol_uuid))
+
+    def storage_size(self, sd_uuid, img_uuid, vol_uuid):
+        return os.stat(self.volume_file(sd_uuid, img_uuid, vol_uuid)).st_size
+
+    def capacity(self, sd_uuid, img_uuid, vol_uuid):
+        meta = self.volume_file(sd_uuid, img_uuid, vol_uuid) + sd_layout.META_SUFFIX
+        return volume_metadata.read_volume_metadata(meta, timeout=30).capacity
+
+    def extend(self, sd_uuid, img_uuid, vol_uuid, size):
+        path = self.volume_file(sd_uuid, img_uuid, vol_uuid)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                current = os.fstat(fd).st_size
+                if size > current:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                    current = size
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise VirtnodeError('cannot extend %s: %s' % (path, err.strerror or err), {'path': path}) from err
+        return current
+
+    def refresh(self, sd_uuid, img_uuid, vol_uuid):
+        # The device behind this host's stable link, refreshed with one ioctl: no command to start
+        # while a guest is about to run out of space.
+        link = self.link_path(sd_uuid, img_uuid, vol_uuid)
+        try:
+            fd = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise VirtnodeError('volume %s is not active on this host (%s: %s)' % (vol_uuid, link, err.strerror or err),
+                                {'path': link}) from err
+        try:
+            fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)
+            return os.lseek(fd, 0, os.SEEK_END)
+        except OSError as err:
+            raise VirtnodeError('cannot refresh the loop device of %s: %s' % (link, err.strerror or err),
+                                {'path': link}) from err
+        finally:
+            os.close(fd)
+
+
+class LvmBackend:
+    """The production path: a logical volume ``<sd>/<vol>`` of a block storage domain."""
+
+    name = 'lvm'
+
+    def __init__(self, runner=run_command, link_root=LVM_LINK_ROOT):
+        self.run = runner
+        self.link_root = link_root
+
+    def link_path(self, sd_uuid, img_uuid, vol_uuid):
+        sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
+        return os.path.join(self.link_root, sd_uuid, sd_layout.IMAGES, img_uuid, vol_uuid)
+
+    @staticmethod
+    def lv_name(sd_uuid, vol_uuid):
+        return '%s/%s' % (validate.uuid_str(sd_uuid, 'storage domain UUID'), validate.uuid_str(vol_uuid, 'volume UUID'))
+
+    def _lvs(self, sd_uuid, vol_uuid, fields):
+        out = self.run(['lvs', '--noheadings', '--nosuffix', '--units', 'b', '--separator', '|',
+                        '-o', fields, self.lv_name(sd_uuid, vol_uuid)])
+        return [part.strip() for part in out.strip().split('|')]
+
+    def image_of(self, sd_uuid, vol_uuid):
+        tags = self._lvs(sd_uuid, vol_uuid, 'lv_tags')[0].split(',')
+        for tag in tags:
+            if tag.startswith('IU_'):
+                return validate.uuid_str(tag[3:], 'image UUID')
+        raise VirtnodeError('logical volume %s has no IU_ image tag' % self.lv_name(sd_uuid, vol_uuid))
+
+    def activate(self, sd_uuid, img_uuid, vol_uuid):
+        name = self.lv_name(sd_uuid, vol_uuid)
+        self.run(['lvchange', '--activate', 'y', name])
+        link = self.link_path(sd_uuid, img_uuid, vol_uuid)
+        _set_link(link, '/dev/' + name)
+        return link
+
+    def deactivate(self, sd_uuid, img_uuid, vol_uuid):
+        self.run(['lvchange', '--activate', 'n', self.lv_name(sd_uuid, vol_uuid)])
+        _remove_link(self.link_path(sd_uuid, img_uuid, vol_uuid))
+
+    def physical_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
+        return int(self._lvs(sd_uuid, vol_uuid, 'lv_size')[0])
+
+    storage_size = physical_size
+
+    def capacity(self, sd_uuid, img_uuid, vol_uuid):
+        from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img  # pylint: disable=import-outside-toplevel
+        return qemu_img.virtual_size('/dev/' + self.lv_name(sd_uuid, vol_uuid))
+
+    def extend(self, sd_uuid, img_uuid, vol_uuid, size):
+        current = self.physical_size(sd_uuid, img_uuid, vol_uuid)
+        if size <= current:
+            return current
+        self.run(['lvextend', '--autobackup', 'n', '--size', '%dm' % (round_up_mib(size) // MIB),
+                  self.lv_name(sd_uuid, vol_uuid)])
+        return self.physical_size(sd_uuid, img_uuid, vol_uuid)
+
+    def refresh(self, sd_uuid, img_uuid, vol_uuid):
+        self.run(['lvchange', '--refresh', self.lv_name(sd_uuid, vol_uuid)])
+        return self.physical_size(sd_uuid, img_uuid, vol_uuid)
+
+
+def backend_for(sd_uuid, find_domain=storage.find_domain):
+    """The backend serving domain ``sd_uuid``: loop for a file domain, LVM otherwise."""
+    if find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID'), required=False):
+        return LoopBackend(find_domain=find_domain)
+    return LvmBackend()
+
+
+def present_volume(sd_uuid, img_uuid, vol_uuid, activate=True):
+    """Path of the volume as a block device on this host; ``activate=False`` only says where."""
+    backend = backend_for(sd_uuid)
+    if activate:
+        return backend.activate(sd_uuid, img_uuid, vol_uuid)
+    if isinstance(backend, LoopBackend):
+        backend.volume_file(sd_uuid, img_uuid, vol_uuid)  # a missing volume fails in check mode too
+    return backend.link_path(sd_uuid, img_uuid, vol_uuid)
+
+
+def release_path(path):
+    """Deactivate the block volume behind its stable ``path`` (see :func:`volume_of_path`)."""
+    ids = volume_of_path(path)
+    if ids is None:
+        raise VirtnodeError('%s is not the path of a block-presented volume' % path, {'path': path})
+    backend_for(ids[0]).deactivate(*ids)
+
+
+_EXTEND_LOCKS = {}
+_EXTEND_LOCKS_GUARD = threading.Lock()
+
+
+def _volume_lock(vol_uuid):
+    with _EXTEND_LOCKS_GUARD:
+        return _EXTEND_LOCKS.setdefault(vol_uuid, threading.Lock())
+
+
+def extend_volume_on_spm(sd_uuid, vol_uuid, new_size_mib, backend=None):
+    """Grow volume ``vol_uuid`` of domain ``sd_uuid`` to ``new_size_mib`` MiB on storage; the SPM's part.
+
+    The request is capped at the volume's capacity x 1.1 and never shrinks
+    anything. Returns the volume's size in MiB afterwards (0 is never
+    returned: failures raise VirtnodeError). The caller makes sure this host
+    is the SPM (the mailbox server only serves while it is).
+    """
+    if isinstance(new_size_mib, bool) or not isinstance(new_size_mib, int) or new_size_mib < 1:
+        raise VirtnodeError('extend size must be a positive number of MiB, got %r' % (new_size_mib,), {'field': 'size_mib'})
+    backend = backend or backend_for(sd_uuid)
+    img_uuid = backend.image_of(sd_uuid, vol_uuid)
+    with _volume_lock(vol_uuid):
+        wanted = min(new_size_mib * MIB, max_physical(backend.capacity(sd_uuid, img_uuid, vol_uuid)))
+        size = backend.extend(sd_uuid, img_uuid, vol_uuid, wanted)
+    return size // MIB

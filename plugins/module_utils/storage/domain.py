@@ -1,0 +1,499 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""File storage domains and storage pools, in VDSM's on-disk layout.
+
+Domains are found where VDSM looks for them: ``/rhev/data-center/mnt/*/<sdUUID>``.
+A pool lives in its master domain's metadata (POOL_* keys, MASTER_VERSION);
+a host that connects to a pool joins the sanlock lockspace of every active
+domain with its host id, links ``/rhev/data-center/<spUUID>/<sdUUID>`` and
+``mastersd``, records its host name in ``<master>/master/hosts/<host id>``
+(so other hosts can name the SPM) and keeps a local note in
+``/run/virtnode/storage/pools/<spUUID>.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import xlease
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+SPM_RESOURCE = 'SDM'
+# Slot of the SPM lease in dom_md/leases (x ALIGNMENT).
+SPM_LEASE_SLOT = 1
+MASTER_DIR = 'master'
+MASTER_SUBDIRS = ('vms', 'tasks', 'hosts')
+MASTERSD_LINK = 'mastersd'
+RUN_DIR = '/run/virtnode'
+POOL_STATE_DIR = os.path.join(RUN_DIR, 'storage', 'pools')
+MIN_IO_TIMEOUT = 1
+MAX_IO_TIMEOUT = 300
+STATUS_ACTIVE = 'Active'
+STATUS_ATTACHED = 'Attached'
+
+
+# ------------------------------------------------------------------ finding domains
+
+def scan_domains(mount_root=sd_layout.MOUNT_ROOT, mount=None):
+    """Return ``{sd_uuid: domain dir}`` of every file domain under the mount root (or one mount)."""
+    pattern = os.path.join(mount if mount else os.path.join(mount_root, '*'), '*', sd_layout.DOM_MD, sd_layout.METADATA_FILE)
+    found = {}
+    for path in sorted(glob.glob(pattern)):
+        dom_dir = os.path.dirname(os.path.dirname(path))
+        name = os.path.basename(dom_dir)
+        try:
+            validate.uuid_str(name, 'storage domain UUID')
+        except VirtnodeError:
+            continue
+        found.setdefault(name, dom_dir)
+    return found
+
+
+def find_domain(sd_uuid, required=True):
+    """Return the directory of domain ``sd_uuid`` on a connected server (None if absent and not required)."""
+    validate.uuid_str(sd_uuid, 'storage domain UUID')
+    dom_dir = scan_domains().get(sd_uuid)
+    if dom_dir is None and required:
+        raise VirtnodeError('storage domain %s not found under %s (is its storage server connected?)'
+                            % (sd_uuid, sd_layout.MOUNT_ROOT), {'sd_uuid': sd_uuid})
+    return dom_dir
+
+
+def md_path(dom_dir):
+    return os.path.join(dom_dir, sd_layout.DOM_MD, sd_layout.METADATA_FILE)
+
+
+def dom_md_file(dom_dir, name):
+    return os.path.join(dom_dir, sd_layout.DOM_MD, name)
+
+
+def read_raw(dom_dir):
+    return sdm.read_domain_metadata(md_path(dom_dir), timeout=30)
+
+
+def read_md(dom_dir):
+    """Return the DomainMetadata of the domain in ``dom_dir``."""
+    try:
+        return sdm.DomainMetadata.from_dict(read_raw(dom_dir))
+    except VirtnodeError as err:
+        raise VirtnodeError('%s: %s' % (md_path(dom_dir), err.message), err.details) from err
+
+
+def update_md(dom_dir, changes):
+    """Apply ``{key: value or None}`` to the domain metadata; return True if it changed."""
+    pairs = read_raw(dom_dir)
+    new = dict(pairs)
+    for key, value in changes.items():
+        if value is None:
+            new.pop(key, None)
+        else:
+            new[key] = str(value)
+    if new == pairs:
+        return False
+    sdm.write_domain_metadata(md_path(dom_dir), new)
+    return True
+
+
+def encode_pool_domains(domains):
+    return ','.join('%s:%s' % (sd, status) for sd, status in sorted(domains.items()))
+
+
+def check_io_timeout(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_IO_TIMEOUT <= value <= MAX_IO_TIMEOUT:
+        raise VirtnodeError('io_timeout must be an integer from %d to %d seconds, got %r' % (MIN_IO_TIMEOUT, MAX_IO_TIMEOUT, value),
+                            {'field': 'io_timeout'})
+    return value
+
+
+# ------------------------------------------------------------------ domains
+
+def uses_sanlock(sd_type):
+    return sd_type != 'LOCALFS'
+
+
+def spm_lease(dom_dir, md):
+    """Return ``(path, offset)`` of the SPM lease of a domain."""
+    return dom_md_file(dom_dir, 'leases'), SPM_LEASE_SLOT * md.alignment
+
+
+def init_leases(dom_dir, md, io_timeout):
+    """Initialise the lockspace on ids, the SDM lease and (v4+, non-local) the xleases index."""
+    if not uses_sanlock(md.sd_type):
+        return
+    sanlock_lock.write_lockspace(md.sd_uuid, dom_md_file(dom_dir, 'ids'), io_timeout, md.alignment, md.block_size)
+    path, offset = spm_lease(dom_dir, md)
+    sanlock_lock.write_resource(md.sd_uuid, SPM_RESOURCE, path, offset, md.alignment, md.block_size)
+    if md.version >= sd_layout.XLEASES_MIN_VERSION:
+        xleases = dom_md_file(dom_dir, 'xleases')
+        if os.path.exists(xleases):
+            xlease.format_index(xleases, md.sd_uuid, md.block_size)
+
+
+def leases_initialised(dom_dir, md):
+    """True if the domain's lockspace and SPM lease exist on storage."""
+    if not uses_sanlock(md.sd_type):
+        return True
+    if sanlock_lock.read_lockspace(dom_md_file(dom_dir, 'ids'), md.alignment, md.block_size) is None:
+        return False
+    path, offset = spm_lease(dom_dir, md)
+    return sanlock_lock.read_resource(path, offset, md.alignment, md.block_size) is not None
+
+
+def create_domain(mount, sd_uuid, sd_type, domain_class, description, remote_path, version, io_timeout,
+                  block_size=sdm.DEFAULT_BLOCK_SIZE, alignment=sdm.DEFAULT_ALIGNMENT):
+    """Create a domain under ``mount``: tree, metadata, lockspace, SPM lease, xleases index."""
+    pairs = sdm.new_domain_metadata(sd_uuid, sd_type, domain_class, description, remote_path, version,
+                                    block_size, alignment)
+    pairs[sdm.IOOPTIMEOUTSEC] = str(io_timeout)
+    dom_dir = sd_layout.create_domain_tree(mount, sd_uuid, pairs, sd_type)
+    try:
+        init_leases(dom_dir, read_md(dom_dir), io_timeout)
+    except VirtnodeError:
+        _remove_tree(dom_dir)
+        raise
+    return dom_dir
+
+
+def _remove_tree(dom_dir):
+    parent, name = os.path.split(dom_dir)
+    doomed = os.path.join(parent, '.%s.removing.%d' % (name, os.getpid()))
+    try:
+        os.rename(dom_dir, doomed)
+    except OSError as err:
+        raise VirtnodeError('cannot remove %s: %s' % (dom_dir, err.strerror), {'path': dom_dir}) from err
+    fileio.fsync_directory(parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def list_image_uuids(dom_dir):
+    """UUIDs of the images of a domain (images being removed are skipped)."""
+    found = []
+    images = os.path.join(dom_dir, sd_layout.IMAGES)
+    for name in sorted(os.listdir(images)) if os.path.isdir(images) else []:
+        try:
+            found.append(validate.uuid_str(name, 'image UUID'))
+        except VirtnodeError:
+            continue
+    return found
+
+
+def remove_domain(dom_dir, force=False):
+    """Remove a detached domain; refused while it has images unless ``force``."""
+    md = read_md(dom_dir)
+    if md.pool_uuids:
+        raise VirtnodeError('storage domain %s is attached to pool %s: detach it first'
+                            % (md.sd_uuid, ','.join(md.pool_uuids)), {'sd_uuid': md.sd_uuid})
+    images = list_image_uuids(dom_dir)
+    if images and not force:
+        raise VirtnodeError('storage domain %s still has %d image(s); remove them first or use force'
+                            % (md.sd_uuid, len(images)), {'sd_uuid': md.sd_uuid, 'images': images})
+    _remove_tree(dom_dir)
+
+
+def free_space(dom_dir):
+    """Return ``(total, free)`` bytes of the file system holding the domain."""
+    try:
+        stat = os.statvfs(dom_dir)
+    except OSError:
+        return None, None
+    return stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize
+
+
+def volume_chain_info(dom_dir, img_uuid):
+    """Return the volumes of an image, each with its metadata, sizes and parent; leaf last."""
+    img_dir = os.path.join(dom_dir, sd_layout.IMAGES, img_uuid)
+    volumes = {}
+    for meta in sorted(glob.glob(os.path.join(img_dir, '*' + sd_layout.META_SUFFIX))):
+        vol_uuid = os.path.basename(meta)[:-len(sd_layout.META_SUFFIX)]
+        try:
+            validate.uuid_str(vol_uuid, 'volume UUID')
+            md = volume_metadata.read_volume_metadata(meta, timeout=30)
+        except VirtnodeError as err:
+            volumes[vol_uuid] = {'volume_uuid': vol_uuid, 'error': err.message}
+            continue
+        data = os.path.join(img_dir, vol_uuid)
+        try:
+            st = os.stat(data)
+            apparent, true_size = st.st_size, st.st_blocks * 512
+        except OSError:
+            apparent = true_size = None
+        volumes[vol_uuid] = {
+            'volume_uuid': vol_uuid, 'image_uuid': md.image, 'parent': md.parent, 'format': md.volume_format,
+            'allocation': md.allocation, 'role': md.role, 'legality': md.legality, 'capacity': md.capacity,
+            'apparent_size': apparent, 'true_size': true_size, 'description': md.description, 'disk_type': md.disk_type,
+            'generation': md.generation, 'ctime': md.ctime,
+        }
+    return order_chain(volumes)
+
+
+def order_chain(volumes):
+    """Order ``{vol: info}`` from the base (no parent in the image) to the leaf."""
+    ordered, seen = [], set()
+    children = {}
+    for vol, info in volumes.items():
+        children.setdefault(info.get('parent'), []).append(vol)
+    roots = [vol for vol, info in volumes.items() if info.get('parent') not in volumes]
+    queue = sorted(roots)
+    while queue:
+        vol = queue.pop(0)
+        if vol in seen:
+            continue
+        seen.add(vol)
+        ordered.append(volumes[vol])
+        queue = sorted(children.get(vol, [])) + queue
+    ordered += [volumes[vol] for vol in sorted(volumes) if vol not in seen]
+    return ordered
+
+
+def domain_info(dom_dir, images=True):
+    """Return a dict describing the domain (metadata, space, images)."""
+    md = read_md(dom_dir)
+    total, free = free_space(dom_dir)
+    info = {
+        'sd_uuid': md.sd_uuid, 'path': dom_dir, 'mount_point': os.path.dirname(dom_dir), 'version': md.version,
+        'type': md.sd_type, 'class': md.domain_class, 'description': md.description, 'role': md.role,
+        'pool_uuids': md.pool_uuids, 'remote_path': md.remote_path, 'io_timeout': md.io_op_timeout_sec,
+        'alignment': md.alignment, 'block_size': md.block_size, 'total_bytes': total, 'free_bytes': free,
+        'metadata': read_raw(dom_dir),
+    }
+    if images:
+        info['images'] = [{'image_uuid': img, 'volumes': volume_chain_info(dom_dir, img)} for img in list_image_uuids(dom_dir)]
+    return info
+
+
+# ------------------------------------------------------------------ pools
+
+def find_master(sp_uuid, required=True):
+    """Return ``(dom_dir, DomainMetadata)`` of the pool's master domain."""
+    validate.uuid_str(sp_uuid, 'storage pool UUID')
+    found = []
+    for sd_uuid, dom_dir in scan_domains().items():
+        try:
+            md = read_md(dom_dir)
+        except VirtnodeError:
+            continue
+        if md.role == 'Master' and sp_uuid in md.pool_uuids and md.pool_domains is not None:
+            found.append((md.master_version or 0, sd_uuid, dom_dir, md))
+    if not found:
+        if required:
+            raise VirtnodeError('no master domain of storage pool %s found under %s (storage server connected?)'
+                                % (sp_uuid, sd_layout.MOUNT_ROOT), {'sp_uuid': sp_uuid})
+        return None, None
+    found.sort()
+    return found[-1][2], found[-1][3]
+
+
+def pool_state_path(sp_uuid):
+    return os.path.join(POOL_STATE_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID') + '.json')
+
+
+def read_pool_state(sp_uuid):
+    try:
+        with open(pool_state_path(sp_uuid)) as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return None
+
+
+def write_pool_state(sp_uuid, state):
+    os.makedirs(POOL_STATE_DIR, exist_ok=True)
+    fileio.write_atomic(pool_state_path(sp_uuid), json.dumps(state, sort_keys=True).encode('utf-8'), 0o644)
+
+
+def host_record_path(master_dir, host_id):
+    return os.path.join(master_dir, MASTER_DIR, 'hosts', str(sanlock_lock.check_host_id(host_id)))
+
+
+def host_name_of(master_dir, host_id):
+    """The host name recorded for ``host_id`` in the pool (None if unknown)."""
+    if host_id is None or host_id < 1:
+        return None
+    try:
+        with open(host_record_path(master_dir, host_id)) as stream:
+            return stream.read().strip() or None
+    except (OSError, VirtnodeError):
+        return None
+
+
+def ensure_master_tree(master_dir):
+    for sub in MASTER_SUBDIRS:
+        os.makedirs(os.path.join(master_dir, MASTER_DIR, sub), mode=0o755, exist_ok=True)
+
+
+def new_pool_changes(sp_uuid, master_sd, description, domains):
+    return {
+        sdm.ROLE: 'Master', sdm.POOL_UUID: sp_uuid, sdm.POOL_DOMAINS: encode_pool_domains(domains),
+        sdm.POOL_DESCRIPTION: description, sdm.POOL_SPM_ID: sdm.SPM_ID_FREE, sdm.POOL_SPM_LVER: sdm.SPM_LVER_INVALID,
+        sdm.MASTER_VERSION: 1,
+    }
+
+
+def create_pool(sp_uuid, master_dir, description, host_id):
+    """Make the domain in ``master_dir`` the master of a new pool.
+
+    The SPM lease is taken while the metadata is written, so a pool is never
+    created under a running SPM.
+    """
+    md = read_md(master_dir)
+    if md.pool_uuids and md.pool_uuids != [sp_uuid]:
+        raise VirtnodeError('storage domain %s already belongs to pool %s' % (md.sd_uuid, ','.join(md.pool_uuids)),
+                            {'sd_uuid': md.sd_uuid})
+    if md.domain_class != 'Data':
+        raise VirtnodeError('a pool master must be a Data domain; %s is %s' % (md.sd_uuid, md.domain_class))
+    join_lockspace(master_dir, md, host_id)
+    fd = None
+    path, offset = spm_lease(master_dir, md)
+    if uses_sanlock(md.sd_type):
+        fd = sanlock_lock.register()
+        sanlock_lock.acquire(md.sd_uuid, SPM_RESOURCE, path, offset, fd, md.alignment, md.block_size)
+    try:
+        ensure_master_tree(master_dir)
+        update_md(master_dir, new_pool_changes(sp_uuid, md.sd_uuid, description, {md.sd_uuid: STATUS_ACTIVE}))
+    finally:
+        if fd is not None:
+            sanlock_lock.release(md.sd_uuid, SPM_RESOURCE, path, offset, fd)
+            os.close(fd)
+
+
+def join_lockspace(dom_dir, md, host_id):
+    """Join the domain's lockspace with ``host_id`` (no-op for local domains); True if joined now."""
+    if not uses_sanlock(md.sd_type):
+        return False
+    held = sanlock_lock.lockspaces().get(md.sd_uuid)
+    if held is not None:
+        if held['host_id'] != host_id:
+            raise VirtnodeError('this host is in lockspace %s as host %d, not %d: disconnect the pool first'
+                                % (md.sd_uuid, held['host_id'], host_id), {'sd_uuid': md.sd_uuid})
+        return False
+    return sanlock_lock.add_lockspace(md.sd_uuid, host_id, dom_md_file(dom_dir, 'ids'), md.io_op_timeout_sec)
+
+
+def leave_lockspace(sd_uuid):
+    """Leave the domain's lockspace if this host's sanlock holds it (by name: the
+    domain's storage may already be gone)."""
+    held = sanlock_lock.lockspaces().get(sd_uuid)
+    if held is None:
+        return False
+    return sanlock_lock.rem_lockspace(sd_uuid, held['host_id'], held['path'])
+
+
+def pool_domains(master_md):
+    return dict(master_md.pool_domains or {})
+
+
+def desired_links(sp_uuid, master_dir, master_md):
+    """Return ``{link path: target}`` of the pool directory for the active domains found here."""
+    pdir = sd_layout.pool_dir(sp_uuid)
+    links = {os.path.join(pdir, MASTERSD_LINK): master_dir}
+    found = scan_domains()
+    for sd_uuid, status in pool_domains(master_md).items():
+        if status == STATUS_ACTIVE and sd_uuid in found:
+            links[os.path.join(pdir, sd_uuid)] = found[sd_uuid]
+    return links
+
+
+def pool_connection_state(sp_uuid, host_id, hostname):
+    """Return ``(connected, details)`` for this host and the pool."""
+    master_dir, master_md = find_master(sp_uuid)
+    held = sanlock_lock.lockspaces()
+    found = scan_domains()
+    missing_lockspaces, missing_domains = [], []
+    for sd_uuid, status in pool_domains(master_md).items():
+        if status != STATUS_ACTIVE:
+            continue
+        if sd_uuid not in found:
+            missing_domains.append(sd_uuid)
+            continue
+        if not uses_sanlock(read_md(found[sd_uuid]).sd_type):
+            continue
+        entry = held.get(sd_uuid)
+        if entry is None or entry['host_id'] != host_id:
+            missing_lockspaces.append(sd_uuid)
+    links_ok = all(os.path.islink(link) and os.readlink(link) == target
+                   for link, target in desired_links(sp_uuid, master_dir, master_md).items())
+    state = read_pool_state(sp_uuid) or {}
+    record_ok = host_name_of(master_dir, host_id) == hostname and state.get('host_id') == host_id
+    connected = not missing_lockspaces and links_ok and record_ok
+    return connected, {'master_dir': master_dir, 'master_md': master_md, 'missing_lockspaces': missing_lockspaces,
+                       'missing_domains': missing_domains}
+
+
+def _set_link(link, target):
+    if os.path.islink(link) and os.readlink(link) == target:
+        return
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(target, link)
+
+
+def refresh_links(sp_uuid, master_dir, master_md):
+    pdir = sd_layout.pool_dir(sp_uuid)
+    os.makedirs(pdir, mode=0o755, exist_ok=True)
+    wanted = desired_links(sp_uuid, master_dir, master_md)
+    for name in os.listdir(pdir):
+        link = os.path.join(pdir, name)
+        if link not in wanted and os.path.islink(link):
+            os.unlink(link)
+    for link, target in wanted.items():
+        _set_link(link, target)
+
+
+def connect_pool(sp_uuid, host_id, hostname=None):
+    """Join the lockspaces of the pool's active domains, link the pool, record this host."""
+    hostname = hostname or socket.gethostname()
+    master_dir, master_md = find_master(sp_uuid)
+    found = scan_domains()
+    joined = []
+    for sd_uuid, status in sorted(pool_domains(master_md).items()):
+        if status == STATUS_ACTIVE and sd_uuid in found and join_lockspace(found[sd_uuid], read_md(found[sd_uuid]), host_id):
+            joined.append(sd_uuid)
+    ensure_master_tree(master_dir)
+    record = host_record_path(master_dir, host_id)
+    if host_name_of(master_dir, host_id) != hostname:
+        fileio.write_atomic(record, (hostname + '\n').encode('utf-8'), 0o644)
+    refresh_links(sp_uuid, master_dir, master_md)
+    # The lockspaces are recorded so disconnecting can leave them even when the
+    # pool's storage is no longer reachable.
+    held = sanlock_lock.lockspaces() if uses_sanlock(master_md.sd_type) else {}
+    write_pool_state(sp_uuid, {'sp_uuid': sp_uuid, 'host_id': host_id, 'hostname': hostname,
+                               'master_sd': master_md.sd_uuid, 'connected_at': int(time.time()),
+                               'lockspaces': sorted(sd for sd in pool_domains(master_md) if sd in held)})
+    return joined
+
+
+def disconnect_pool(sp_uuid):
+    """Leave the lockspaces of the pool's domains and remove its links and local state."""
+    _master_dir, master_md = find_master(sp_uuid, required=False)
+    recorded = (read_pool_state(sp_uuid) or {}).get('lockspaces', [])
+    members = set(recorded) | (set(pool_domains(master_md)) if master_md is not None else set())
+    left = [sd_uuid for sd_uuid in sorted(members) if leave_lockspace(sd_uuid)]
+    pdir = sd_layout.pool_dir(sp_uuid)
+    if os.path.isdir(pdir):
+        for name in os.listdir(pdir):
+            if os.path.islink(os.path.join(pdir, name)):
+                os.unlink(os.path.join(pdir, name))
+        try:
+            os.rmdir(pdir)
+        except OSError:
+            pass
+    try:
+        os.unlink(pool_state_path(sp_uuid))
+    except FileNotFoundError:
+        pass
+    return left
+
+
+def is_pool_linked(sp_uuid):
+    return os.path.isdir(sd_layout.pool_dir(sp_uuid)) or read_pool_state(sp_uuid) is not None

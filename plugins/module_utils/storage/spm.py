@@ -1,0 +1,369 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The storage pool manager (SPM) role, held by a small resident process.
+
+sanlock releases a resource lease as soon as the process that acquired it
+exits, and an Ansible module lives for one task. So the ``SDM`` lease of the
+master domain is held by a *holder*: a detached process (double fork,
+``setsid``, stdio on /dev/null) forked from the caller, which
+
+1. registers with sanlock and acquires ``SDM`` at 1 x ALIGNMENT of the
+   master domain's ``dom_md/leases`` (sanlock decides who wins a race),
+2. bumps ``POOL_SPM_LVER``, writes ``POOL_SPM_ID`` = its host id, creates
+   ``master/{vms,tasks}``,
+3. writes its state to ``/run/virtnode/spm/<spUUID>.json`` and tells the
+   caller (through a pipe) whether it became SPM,
+4. every ``check_interval`` seconds (VDSM: 20) asks sanlock whether it still
+   holds the lease; if not, it stops being SPM at once (state ``lost``) and exits,
+5. on SIGTERM (the stop request) writes ``POOL_SPM_ID=-1``, releases the
+   lease, removes its state file and exits.
+
+Everything runs on the stdlib and the sanlock bindings, so the node agent
+can host :func:`run_holder` in a thread-free child of its own instead.
+Status is never taken from files alone: the holder's pid (and its start
+time, against pid reuse) must be alive and sanlock must report that the
+pid holds ``SDM``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import detached
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+STATE_DIR = os.path.join(storage.RUN_DIR, 'spm')
+LOG_DIR = '/var/log/virtnode'
+DEFAULT_CHECK_INTERVAL = 20.0
+MIN_CHECK_INTERVAL = 0.1
+MAX_CHECK_INTERVAL = 300.0
+DEFAULT_START_TIMEOUT = 120.0
+DEFAULT_STOP_TIMEOUT = 60.0
+
+SPM = 'SPM'
+CONTEND = 'Contend'
+FREE = 'Free'
+LOST = 'lost'
+
+
+def check_interval_value(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_CHECK_INTERVAL <= value <= MAX_CHECK_INTERVAL:
+        raise VirtnodeError('check_interval must be between %s and %s seconds, got %r'
+                            % (MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL, value), {'field': 'check_interval'})
+    return float(value)
+
+
+def state_path(sp_uuid):
+    return os.path.join(STATE_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID') + '.json')
+
+
+def read_state(sp_uuid):
+    """The holder's state file, with ``alive`` telling whether that process still runs."""
+    try:
+        with open(state_path(sp_uuid)) as stream:
+            state = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    pid = state.get('pid')
+    state['alive'] = isinstance(pid, int) and pid > 0 and detached.process_start_time(pid) == state.get('start_time')
+    return state
+
+
+def _write_state(sp_uuid, state):
+    os.makedirs(STATE_DIR, exist_ok=True)
+    fileio.write_atomic(state_path(sp_uuid), json.dumps(state, sort_keys=True).encode('utf-8'), 0o644)
+
+
+def _remove_state(sp_uuid):
+    try:
+        os.unlink(state_path(sp_uuid))
+    except FileNotFoundError:
+        pass
+
+
+def _log(sp_uuid, message):
+    try:
+        os.makedirs(LOG_DIR, exist_ok=True)
+        with open(os.path.join(LOG_DIR, 'spm-%s.log' % sp_uuid), 'a') as stream:
+            stream.write('%s [%d] %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), os.getpid(), message))
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------ status
+
+def status(sp_uuid):
+    """Return the SPM status of the pool as seen from this host.
+
+    ``spm_status`` is this host's role (SPM, Contend or Free); ``spm_id`` the
+    host id owning the SPM lease on storage (or POOL_SPM_ID when nobody
+    owns it), ``lver`` the pool's POOL_SPM_LVER.
+    """
+    master_dir, md = storage.find_master(sp_uuid, required=False)
+    local = read_state(sp_uuid) or {}
+    pool_state = storage.read_pool_state(sp_uuid) or {}
+    if md is None:
+        if not (local.get('alive') or pool_state):
+            storage.find_master(sp_uuid)  # raises, naming what is missing
+        return _status_without_storage(sp_uuid, local, pool_state)
+    role = FREE
+    if local.get('alive'):
+        if local.get('status') == SPM and (md.sd_uuid, storage.SPM_RESOURCE) in sanlock_lock.held_resources(pid=local['pid']):
+            role = SPM
+        elif local.get('status') in (CONTEND, SPM):
+            role = CONTEND
+    owners = []
+    if storage.uses_sanlock(md.sd_type):
+        path, offset = storage.spm_lease(master_dir, md)
+        owners = sanlock_lock.resource_owners(md.sd_uuid, storage.SPM_RESOURCE, path, offset, md.alignment, md.block_size)
+    spm_id = owners[0] if owners else (md.pool_spm_id if md.pool_spm_id is not None else sdm.SPM_ID_FREE)
+    if not storage.uses_sanlock(md.sd_type) and role != SPM:
+        spm_id = md.pool_spm_id if md.pool_spm_id is not None else sdm.SPM_ID_FREE
+    return {
+        'sp_uuid': sp_uuid,
+        'master_sd_uuid': md.sd_uuid,
+        'spm_status': role,
+        'spm_id': spm_id,
+        'spm_host': storage.host_name_of(master_dir, spm_id),
+        'lver': md.pool_spm_lver if md.pool_spm_lver is not None else sdm.SPM_LVER_INVALID,
+        'host_id': pool_state.get('host_id'),
+        'holder_pid': local.get('pid') if local.get('alive') else None,
+        'last_state': local.get('status'),
+    }
+
+
+def _status_without_storage(sp_uuid, local, pool_state):
+    """Status of a connected pool whose storage is gone from view.
+
+    A holder still running must be reported (and so be stoppable): it may
+    hold the SDM lease on storage this host no longer mounts.
+    """
+    alive = bool(local.get('alive'))
+    holds_lease = alive and any(resource == storage.SPM_RESOURCE
+                                for _ls, resource in sanlock_lock.held_resources(pid=local['pid']))
+    role = (SPM if local.get('status') == SPM and holds_lease else CONTEND) if alive else FREE
+    return {
+        'sp_uuid': sp_uuid,
+        'master_sd_uuid': local.get('sd_uuid', pool_state.get('master_sd')),
+        'spm_status': role,
+        'spm_id': pool_state.get('host_id', sdm.SPM_ID_FREE) if role == SPM else sdm.SPM_ID_FREE,
+        'spm_host': pool_state.get('hostname') if role == SPM else None,
+        'lver': local.get('lver', sdm.SPM_LVER_INVALID),
+        'host_id': pool_state.get('host_id'),
+        'holder_pid': local['pid'] if alive else None,
+        'last_state': local.get('status'),
+    }
+
+
+def describe_spm(st):
+    if st['spm_id'] is None or st['spm_id'] < 1:
+        return 'no host is SPM of pool %s' % st['sp_uuid']
+    name = st.get('spm_host')
+    return 'the SPM of pool %s is host id %d%s' % (st['sp_uuid'], st['spm_id'], ' (%s)' % name if name else '')
+
+
+def require_spm(sp_uuid):
+    """Return the status if this host is the pool's SPM, else raise naming the SPM host."""
+    st = status(sp_uuid)
+    if st['spm_status'] == SPM:
+        return st
+    raise VirtnodeError('this operation changes storage metadata and runs only on the SPM; this host%s is not the SPM: %s'
+                        % (' (host id %s)' % st['host_id'] if st['host_id'] else '', describe_spm(st)),
+                        {'spm_id': st['spm_id'], 'spm_host': st['spm_host'], 'sp_uuid': sp_uuid})
+
+
+# ------------------------------------------------------------------ the holder
+
+def _holds(fd, lockspace):
+    try:
+        return (lockspace, storage.SPM_RESOURCE) in sanlock_lock.held_resources(fd=fd)
+    except VirtnodeError:
+        return False
+
+
+def run_holder(sp_uuid, host_id, check_interval, report=None):
+    """Become SPM and hold the role until SIGTERM or until the lease is lost.
+
+    ``report`` is called once with ``{'ok': bool, 'msg': str, ...}`` when the
+    outcome of the start is known. Returns the final state string.
+    """
+    stop = []
+
+    def request_stop(signum, frame):
+        stop.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    report = report or (lambda outcome: None)
+    pid = os.getpid()
+    state = {'pid': pid, 'start_time': detached.process_start_time(pid), 'sp_uuid': sp_uuid, 'host_id': host_id,
+             'status': CONTEND, 'check_interval': check_interval, 'since': time.time()}
+    master_dir = None
+    try:
+        master_dir, md = storage.find_master(sp_uuid)
+        state['sd_uuid'] = md.sd_uuid
+        _write_state(sp_uuid, state)
+        path, offset = storage.spm_lease(master_dir, md)
+        fd = sanlock_lock.register()
+        sanlock_lock.acquire(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd, md.alignment, md.block_size)
+    except VirtnodeError as err:
+        owner = err.details.get('owner_host_id')
+        _remove_state(sp_uuid)
+        message = err.message
+        if owner is not None:
+            name = storage.host_name_of(master_dir, owner) if master_dir else None
+            message = 'cannot become SPM of pool %s: the SPM lease is held by host id %s%s' % (
+                sp_uuid, owner, ' (%s)' % name if name else '')
+        _log(sp_uuid, 'start failed: %s' % message)
+        report({'ok': False, 'msg': message, 'owner_host_id': owner})
+        return 'failed'
+    try:
+        raw = storage.read_raw(master_dir)
+        try:
+            old_lver = int(raw.get(sdm.POOL_SPM_LVER, sdm.SPM_LVER_INVALID))
+        except ValueError:
+            old_lver = sdm.SPM_LVER_INVALID
+        lver = max(old_lver, 0) + 1
+        storage.update_md(master_dir, {sdm.POOL_SPM_ID: host_id, sdm.POOL_SPM_LVER: lver})
+        storage.ensure_master_tree(master_dir)
+    except (VirtnodeError, OSError) as err:
+        sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
+        _remove_state(sp_uuid)
+        _log(sp_uuid, 'start failed after acquiring the lease: %s' % err)
+        report({'ok': False, 'msg': 'became SPM but could not write the pool metadata: %s' % err})
+        return 'failed'
+    state.update(status=SPM, lver=lver, since=time.time())
+    _write_state(sp_uuid, state)
+    _log(sp_uuid, 'SPM as host id %d, lver %d' % (host_id, lver))
+    report({'ok': True, 'msg': 'SPM', 'lver': lver, 'pid': pid})
+
+    next_check = time.monotonic() + check_interval
+    while not stop:
+        time.sleep(min(0.2, max(0.0, next_check - time.monotonic())))
+        if stop or time.monotonic() < next_check:
+            continue
+        next_check = time.monotonic() + check_interval
+        if not _holds(fd, md.sd_uuid):
+            # The lease is gone (lockspace lost, storage unreachable): stop being SPM at once.
+            state.update(status=LOST, since=time.time())
+            _write_state(sp_uuid, state)
+            _log(sp_uuid, 'lost the SPM lease; no longer SPM')
+            return LOST
+    if _holds(fd, md.sd_uuid):
+        try:
+            storage.update_md(master_dir, {sdm.POOL_SPM_ID: sdm.SPM_ID_FREE})
+        except VirtnodeError as err:
+            _log(sp_uuid, 'could not clear POOL_SPM_ID: %s' % err)
+        try:
+            sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
+        except VirtnodeError as err:
+            _log(sp_uuid, 'release failed (the lease goes with this process): %s' % err)
+    _remove_state(sp_uuid)
+    _log(sp_uuid, 'stopped')
+    return 'stopped'
+
+
+def _read_report(read_fd, timeout):
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise VirtnodeError('the SPM holder did not report within %ss' % timeout)
+        ready, _w, _x = select.select([read_fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    data = b''.join(chunks)
+    if not data:
+        raise VirtnodeError('the SPM holder exited without reporting (see %s)' % LOG_DIR)
+    return json.loads(data.decode('utf-8'))
+
+
+def _holder_main(sp_uuid, host_id, check_interval, report_fd):
+    sent = []
+
+    def report(outcome):
+        if not sent:
+            sent.append(True)
+            os.write(report_fd, json.dumps(outcome).encode('utf-8'))
+            os.close(report_fd)
+
+    try:
+        run_holder(sp_uuid, host_id, check_interval, report)
+    except BaseException as err:  # pylint: disable=broad-except
+        _log(sp_uuid, 'holder crashed: %r' % (err,))
+        report({'ok': False, 'msg': 'the SPM holder failed: %s' % (err,)})
+        raise
+
+
+def spawn_holder(sp_uuid, host_id, check_interval, timeout=DEFAULT_START_TIMEOUT):
+    """Fork a detached holder and return its report (``ok``, ``msg``, ``lver``, ``pid``)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        detached.spawn_detached(_holder_main, sp_uuid, host_id, check_interval, write_fd, keep_fds=(write_fd,))
+    finally:
+        os.close(write_fd)
+    try:
+        return _read_report(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+
+
+def start(sp_uuid, check_interval=DEFAULT_CHECK_INTERVAL, timeout=DEFAULT_START_TIMEOUT):
+    """Become SPM (or fail naming the current SPM); returns the holder's report."""
+    pool_state = storage.read_pool_state(sp_uuid)
+    if not pool_state:
+        raise VirtnodeError('this host is not connected to pool %s: connect it with virtnode.kvm.storage_pool first' % sp_uuid,
+                            {'sp_uuid': sp_uuid})
+    host_id = pool_state['host_id']
+    master_dir, md = storage.find_master(sp_uuid)
+    if storage.uses_sanlock(md.sd_type):
+        held = sanlock_lock.lockspaces().get(md.sd_uuid)
+        if held is None or held['host_id'] != host_id:
+            raise VirtnodeError('this host has not joined the lockspace of master domain %s: reconnect pool %s'
+                                % (md.sd_uuid, sp_uuid), {'sp_uuid': sp_uuid})
+    local = read_state(sp_uuid)
+    if local and local.get('alive'):
+        raise VirtnodeError('an SPM holder (pid %s) for pool %s is already running in state %s'
+                            % (local['pid'], sp_uuid, local.get('status')), {'sp_uuid': sp_uuid})
+    outcome = spawn_holder(sp_uuid, host_id, check_interval, timeout)
+    if not outcome.get('ok'):
+        raise VirtnodeError(outcome.get('msg') or 'cannot become SPM', {'owner_host_id': outcome.get('owner_host_id')})
+    return outcome
+
+
+def stop(sp_uuid, timeout=DEFAULT_STOP_TIMEOUT):
+    """Ask this host's holder to stop being SPM; True if one was running."""
+    local = read_state(sp_uuid)
+    if not local:
+        return False
+    if not local.get('alive'):
+        _remove_state(sp_uuid)
+        return False
+    pid = local['pid']
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        _remove_state(sp_uuid)
+        return False
+    deadline = time.monotonic() + timeout
+    while detached.process_start_time(pid) == local.get('start_time'):
+        if time.monotonic() > deadline:
+            raise VirtnodeError('the SPM holder (pid %d) did not stop within %ss' % (pid, timeout), {'pid': pid})
+        time.sleep(0.1)
+    return True

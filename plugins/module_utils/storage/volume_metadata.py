@@ -1,0 +1,200 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Volume metadata (``images/<img>/<vol>.meta``) in VDSM's format.
+
+On disk: ``KEY=VALUE`` lines sorted by key, then a line ``EOF``; at most
+512 bytes, because the same record must fit one sector when a disk moves to
+block storage. Domain version 5 stores the capacity in bytes (``CAP``) and a
+sequence number (``SEQ``); version 4 stores ``SIZE`` in 512-byte blocks and
+an always-zero ``MTIME``. Both are read; version 5 is written unless the
+domain is version 4.
+
+Attribute names and their keys: domain=DOMAIN, image=IMAGE, parent=PUUID,
+capacity=CAP (or SIZE x 512), volume_format=FORMAT, allocation=TYPE,
+role=VOLTYPE, disk_type=DISKTYPE, description=DESCRIPTION,
+legality=LEGALITY, ctime=CTIME, generation=GEN, sequence=SEQ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+METADATA_SIZE = 512
+DESCRIPTION_SIZE = 210
+MAX_GENERATION = 999
+SECTOR_SIZE = 512
+BLANK_UUID = '00000000-0000-0000-0000-000000000000'
+END_MARKER = 'EOF'
+# Older VDSM "cleared" the metadata of a removed volume by writing this key.
+CLEARED_MARKER = 'NONE'
+
+FORMATS = ('RAW', 'COW')
+ALLOCATIONS = ('PREALLOCATED', 'SPARSE')
+ROLES = ('LEAF', 'INTERNAL', 'SHARED')
+LEGALITIES = ('LEGAL', 'ILLEGAL', 'FAKE')
+# "1" and "2" are disk types written by old engines and virt-v2v; VDSM still accepts them.
+DISK_TYPES = ('DATA', 'ISOF', 'MEMD', 'MEMM', 'OVFS', 'HEVD', 'HESD', 'HEMD', 'HECI', 'SCRD', '1', '2')
+WRITABLE_VERSIONS = (4, 5)
+
+
+def next_generation(generation):
+    """Return the generation after ``generation``; it wraps from 999 to 0."""
+    return (generation + 1) % (MAX_GENERATION + 1)
+
+
+def _now():
+    return int(time.time())
+
+
+@dataclasses.dataclass
+class VolumeMetadata:
+    """One volume's metadata; see the module docstring for the on-disk keys."""
+
+    domain: str
+    image: str
+    capacity: int
+    volume_format: str
+    allocation: str
+    role: str
+    disk_type: str
+    parent: str = BLANK_UUID
+    description: str = ''
+    legality: str = 'ILLEGAL'
+    ctime: int = dataclasses.field(default_factory=_now)
+    generation: int = 0
+    sequence: int = 0
+
+    def validate(self, domain_version=5):
+        """Raise VirtnodeError naming the first field that cannot be written."""
+        if domain_version not in WRITABLE_VERSIONS:
+            raise VirtnodeError('cannot write volume metadata for domain version %r' % (domain_version,))
+        validate.uuid_str(self.domain, 'DOMAIN')
+        validate.uuid_str(self.image, 'IMAGE')
+        validate.uuid_str(self.parent, 'PUUID')
+        for key, value, choices in (('FORMAT', self.volume_format, FORMATS), ('TYPE', self.allocation, ALLOCATIONS),
+                                    ('VOLTYPE', self.role, ROLES), ('LEGALITY', self.legality, LEGALITIES),
+                                    ('DISKTYPE', self.disk_type, DISK_TYPES)):
+            if value not in choices:
+                raise VirtnodeError('volume %s must be one of %s, got %r' % (key, ', '.join(choices), value), {'field': key})
+        for key, value, top in (('CAP', self.capacity, validate.MAX_SIZE_BYTES), ('CTIME', self.ctime, None),
+                                ('GEN', self.generation, MAX_GENERATION), ('SEQ', self.sequence, None)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top is not None and value > top):
+                limit = '' if top is None else ' and at most %d' % top
+                raise VirtnodeError('volume %s must be an integer >= 0%s, got %r' % (key, limit, value), {'field': key})
+        if domain_version < 5 and self.capacity % SECTOR_SIZE:
+            raise VirtnodeError('volume capacity %d is not a multiple of %d bytes, which version 4 metadata needs'
+                                % (self.capacity, SECTOR_SIZE), {'field': 'CAP'})
+        if not isinstance(self.description, str) or any(char in self.description for char in '\n\r\0'):
+            raise VirtnodeError('volume DESCRIPTION must be a single line of text: %r' % (self.description,),
+                                {'field': 'DESCRIPTION'})
+
+
+def serialize(metadata, domain_version=5):
+    """Return the ``.meta`` content (bytes) for ``metadata`` on a domain of ``domain_version``."""
+    metadata.validate(domain_version)
+    pairs = {
+        'CTIME': metadata.ctime,
+        # Long descriptions come from older engines and must not fail a write, so they are cut as VDSM does.
+        'DESCRIPTION': metadata.description[:DESCRIPTION_SIZE],
+        'DISKTYPE': metadata.disk_type,
+        'DOMAIN': metadata.domain,
+        'FORMAT': metadata.volume_format,
+        'GEN': metadata.generation,
+        'IMAGE': metadata.image,
+        'LEGALITY': metadata.legality,
+        'PUUID': metadata.parent,
+        'TYPE': metadata.allocation,
+        'VOLTYPE': metadata.role,
+    }
+    if domain_version < 5:
+        pairs.update(MTIME=0, SIZE=metadata.capacity // SECTOR_SIZE)
+    else:
+        pairs.update(CAP=metadata.capacity, SEQ=metadata.sequence)
+    text = ''.join('%s=%s\n' % (key, pairs[key]) for key in sorted(pairs)) + END_MARKER + '\n'
+    data = text.encode('utf-8')
+    if len(data) > METADATA_SIZE:
+        raise VirtnodeError('volume metadata is %d bytes, more than the %d that fit a sector (shorten the description)'
+                            % (len(data), METADATA_SIZE), {'size': len(data)})
+    return data
+
+
+def _raw_pairs(data):
+    try:
+        text = data.decode('utf-8') if isinstance(data, (bytes, bytearray)) else data
+    except UnicodeDecodeError as err:
+        raise VirtnodeError('volume metadata is not valid UTF-8: %s' % err) from err
+    pairs = {}
+    # Metadata copied from block storage is padded with NULs up to the sector size.
+    for line in text.rstrip('\0').splitlines():
+        if line.startswith(END_MARKER):
+            break
+        if '=' in line:
+            key, value = line.split('=', 1)
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _required(pairs, key):
+    try:
+        return pairs[key]
+    except KeyError:
+        raise VirtnodeError('volume metadata lacks %s' % key, {'field': key}) from None
+
+
+def _integer(pairs, key, default=None):
+    if default is not None and key not in pairs:
+        return default
+    value = _required(pairs, key)
+    try:
+        return int(value)
+    except ValueError:
+        raise VirtnodeError('volume metadata %s is not an integer: %r' % (key, value), {'field': key}) from None
+
+
+def parse(data):
+    """Return the VolumeMetadata held in ``data`` (bytes or str), version 4 or 5."""
+    pairs = _raw_pairs(data)
+    if CLEARED_MARKER in pairs:
+        raise VirtnodeError('volume metadata was cleared (the volume was being removed)', {'field': CLEARED_MARKER})
+    if 'CAP' in pairs:
+        capacity = _integer(pairs, 'CAP')
+    elif 'SIZE' in pairs:
+        capacity = _integer(pairs, 'SIZE') * SECTOR_SIZE
+    else:
+        raise VirtnodeError('volume metadata lacks CAP (or SIZE)', {'field': 'CAP'})
+    return VolumeMetadata(
+        domain=_required(pairs, 'DOMAIN'),
+        image=_required(pairs, 'IMAGE'),
+        capacity=capacity,
+        volume_format=_required(pairs, 'FORMAT'),
+        allocation=_required(pairs, 'TYPE'),
+        role=_required(pairs, 'VOLTYPE'),
+        disk_type=_required(pairs, 'DISKTYPE'),
+        parent=_required(pairs, 'PUUID'),
+        description=_required(pairs, 'DESCRIPTION'),
+        legality=_required(pairs, 'LEGALITY'),
+        ctime=_integer(pairs, 'CTIME'),
+        # GEN and SEQ were added later; VDSM reads a missing one as 0.
+        generation=_integer(pairs, 'GEN', 0),
+        sequence=_integer(pairs, 'SEQ', 0),
+    )
+
+
+def read_volume_metadata(path, timeout=None):
+    """Return the VolumeMetadata stored in the ``.meta`` file at ``path``."""
+    text = fileio.read_text(path, timeout)
+    try:
+        return parse(text)
+    except VirtnodeError as err:
+        raise VirtnodeError('%s: %s' % (path, err.message), dict(err.details, path=path)) from err
+
+
+def write_volume_metadata(path, metadata, domain_version=5):
+    """Replace the ``.meta`` file at ``path`` with ``metadata``."""
+    fileio.write_atomic(path, serialize(metadata, domain_version))

@@ -1,0 +1,262 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Images and volumes of a file storage domain, as VDSM's fileVolume/image do them.
+
+Create order (a crash leaves an ILLEGAL volume, never a LEGAL broken one):
+data file (qemu-img), ``.meta`` with LEGALITY=ILLEGAL, ``.lease`` (a sanlock
+resource named after the volume, offset 0; not on local domains), parent
+turned INTERNAL, then LEGALITY=LEGAL. A snapshot is a COW volume whose
+backing file is its parent's UUID (a name relative to the image directory),
+``qemu-img create -b <parent> -F <parent format>``. A clone is a full copy
+(``qemu-img convert``) of another volume into a new image.
+Deleting an image first renames its directory ``_remove_me_<imgUUID>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+VOLUME_FILE_MODE = 0o660
+MIN_CAPACITY = 1024 ** 2
+_PREALLOCATION = {('RAW', 'SPARSE'): None, ('RAW', 'PREALLOCATED'): 'falloc',
+                  ('COW', 'SPARSE'): None, ('COW', 'PREALLOCATED'): 'falloc'}
+
+
+def paths(dom_dir, img_uuid, vol_uuid):
+    """``(data, meta, lease)`` paths of a volume."""
+    return sd_layout.volume_paths(os.path.dirname(dom_dir), os.path.basename(dom_dir), img_uuid, vol_uuid)
+
+
+def image_path(dom_dir, img_uuid):
+    return sd_layout.image_dir(os.path.dirname(dom_dir), os.path.basename(dom_dir), img_uuid)
+
+
+def read_volume(dom_dir, img_uuid, vol_uuid):
+    """Return the VolumeMetadata of a volume, or None if it has no ``.meta``."""
+    meta = paths(dom_dir, img_uuid, vol_uuid)[1]
+    if not os.path.exists(meta):
+        return None
+    return vmd.read_volume_metadata(meta, timeout=30)
+
+
+def image_volumes(dom_dir, img_uuid):
+    """``{vol_uuid: VolumeMetadata}`` of an image."""
+    found = {}
+    for info in storage.volume_chain_info(dom_dir, img_uuid):
+        if 'error' not in info:
+            found[info['volume_uuid']] = read_volume(dom_dir, img_uuid, info['volume_uuid'])
+    return found
+
+
+def check_capacity(capacity):
+    if capacity < MIN_CAPACITY or capacity % 512:
+        raise VirtnodeError('volume size must be at least 1 MiB and a multiple of 512 bytes, got %d' % capacity, {'field': 'size'})
+    return capacity
+
+
+def _write_meta(dom_dir, md, domain_version, path):
+    vmd.write_volume_metadata(path, md, domain_version)
+
+
+def _discard(path_list):
+    for path in path_list:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
+                  description='', disk_type='DATA', clone_source=None):
+    """Create a volume; returns its VolumeMetadata.
+
+    ``clone_source`` is ``(dom_dir, img_uuid, vol_uuid)`` of a volume to copy (its chain flattened).
+    """
+    data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
+    img_dir = os.path.dirname(data)
+    if os.path.lexists(data) or os.path.lexists(meta):
+        raise VirtnodeError('volume %s already exists in image %s' % (vol_uuid, img_uuid), {'vol_uuid': vol_uuid})
+    parent_md = None
+    backing = None
+    if parent_uuid is not None:
+        parent_md = read_volume(dom_dir, img_uuid, parent_uuid)
+        if parent_md is None:
+            raise VirtnodeError('parent volume %s not found in image %s' % (parent_uuid, img_uuid), {'field': 'parent'})
+        if parent_md.legality != 'LEGAL':
+            raise VirtnodeError('parent volume %s is %s' % (parent_uuid, parent_md.legality), {'field': 'parent'})
+        children = [v for v, m in image_volumes(dom_dir, img_uuid).items() if m.parent == parent_uuid]
+        if children:
+            raise VirtnodeError('parent volume %s already has a child (%s): only the leaf can be snapshotted'
+                                % (parent_uuid, ', '.join(children)), {'field': 'parent'})
+        if volume_format != 'COW':
+            raise VirtnodeError('a volume on top of a parent must be COW', {'field': 'format'})
+        capacity = parent_md.capacity if capacity is None else capacity
+        if capacity < parent_md.capacity:
+            raise VirtnodeError('a snapshot cannot be smaller than its parent (%d bytes)' % parent_md.capacity, {'field': 'size'})
+        backing = parent_uuid
+    source_path = source_md = None
+    if clone_source is not None:
+        src_dir, src_img, src_vol = clone_source
+        source_md = read_volume(src_dir, src_img, src_vol)
+        if source_md is None:
+            raise VirtnodeError('source volume %s not found in image %s' % (src_vol, src_img), {'field': 'clone_from'})
+        if source_md.legality != 'LEGAL':
+            raise VirtnodeError('source volume %s is %s' % (src_vol, source_md.legality), {'field': 'clone_from'})
+        source_path = paths(src_dir, src_img, src_vol)[0]
+        capacity = source_md.capacity if capacity is None else capacity
+        if capacity != source_md.capacity:
+            raise VirtnodeError('a clone has the size of its source (%d bytes)' % source_md.capacity, {'field': 'size'})
+    if capacity is None:
+        raise VirtnodeError('size is required to create a volume', {'field': 'size'})
+    check_capacity(capacity)
+
+    created_dir = not os.path.isdir(img_dir)
+    if created_dir:
+        os.makedirs(img_dir, mode=sd_layout.IMAGES_DIR_MODE)
+    created = []
+    try:
+        created.append(data)
+        if source_path is not None:
+            qemu_img.convert(source_path, data, source_md.volume_format, volume_format, _PREALLOCATION[(volume_format, allocation)])
+        else:
+            qemu_img.create(data, volume_format, None if backing else capacity, backing,
+                            parent_md.volume_format if parent_md else None, _PREALLOCATION[(volume_format, allocation)])
+            if backing and capacity > parent_md.capacity:
+                qemu_img.resize(data, capacity, volume_format)
+        os.chmod(data, VOLUME_FILE_MODE)
+        md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
+                                allocation=allocation, role='LEAF', disk_type=disk_type,
+                                parent=parent_uuid or vmd.BLANK_UUID, description=description, legality='ILLEGAL')
+        created.append(meta)
+        _write_meta(dom_dir, md, domain_md.version, meta)
+        if storage.uses_sanlock(domain_md.sd_type):
+            created.append(lease)
+            fd = os.open(lease, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, VOLUME_FILE_MODE)
+            os.close(fd)
+            os.chmod(lease, VOLUME_FILE_MODE)
+            sanlock_lock.write_resource(domain_md.sd_uuid, vol_uuid, lease, 0, domain_md.alignment, domain_md.block_size)
+        if parent_md is not None and parent_md.role == 'LEAF':
+            parent_md.role = 'INTERNAL'
+            _write_meta(dom_dir, parent_md, domain_md.version, paths(dom_dir, img_uuid, parent_uuid)[1])
+        md.legality = 'LEGAL'
+        _write_meta(dom_dir, md, domain_md.version, meta)
+    except (VirtnodeError, OSError) as err:
+        _discard(created)
+        if created_dir:
+            shutil.rmtree(img_dir, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise VirtnodeError('cannot create volume %s: %s' % (vol_uuid, err.strerror or err), {'vol_uuid': vol_uuid}) from err
+        raise
+    fileio.fsync_directory(img_dir)
+    return md
+
+
+def extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
+    """Grow a volume to ``capacity`` bytes; shrinking is refused. Returns True if it grew."""
+    md = read_volume(dom_dir, img_uuid, vol_uuid)
+    if md is None:
+        raise VirtnodeError('volume %s not found in image %s' % (vol_uuid, img_uuid), {'vol_uuid': vol_uuid})
+    check_capacity(capacity)
+    if capacity < md.capacity:
+        raise VirtnodeError('volume %s is %d bytes; shrinking to %d bytes is not supported' % (vol_uuid, md.capacity, capacity),
+                            {'field': 'size'})
+    if capacity == md.capacity:
+        return False
+    if md.role != 'LEAF':
+        raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, md.role), {'field': 'size'})
+    data, meta, _lease = paths(dom_dir, img_uuid, vol_uuid)
+    qemu_img.resize(data, capacity, md.volume_format)
+    md.capacity = capacity
+    md.generation = vmd.next_generation(md.generation)
+    _write_meta(dom_dir, md, domain_md.version, meta)
+    return True
+
+
+def delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
+    """Delete a volume that has no children; the parent becomes the leaf again."""
+    md = read_volume(dom_dir, img_uuid, vol_uuid)
+    data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
+    if md is None:
+        if os.path.lexists(data):
+            _discard([data, lease])
+            return True
+        return False
+    volumes = image_volumes(dom_dir, img_uuid)
+    children = [v for v, m in volumes.items() if m.parent == vol_uuid]
+    if children:
+        raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)),
+                            {'vol_uuid': vol_uuid})
+    md.legality = 'ILLEGAL'
+    _write_meta(dom_dir, md, domain_md.version, meta)
+    _discard([data, lease, meta])
+    parent = volumes.get(md.parent)
+    siblings = [v for v, m in volumes.items() if m.parent == md.parent and v != vol_uuid]
+    if parent is not None and parent.role == 'INTERNAL' and not siblings:
+        parent.role = 'LEAF'
+        _write_meta(dom_dir, parent, domain_md.version, paths(dom_dir, img_uuid, md.parent)[1])
+    img_dir = image_path(dom_dir, img_uuid)
+    if not [v for v in volumes if v != vol_uuid]:
+        shutil.rmtree(img_dir, ignore_errors=True)
+    else:
+        fileio.fsync_directory(img_dir)
+    return True
+
+
+def sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain):
+    """Make an image's metadata follow the chain QEMU really uses after a live merge (VDSM's syncVolumeChain).
+
+    ``top_uuid`` is the leaf the metadata knew before the merge, ``actual_chain`` the
+    volume UUIDs the VM uses now (base first). Volumes of the old chain missing from
+    it are marked ILLEGAL (safe to delete; deleting them is the SPM's job); a kept
+    volume whose parent was removed gets the nearest kept ancestor as its parent.
+    Returns the removed volume UUIDs.
+    """
+    volumes = image_volumes(dom_dir, img_uuid)
+    chain, current = [], top_uuid
+    while current in volumes and current not in chain:
+        chain.insert(0, current)
+        current = volumes[current].parent
+    removed = [vol for vol in chain if vol not in actual_chain]
+    for vol in chain:
+        md = volumes[vol]
+        meta = paths(dom_dir, img_uuid, vol)[1]
+        if vol in removed:
+            if md.legality != 'ILLEGAL':
+                md.legality = 'ILLEGAL'
+                _write_meta(dom_dir, md, domain_md.version, meta)
+            continue
+        parent = md.parent
+        while parent in removed:
+            parent = volumes[parent].parent
+        if parent != md.parent:
+            md.parent = parent
+            md.generation = vmd.next_generation(md.generation)
+            _write_meta(dom_dir, md, domain_md.version, meta)
+    return removed
+
+
+def delete_image(dom_dir, img_uuid):
+    """Delete a whole image: rename it ``_remove_me_<img>``, then purge it."""
+    img_dir = image_path(dom_dir, img_uuid)
+    if not os.path.isdir(img_dir):
+        return False
+    doomed = os.path.join(os.path.dirname(img_dir), sd_layout.removed_image_name(img_uuid))
+    try:
+        if os.path.lexists(doomed):
+            shutil.rmtree(doomed)
+        os.rename(img_dir, doomed)
+        fileio.fsync_directory(os.path.dirname(img_dir))
+        shutil.rmtree(doomed)
+    except OSError as err:
+        raise VirtnodeError('cannot delete image %s: %s' % (img_uuid, err.strerror or err), {'image_uuid': img_uuid}) from err
+    return True

@@ -1,0 +1,147 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The index of a domain's ``dom_md/xleases`` volume (external VM leases), VDSM format 1.
+
+The volume is made of slots (1 MiB with 512-byte sectors, 8 MiB with 4 KiB):
+slot 0 unused (VDSM keeps its lockspace on ``ids``), slot 1 the index,
+slot 2 reserved for sanlock, lease records from slot 3 on.
+
+Index = a 512-byte metadata block then 4000 records of 64 bytes.
+
+Metadata block (big endian)::
+
+    int32 magic 0x12152016, NUL, 4 digits version, NUL, 48 bytes lockspace
+    (NUL padded), NUL, 10 digits mtime, NUL, flag ('-' or 'u' = updating),
+    440 NUL bytes, '\\n'
+
+Record::
+
+    48 bytes resource name (NUL padded), NUL, 11 digits offset, NUL,
+    flag ('-' or 'u'), reserved '-', '\\n'
+
+A free record has an empty name and offset 0. Only formatting a fresh index
+and reading it are implemented: VM leases themselves (adding records and
+their sanlock resources) are not part of this collection yet.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+INDEX_MAGIC = 0x12152016
+INDEX_VERSION = 1
+MAX_RECORDS = 4000
+RECORD_SIZE = 64
+METADATA_SIZE = 512
+INDEX_SIZE = METADATA_SIZE + MAX_RECORDS * RECORD_SIZE
+# VDSM sizes a new xleases volume to this many slots (1 GiB with 1 MiB slots); the file stays sparse.
+XLEASES_SLOTS = 1024
+FLAG_NONE = b'-'
+FLAG_UPDATING = b'u'
+
+_META = struct.Struct('>i x 4s x 48s x 10s x c 440x c')
+_RECORD = struct.Struct('48s x 11s x 3c')
+
+
+def slot_size(block_size):
+    """Size of one slot: 2048 sectors."""
+    return 2048 * block_size
+
+
+def index_offset(block_size):
+    """Offset of the index (slot 1) in the volume."""
+    return slot_size(block_size)
+
+
+def lease_offset(record_number, block_size=512):
+    """Offset of the lease that record ``record_number`` describes."""
+    return 3 * slot_size(block_size) + record_number * slot_size(block_size)
+
+
+def metadata_block(lockspace, mtime=None, updating=False):
+    """Return the 512-byte index metadata block."""
+    name = lockspace.encode('ascii')
+    if len(name) > 48:
+        raise VirtnodeError('lockspace name too long for the xleases index: %s' % lockspace)
+    return _META.pack(INDEX_MAGIC, b'%04d' % INDEX_VERSION, name, b'%010d' % int(time.time() if mtime is None else mtime),
+                      FLAG_UPDATING if updating else FLAG_NONE, b'\n')
+
+
+def record(resource='', offset=0, updating=False):
+    """Return one 64-byte record."""
+    return _RECORD.pack(resource.encode('ascii'), b'%011d' % offset, FLAG_UPDATING if updating else FLAG_NONE, FLAG_NONE, b'\n')
+
+
+def empty_index(lockspace, mtime=None):
+    """Return the bytes of a freshly formatted index."""
+    return metadata_block(lockspace, mtime) + record() * MAX_RECORDS
+
+
+def parse_metadata(block):
+    """Return ``{'version', 'lockspace', 'mtime', 'updating'}`` of an index metadata block."""
+    try:
+        magic, version, lockspace, mtime, updating, _term = _META.unpack(bytes(block[:METADATA_SIZE]))
+    except struct.error as err:
+        raise VirtnodeError('xleases index metadata cannot be unpacked: %s' % err) from err
+    if magic != INDEX_MAGIC:
+        raise VirtnodeError('xleases index has a wrong magic number: %#x' % magic)
+    try:
+        return {'version': int(version), 'lockspace': lockspace.rstrip(b'\0').decode('ascii'),
+                'mtime': int(mtime), 'updating': updating == FLAG_UPDATING}
+    except (ValueError, UnicodeDecodeError) as err:
+        raise VirtnodeError('xleases index metadata is malformed: %s' % err) from err
+
+
+def parse_records(data):
+    """Return ``{resource: offset}`` of the used records in the index bytes ``data``."""
+    leases = {}
+    for number in range(MAX_RECORDS):
+        start = METADATA_SIZE + number * RECORD_SIZE
+        chunk = bytes(data[start:start + RECORD_SIZE])
+        if len(chunk) < RECORD_SIZE:
+            break
+        name = _RECORD.unpack(chunk)[0].rstrip(b'\0')
+        if name:
+            leases[name.decode('ascii', 'replace')] = lease_offset(number)
+    return leases
+
+
+def format_index(path, lockspace, block_size=512):
+    """Write a fresh index into the xleases file at ``path`` and size the file as VDSM does.
+
+    Written first with the updating flag, then the metadata block again without it,
+    so an interrupted format is recognisable.
+    """
+    base = index_offset(block_size)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, metadata_block(lockspace, updating=True) + record() * MAX_RECORDS, base)
+            os.fsync(fd)
+            os.pwrite(fd, metadata_block(lockspace), base)
+            size = XLEASES_SLOTS * slot_size(block_size)
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise VirtnodeError('cannot format xleases index %s: %s' % (path, err.strerror), {'path': path}) from err
+
+
+def read_index(path, block_size=512):
+    """Return ``(metadata dict, {resource: offset})`` of the xleases file at ``path``."""
+    try:
+        with open(path, 'rb') as stream:
+            stream.seek(index_offset(block_size))
+            data = stream.read(INDEX_SIZE)
+    except OSError as err:
+        raise VirtnodeError('cannot read %s: %s' % (path, err.strerror), {'path': path}) from err
+    if len(data) < INDEX_SIZE:
+        raise VirtnodeError('xleases index in %s is truncated (%d of %d bytes)' % (path, len(data), INDEX_SIZE), {'path': path})
+    return parse_metadata(data), parse_records(data)

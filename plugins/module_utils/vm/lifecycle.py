@@ -1,0 +1,518 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""VM lifecycle on one libvirt connection: start, pause, shut down, save, migrate, live changes.
+
+Every operation returns only when the VM reached the state it asked for
+(or raises VirtnodeError on timeout), runs VDSM's hook points through
+:mod:`hooks`, and writes the exit record :mod:`vm_stats` reads back.
+``check_mode`` turns every change into a recorded intention.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+
+# libvirt flag values (stable ABI), looked up by name when the bindings have them.
+_FLAGS = {
+    'VIR_DOMAIN_AFFECT_LIVE': 1, 'VIR_DOMAIN_AFFECT_CONFIG': 2,
+    'VIR_DOMAIN_XML_SECURE': 1, 'VIR_DOMAIN_XML_INACTIVE': 2,
+    'VIR_DOMAIN_START_PAUSED': 1, 'VIR_DOMAIN_NONE': 0,
+    'VIR_DOMAIN_UNDEFINE_MANAGED_SAVE': 1, 'VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA': 2, 'VIR_DOMAIN_UNDEFINE_NVRAM': 4,
+    'VIR_DOMAIN_DEVICE_MODIFY_FORCE': 4, 'VIR_DOMAIN_METADATA_ELEMENT': 2,
+    'VIR_MIGRATE_LIVE': 1, 'VIR_MIGRATE_PEER2PEER': 2, 'VIR_MIGRATE_PERSIST_DEST': 8,
+    'VIR_MIGRATE_UNDEFINE_SOURCE': 16, 'VIR_MIGRATE_UNSAFE': 512, 'VIR_MIGRATE_COMPRESSED': 2048,
+    'VIR_MIGRATE_ABORT_ON_ERROR': 4096, 'VIR_MIGRATE_AUTO_CONVERGE': 8192,
+    'VIR_ERR_NO_DOMAIN': 42,
+}
+POLL = 0.2
+
+
+def flag(name):
+    return getattr(libvirt_conn.libvirt, name, _FLAGS[name]) if libvirt_conn.libvirt is not None else _FLAGS[name]
+
+
+MIGRATION_TRANSPORTS = ('tcp', 'tls')
+
+
+def default_migration_uri(host, transport='tls'):
+    """libvirt URI of ``host``'s migration listener: plain TCP (16509) or TLS with certificates (16514)."""
+    if transport not in MIGRATION_TRANSPORTS:
+        raise VirtnodeError('unknown migration transport %r (known: %s)' % (transport, ', '.join(MIGRATION_TRANSPORTS)))
+    return 'qemu+%s://%s/system' % (transport, host)
+
+
+def _code(exc):
+    getter = getattr(exc, 'get_error_code', None)
+    return getter() if callable(getter) else None
+
+
+def lookup(conn, name, vm_uuid=None):
+    """The domain called ``name`` (checked against ``vm_uuid``), or None."""
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt_conn.LibvirtError as exc:
+        if _code(exc) == flag('VIR_ERR_NO_DOMAIN'):
+            dom = None
+        else:
+            raise
+    if dom is not None and vm_uuid and dom.UUIDString() != vm_uuid:
+        raise VirtnodeError('a domain named %s exists with UUID %s, not %s' % (name, dom.UUIDString(), vm_uuid),
+                            {'name': name})
+    if dom is None and vm_uuid:
+        try:
+            other = conn.lookupByUUIDString(vm_uuid)
+        except libvirt_conn.LibvirtError:
+            other = None
+        if other is not None:
+            raise VirtnodeError('UUID %s belongs to domain %s, not %s' % (vm_uuid, other.name(), name), {'name': name})
+    return dom
+
+
+def is_active(dom):
+    return dom is not None and dom.state()[0] not in (vm_stats.SHUTOFF, vm_stats.CRASHED)
+
+
+class Lifecycle(object):
+    """Operations on one VM; ``actions`` records what was (or in check mode would be) done."""
+
+    def __init__(self, conn, name, hooks_dir=hooks_utils.DEFAULT_HOOKS_DIR, check_mode=False, timeout=120,
+                 records_dir=vm_stats.RECORDS_DIR, env=None, sleep=time.sleep, clock=time.monotonic):
+        self.conn = conn
+        self.name = name
+        self.hooks_dir = hooks_dir
+        self.check_mode = check_mode
+        self.timeout = timeout
+        self.records_dir = records_dir
+        self.env = dict(env or {})
+        self.actions = []
+        self.warnings = []
+        self.hook_results = []
+        self.sleep = sleep
+        self.clock = clock
+
+    # ---------------------------------------------------------------- helpers
+
+    def act(self, action):
+        self.actions.append(action)
+        return not self.check_mode
+
+    def hook(self, point, domxml='', vm_uuid=None, fail=True):
+        env = dict(self.env)
+        if vm_uuid:
+            env['vmId'] = vm_uuid
+        env['vmName'] = self.name
+        result = hooks_utils.run_hook_point(self.hooks_dir, point, data=domxml, data_env='_hook_domxml', env=env)
+        if result.scripts:
+            self.hook_results.append(result.to_dict())
+        if result.failed:
+            if fail:
+                raise VirtnodeError(result.message(), {'hook': result.to_dict()})
+            self.warnings.append(result.message())
+        return result.data
+
+    def wait(self, dom, done, what, timeout=None):
+        """Poll until ``done(state, reason)``; raise on timeout."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = self.clock() + timeout
+        while True:
+            try:
+                state, reason = dom.state()
+            except libvirt_conn.LibvirtError as exc:
+                if _code(exc) == flag('VIR_ERR_NO_DOMAIN'):
+                    state, reason = vm_stats.SHUTOFF, 0
+                else:
+                    raise
+            if done(state, reason):
+                return state, reason
+            if self.clock() >= deadline:
+                raise VirtnodeError('%s: VM %s did not %s within %gs (status %s)'
+                                    % (what, self.name, what, timeout, vm_stats.vdsm_status(state, reason)),
+                                    {'status': vm_stats.vdsm_status(state, reason)})
+            self.sleep(POLL)
+
+    def write_exit(self, vm_uuid, code, message=None):
+        if not self.check_mode and vm_uuid:
+            vm_stats.write_record(vm_uuid, 'exit', vm_stats.exit_record(code, message, name=self.name), self.records_dir)
+
+    # ---------------------------------------------------------------- start
+
+    def start_new(self, xml, persistent, paused=False):
+        """Create (transient) or define and start (persistent) a domain from ``xml``; return it."""
+        if not self.act('start'):
+            return None
+        xml = self.hook('before_vm_start', xml)
+        flags = flag('VIR_DOMAIN_START_PAUSED') if paused else 0
+        try:
+            if persistent:
+                dom = self.conn.defineXML(xml)
+                dom.createWithFlags(flags)
+            else:
+                dom = self.conn.createXML(xml, flags)
+        except libvirt_conn.LibvirtError as exc:
+            raise VirtnodeError('cannot start VM %s: %s' % (self.name, libvirt_conn.error_text(exc)))
+        vm_stats.remove_record(dom.UUIDString(), 'exit', self.records_dir)
+        self._after_start(dom, paused)
+        return dom
+
+    def start_defined(self, dom, paused=False):
+        if not self.act('start'):
+            return
+        xml = dom.XMLDesc(flag('VIR_DOMAIN_XML_SECURE'))
+        new_xml = self.hook('before_vm_start', xml, dom.UUIDString())
+        if new_xml != xml:
+            dom = self.conn.defineXML(new_xml)
+        dom.createWithFlags(flag('VIR_DOMAIN_START_PAUSED') if paused else 0)
+        vm_stats.remove_record(dom.UUIDString(), 'exit', self.records_dir)
+        self._after_start(dom, paused)
+
+    def _after_start(self, dom, paused):
+        want = (vm_stats.PAUSED,) if paused else (vm_stats.RUNNING, vm_stats.BLOCKED)
+        self.wait(dom, lambda s, r: s in want or s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'start')
+        state, reason = dom.state()
+        if state in (vm_stats.SHUTOFF, vm_stats.CRASHED):
+            raise VirtnodeError('VM %s went down right after start (%s)' % (self.name, vm_stats._name(vm_stats.SHUTOFF_REASONS, reason)))
+        self.hook('after_vm_start', dom.XMLDesc(0), dom.UUIDString(), fail=False)
+
+    # ---------------------------------------------------------------- saved images
+
+    def find_saved(self, vm_uuid=None):
+        """``(uuid, record)`` of a saved image of this VM, or (None, None)."""
+        for rec_uuid, record in vm_stats.all_records('saved', self.records_dir):
+            if (vm_uuid and rec_uuid == vm_uuid) or (not vm_uuid and record.get('name') == self.name):
+                if os.path.exists(record.get('path', '')):
+                    return rec_uuid, record
+        return None, None
+
+    def restore(self, rec_uuid, record, paused=False):
+        if not self.act('restore'):
+            return None
+        path = record['path']
+        try:
+            xml = self.conn.saveImageGetXMLDesc(path, flag('VIR_DOMAIN_XML_SECURE'))
+        except libvirt_conn.LibvirtError as exc:
+            raise VirtnodeError('cannot read saved image %s: %s' % (path, libvirt_conn.error_text(exc)))
+        new_xml = self.hook('before_vm_dehibernate', xml, rec_uuid)
+        flags = flag('VIR_DOMAIN_SAVE_PAUSED') if paused and hasattr(libvirt_conn.libvirt, 'VIR_DOMAIN_SAVE_PAUSED') else 0
+        try:
+            self.conn.restoreFlags(path, new_xml if new_xml != xml else None, flags)
+        except libvirt_conn.LibvirtError as exc:
+            raise VirtnodeError('cannot restore VM %s from %s: %s' % (self.name, path, libvirt_conn.error_text(exc)))
+        dom = self.conn.lookupByUUIDString(rec_uuid)
+        want = (vm_stats.PAUSED,) if paused else (vm_stats.RUNNING, vm_stats.BLOCKED)
+        self.wait(dom, lambda s, r: s in want, 'restore')
+        vm_stats.remove_record(rec_uuid, 'saved', self.records_dir)
+        vm_stats.remove_record(rec_uuid, 'exit', self.records_dir)
+        if record.get('owned', True):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.hook('after_vm_dehibernate', dom.XMLDesc(0), rec_uuid, fail=False)
+        return dom
+
+    def save(self, dom, path, volume=None):
+        """Hibernate to ``path``; ``volume`` ({domain_id, image_id, volume_id}) is recorded when it is a storage volume."""
+        vm_uuid = dom.UUIDString()
+        if not self.act('save'):
+            return
+        self.hook('before_vm_hibernate', dom.XMLDesc(flag('VIR_DOMAIN_XML_SECURE')), vm_uuid)
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise VirtnodeError('cannot create %s: %s' % (directory, err.strerror or err))
+        persistent = bool(dom.isPersistent())
+        try:
+            dom.save(path)
+        except libvirt_conn.LibvirtError as exc:
+            raise VirtnodeError('cannot save VM %s to %s: %s' % (self.name, path, libvirt_conn.error_text(exc)))
+        record = {'name': self.name, 'path': path, 'persistent': persistent, 'time': round(time.time(), 3),
+                  'owned': volume is None and path.startswith(vm_stats.record_dir(vm_uuid, self.records_dir))}
+        if volume is not None:
+            record['volume'] = dict(volume)
+        vm_stats.write_record(vm_uuid, 'saved', record, self.records_dir)
+        self.write_exit(vm_uuid, vm_stats.EXIT_SAVE_STATE_SUCCEEDED)
+        self.hook('after_vm_hibernate', '', vm_uuid, fail=False)
+
+    # ---------------------------------------------------------------- pause / resume
+
+    def pause(self, dom):
+        if not self.act('pause'):
+            return
+        self.hook('before_vm_pause', dom.XMLDesc(0), dom.UUIDString())
+        dom.suspend()
+        self.wait(dom, lambda s, r: s == vm_stats.PAUSED, 'pause')
+        self.hook('after_vm_pause', dom.XMLDesc(0), dom.UUIDString(), fail=False)
+
+    def resume(self, dom):
+        if not self.act('resume'):
+            return
+        self.hook('before_vm_cont', dom.XMLDesc(0), dom.UUIDString())
+        dom.resume()
+        self.wait(dom, lambda s, r: s in (vm_stats.RUNNING, vm_stats.BLOCKED), 'resume')
+        self.hook('after_vm_cont', dom.XMLDesc(0), dom.UUIDString(), fail=False)
+
+    # ---------------------------------------------------------------- stop
+
+    def destroy(self, dom, reason=vm_stats.EXIT_ADMIN_SHUTDOWN, message=None):
+        vm_uuid = dom.UUIDString()
+        if not self.act('destroy'):
+            return
+        xml = dom.XMLDesc(0)
+        self.hook('before_vm_destroy', xml, vm_uuid)
+        try:
+            dom.destroy()
+        except libvirt_conn.LibvirtError as exc:
+            if _code(exc) != flag('VIR_ERR_NO_DOMAIN'):
+                raise
+        self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'stop')
+        self.write_exit(vm_uuid, reason, message)
+        self.hook('after_vm_destroy', xml, vm_uuid, fail=False)
+
+    def shutdown(self, dom, timeout, force):
+        """ACPI shutdown; after ``timeout`` seconds destroy when ``force``, else fail."""
+        vm_uuid = dom.UUIDString()
+        if not self.act('shutdown'):
+            if force:
+                self.actions.append('destroy (when the guest ignores the shutdown request)')
+            return
+        dom.shutdown()
+        try:
+            self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'shut down', timeout)
+        except VirtnodeError as err:
+            if not force:
+                raise VirtnodeError('%s; the guest may not handle ACPI power button events: set force=true to destroy it'
+                                    % err.message, err.details)
+            self.warnings.append('VM %s ignored the shutdown request for %gs and was destroyed' % (self.name, timeout))
+            self.destroy(dom, vm_stats.EXIT_ADMIN_SHUTDOWN, 'Admin shut down (forced after %gs)' % timeout)
+            return
+        self.write_exit(vm_uuid, vm_stats.EXIT_ADMIN_SHUTDOWN)
+
+    def undefine(self, dom):
+        if not self.act('undefine'):
+            return
+        flags = (flag('VIR_DOMAIN_UNDEFINE_MANAGED_SAVE') | flag('VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA')
+                 | flag('VIR_DOMAIN_UNDEFINE_NVRAM'))
+        dom.undefineFlags(flags)
+
+    def release_block_volumes(self, vm_uuid, domxml):
+        """Deactivate the block-presented volumes of a removed VM (VDSM tears a VM's images down
+        with it), except those another VM on this host still uses. Returns their paths."""
+        # Imported here: only VMs with block volumes pay for the storage layer's import.
+        from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block  # pylint: disable=import-outside-toplevel
+        paths = [d['path'] for d in vm_spec.parse_live(domxml)['disks'] if thin_block.volume_of_path(d['path'])]
+        if not paths:
+            return []
+        in_use = set()
+        for other in self.conn.listAllDomains(0):
+            if other.UUIDString() == vm_uuid:
+                continue  # still listed in check mode
+            in_use.update(d['path'] for d in vm_spec.parse_live(other.XMLDesc(0))['disks'])
+        released = []
+        for path in paths:
+            if path in in_use or not os.path.lexists(path):
+                continue
+            released.append(path)
+            if self.act('deactivate block volume %s' % path):
+                thin_block.release_path(path)
+        return released
+
+    def forget(self, vm_uuid):
+        """Drop every record of a VM (exit reason, saved image we own)."""
+        if not vm_uuid:
+            return False
+        directory = vm_stats.record_dir(vm_uuid, self.records_dir)
+        if not os.path.isdir(directory):
+            return False
+        if not self.act('forget records'):
+            return True
+        saved = vm_stats.read_record(vm_uuid, 'saved', self.records_dir)
+        if saved and saved.get('owned') and os.path.exists(saved.get('path', '')):
+            os.unlink(saved['path'])
+        for name in os.listdir(directory):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+        return True
+
+    # ---------------------------------------------------------------- live changes
+
+    def apply_live(self, dom, actions, spec):
+        """Apply compare()'s live actions to a running or paused domain."""
+        live_flags = flag('VIR_DOMAIN_AFFECT_LIVE')
+        for item in actions:
+            kind = item['action']
+            vm_uuid = dom.UUIDString()
+            if kind == 'set_memory':
+                if self.act('set balloon target to %d KiB' % item['kib']):
+                    dom.setMemoryFlags(item['kib'], live_flags)
+            elif kind == 'attach_disk':
+                disk = dict(item['disk'])
+                if disk.get('target_auto'):
+                    disk['target'] = None
+                    vm_spec.assign_targets([disk], item['taken'])
+                if self.act('hotplug disk %s as %s' % (disk['path'], disk['target'])):
+                    xml = vm_spec.etree.tostring(vm_spec.disk_element(disk), encoding='unicode')
+                    xml = self.hook('before_disk_hotplug', xml, vm_uuid)
+                    dom.attachDeviceFlags(xml, live_flags)
+                    self.hook('after_disk_hotplug', xml, vm_uuid, fail=False)
+            elif kind == 'detach_disk':
+                disk = item['disk']
+                if self.act('hotunplug disk %s (%s)' % (disk['path'], disk['target'])):
+                    xml = self._device_xml(dom, 'disk', lambda e: e.find('target') is not None
+                                           and e.find('target').get('dev') == disk['target'])
+                    self.hook('before_disk_hotunplug', xml, vm_uuid)
+                    dom.detachDeviceFlags(xml, live_flags)
+                    self._wait_device_gone(dom, 'disk', disk['target'])
+                    self.hook('after_disk_hotunplug', xml, vm_uuid, fail=False)
+            elif kind == 'attach_nic':
+                nic = item['nic']
+                if self.act('hotplug nic on %s %s' % (nic['source_type'], nic['source'])):
+                    xml = vm_spec.etree.tostring(vm_spec.nic_element(nic), encoding='unicode')
+                    xml = self.hook('before_nic_hotplug', xml, vm_uuid)
+                    dom.attachDeviceFlags(xml, live_flags)
+                    self.hook('after_nic_hotplug', xml, vm_uuid, fail=False)
+            elif kind == 'detach_nic':
+                nic = item['nic']
+                if self.act('hotunplug nic %s' % nic['mac']):
+                    xml = self._device_xml(dom, 'interface', lambda e: e.find('mac') is not None
+                                           and e.find('mac').get('address').lower() == nic['mac'])
+                    self.hook('before_nic_hotunplug', xml, vm_uuid)
+                    dom.detachDeviceFlags(xml, live_flags)
+                    self._wait_device_gone(dom, 'interface', nic['mac'])
+                    self.hook('after_nic_hotunplug', xml, vm_uuid, fail=False)
+            elif kind == 'change_cd':
+                if self.act('change cd to %s' % (item['path'] or 'empty')):
+                    live = vm_spec.parse_live(dom.XMLDesc(0))
+                    elem = vm_spec.cdrom_element(item['path'], None)
+                    elem.find('target').set('dev', live['cdrom_target'])
+                    elem.find('target').set('bus', live.get('cdrom_bus') or 'ide')
+                    dom.updateDeviceFlags(vm_spec.etree.tostring(elem, encoding='unicode'),
+                                          live_flags | flag('VIR_DOMAIN_DEVICE_MODIFY_FORCE'))
+            elif kind == 'set_ticket':
+                graphics = item['graphics']
+                if self.act('set %s ticket' % graphics['type']):
+                    dom.updateDeviceFlags(vm_spec.etree.tostring(vm_spec.graphics_element(graphics), encoding='unicode'),
+                                          live_flags)
+            elif kind == 'set_metadata':
+                self.act('update custom properties')
+        if not self.check_mode and any(item['action'] in ('set_memory', 'set_metadata') for item in actions):
+            self.set_metadata(dom, spec, live_flags)
+
+    def set_metadata(self, dom, spec, flags):
+        """Store the balloon target, machine and custom properties (the spec's, else the domain's own)."""
+        live = vm_spec.parse_live(dom.XMLDesc(0))
+        merged = {'memory': spec['memory'] if spec['memory'] is not None else live['balloon_target'],
+                  'machine': spec['machine'] or live['requested_machine'],
+                  'custom_properties': (spec['custom_properties'] if spec['custom_properties'] is not None
+                                        else live['custom_properties'])}
+        meta = vm_spec.etree.tostring(vm_spec._metadata(merged, namespaced=False), encoding='unicode')
+        dom.setMetadata(flag('VIR_DOMAIN_METADATA_ELEMENT'), meta, vm_spec.METADATA_PREFIX, vm_spec.METADATA_NS, flags)
+
+    def _device_xml(self, dom, tag, match):
+        root = vm_spec._parse(dom.XMLDesc(0))
+        for elem in root.findall('devices/%s' % tag):
+            if match(elem):
+                return vm_spec.etree.tostring(elem, encoding='unicode')
+        raise VirtnodeError('device not found in VM %s' % self.name)
+
+    def _wait_device_gone(self, dom, tag, ident):
+        deadline = self.clock() + min(self.timeout, 30)
+        while self.clock() < deadline:
+            live = vm_spec.parse_live(dom.XMLDesc(0))
+            items = live['disks'] if tag == 'disk' else live['nics']
+            key = 'target' if tag == 'disk' else 'mac'
+            if not any(i[key] == ident for i in items):
+                return
+            self.sleep(POLL)
+        raise VirtnodeError('VM %s did not release %s %s within %ds (does the guest handle hot-unplug?)'
+                            % (self.name, tag, ident, min(self.timeout, 30)))
+
+    # ---------------------------------------------------------------- migration
+
+    def migrate(self, dom, dest_uri, options):
+        """Live-migrate ``dom`` to ``dest_uri`` (peer to peer); returns the migration result dict."""
+        vm_uuid = dom.UUIDString()
+        result = {'destination_uri': dest_uri, 'duration_s': None, 'migrate_uri': options.get('migrate_uri')}
+        if not self.act('migrate to %s' % dest_uri):
+            return result
+        persistent = bool(dom.isPersistent())
+        flags = flag('VIR_MIGRATE_LIVE') | flag('VIR_MIGRATE_PEER2PEER') | flag('VIR_MIGRATE_ABORT_ON_ERROR')
+        if persistent:
+            flags |= flag('VIR_MIGRATE_PERSIST_DEST') | flag('VIR_MIGRATE_UNDEFINE_SOURCE')
+        if options.get('unsafe'):
+            flags |= flag('VIR_MIGRATE_UNSAFE')
+        if options.get('auto_converge'):
+            flags |= flag('VIR_MIGRATE_AUTO_CONVERGE')
+        if options.get('compressed'):
+            flags |= flag('VIR_MIGRATE_COMPRESSED')
+        params = {}
+        if options.get('bandwidth'):
+            params[getattr(libvirt_conn.libvirt, 'VIR_MIGRATE_PARAM_BANDWIDTH', 'bandwidth')] = int(options['bandwidth'])
+        if options.get('migrate_uri'):
+            params[getattr(libvirt_conn.libvirt, 'VIR_MIGRATE_PARAM_URI', 'migrate_uri')] = options['migrate_uri']
+        self.hook('before_vm_migrate_source', dom.XMLDesc(flag('VIR_DOMAIN_XML_SECURE')), vm_uuid)
+
+        outcome = {}
+
+        def run():
+            try:
+                dom.migrateToURI3(dest_uri, params, flags)
+            except Exception as exc:  # pylint: disable=broad-except
+                outcome['error'] = exc
+
+        start = self.clock()
+        worker = threading.Thread(target=run, name='virtnode-migrate')
+        worker.daemon = True
+        worker.start()
+        downtime_set = not options.get('max_downtime_ms')
+        timeout = options.get('timeout') or 300
+        aborted = False
+        last_progress = None
+        while worker.is_alive():
+            worker.join(POLL)
+            if not worker.is_alive():
+                break
+            if not downtime_set:
+                try:
+                    dom.migrateSetMaxDowntime(int(options['max_downtime_ms']), 0)
+                    downtime_set = True
+                except libvirt_conn.LibvirtError:
+                    pass
+            progress = vm_stats.migration_progress(dom)
+            if progress:
+                last_progress = progress
+            if not aborted and self.clock() - start > timeout:
+                aborted = True
+                try:
+                    dom.abortJob()
+                except libvirt_conn.LibvirtError:
+                    pass
+        worker.join()
+        result['duration_s'] = round(self.clock() - start, 2)
+        result['progress'] = last_progress
+        if aborted:
+            raise VirtnodeError('migration of %s to %s did not finish within %gs and was aborted; the VM keeps running here'
+                                % (self.name, dest_uri, timeout), {'migration': result})
+        if 'error' in outcome:
+            exc = outcome['error']
+            text = libvirt_conn.error_text(exc) if isinstance(exc, libvirt_conn.LibvirtError) else str(exc)
+            raise VirtnodeError('migration of %s to %s failed: %s; the VM keeps running here' % (self.name, dest_uri, text),
+                                {'migration': result})
+        self.write_exit(vm_uuid, vm_stats.EXIT_MIGRATION_SUCCEEDED)
+        self.hook('after_vm_migrate_source', '', vm_uuid, fail=False)
+        return result
