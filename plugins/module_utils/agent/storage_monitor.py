@@ -27,9 +27,10 @@ import threading
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
-MOUNT_ROOT = '/rhev/data-center/mnt'
+MOUNT_ROOT = paths.MOUNT_ROOT
 DEFAULT_TIMEOUT = 5.0
 MAX_METADATA_BYTES = 1024 * 1024
 _UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: virtnode.kvm contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The one writer (and a small reader) for metadata files.
+"""The one atomic writer, and its readers, for every file the collection keeps.
 
 Every metadata file of a storage domain (``dom_md/metadata``, volume
 ``.meta`` files) is replaced as a whole: the new content goes to
@@ -9,16 +9,22 @@ Every metadata file of a storage domain (``dom_md/metadata``, volume
 then renamed over the target. A crash at any moment leaves either the old
 or the new file, never a mix. VDSM uses the same ``.new`` name, so a
 leftover from either side is recognised and simply overwritten next time.
+
+Local state files (pool and SPM state, network configuration and
+transactions, VM exit records) are JSON written through :func:`write_json`,
+so they get the same guarantee.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 TEMP_SUFFIX = '.new'
+_ENOENT = 2
 
 
 def fsync_directory(directory):
@@ -105,3 +111,32 @@ def read_text(path, timeout=None):
     if 'error' in outcome:
         raise outcome['error']
     return outcome['text']
+
+
+def write_json(path, data, mode=0o644, dir_mode=0o755, indent=None):
+    """Replace ``path`` with ``data`` as JSON (sorted keys), creating its directory if needed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=dir_mode, exist_ok=True)
+    except OSError as err:
+        raise VirtnodeError('cannot create %s: %s' % (directory, err.strerror or err),
+                            {'path': directory, 'errno': err.errno}) from err
+    write_atomic(path, (json.dumps(data, indent=indent, sort_keys=True) + '\n').encode('utf-8'), mode)
+
+
+def read_json(path, default=None, lenient=False):
+    """The JSON value in ``path``; ``default`` when the file does not exist.
+
+    An unreadable or corrupt file raises VirtnodeError, or gives ``default``
+    with ``lenient`` (for caches and records that are rebuilt when lost).
+    """
+    try:
+        return json.loads(_read_text(path))
+    except VirtnodeError as err:
+        if lenient or err.details.get('errno') == _ENOENT:
+            return default
+        raise
+    except ValueError as err:
+        if lenient:
+            return default
+        raise VirtnodeError('%s is not valid JSON: %s' % (path, err), {'path': path}) from err

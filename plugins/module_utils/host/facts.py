@@ -32,6 +32,7 @@ import uuid
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SECTIONS = ('cpu', 'memory', 'numa', 'network', 'storage', 'versions', 'libvirt', 'stats')
@@ -39,7 +40,7 @@ SECTIONS = ('cpu', 'memory', 'numa', 'network', 'storage', 'versions', 'libvirt'
 LIBVIRT_SECTIONS = frozenset(('cpu', 'numa', 'versions', 'libvirt'))
 
 HOST_UUID_FILE = '/etc/virtnode/host_uuid'
-VDSM_MOUNT_ROOT = '/rhev/data-center/mnt'
+VDSM_MOUNT_ROOT = paths.MOUNT_ROOT
 IMAGES_DIR = '/var/lib/libvirt/images'
 MAX_SAMPLE_INTERVAL = 60.0
 COMMAND_TIMEOUT = 10

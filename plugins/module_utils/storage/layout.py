@@ -19,12 +19,13 @@ import shutil
 import tempfile
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
-DATA_CENTER_ROOT = '/rhev/data-center'
-MOUNT_ROOT = os.path.join(DATA_CENTER_ROOT, 'mnt')
+DATA_CENTER_ROOT = paths.DATA_CENTER_ROOT
+MOUNT_ROOT = paths.MOUNT_ROOT
 DOM_MD = 'dom_md'
 IMAGES = 'images'
 METADATA_FILE = 'metadata'

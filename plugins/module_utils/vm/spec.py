@@ -28,6 +28,7 @@ import os
 import re
 import stat
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import safe_name, size_bytes, uuid_str
 
@@ -41,7 +42,7 @@ except ImportError:
 METADATA_NS = 'http://virtnode.kvm/xmlns/vm/1.0'
 METADATA_PREFIX = 'virtnode'
 CONSOLE_LOG_DIR = '/var/log/libvirt/qemu'
-VDSM_MOUNT_ROOT = '/rhev/data-center/mnt'
+VDSM_MOUNT_ROOT = paths.MOUNT_ROOT
 
 DISK_BUSES = ('virtio', 'sata', 'scsi', 'ide')
 DISK_FORMATS = ('raw', 'qcow2')
