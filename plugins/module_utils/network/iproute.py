@@ -102,3 +102,40 @@ class IpRoute(object):
         except VirtnodeError:
             pass
         return True, ''
+
+    def detailed_addresses(self):
+        """Every link with its addresses and link details (kind, VLAN id): ``ip -d addr show``."""
+        return self.json(['-d', 'addr', 'show'])
+
+
+def interface_addresses(entries):
+    """``ip -j -d addr show`` entries -> ``{ifname: {'ipv4', 'ipv6', 'link_kind', 'vlan_id', 'link'}}``.
+
+    Addresses are ``address/prefix`` strings. Entries that are not links
+    (anything but a list of objects with an ``ifname``) are skipped.
+    """
+    result = {}
+    if not isinstance(entries, list):
+        return result
+    for entry in entries:
+        if not isinstance(entry, dict) or not entry.get('ifname'):
+            continue
+        ipv4, ipv6 = [], []
+        for addr in entry.get('addr_info') or []:
+            if not isinstance(addr, dict) or 'local' not in addr:
+                continue
+            cidr = '%s/%s' % (addr['local'], addr.get('prefixlen', 32 if addr.get('family') == 'inet' else 128))
+            if addr.get('family') == 'inet':
+                ipv4.append(cidr)
+            elif addr.get('family') == 'inet6':
+                ipv6.append(cidr)
+        linkinfo = entry.get('linkinfo') or {}
+        info_data = linkinfo.get('info_data') or {}
+        result[entry['ifname']] = {
+            'ipv4': ipv4,
+            'ipv6': ipv6,
+            'link_kind': linkinfo.get('info_kind'),
+            'vlan_id': info_data.get('id') if linkinfo.get('info_kind') == 'vlan' else None,
+            'link': entry.get('link'),
+        }
+    return result
