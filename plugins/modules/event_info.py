@@ -39,6 +39,7 @@ options:
     type: path
     default: /var/lib/virtnode/events.jsonl
 extends_documentation_fragment:
+  - virtnode.kvm.failure
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
 attributes:
@@ -132,7 +133,7 @@ gap:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
 
 
 def main():
@@ -145,14 +146,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if module.params['limit'] < 1:
-        module.fail_json(msg='limit must be at least 1, got %d' % module.params['limit'])
-    try:
-        result = agent_events.read_events(module.params['path'], module.params['since'], module.params['limit'],
-                                          module.params['events'])
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(changed=False, **result)
+    module_run.run(module, agent_events.event_info)
 
 
 if __name__ == '__main__':

@@ -49,6 +49,7 @@ options:
     default: auto
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
+  - virtnode.kvm.failure
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
 attributes:
@@ -793,44 +794,20 @@ host:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_facts
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 
 def main():
     argument_spec = libvirt_conn.libvirt_argument_spec(
         gather=dict(type='list', elements='str', default=['all'],
-                    choices=['all'] + list(host_utils.SECTIONS)),
+                    choices=['all'] + list(host_facts.SECTIONS)),
         sample_interval=dict(type='float'),
         source=dict(type='str', default='auto', choices=['auto', 'direct']),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-
-    try:
-        interval = host_utils.validate_sample_interval(
-            1.0 if module.params['sample_interval'] is None else module.params['sample_interval'])
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-
-    if host_utils.needs_libvirt(module.params['gather']):
-        libvirt_conn.require_libvirt(module)
-
-    cached = None
-    if (module.params['source'] == 'auto' and module.params['sample_interval'] is None
-            and 'stats' in host_utils.normalize_sections(module.params['gather'])):
-        cached = agent_client.query('host')
-    try:
-        host = host_utils.gather(
-            sections=module.params['gather'],
-            uri=module.params['uri'],
-            sample_interval=interval,
-            stats=cached['data']['stats'] if cached else None,
-        )
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-
-    module.exit_json(changed=False, host=host, source='agent' if cached else 'direct')
+    module_run.run(module, host_facts.host_info, agent_client.query)
 
 
 if __name__ == '__main__':

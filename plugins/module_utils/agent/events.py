@@ -202,3 +202,12 @@ def read_events(path=EVENTS_FILE, since=0, limit=None, events=None):
     if since > newest:
         cursor = newest
     return {'events': result, 'cursor': cursor, 'more': more, 'gap': gap}
+
+
+def event_info(module):
+    """The event_info module's work: the events its options ask for, and the cursor to go on from."""
+    params = module.params
+    if params['limit'] < 1:
+        raise VirtnodeError('limit must be at least 1, got %d' % params['limit'], {'field': 'limit'})
+    result = read_events(params['path'], params['since'], params['limit'], params['events'])
+    return dict(result, changed=False)

@@ -4,7 +4,7 @@
 """Periodic host and VM sampling for the node agent (VDSM's sampling.py / periodic.py).
 
 The agent takes one sample every interval: the host's counters from /proc
-and /sys (through ``host.py``'s readers) and every VM's counters from a
+and /sys (through ``host/stats.py``'s readers) and every VM's counters from a
 single ``virConnectGetAllDomainStats`` call (through ``vm_stats.py``). The
 last two samples are kept; rates come from their difference. The results
 are shaped exactly as ``host_info``'s ``stats`` section and ``vm_info``'s
@@ -20,7 +20,8 @@ import logging
 import os
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers as host_readers
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 
@@ -47,16 +48,16 @@ class HostSampler:
         self.last = None
 
     def take(self):
-        proc_stat = host.read_proc_stat(self.root)
+        proc_stat = host_stats.read_proc_stat(self.root)
         raw = {
             'monotonic': self._clock(),
             'time': self._wall(),
             'cpu': proc_stat['cpu'],
             'btime': proc_stat['btime'],
-            'net': host.read_net_counters(self.root),
-            'meminfo': host.read_meminfo(self.root),
-            'load': host.read_loadavg(self.root),
-            'uptime': host.read_uptime(self.root),
+            'net': host_stats.read_net_counters(self.root),
+            'meminfo': host_readers.read_meminfo(self.root),
+            'load': host_stats.read_loadavg(self.root),
+            'uptime': host_stats.read_uptime(self.root),
         }
         self.previous, self.last = self.last, raw
         return raw
@@ -70,11 +71,11 @@ class HostSampler:
         stats = {
             'sample_interval': round(elapsed, 3) if elapsed else 0,
             'timestamp': round(after['time'], 3),
-            'cpu': host.cpu_percentages(before['cpu'] if before else None, after['cpu']),
+            'cpu': host_stats.cpu_percentages(before['cpu'] if before else None, after['cpu']),
             'cpu_load': after['load'],
         }
-        stats.update(host.memory_usage(after['meminfo']))
-        stats['network'] = host.net_rates(before['net'] if before else None, after['net'],
+        stats.update(host_stats.memory_usage(after['meminfo']))
+        stats['network'] = host_stats.net_rates(before['net'] if before else None, after['net'],
                                           elapsed if elapsed and elapsed > 0 else None)
         stats['uptime_seconds'] = after['uptime']
         stats['boot_time'] = after['btime']

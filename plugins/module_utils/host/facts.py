@@ -1,39 +1,41 @@
 # -*- coding: utf-8 -*-
 # Copyright: virtnode.kvm contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Host capabilities and statistics of a virtualization node.
+"""Host capabilities of a virtualization node, and host_info's whole report.
 
-The facts are the ones a VDSM style management engine asks a node for
-(capabilities: CPU, memory, NUMA, networks, storage, software versions;
-statistics: CPU and memory usage, NIC rates, uptime). This file holds no
-AnsibleModule code, so the node agent can use it too.
+The facts are the ones a VDSM style management engine asks a node for as
+its capabilities: CPU, memory, NUMA, networks, storage, software versions.
+Statistics (the ``stats`` section) come from ``host/stats.py``. This file
+holds no AnsibleModule code, so the node agent can use it too.
 
 Conventions:
 
 * every reader takes ``root`` (default ``/``) under which ``/proc``, ``/sys``,
   ``/etc`` and ``/dev`` are looked up, so tests can point it at a fake tree;
-* readers fail soft: an unreadable or missing file gives ``None`` (or an empty
-  list), never an exception. Only libvirt connection errors are raised, as
-  ``VirtnodeError``;
-* helper commands (``ip``, ``qemu-img``, ``sanlock``) are run through a
-  ``run`` callable (see :func:`run_command`) that tests can replace.
+* readers fail soft (see ``host/readers.py``): an unreadable or missing file
+  gives ``None`` (or an empty list), never an exception. Only libvirt
+  connection errors are raised, as ``VirtnodeError``;
+* helper commands (``qemu-img``, ``sanlock``) are run through a ``run``
+  callable (see ``readers.run_probe``) and ``ip`` through an ``IpRoute``
+  (``network/iproute.py``); tests can replace either.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 import socket
-import subprocess
-import time
 import uuid
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import available_kib, host_path, list_dir, mib, read_int, read_optional_text
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import iproute
 
 SECTIONS = ('cpu', 'memory', 'numa', 'network', 'storage', 'versions', 'libvirt', 'stats')
 # Sections whose facts come (at least partly) from a libvirt connection.
@@ -42,8 +44,6 @@ LIBVIRT_SECTIONS = frozenset(('cpu', 'numa', 'versions', 'libvirt'))
 HOST_UUID_FILE = '/etc/virtnode/host_uuid'
 VDSM_MOUNT_ROOT = paths.MOUNT_ROOT
 IMAGES_DIR = '/var/lib/libvirt/images'
-MAX_SAMPLE_INTERVAL = 60.0
-COMMAND_TIMEOUT = 10
 
 # Firmware placeholders that are not a usable machine identity.
 _BOGUS_DMI_UUIDS = frozenset((
@@ -52,50 +52,8 @@ _BOGUS_DMI_UUIDS = frozenset((
     '03000200-0400-0500-0006-000700080009',
 ))
 # Extra places for admin tools that are not on a non-login PATH.
-_EXTRA_BIN_DIRS = ('/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin')
 _ARPHRD_LOOPBACK = 772
 _VERSION_RE = re.compile(r'(\d+(?:\.\d+)+)')
-
-
-# --------------------------------------------------------------------------
-# small fail-soft file helpers
-
-def host_path(root, path):
-    """``path`` (absolute) seen under ``root``."""
-    if not root or root == '/':
-        return path
-    return os.path.join(root, path.lstrip('/'))
-
-
-def read_text(path):
-    """Content of ``path`` stripped of surrounding whitespace, or None."""
-    try:
-        with open(path, 'rb') as handle:
-            return handle.read().decode('utf-8', 'replace').strip()
-    except (OSError, ValueError):
-        return None
-
-
-def read_int(path):
-    """Integer content of ``path``, or None."""
-    text = read_text(path)
-    if text is None:
-        return None
-    try:
-        return int(text, 0) if text.startswith('0x') else int(text)
-    except ValueError:
-        return None
-
-
-def _list_dir(path):
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
-
-
-def _mib(kib):
-    return None if kib is None else kib // 1024
 
 
 def parse_cpu_list(text):
@@ -117,38 +75,6 @@ def parse_cpu_list(text):
         return []
     return sorted(set(cpus))
 
-
-# --------------------------------------------------------------------------
-# helper commands
-
-def find_command(name):
-    """Absolute path of ``name`` on PATH or in the usual sbin directories."""
-    dirs = os.environ.get('PATH', '').split(os.pathsep) + list(_EXTRA_BIN_DIRS)
-    for directory in dirs:
-        if not directory:
-            continue
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def run_command(argv, timeout=COMMAND_TIMEOUT):
-    """Run ``argv`` and return its stdout, or None if it is missing or fails."""
-    path = find_command(argv[0])
-    if path is None:
-        return None
-    env = dict(os.environ, LC_ALL='C', LANG='C')
-    try:
-        proc = subprocess.run(
-            [path] + list(argv[1:]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=env, timeout=timeout, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.decode('utf-8', 'replace')
 
 
 def _first_version(text):
@@ -176,13 +102,13 @@ def read_host_uuid(root='/'):
     Order: the id written by the virtnode bootstrap, the firmware (DMI)
     product UUID, then ``/etc/machine-id`` formatted as a UUID.
     """
-    value = _normalize_uuid(read_text(host_path(root, HOST_UUID_FILE)))
+    value = _normalize_uuid(read_optional_text(host_path(root, HOST_UUID_FILE)))
     if value:
         return value, 'virtnode'
-    value = _normalize_uuid(read_text(host_path(root, '/sys/class/dmi/id/product_uuid')))
+    value = _normalize_uuid(read_optional_text(host_path(root, '/sys/class/dmi/id/product_uuid')))
     if value and value not in _BOGUS_DMI_UUIDS:
         return value, 'dmi'
-    machine_id = read_text(host_path(root, '/etc/machine-id'))
+    machine_id = read_optional_text(host_path(root, '/etc/machine-id'))
     if machine_id and re.match(r'^[0-9a-fA-F]{32}$', machine_id):
         return str(uuid.UUID(hex=machine_id)), 'machine-id'
     return None, None
@@ -221,9 +147,9 @@ def parse_os_release(text):
 
 def read_os_release(root='/'):
     """``id``, ``version_id``, ``pretty_name`` (and friends) from os-release."""
-    text = read_text(host_path(root, '/etc/os-release'))
+    text = read_optional_text(host_path(root, '/etc/os-release'))
     if text is None:
-        text = read_text(host_path(root, '/usr/lib/os-release'))
+        text = read_optional_text(host_path(root, '/usr/lib/os-release'))
     values = parse_os_release(text)
     return {
         'id': values.get('ID'),
@@ -295,7 +221,7 @@ def parse_capabilities(xml_text):
                              'core_id': _int_attr(cpu, 'core_id')})
         result['numa_cells'].append({
             'id': _int_attr(cell, 'id'),
-            'memory_mib': _mib(_kib(cell.find('memory'))),
+            'memory_mib': mib(_kib(cell.find('memory'))),
             'cpus': sorted(cpus),
             'topology': topology,
         })
@@ -346,7 +272,7 @@ def caps_machine_types(caps, arch='x86_64'):
 
 def read_cpuinfo(root='/'):
     """Model, vendor and flags of the first processor in /proc/cpuinfo."""
-    text = read_text(host_path(root, '/proc/cpuinfo'))
+    text = read_optional_text(host_path(root, '/proc/cpuinfo'))
     info = {}
     for line in (text or '').splitlines():
         if not line.strip():
@@ -376,9 +302,9 @@ def read_cpu_topology(root='/', caps=None):
     libvirt capabilities topology fills in what sysfs does not show.
     """
     cpu_dir = host_path(root, '/sys/devices/system/cpu')
-    online = parse_cpu_list(read_text(os.path.join(cpu_dir, 'online')))
+    online = parse_cpu_list(read_optional_text(os.path.join(cpu_dir, 'online')))
     if not online:
-        online = sorted(int(name[3:]) for name in _list_dir(cpu_dir)
+        online = sorted(int(name[3:]) for name in list_dir(cpu_dir)
                         if name.startswith('cpu') and name[3:].isdigit())
     if not online and caps:
         online = sorted(cpu for cell in caps['numa_cells'] for cpu in cell['cpus'])
@@ -464,47 +390,20 @@ def numa_info(caps):
     return {'cells': cells, 'cell_count': len(cells)}
 
 
-# --------------------------------------------------------------------------
-# memory
-
-def read_meminfo(root='/'):
-    """/proc/meminfo as ``{key: value_in_KiB_or_count}``."""
-    values = {}
-    for line in (read_text(host_path(root, '/proc/meminfo')) or '').splitlines():
-        if ':' not in line:
-            continue
-        key, rest = line.split(':', 1)
-        parts = rest.split()
-        if not parts:
-            continue
-        try:
-            values[key.strip()] = int(parts[0])
-        except ValueError:
-            continue
-    return values
-
-
-def _available_kib(meminfo):
-    if 'MemAvailable' in meminfo:
-        return meminfo['MemAvailable']
-    if 'MemFree' not in meminfo:
-        return None
-    # Pre-3.14 kernels: what VDSM counts as free.
-    return sum(meminfo.get(key, 0) for key in ('MemFree', 'Buffers', 'Cached', 'SReclaimable'))
-
 
 def memory_info(meminfo):
     """The ``memory`` section (MiB, hugepage counts)."""
     return {
-        'total_mib': _mib(meminfo.get('MemTotal')),
-        'free_mib': _mib(meminfo.get('MemFree')),
-        'available_mib': _mib(_available_kib(meminfo)),
-        'swap_total_mib': _mib(meminfo.get('SwapTotal')),
-        'swap_free_mib': _mib(meminfo.get('SwapFree')),
+        'total_mib': mib(meminfo.get('MemTotal')),
+        'free_mib': mib(meminfo.get('MemFree')),
+        'available_mib': mib(available_kib(meminfo)),
+        'swap_total_mib': mib(meminfo.get('SwapTotal')),
+        'swap_free_mib': mib(meminfo.get('SwapFree')),
         'hugepages_total': meminfo.get('HugePages_Total'),
         'hugepages_free': meminfo.get('HugePages_Free'),
         'hugepage_size_kib': meminfo.get('Hugepagesize'),
     }
+
 
 
 # --------------------------------------------------------------------------
@@ -520,47 +419,19 @@ _LINK_KINDS = {
 }
 
 
-def parse_ip_addr_json(text):
-    """``ip -j -d addr show`` output -> ``{ifname: {'ipv4', 'ipv6', 'link_kind', ...}}``."""
+
+
+def read_ip_addresses(ip=None):
+    """Addresses and link kinds per interface from ``ip`` (an IpRoute); ``{}`` when it is missing or fails."""
     try:
-        data = json.loads(text) if text else []
-    except ValueError:
+        return iproute.interface_addresses((ip or iproute.IpRoute()).detailed_addresses())
+    except VirtnodeError:
         return {}
-    result = {}
-    if not isinstance(data, list):
-        return result
-    for entry in data:
-        if not isinstance(entry, dict) or not entry.get('ifname'):
-            continue
-        ipv4, ipv6 = [], []
-        for addr in entry.get('addr_info') or []:
-            if not isinstance(addr, dict) or 'local' not in addr:
-                continue
-            cidr = '%s/%s' % (addr['local'], addr.get('prefixlen', 32 if addr.get('family') == 'inet' else 128))
-            if addr.get('family') == 'inet':
-                ipv4.append(cidr)
-            elif addr.get('family') == 'inet6':
-                ipv6.append(cidr)
-        linkinfo = entry.get('linkinfo') or {}
-        info_data = linkinfo.get('info_data') or {}
-        result[entry['ifname']] = {
-            'ipv4': ipv4,
-            'ipv6': ipv6,
-            'link_kind': linkinfo.get('info_kind'),
-            'vlan_id': info_data.get('id') if linkinfo.get('info_kind') == 'vlan' else None,
-            'link': entry.get('link'),
-        }
-    return result
-
-
-def read_ip_addresses(run=None):
-    """Addresses and link kinds per interface from ``ip``; ``{}`` when ``ip`` is missing."""
-    return parse_ip_addr_json((run or run_command)(['ip', '-j', '-d', 'addr', 'show']))
 
 
 def _uevent(sysdir):
     values = {}
-    for line in (read_text(os.path.join(sysdir, 'uevent')) or '').splitlines():
+    for line in (read_optional_text(os.path.join(sysdir, 'uevent')) or '').splitlines():
         if '=' in line:
             key, value = line.split('=', 1)
             values[key] = value
@@ -595,7 +466,7 @@ def classify_interface(name, sysdir, link_kind=None):
 
 
 def _proc_vlan(root, name):
-    text = read_text(host_path(root, '/proc/net/vlan/%s' % name)) or ''
+    text = read_optional_text(host_path(root, '/proc/net/vlan/%s' % name)) or ''
     vid = re.search(r'VID:\s*(\d+)', text)
     dev = re.search(r'Device:\s*(\S+)', text)
     return (int(vid.group(1)) if vid else None), (dev.group(1) if dev else None)
@@ -615,21 +486,21 @@ def read_interface(root, name, ip_info=None):
     iface = {
         'name': name,
         'kind': kind,
-        'mac': read_text(os.path.join(sysdir, 'address')) or None,
+        'mac': read_optional_text(os.path.join(sysdir, 'address')) or None,
         'mtu': read_int(os.path.join(sysdir, 'mtu')),
-        'operstate': read_text(os.path.join(sysdir, 'operstate')),
+        'operstate': read_optional_text(os.path.join(sysdir, 'operstate')),
         'speed': speed if speed is not None and speed > 0 else None,
         'master': master,
         'ipv4': list(ip_info.get('ipv4', [])),
         'ipv6': list(ip_info.get('ipv6', [])),
     }
     if kind == 'bridge':
-        iface['ports'] = _list_dir(os.path.join(sysdir, 'brif'))
+        iface['ports'] = list_dir(os.path.join(sysdir, 'brif'))
         stp = read_int(os.path.join(sysdir, 'bridge', 'stp_state'))
         iface['stp'] = None if stp is None else stp != 0
     elif kind == 'bond':
-        iface['slaves'] = sorted((read_text(os.path.join(sysdir, 'bonding', 'slaves')) or '').split())
-        mode = read_text(os.path.join(sysdir, 'bonding', 'mode'))
+        iface['slaves'] = sorted((read_optional_text(os.path.join(sysdir, 'bonding', 'slaves')) or '').split())
+        mode = read_optional_text(os.path.join(sysdir, 'bonding', 'mode'))
         iface['mode'] = mode.split()[0] if mode else None
     elif kind == 'vlan':
         vlan_id, parent = ip_info.get('vlan_id'), ip_info.get('link')
@@ -646,7 +517,7 @@ def network_info(root='/', ip_addresses=None):
     """The ``network`` section: one dict per interface, sorted by name."""
     ip_addresses = ip_addresses or {}
     netdir = host_path(root, '/sys/class/net')
-    names = [name for name in _list_dir(netdir) if os.path.isdir(os.path.join(netdir, name))]
+    names = [name for name in list_dir(netdir) if os.path.isdir(os.path.join(netdir, name))]
     return [read_interface(root, name, ip_addresses.get(name)) for name in names]
 
 
@@ -679,14 +550,14 @@ def parse_mountinfo(text):
 
 def read_vdsm_mounts(root='/', prefix=VDSM_MOUNT_ROOT):
     """Mounts at or below the VDSM storage mount root."""
-    mounts = parse_mountinfo(read_text(host_path(root, '/proc/self/mountinfo')))
+    mounts = parse_mountinfo(read_optional_text(host_path(root, '/proc/self/mountinfo')))
     prefix = prefix.rstrip('/')
     return [m for m in mounts if m['mountpoint'] == prefix or m['mountpoint'].startswith(prefix + '/')]
 
 
 def read_iscsi_initiator_name(root='/'):
     """InitiatorName from /etc/iscsi/initiatorname.iscsi, or None."""
-    for line in (read_text(host_path(root, '/etc/iscsi/initiatorname.iscsi')) or '').splitlines():
+    for line in (read_optional_text(host_path(root, '/etc/iscsi/initiatorname.iscsi')) or '').splitlines():
         line = line.strip()
         if line.startswith('#') or '=' not in line:
             continue
@@ -743,7 +614,7 @@ def storage_info(root='/'):
 
 def versions_info(conn, run=None):
     """The ``versions`` section; ``conn`` is an open libvirt connection."""
-    run = run or run_command
+    run = run or readers.run_probe
     return {
         'libvirt': {
             'library': libvirt_conn.library_version(),
@@ -769,169 +640,6 @@ def libvirt_info(conn, caps, uri):
 
 
 # --------------------------------------------------------------------------
-# statistics
-
-def read_proc_stat(root='/'):
-    """Aggregate CPU jiffies and boot time from /proc/stat."""
-    result = {'cpu': None, 'btime': None}
-    for line in (read_text(host_path(root, '/proc/stat')) or '').splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        try:
-            if fields[0] == 'cpu':
-                result['cpu'] = [int(v) for v in fields[1:]]
-            elif fields[0] == 'btime':
-                result['btime'] = int(fields[1])
-        except (ValueError, IndexError):
-            continue
-    return result
-
-
-def cpu_percentages(first_sample, last_sample):
-    """user/system/idle/iowait/steal percentages between two /proc/stat ``cpu`` rows."""
-    empty = {'user': None, 'system': None, 'idle': None, 'iowait': None, 'steal': None}
-    if not first_sample or not last_sample:
-        return empty
-    first, last = first_sample, last_sample
-    width = min(len(first), len(last), 8)
-    first = list(first[:width]) + [0] * (8 - width)
-    last = list(last[:width]) + [0] * (8 - width)
-    delta = [b - a for a, b in zip(first, last)]
-    total = sum(delta)
-    if total <= 0 or any(d < 0 for d in delta):
-        return empty
-    user, nice, system, idle, iowait, irq, softirq, steal = delta
-
-    def pct(value):
-        return round(100.0 * value / total, 2)
-
-    return {
-        'user': pct(user + nice),
-        'system': pct(system + irq + softirq),
-        'idle': pct(idle + iowait),
-        'iowait': pct(iowait),
-        'steal': pct(steal),
-    }
-
-
-_NET_COUNTERS = ('rx_bytes', 'tx_bytes', 'rx_errors', 'tx_errors', 'rx_dropped', 'tx_dropped')
-
-
-def read_net_counters(root='/'):
-    """``{ifname: {counter: value}}`` from /sys/class/net/*/statistics."""
-    netdir = host_path(root, '/sys/class/net')
-    counters = {}
-    for name in _list_dir(netdir):
-        statdir = os.path.join(netdir, name, 'statistics')
-        if not os.path.isdir(statdir):
-            continue
-        counters[name] = {key: read_int(os.path.join(statdir, key)) for key in _NET_COUNTERS}
-    return counters
-
-
-def _delta(first, last):
-    if first is None or last is None or last < first:
-        return None
-    return last - first
-
-
-def net_rates(first, last, elapsed):
-    """Per interface counters, byte rates and error/drop increases."""
-    result = []
-    for name in sorted(last):
-        now = last[name]
-        before = first.get(name) if first else None
-        entry = {'name': name}
-        entry.update(now)
-        for key in ('rx_bytes', 'tx_bytes'):
-            delta = _delta(before[key], now[key]) if before and elapsed else None
-            entry[key + '_per_sec'] = None if delta is None else round(delta / elapsed, 1)
-        for key in ('rx_errors', 'tx_errors', 'rx_dropped', 'tx_dropped'):
-            entry[key + '_delta'] = _delta(before[key], now[key]) if before and elapsed else None
-        result.append(entry)
-    return result
-
-
-def read_loadavg(root='/'):
-    """1, 5 and 15 minute load averages."""
-    fields = (read_text(host_path(root, '/proc/loadavg')) or '').split()
-    try:
-        return {'avg1': float(fields[0]), 'avg5': float(fields[1]), 'avg15': float(fields[2])}
-    except (IndexError, ValueError):
-        return {'avg1': None, 'avg5': None, 'avg15': None}
-
-
-def read_uptime(root='/'):
-    """Seconds since boot, from /proc/uptime."""
-    fields = (read_text(host_path(root, '/proc/uptime')) or '').split()
-    try:
-        return float(fields[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def memory_usage(meminfo):
-    """Used/free memory and swap (MiB) as VDSM's host stats report them."""
-    total = meminfo.get('MemTotal')
-    available = _available_kib(meminfo)
-    used = total - available if total is not None and available is not None else None
-    swap_total, swap_free = meminfo.get('SwapTotal'), meminfo.get('SwapFree')
-    swap_used = swap_total - swap_free if swap_total is not None and swap_free is not None else None
-    return {
-        'memory': {
-            'used_mib': _mib(used),
-            'free_mib': _mib(available),
-            'used_percent': round(100.0 * used / total, 2) if used is not None and total else None,
-        },
-        'swap': {
-            'total_mib': _mib(swap_total),
-            'free_mib': _mib(swap_free),
-            'used_mib': _mib(swap_used),
-        },
-    }
-
-
-def validate_sample_interval(value):
-    """``value`` as a float in 0..60, or VirtnodeError."""
-    try:
-        interval = float(value)
-    except (TypeError, ValueError) as exc:
-        raise VirtnodeError('sample_interval must be a number of seconds, got %r' % (value,)) from exc
-    if not 0 <= interval <= MAX_SAMPLE_INTERVAL:
-        raise VirtnodeError('sample_interval must be between 0 and %g seconds, got %g'
-                            % (MAX_SAMPLE_INTERVAL, interval))
-    return interval
-
-
-def stats_info(root='/', sample_interval=1.0, sleep=None, clock=None):
-    """The ``stats`` section, sampled over ``sample_interval`` seconds (0: no rates)."""
-    sleep = sleep or time.sleep
-    clock = clock or time.monotonic
-    interval = validate_sample_interval(sample_interval)
-    first_cpu = first_net = None
-    start = clock()
-    if interval > 0:
-        first_cpu = read_proc_stat(root)['cpu']
-        first_net = read_net_counters(root)
-        sleep(interval)
-    proc_stat = read_proc_stat(root)
-    last_net = read_net_counters(root)
-    elapsed = clock() - start if interval > 0 else 0
-    stats = {
-        'sample_interval': interval,
-        'timestamp': round(time.time(), 3),
-        'cpu': cpu_percentages(first_cpu, proc_stat['cpu']),
-        'cpu_load': read_loadavg(root),
-    }
-    stats.update(memory_usage(read_meminfo(root)))
-    stats['network'] = net_rates(first_net, last_net, elapsed if elapsed > 0 else None)
-    stats['uptime_seconds'] = read_uptime(root)
-    stats['boot_time'] = proc_stat['btime']
-    return stats
-
-
-# --------------------------------------------------------------------------
 # everything together
 
 def normalize_sections(sections):
@@ -945,7 +653,8 @@ def normalize_sections(sections):
         elif name in SECTIONS:
             wanted.add(name)
         else:
-            raise VirtnodeError('unknown section %r; choose from all, %s' % (name, ', '.join(SECTIONS)))
+            raise VirtnodeError('unknown section %r; choose from all, %s' % (name, ', '.join(SECTIONS)),
+                                {'field': 'gather'})
     return frozenset(wanted)
 
 
@@ -955,19 +664,19 @@ def needs_libvirt(sections):
 
 
 def gather(sections=None, uri=libvirt_conn.DEFAULT_URI, sample_interval=1.0, root='/',
-           run=None, sleep=None, stats=None):
+           run=None, sleep=None, stats=None, ip=None):
     """Collect the requested sections into one dict.
 
     ``host_uuid``, ``host_uuid_source``, ``hostname``, ``sections``, ``kernel``
     and ``os`` are always present. A libvirt connection is opened only when a
-    section needs one; failing to connect raises ``VirtnodeError``. ``run`` and
-    ``sleep`` default to :func:`run_command` and ``time.sleep``. ``stats``, when
-    given (the node agent's cached sample), is used instead of sampling.
+    section needs one; failing to connect raises ``VirtnodeError``. ``run``,
+    ``ip`` and ``sleep`` default to ``readers.run_probe``, an ``IpRoute`` and
+    ``time.sleep``. ``stats``, when given (the node agent's cached sample), is
+    used instead of sampling.
     """
-    run = run or run_command
-    sleep = sleep or time.sleep
+    run = run or readers.run_probe
     wanted = normalize_sections(sections)
-    interval = validate_sample_interval(sample_interval)
+    interval = host_stats.validate_sample_interval(sample_interval)
     host_uuid, source = read_host_uuid(root)
     result = {
         'host_uuid': host_uuid,
@@ -988,13 +697,33 @@ def gather(sections=None, uri=libvirt_conn.DEFAULT_URI, sample_interval=1.0, roo
     if 'cpu' in wanted:
         result['cpu'] = cpu_info(root, caps)
     if 'memory' in wanted:
-        result['memory'] = memory_info(read_meminfo(root))
+        result['memory'] = memory_info(readers.read_meminfo(root))
     if 'numa' in wanted:
         result['numa'] = numa_info(caps)
     if 'network' in wanted:
-        result['network'] = network_info(root, read_ip_addresses(run))
+        result['network'] = network_info(root, read_ip_addresses(ip))
     if 'storage' in wanted:
         result['storage'] = storage_info(root)
     if 'stats' in wanted:
-        result['stats'] = stats if stats is not None else stats_info(root, interval, sleep=sleep)
+        result['stats'] = stats if stats is not None else host_stats.stats_info(root, interval, sleep=sleep)
     return result
+
+
+def host_info(module, query_agent):
+    """The host_info module's work: the sections its options ask for, and where ``stats`` came from.
+
+    ``query_agent(kind)`` is the node agent's answer for ``kind`` (None when
+    the agent does not run). Its cached ``stats`` are used when the options
+    ask for no sample of their own.
+    """
+    params = module.params
+    asked_interval = params['sample_interval']
+    interval = host_stats.validate_sample_interval(1.0 if asked_interval is None else asked_interval)
+    if needs_libvirt(params['gather']):
+        libvirt_conn.require_libvirt(module)
+    cached = None
+    if params['source'] == 'auto' and asked_interval is None and 'stats' in normalize_sections(params['gather']):
+        cached = query_agent('host')
+    host = gather(sections=params['gather'], uri=params['uri'], sample_interval=interval,
+                  stats=cached['data']['stats'] if cached else None)
+    return {'changed': False, 'host': host, 'source': 'agent' if cached else 'direct'}

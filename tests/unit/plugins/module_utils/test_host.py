@@ -10,6 +10,9 @@ import os
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import iproute
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -92,27 +95,27 @@ def test_parse_cpu_list(text, expected):
 
 
 def test_read_helpers_fail_soft(tmp_path):
-    assert host.read_text(str(tmp_path / 'missing')) is None
-    assert host.read_int(str(tmp_path / 'missing')) is None
+    assert readers.read_optional_text(str(tmp_path / 'missing')) is None
+    assert readers.read_int(str(tmp_path / 'missing')) is None
     path = write(tmp_path, '/value', 'not a number\n')
-    assert host.read_int(path) is None
-    assert host.read_text(path) == 'not a number'
+    assert readers.read_int(path) is None
+    assert readers.read_optional_text(path) == 'not a number'
     # A directory cannot be read as a file either.
-    assert host.read_text(str(tmp_path)) is None
+    assert readers.read_optional_text(str(tmp_path)) is None
 
 
 def test_host_path():
-    assert host.host_path('/', '/proc/stat') == '/proc/stat'
-    assert host.host_path('/tmp/x', '/proc/stat') == '/tmp/x/proc/stat'
+    assert readers.host_path('/', '/proc/stat') == '/proc/stat'
+    assert readers.host_path('/tmp/x', '/proc/stat') == '/tmp/x/proc/stat'
 
 
-def test_run_command_missing_binary():
-    assert host.run_command(['virtnode-no-such-command-here']) is None
+def test_run_probe_missing_binary():
+    assert readers.run_probe(['virtnode-no-such-command-here']) is None
 
 
-def test_run_command_output_and_failure():
-    assert host.run_command(['echo', 'hello']).strip() == 'hello'
-    assert host.run_command(['false']) is None
+def test_run_probe_output_and_failure():
+    assert readers.run_probe(['echo', 'hello']).strip() == 'hello'
+    assert readers.run_probe(['false']) is None
 
 
 # --------------------------------------------------------------------------
@@ -300,7 +303,7 @@ def test_cpu_info_section(tmp_path):
 
 def test_memory(tmp_path):
     write(tmp_path, '/proc/meminfo', MEMINFO)
-    mem = host.memory_info(host.read_meminfo(str(tmp_path)))
+    mem = host.memory_info(readers.read_meminfo(str(tmp_path)))
     assert mem == {
         'total_mib': 8000, 'free_mib': 2000, 'available_mib': 4000,
         'swap_total_mib': 1024, 'swap_free_mib': 512,
@@ -314,7 +317,7 @@ def test_memory_without_memavailable():
 
 
 def test_memory_missing(tmp_path):
-    mem = host.memory_info(host.read_meminfo(str(tmp_path)))
+    mem = host.memory_info(readers.read_meminfo(str(tmp_path)))
     assert mem['total_mib'] is None and mem['available_mib'] is None
 
 
@@ -371,21 +374,36 @@ def make_net_sysfs(root):
     write(root, net + 'bonding_masters', 'bond0\n')
 
 
+class IpOutput(iproute.IpRoute):
+    """An IpRoute whose ``ip`` prints ``output`` (None: ``ip`` fails)."""
+
+    def __init__(self, output):
+        super().__init__(binary='ip')
+        self.output = output
+        self.calls = []
+
+    def run(self, args):
+        self.calls.append(['ip'] + [str(a) for a in args])
+        if self.output is None:
+            raise VirtnodeError('ip failed')
+        return self.output
+
+
 def test_parse_ip_addr_json():
-    parsed = host.parse_ip_addr_json(IP_JSON)
+    parsed = host.read_ip_addresses(IpOutput(IP_JSON))
     assert parsed['lo']['ipv4'] == ['127.0.0.1/8']
     assert parsed['lo']['ipv6'] == ['::1/128']
     assert parsed['br0']['link_kind'] == 'bridge'
     assert parsed['vlan100']['vlan_id'] == 100
     assert parsed['vlan100']['link'] == 'bond0'
-    assert host.parse_ip_addr_json('not json') == {}
-    assert host.parse_ip_addr_json(None) == {}
-    assert host.parse_ip_addr_json('{"a": 1}') == {}
+    assert host.read_ip_addresses(IpOutput('not json')) == {}
+    assert host.read_ip_addresses(IpOutput(None)) == {}
+    assert host.read_ip_addresses(IpOutput('{"a": 1}')) == {}
 
 
 def test_network_info(tmp_path):
     make_net_sysfs(tmp_path)
-    ifaces = host.network_info(str(tmp_path), host.parse_ip_addr_json(IP_JSON))
+    ifaces = host.network_info(str(tmp_path), iproute.interface_addresses(json.loads(IP_JSON)))
     by_name = {i['name']: i for i in ifaces}
     assert [i['name'] for i in ifaces] == sorted(by_name)
     assert 'bonding_masters' not in by_name
@@ -416,16 +434,11 @@ def test_network_info_without_sysfs(tmp_path):
     assert host.network_info(str(tmp_path), {}) == []
 
 
-def test_read_ip_addresses_uses_runner():
-    calls = []
-
-    def run(argv):
-        calls.append(argv)
-        return IP_JSON
-
-    assert host.read_ip_addresses(run)['br0']['ipv4'] == ['192.0.2.10/24']
-    assert calls == [['ip', '-j', '-d', 'addr', 'show']]
-    assert host.read_ip_addresses(lambda argv: None) == {}
+def test_read_ip_addresses_uses_iproute():
+    ip = IpOutput(IP_JSON)
+    assert host.read_ip_addresses(ip)['br0']['ipv4'] == ['192.0.2.10/24']
+    assert ip.calls == [['ip', '-j', '-d', 'addr', 'show']]
+    assert host.read_ip_addresses(IpOutput(None)) == {}
 
 
 # --------------------------------------------------------------------------
@@ -486,11 +499,11 @@ def test_storage_info_empty_root(tmp_path):
 def test_cpu_percentages():
     first = [1000, 0, 500, 8000, 100, 0, 0, 0, 0, 0]
     last = [1300, 100, 600, 8400, 200, 0, 0, 0, 0, 0]
-    pct = host.cpu_percentages(first, last)
+    pct = host_stats.cpu_percentages(first, last)
     assert pct == {'user': 40.0, 'system': 10.0, 'idle': 50.0, 'iowait': 10.0, 'steal': 0.0}
-    assert host.cpu_percentages(None, last)['user'] is None
-    assert host.cpu_percentages(last, last)['idle'] is None
-    went_back = host.cpu_percentages(first_sample=last, last_sample=first)
+    assert host_stats.cpu_percentages(None, last)['user'] is None
+    assert host_stats.cpu_percentages(last, last)['idle'] is None
+    went_back = host_stats.cpu_percentages(first_sample=last, last_sample=first)
     assert went_back['idle'] is None
 
 
@@ -526,7 +539,7 @@ def test_stats_sampled(tmp_path):
         # An interface that appears during the sample has no rates.
         write(tmp_path, '/sys/class/net/new0/statistics/rx_bytes', '7\n')
 
-    stats = host.stats_info(str(tmp_path), 2, sleep=sleep, clock=clock)
+    stats = host_stats.stats_info(str(tmp_path), 2, sleep=sleep, clock=clock)
     assert slept == [2.0]
     assert stats['sample_interval'] == 2.0
     assert stats['cpu'] == {'user': 40.0, 'system': 10.0, 'idle': 50.0, 'iowait': 10.0, 'steal': 0.0}
@@ -553,7 +566,7 @@ def test_stats_without_interval(tmp_path):
     def sleep(seconds):
         raise AssertionError('must not sleep')
 
-    stats = host.stats_info(str(tmp_path), 0, sleep=sleep)
+    stats = host_stats.stats_info(str(tmp_path), 0, sleep=sleep)
     assert stats['sample_interval'] == 0.0
     assert set(stats['cpu'].values()) == {None}
     assert stats['network'][0]['rx_bytes'] == 1000
@@ -562,7 +575,7 @@ def test_stats_without_interval(tmp_path):
 
 
 def test_stats_empty_root(tmp_path):
-    stats = host.stats_info(str(tmp_path), 0)
+    stats = host_stats.stats_info(str(tmp_path), 0)
     assert stats['cpu_load'] == {'avg1': None, 'avg5': None, 'avg15': None}
     assert stats['uptime_seconds'] is None
     assert stats['boot_time'] is None
@@ -573,12 +586,12 @@ def test_stats_empty_root(tmp_path):
 @pytest.mark.parametrize('value', [-1, 60.5, 'abc', None])
 def test_validate_sample_interval_rejects(value):
     with pytest.raises(VirtnodeError, match='sample_interval'):
-        host.validate_sample_interval(value)
+        host_stats.validate_sample_interval(value)
 
 
 @pytest.mark.parametrize('value,expected', [(0, 0.0), ('1.5', 1.5), (60, 60.0)])
 def test_validate_sample_interval_accepts(value, expected):
-    assert host.validate_sample_interval(value) == expected
+    assert host_stats.validate_sample_interval(value) == expected
 
 
 # --------------------------------------------------------------------------
@@ -596,7 +609,6 @@ def test_normalize_sections():
 
 def fake_run(argv):
     outputs = {
-        'ip': IP_JSON,
         'qemu-img': 'qemu-img version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)\nCopyright (c) 2003-2022\n',
         'sanlock': '3.8.5\n',
     }
@@ -609,7 +621,7 @@ def test_gather_all(fake_libvirt, tmp_path):
     write(tmp_path, '/etc/virtnode/host_uuid', '0b5e1b7c-8f3e-4a58-9d57-6c2f1d3e4a5b\n')
     write(tmp_path, '/dev/kvm')
     write(tmp_path, '/proc/cpuinfo', CPUINFO)
-    result = host.gather(uri='qemu:///system', sample_interval=0, root=str(tmp_path), run=fake_run)
+    result = host.gather(uri='qemu:///system', sample_interval=0, root=str(tmp_path), run=fake_run, ip=IpOutput(IP_JSON))
     assert list(result) == ['host_uuid', 'host_uuid_source', 'hostname', 'sections', 'kernel', 'os',
                             'versions', 'libvirt', 'cpu', 'memory', 'numa', 'network', 'storage', 'stats']
     assert result['host_uuid'] == '0b5e1b7c-8f3e-4a58-9d57-6c2f1d3e4a5b'
@@ -634,7 +646,7 @@ def test_gather_all(fake_libvirt, tmp_path):
 
 def test_gather_without_libvirt_sections_needs_no_bindings(no_libvirt, tmp_path):
     make_stats_tree(tmp_path)
-    result = host.gather(['memory', 'stats'], sample_interval=0, root=str(tmp_path), run=fake_run)
+    result = host.gather(['memory', 'stats'], sample_interval=0, root=str(tmp_path), run=fake_run, ip=IpOutput(IP_JSON))
     assert 'memory' in result and 'stats' in result
     assert 'cpu' not in result and 'libvirt' not in result
     assert result['sections'] == ['memory', 'stats']
@@ -644,7 +656,7 @@ def test_gather_libvirt_unreachable(fake_libvirt, tmp_path):
     fake_libvirt.open_error = fake_libvirt.module.libvirtError(
         "Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory")
     with pytest.raises(VirtnodeError) as info:
-        host.gather(['libvirt'], sample_interval=0, root=str(tmp_path), run=fake_run)
+        host.gather(['libvirt'], sample_interval=0, root=str(tmp_path), run=fake_run, ip=IpOutput(IP_JSON))
     assert str(info.value).startswith('cannot connect to libvirt at qemu:///system: Failed to connect socket')
     assert str(info.value).endswith('(is libvirtd running?)')
 
@@ -652,13 +664,13 @@ def test_gather_libvirt_unreachable(fake_libvirt, tmp_path):
 def test_gather_libvirt_call_failure_closes_connection(fake_libvirt, tmp_path):
     fake_libvirt.call_failures['getCapabilities'] = fake_libvirt.module.libvirtError('internal error', code=1)
     with pytest.raises(VirtnodeError, match='libvirt error on test:///default: internal error'):
-        host.gather(['numa'], uri='test:///default', sample_interval=0, root=str(tmp_path), run=fake_run)
+        host.gather(['numa'], uri='test:///default', sample_interval=0, root=str(tmp_path), run=fake_run, ip=IpOutput(IP_JSON))
     assert fake_libvirt.connections[0].closed
 
 
 def test_gather_without_bindings(no_libvirt, tmp_path):
     with pytest.raises(VirtnodeError, match='python bindings are not installed'):
-        host.gather(['cpu'], sample_interval=0, root=str(tmp_path), run=fake_run)
+        host.gather(['cpu'], sample_interval=0, root=str(tmp_path), run=fake_run, ip=IpOutput(IP_JSON))
 
 
 # --------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers as host_readers
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import iproute
 from ansible_collections.virtnode.kvm.plugins.modules import host_info
 
 # Keys AnsibleModule adds to every result.
@@ -28,7 +31,6 @@ IP_JSON = json.dumps([
 
 def fake_run(argv):
     return {
-        'ip': IP_JSON,
         'qemu-img': 'qemu-img version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)\n',
         'sanlock': '3.8.5\n',
     }.get(argv[0])
@@ -37,7 +39,8 @@ def fake_run(argv):
 @pytest.fixture(autouse=True)
 def no_commands(monkeypatch):
     """Keep the tests hermetic and fast: no ip/qemu-img/sanlock subprocesses."""
-    monkeypatch.setattr(host_utils, 'run_command', fake_run)
+    monkeypatch.setattr(host_readers, 'run_probe', fake_run)
+    monkeypatch.setattr(iproute.IpRoute, 'run', lambda self, args: IP_JSON)
 
 
 def run_module(capsys, args):
@@ -137,7 +140,7 @@ def test_libvirt_unreachable(capsys, fake_libvirt):
     assert code == 1
     assert result['msg'] == ("cannot connect to libvirt at qemu:///system: Failed to connect socket to "
                              "'/var/run/libvirt/libvirt-sock': No such file or directory (is libvirtd running?)")
-    assert result['details']['uri'] == 'qemu:///system'
+    assert result['uri'] == 'qemu:///system'
 
 
 def test_missing_bindings(capsys, no_libvirt):
@@ -166,7 +169,7 @@ def test_documentation_parses():
 def test_stats_from_the_agent_cache(capsys, fake_libvirt, monkeypatch):
     cached = {'cpu': {'user': 1.0}, 'sample_interval': 15}
     monkeypatch.setattr(agent_client, 'query', lambda kind, **kw: {'data': {'stats': cached}} if kind == 'host' else None)
-    monkeypatch.setattr(host_utils.time, 'sleep', lambda seconds: pytest.fail('sampled although the agent answered'))
+    monkeypatch.setattr(host_stats.time, 'sleep', lambda seconds: pytest.fail('sampled although the agent answered'))
     code, result = run_module(capsys, {'gather': ['stats']})
     assert code == 0 and result['source'] == 'agent' and result['host']['stats'] == cached
 
