@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import logging
 import logging.handlers
 import os
@@ -43,6 +42,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.agent import storage_
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as mailbox_service
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import thin as thin_monitor
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 LOG = logging.getLogger('virtnode.agent')
@@ -87,12 +87,9 @@ def load_config(path=CONFIG_FILE, overrides=None):
     config = dict(DEFAULTS)
     if path:
         try:
-            with open(path) as handle:
-                data = json.load(handle)
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as err:
-            raise VirtnodeError('cannot read agent configuration %s: %s' % (path, err)) from err
+            data = fileio.read_json(path, default={})
+        except VirtnodeError as err:
+            raise VirtnodeError('agent configuration: %s' % err, {'path': path}) from err
         if not isinstance(data, dict):
             raise VirtnodeError('agent configuration %s must be a JSON object' % path)
         unknown = sorted(set(data) - set(DEFAULTS))

@@ -23,10 +23,10 @@ import threading
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 LOG = logging.getLogger('virtnode.agent.libvirt')
-VIR_DOMAIN_EVENT_ID_LIFECYCLE = 0
 CLOSE_REASONS = ('error', 'eof', 'keepalive', 'client')
 
 _EVENT_LOOP_LOCK = threading.Lock()
@@ -135,7 +135,7 @@ class LibvirtSession:
         except libvirt_conn.LibvirtError as err:
             LOG.warning('cannot enable keepalive: %s', libvirt_conn.error_text(err))
         if self.on_lifecycle is not None:
-            event_id = getattr(self.libvirt, 'VIR_DOMAIN_EVENT_ID_LIFECYCLE', VIR_DOMAIN_EVENT_ID_LIFECYCLE)
+            event_id = constants.value('VIR_DOMAIN_EVENT_ID_LIFECYCLE', self.libvirt)
             self._callback_ids.append(conn.domainEventRegisterAny(None, event_id, self._lifecycle_callback, None))
         for event_id, callback in self.domain_events:
             try:

@@ -45,7 +45,6 @@ getting the space, ``refresh_seconds`` making this host see it), ``volume_extend
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import queue
@@ -54,9 +53,11 @@ import time
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 LOG = logging.getLogger('virtnode.agent.thin')
@@ -73,14 +74,6 @@ POOL_CACHE_SECONDS = 60.0
 MAX_ROUNDS = 16
 
 UNSET, SET, EXCEEDED = 'unset', 'set', 'exceeded'
-
-# libvirt constants (stable ABI), used when the binding lacks a name.
-EVENT_ID_IO_ERROR_REASON = 6
-EVENT_ID_BLOCK_THRESHOLD = 24
-DOMAIN_PAUSED = 3
-DOMAIN_PAUSED_IOERROR = 5
-DISK_ERROR_NO_SPACE = 2
-LIFECYCLE_STARTED, LIFECYCLE_SUSPENDED, LIFECYCLE_RESUMED, LIFECYCLE_STOPPED = 2, 3, 4, 5
 
 
 # ------------------------------------------------------------------ watermark math
@@ -222,10 +215,9 @@ def pool_of_domain(sd_uuid, pools_dir=storage.POOL_STATE_DIR):
     """The connected pool (from this host's pool notes) whose master lists ``sd_uuid``, or None."""
     for path in sorted(glob.glob(os.path.join(pools_dir, '*.json'))):
         try:
-            with open(path) as stream:
-                sp_uuid = json.load(stream).get('sp_uuid')
+            sp_uuid = fileio.read_json(path, default={}).get('sp_uuid')
             _master_dir, master_md = storage.find_master(sp_uuid, required=False)
-        except (OSError, ValueError, VirtnodeError):
+        except VirtnodeError:
             continue
         if master_md is not None and (sd_uuid == master_md.sd_uuid or sd_uuid in storage.pool_domains(master_md)):
             return sp_uuid
@@ -272,14 +264,15 @@ class ThinMonitor:
         self._worker_count = workers
         self.counters = {'extensions': 0, 'failures': 0, 'enospc': 0, 'threshold_events': 0}
 
-    def _const(self, name, default):
-        return getattr(self.libvirt, name, default) if self.libvirt is not None else default
+    def _const(self, name):
+        """libvirt's constant ``name``, from the bindings this monitor was given."""
+        return constants.value(name, self.libvirt)
 
     # ---------------------------------------------------------------- libvirt events
 
     def callbacks(self):
-        return [(self._const('VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD', EVENT_ID_BLOCK_THRESHOLD), self._threshold_cb),
-                (self._const('VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON', EVENT_ID_IO_ERROR_REASON), self._io_error_cb)]
+        return [(self._const('VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD'), self._threshold_cb),
+                (self._const('VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON'), self._io_error_cb)]
 
     def _threshold_cb(self, conn, dom, dev, path, threshold, excess, opaque):  # pylint: disable=unused-argument
         try:
@@ -346,12 +339,17 @@ class ThinMonitor:
         except libvirt_conn.LibvirtError:
             return
         with self._lock:
-            if event == LIFECYCLE_STOPPED:
+            if event == self._const('VIR_DOMAIN_EVENT_STOPPED'):
                 self._forget(vm_uuid)
             else:
                 self._dirty.add(vm_uuid)
-        if event in (LIFECYCLE_STARTED, LIFECYCLE_SUSPENDED, LIFECYCLE_RESUMED):
+        if event in (self._const('VIR_DOMAIN_EVENT_STARTED'), self._const('VIR_DOMAIN_EVENT_SUSPENDED'),
+                     self._const('VIR_DOMAIN_EVENT_RESUMED')):
             self._wake.set()
+
+    def _paused_on_io_error(self, dom):
+        state, reason = dom.state()
+        return state == self._const('VIR_DOMAIN_PAUSED') and reason == self._const('VIR_DOMAIN_PAUSED_IOERROR')
 
     def _forget(self, vm_uuid):
         self._vms.pop(vm_uuid, None)
@@ -365,7 +363,7 @@ class ThinMonitor:
         conn = self.get_conn()
         if conn is None:
             return
-        active = self._const('VIR_CONNECT_LIST_DOMAINS_ACTIVE', 1)
+        active = self._const('VIR_CONNECT_LIST_DOMAINS_ACTIVE')
         seen = set()
         for dom in conn.listAllDomains(active):
             try:
@@ -388,10 +386,10 @@ class ThinMonitor:
             drives = [d for d in self.drives.values() if d.vm_uuid == vm_uuid]
         if not drives:
             return
-        state, reason = dom.state()
         nospace = set()
-        if state == DOMAIN_PAUSED and reason == DOMAIN_PAUSED_IOERROR:
-            nospace = set(t for t, err in (dom.diskErrors() or {}).items() if err == DISK_ERROR_NO_SPACE)
+        if self._paused_on_io_error(dom):
+            no_space = self._const('VIR_DOMAIN_DISK_ERROR_NO_SPACE')
+            nospace = set(t for t, err in (dom.diskErrors() or {}).items() if err == no_space)
         for drive in drives:
             if drive.state == UNSET and not drive.queued:
                 self._set_threshold(dom, drive)
@@ -533,11 +531,11 @@ class ThinMonitor:
             others = [d for d in self.drives.values() if d.vm_uuid == drive.vm_uuid and d.state == EXCEEDED]
         if others:
             return  # their own extension resumes the VM
-        state, reason = dom.state()
-        if state != DOMAIN_PAUSED or reason != DOMAIN_PAUSED_IOERROR:
+        if not self._paused_on_io_error(dom):
             return
         errors = dom.diskErrors() or {}
-        if any(code not in (0, DISK_ERROR_NO_SPACE) for code in errors.values()):
+        harmless = (self._const('VIR_DOMAIN_DISK_ERROR_NONE'), self._const('VIR_DOMAIN_DISK_ERROR_NO_SPACE'))
+        if any(code not in harmless for code in errors.values()):
             LOG.warning('%s: paused on a non-ENOSPC IO error, not resuming', drive.vm_name)
             return
         dom.resume()

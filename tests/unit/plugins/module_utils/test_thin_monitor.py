@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import thin as tm
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 from conftest import FakeLibvirtError
@@ -216,8 +217,8 @@ def test_extends_again_while_the_allocation_stays_above_the_threshold():
 
 
 def test_enospc_pause_extends_at_once_and_resumes():
-    dom = FakeDomain(allocation=127 * MIB, state=(tm.DOMAIN_PAUSED, tm.DOMAIN_PAUSED_IOERROR),
-                     disk_errors={'vda': tm.DISK_ERROR_NO_SPACE})
+    dom = FakeDomain(allocation=127 * MIB, state=(constants.value('VIR_DOMAIN_PAUSED', None), constants.value('VIR_DOMAIN_PAUSED_IOERROR', None)),
+                     disk_errors={'vda': constants.value('VIR_DOMAIN_DISK_ERROR_NO_SPACE', None)})
     mon, _backend, extender, events = monitor(dom)
     mon.check_once()
     mon.on_io_error(VM, DEVICE, 'enospc')
@@ -277,7 +278,7 @@ def test_stopped_vm_is_forgotten():
     mon, _backend, _extender, _events = monitor(dom)
     mon.check_once()
     assert mon.drives
-    mon.on_lifecycle(dom, tm.LIFECYCLE_STOPPED, 1)
+    mon.on_lifecycle(dom, constants.value('VIR_DOMAIN_EVENT_STOPPED', None), 1)
     assert not mon.drives
     assert mon.status()['drives'] == []
 
