@@ -233,6 +233,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   action_group:
     support: full
@@ -386,16 +387,12 @@ transaction:
       sample: 1.9
 """
 
-import json
-import uuid
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks
-from ansible_collections.virtnode.kvm.plugins.module_utils.network import transaction as net_rollback
-from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.network.iproute import IpRoute
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import setup_networks
+from ansible_collections.virtnode.kvm.plugins.module_utils.network.model import BOND_MODES
 
 IP_SPEC = dict(
     method=dict(type='str', choices=['none', 'static', 'dhcp']),
@@ -419,7 +416,7 @@ ARGUMENT_SPEC = dict(
     bonds=dict(type='list', elements='dict', default=[], options=dict(
         name=dict(type='str', required=True),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
-        mode=dict(type='str', choices=list(netconf.BOND_MODES), default='balance-rr'),
+        mode=dict(type='str', choices=list(BOND_MODES), default='balance-rr'),
         options=dict(type='dict', default={}),
         nics=dict(type='list', elements='str', default=[]),
         mtu=dict(type='int'),
@@ -435,217 +432,10 @@ ARGUMENT_SPEC = dict(
     _fail_at_step=dict(type='int'),
 )
 
-HOOK_DATA_ENV = '_hook_json'
-
-
-def clean(item):
-    """Drop options left unset, recursively, so hooks and records see only what was given."""
-    if isinstance(item, dict):
-        return dict((k, clean(v)) for k, v in item.items() if v is not None)
-    if isinstance(item, list):
-        return [clean(v) for v in item]
-    return item
-
-
-def run_after_hooks(hooks_dir, request, warnings):
-    result = hooks.run_hook_point(hooks_dir, 'after_network_setup', json.dumps({'request': request}, indent=2), HOOK_DATA_ENV)
-    if result.failed:
-        warnings.append(result.message())
-
-
-def view(config, state, names):
-    result = {'networks': config['networks'], 'bonds': config['bonds']}
-    result.update(netconf.device_view(state, names))
-    return result
-
-
-def make_restore(ip, dhcp):
-    def restore(record):
-        ok, diffs, errors = netconf.restore_snapshot(ip, dhcp, record['snapshot'])
-        try:
-            netconf.write_running(record['running_before'])
-        except VirtnodeError as err:
-            errors.append(str(err))
-        return {'restored': ok, 'differences': diffs, 'errors': errors}
-    return restore
-
-
-def handle_stale(store, ip, dhcp, warnings):
-    """A transaction whose watcher is gone: roll it back (same boot) or forget it (after a reboot)."""
-    for record in store.unfinished():
-        if net_rollback.watcher_alive(record):
-            raise VirtnodeError('network transaction %s is still waiting for its confirmation (until %s); '
-                                'try again once it is confirmed or rolled back' % (record['id'], record.get('deadline_at')))
-        if record.get('boot_id') == net_rollback.boot_id() and record.get('state') == 'pending':
-            record = net_rollback.expire(store, record['id'], make_restore(ip, dhcp), netconf.log)
-            warnings.append('network transaction %s was never confirmed and its watcher is gone: rolled back now (%s)' % (
-                record['id'], record['state']))
-        else:
-            net_rollback.finish(store, record['id'], 'abandoned', {'reason': 'host rebooted or rollback interrupted'})
-            warnings.append('network transaction %s was left unfinished (host rebooted?): forgotten' % record['id'])
-
-
-def build_request(module, warnings):
-    p = module.params
-    if p['state'] == 'restored':
-        if p['networks'] or p['bonds'] or p['purge']:
-            raise VirtnodeError('state=restored applies the saved configuration: do not give networks, bonds or purge')
-        persistent = netconf.read_persistent()
-        if persistent is None:
-            warnings.append('no saved network configuration in %s: every managed network and bond is removed' % netconf.PERSISTENT_FILE)
-            persistent = netconf.empty_config()
-        request = {'networks': persistent['networks'], 'bonds': persistent['bonds'], 'options': {'purge': True}}
-    else:
-        request = netconf.request_from_params(clean(p['networks']), clean(p['bonds']), purge=p['purge'])
-    request['options'].update({'save': p['save'], 'connectivity_check': p['connectivity_check'],
-                               'connectivity_timeout': p['connectivity_timeout'], 'state': p['state']})
-    return request
-
-
-def setup(module, ip, dhcp, store):
-    p = module.params
-    warnings = []
-    running = netconf.read_running()
-    if not module.check_mode:
-        handle_stale(store, ip, dhcp, warnings)
-        running = netconf.read_running()
-    request = build_request(module, warnings)
-    if not module.check_mode:
-        hook = hooks.run_hook_point(p['hooks_dir'], 'before_network_setup', json.dumps({'request': request}, indent=2), HOOK_DATA_ENV)
-        if hook.failed:
-            raise VirtnodeError(hook.message() + '; nothing was changed')
-        try:
-            rewritten = json.loads(hook.data)
-            request = rewritten['request']
-            if not isinstance(request, dict):
-                raise TypeError('request is not a mapping')
-        except (ValueError, KeyError, TypeError) as err:
-            raise VirtnodeError('before_network_setup hooks left invalid JSON in %s: %s; nothing was changed' % (HOOK_DATA_ENV, err))
-    state = netconf.read_state(ip, dhcp)
-    config, problems = netconf.desired_config(running, request)
-    if problems:
-        raise VirtnodeError('invalid network configuration, nothing was changed: ' + '; '.join(problems), {'problems': problems})
-    unchanged = [n for n, spec in running['networks'].items()
-                 if n not in (request.get('networks') or {}) and config['networks'].get(n) == spec]
-    netconf.check_config(config, state['links'], dhcp.client, unchanged)
-    targets, route_targets = netconf.compute_targets(config, running, state['links'])
-    steps, predicted = netconf.plan_changes(state, targets, route_targets, with_state=True)
-    names = set(targets) | set(r['dev'] for family in (4, 6) for r in state['routes'][family])
-    persistent = netconf.read_persistent()
-    persistent_config = None if persistent is None else {'networks': persistent['networks'], 'bonds': persistent['bonds']}
-    save_needed = bool(p['save']) and persistent_config != config
-    result = {
-        'changed': bool(steps) or config != running or save_needed,
-        'plan': netconf.public_steps(steps),
-        'before': view(running, state, names),
-        'saved': False,
-        'warnings': warnings,
-    }
-    if module.check_mode:
-        result['after'] = view(config, predicted, names)
-        result['saved'] = save_needed
-        return result
-    use_watcher = bool(steps) and p['connectivity_check']
-    txid = p['_transaction_id'] or str(uuid.uuid4())
-    snapshot = netconf.snapshot_state(state, names)
-    if steps:
-        netconf.check_kernel_support(ip, state, steps)
-    if use_watcher:
-        record = net_rollback.new_record(txid, p['connectivity_timeout'], {
-            'snapshot': snapshot, 'running_before': running, 'running_after': config, 'save': bool(p['save']),
-            'hooks_dir': p['hooks_dir'], 'request': request, 'plan': result['plan']})
-        net_rollback.start_watcher(store, record, make_restore(ip, dhcp), netconf.log)
-        netconf.log('transaction %s: applying %d steps, confirmation needed within %ss' % (txid, len(steps), p['connectivity_timeout']))
-    done = []
-    try:
-        done = netconf.apply_steps(ip, dhcp, steps, p['_fail_at_step'])
-        after_state = netconf.read_state(ip, dhcp)
-        diffs = netconf.differences(after_state, targets, route_targets)
-        if diffs:
-            raise VirtnodeError('the kernel does not show the wanted state after applying the plan: ' + '; '.join(diffs))
-    except VirtnodeError as err:
-        if isinstance(err, netconf.ApplyError):
-            done = err.done
-        if use_watcher and not net_rollback.take_over(store, txid):
-            raise VirtnodeError('%s; the connectivity deadline passed meanwhile and the host rolled itself back' % err,
-                                {'plan': result['plan']})
-        report = netconf.rollback(ip, dhcp, done, snapshot)
-        netconf.write_running(running)
-        if use_watcher:
-            net_rollback.finish(store, txid, 'rolled_back' if report['restored'] else 'rollback_failed', report)
-        netconf.log('transaction %s failed: %s; rollback %s' % (txid, err, 'complete' if report['restored'] else 'INCOMPLETE'))
-        if report['restored']:
-            msg = '%s; every step was undone and the host is back to its previous network configuration' % err
-        else:
-            msg = '%s; ROLLBACK INCOMPLETE, differences from the previous state: %s' % (err, '; '.join(report['differences']))
-        raise VirtnodeError(msg, {'plan': result['plan'], 'rollback': report})
-    netconf.write_running(config)
-    result['after'] = view(config, after_state, names)
-    if use_watcher:
-        result['transaction'] = {'id': txid, 'state': 'pending', 'timeout': p['connectivity_timeout']}
-        return result
-    if p['save'] and save_needed:
-        netconf.write_persistent(config)
-        result['saved'] = True
-    run_after_hooks(p['hooks_dir'], request, warnings)
-    return result
-
-
-def confirm(module, store, txid):
-    """Second call of a connectivity-checked change, over a new connection."""
-    warnings = []
-
-    def on_confirm(record):
-        saved = False
-        if record.get('save'):
-            persistent = netconf.read_persistent()
-            current = None if persistent is None else {'networks': persistent['networks'], 'bonds': persistent['bonds']}
-            if current != record['running_after']:
-                netconf.write_persistent(record['running_after'])
-                saved = True
-        return {'saved': saved}
-
-    record = net_rollback.confirm(store, txid, on_confirm)
-    result = {'changed': False, 'warnings': warnings, 'saved': False,
-              'transaction': {'id': txid, 'state': record['state'], 'timeout': record.get('timeout')}}
-    if record['state'] == 'confirmed':
-        result['saved'] = bool((record.get('confirm_result') or {}).get('saved'))
-        netconf.log('transaction %s confirmed' % txid)
-        if record.get('hooks_dir') and record.get('confirm_result') is not None:
-            run_after_hooks(record['hooks_dir'], record.get('request') or {}, warnings)
-        store.prune()
-    else:
-        result['transaction'].update({
-            'rollback': record.get('result'),
-            'deadline_at': record.get('deadline_at'),
-            'finished_at': record.get('finished_at'),
-            'rollback_seconds': round(record['finished'] - record['rollback_started'], 3)
-            if record.get('finished') and record.get('rollback_started') else None,
-            'rolled_back_after': round(record['finished'] - record['created'], 3) if record.get('finished') else None,
-        })
-    return result
-
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    p = module.params
-    store = net_rollback.Transactions()
-    try:
-        if p['_confirm']:
-            result = confirm(module, store, p['_confirm'])
-        else:
-            if not 1 <= p['connectivity_timeout'] <= 600:
-                raise VirtnodeError('connectivity_timeout must be between 1 and 600 seconds, not %d' % p['connectivity_timeout'])
-            with netconf.HostLock():
-                result = setup(module, IpRoute(), netconf.DhcpClients(), store)
-    except VirtnodeError as err:
-        module.fail_json(msg=str(err), **err.details)
-    for warning in result.pop('warnings', None) or []:
-        module.warn(warning)
-    if module._diff and 'after' in result:
-        result['diff'] = {'before': json.dumps(result['before'], indent=2, sort_keys=True) + '\n',
-                          'after': json.dumps(result['after'], indent=2, sort_keys=True) + '\n'}
-    module.exit_json(**result)
+    module_run.run(module, setup_networks.run_module)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ description:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   action_group:
     support: full
@@ -230,55 +231,13 @@ persistent:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.network.iproute import IpRoute
-
-
-def gather(ip, dhcp=None):
-    state = netconf.read_state(ip, dhcp)
-    running = netconf.read_running()
-    persistent = netconf.read_persistent()
-    persisted = netconf.persisted_names(running, persistent)
-    links = state['links']
-    networks = {}
-    for name, net in sorted(running['networks'].items()):
-        device = netconf.network_device(net)
-        link = links.get(device) or {}
-        networks[name] = {'config': net, 'device': device, 'present': bool(link), 'mtu': link.get('mtu'),
-                          'up': bool(link.get('up')), 'addresses': link.get('addresses', []),
-                          'persisted': name in persisted['networks']}
-    bonds, bridges, nics, vlans = {}, {}, {}, {}
-    for name, link in sorted(links.items()):
-        ports = sorted(n for n, other in links.items() if other['master'] == name)
-        if link['kind'] == 'bond':
-            bonds[name] = {'mode': link['bond']['mode'], 'nics': ports, 'mtu': link['mtu'],
-                           'managed': name in running['bonds'], 'persisted': name in persisted['bonds']}
-        elif link['kind'] == 'bridge':
-            bridges[name] = {'ports': ports, 'mtu': link['mtu'], 'addresses': link['addresses'],
-                             'network': name in running['networks'] and running['networks'][name]['bridged']}
-        elif link['kind'] == 'vlan':
-            vlans[name] = {'parent': link['vlan']['parent'], 'id': link['vlan']['id'], 'mtu': link['mtu'],
-                           'master': link['master'], 'addresses': link['addresses']}
-        else:
-            nics[name] = {'type': link['type'], 'mac': link['mac'], 'mtu': link['mtu'], 'master': link['master'],
-                          'up': link['up'], 'addresses': link['addresses']}
-    routes = [dict(r) for family in (4, 6) for r in state['routes'][family]]
-    saved = persistent or {}
-    return {
-        'networks': networks, 'bonds': bonds, 'bridges': bridges, 'nics': nics, 'vlans': vlans, 'routes': routes,
-        'persistent': {'saved_at': saved.get('saved_at'), 'networks': sorted(saved.get('networks') or {}),
-                       'bonds': sorted(saved.get('bonds') or {})},
-    }
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import info
 
 
 def main():
     module = AnsibleModule(argument_spec={}, supports_check_mode=True)
-    try:
-        result = gather(IpRoute(), netconf.DhcpClients())
-    except VirtnodeError as err:
-        module.fail_json(msg=str(err), **err.details)
-    module.exit_json(changed=False, **result)
+    module_run.run(module, info.run_module)
 
 
 if __name__ == '__main__':

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import json
 import os
 import time
 import traceback
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.detached import process_start_time, spawn_detached
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.fileio import read_json, write_json
+from ansible_collections.virtnode.kvm.plugins.module_utils.network.store import STATE_DIR
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.fileio import write_atomic
-
-TRANSACTION_DIR = '/var/lib/virtnode/network/transactions'
+TRANSACTION_DIR = STATE_DIR + '/transactions'
 POLL_INTERVAL = 0.2
 KEEP_FINISHED = 20
 PENDING_STATES = ('pending', 'rolling_back')
@@ -62,19 +61,14 @@ class Transactions(object):
         return os.path.join(self.directory, txid + '.json')
 
     def write(self, record):
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        payload = (json.dumps(record, indent=1, sort_keys=True) + '\n').encode('utf-8')
-        path = self.path(record['id'])
-        write_atomic(path, payload, 0o600)
+        write_json(self.path(record['id']), record, mode=0o600, dir_mode=0o700, indent=1)
 
     def load(self, txid):
+        path = self.path(txid)
         try:
-            with open(self.path(txid)) as handle:
-                return json.load(handle)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise VirtnodeError('cannot read transaction %s: %s' % (txid, err))
+            return read_json(path)
+        except VirtnodeError as err:
+            raise VirtnodeError('cannot read transaction %s: %s' % (txid, err), err.details) from err
 
     def lock(self, txid):
         return _FileLock(self.path(txid)[:-len('.json')] + '.lock')

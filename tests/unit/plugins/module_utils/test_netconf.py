@@ -10,7 +10,11 @@ import sys
 
 import pytest
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import apply as net_apply
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import model
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import plan as net_plan
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import state as kernel_state
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import store
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,26 +33,26 @@ def kernel():
 
 
 def request(networks=None, bonds=None, purge=False):
-    return netconf.request_from_params(networks or [], bonds or [], purge=purge)
+    return model.request_from_params(networks or [], bonds or [], purge=purge)
 
 
 def plan(ip, running, req):
-    state = netconf.read_state(ip)
-    config, problems = netconf.desired_config(running, req)
+    state = kernel_state.read_state(ip)
+    config, problems = model.desired_config(running, req)
     assert not problems
-    netconf.check_config(config, state['links'])
-    targets, routes = netconf.compute_targets(config, running, state['links'])
-    return state, config, targets, routes, netconf.plan_changes(state, targets, routes)
+    model.check_config(config, state['links'])
+    targets, routes = net_plan.compute_targets(config, running, state['links'])
+    return state, config, targets, routes, net_plan.plan_changes(state, targets, routes)
 
 
 def commands(steps):
-    return [netconf.command_text(s['do']) for s in steps]
+    return [net_plan.command_text(s['do']) for s in steps]
 
 
 def apply(ip, running, req):
     state, config, targets, routes, steps = plan(ip, running, req)
-    netconf.apply_steps(ip, None, steps)
-    assert netconf.differences(netconf.read_state(ip), targets, routes) == []
+    net_apply.apply_steps(ip, None, steps)
+    assert net_plan.differences(kernel_state.read_state(ip), targets, routes) == []
     return config, steps
 
 
@@ -56,7 +60,7 @@ BRIDGED = {'name': 'net1', 'nic': 'nic1', 'mtu': 1400, 'ipv4': {'addresses': ['1
 
 
 def test_bridged_network_plan_and_idempotency(kernel):
-    config, steps = apply(kernel, netconf.empty_config(), request([BRIDGED]))
+    config, steps = apply(kernel, model.empty_config(), request([BRIDGED]))
     assert commands(steps) == [
         'ip link add name net1 type bridge stp_state 0 forward_delay 0',
         'ip link set dev net1 mtu 1400',
@@ -72,48 +76,48 @@ def test_bridged_network_plan_and_idempotency(kernel):
 
 def test_every_step_has_an_undo_that_restores(kernel):
     before = kernel.snapshot()
-    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([BRIDGED]))
-    done = netconf.apply_steps(kernel, None, steps)
-    assert netconf.undo_steps(kernel, None, done) == []
+    state, config, targets, routes, steps = plan(kernel, model.empty_config(), request([BRIDGED]))
+    done = net_apply.apply_steps(kernel, None, steps)
+    assert net_apply.undo_steps(kernel, None, done) == []
     assert kernel.snapshot() == before
 
 
 def test_failure_halfway_rolls_back_to_the_snapshot(kernel):
     before = kernel.snapshot()
-    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([BRIDGED]))
-    snapshot = netconf.snapshot_state(state, set(targets) | {'eth0'})
+    state, config, targets, routes, steps = plan(kernel, model.empty_config(), request([BRIDGED]))
+    snapshot = kernel_state.snapshot_state(state, set(targets) | {'eth0'})
     kernel.fail_on = 'addr add'
-    with pytest.raises(netconf.ApplyError) as err:
-        netconf.apply_steps(kernel, None, steps)
+    with pytest.raises(net_apply.ApplyError) as err:
+        net_apply.apply_steps(kernel, None, steps)
     assert 'step 4 (add address 192.0.2.10/24 to net1) failed' in str(err.value)
     kernel.fail_on = None
-    report = netconf.rollback(kernel, None, err.value.done, snapshot)
+    report = net_apply.rollback(kernel, None, err.value.done, snapshot)
     assert report['restored'], report
     assert kernel.snapshot() == before
 
 
 def test_injected_failure(kernel):
-    steps = plan(kernel, netconf.empty_config(), request([BRIDGED]))[-1]
-    with pytest.raises(netconf.ApplyError, match='injected failure at step 2') as err:
-        netconf.apply_steps(kernel, None, steps, fail_at_step=2)
+    steps = plan(kernel, model.empty_config(), request([BRIDGED]))[-1]
+    with pytest.raises(net_apply.ApplyError, match='injected failure at step 2') as err:
+        net_apply.apply_steps(kernel, None, steps, fail_at_step=2)
     assert len(err.value.done) == 2
 
 
 def test_snapshot_restore_survives_json_and_brings_back_default_route(kernel):
     before = kernel.snapshot()
     mgmt = {'name': 'mgmt', 'bridged': False, 'nic': 'eth0'}
-    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([mgmt]))
+    state, config, targets, routes, steps = plan(kernel, model.empty_config(), request([mgmt]))
     assert commands(steps) == ['ip -4 route del default via 10.0.0.1 dev eth0', 'ip addr del 10.0.0.5/24 dev eth0']
-    snapshot = json.loads(json.dumps(netconf.snapshot_state(state, set(targets) | {'eth0'})))
-    netconf.apply_steps(kernel, None, steps)
-    ok, diffs, errors = netconf.restore_snapshot(kernel, None, snapshot)
+    snapshot = json.loads(json.dumps(kernel_state.snapshot_state(state, set(targets) | {'eth0'})))
+    net_apply.apply_steps(kernel, None, steps)
+    ok, diffs, errors = net_apply.restore_snapshot(kernel, None, snapshot)
     assert ok and not diffs and not errors
     assert kernel.snapshot() == before
 
 
 def test_bridgeless_edit_and_remove(kernel):
     net = {'name': 'net2', 'bridged': False, 'nic': 'nic2', 'ipv4': {'addresses': ['198.51.100.2/24']}}
-    config, steps = apply(kernel, netconf.empty_config(), request([net]))
+    config, steps = apply(kernel, model.empty_config(), request([net]))
     assert kernel.devs['nic2']['addresses'] == ['198.51.100.2/24']
     edited = dict(net, ipv4={'addresses': ['198.51.100.3/24']}, mtu=9000)
     config, steps = apply(kernel, config, request([edited]))
@@ -125,7 +129,7 @@ def test_bridgeless_edit_and_remove(kernel):
 
 
 def test_removing_a_bridged_network_detaches_then_deletes(kernel):
-    config, dummy = apply(kernel, netconf.empty_config(), request([BRIDGED]))
+    config, dummy = apply(kernel, model.empty_config(), request([BRIDGED]))
     config, steps = apply(kernel, config, request([{'name': 'net1', 'state': 'absent'}]))
     assert commands(steps) == ['ip link set dev nic1 nomaster', 'ip addr del 192.0.2.10/24 dev net1',
                                'ip link set dev net1 down', 'ip link del dev net1']
@@ -133,7 +137,7 @@ def test_removing_a_bridged_network_detaches_then_deletes(kernel):
 
 
 def test_purge_removes_only_managed_networks(kernel):
-    config, dummy = apply(kernel, netconf.empty_config(), request([BRIDGED]))
+    config, dummy = apply(kernel, model.empty_config(), request([BRIDGED]))
     config, steps = apply(kernel, config, request([], purge=True))
     assert 'net1' not in kernel.devs
     assert kernel.devs['eth0']['addresses'] == ['10.0.0.5/24']
@@ -141,7 +145,7 @@ def test_purge_removes_only_managed_networks(kernel):
 
 def test_default_route_moves_to_the_network(kernel):
     net = {'name': 'net1', 'nic': 'nic1', 'default_route': True, 'ipv4': {'addresses': ['192.0.2.10/24'], 'gateway': '192.0.2.1'}}
-    config, steps = apply(kernel, netconf.empty_config(), request([net]))
+    config, steps = apply(kernel, model.empty_config(), request([net]))
     assert commands(steps)[0] == 'ip -4 route del default via 10.0.0.1 dev eth0'
     assert commands(steps)[-1] == 'ip -4 route add default via 192.0.2.1 dev net1'
 
@@ -151,7 +155,7 @@ BOND = {'name': 'bond0', 'mode': 'active-backup', 'options': {'miimon': '100'}, 
 
 def test_bond_with_bridged_vlan_network_plan(kernel):
     net = {'name': 'vmnet', 'bond': 'bond0', 'vlan': 100, 'mtu': 9000}
-    config, steps = apply(kernel, netconf.empty_config(), request([net], [BOND]))
+    config, steps = apply(kernel, model.empty_config(), request([net], [BOND]))
     assert commands(steps) == [
         'ip link add name bond0 type bond mode active-backup miimon 100',
         'ip link add link bond0 name bond0.100 type vlan id 100',
@@ -180,7 +184,7 @@ def test_bond_with_bridged_vlan_network_plan(kernel):
 
 def test_vlan_on_nic_plan(kernel):
     net = {'name': 'v200', 'bridged': False, 'nic': 'nic1', 'vlan': 200, 'ipv6': {'addresses': ['2001:db8::5/64']}}
-    config, steps = apply(kernel, netconf.empty_config(), request([net]))
+    config, steps = apply(kernel, model.empty_config(), request([net]))
     assert commands(steps) == ['ip link add link nic1 name nic1.200 type vlan id 200',
                                'ip addr add 2001:db8::5/64 dev nic1.200 nodad',
                                'ip link set dev nic1 up', 'ip link set dev nic1.200 up']
@@ -188,12 +192,12 @@ def test_vlan_on_nic_plan(kernel):
 
 def test_unsupported_kernel_fails_before_touching_anything(kernel):
     kernel.supported = {'bridge'}
-    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([], [BOND]))
+    state, config, targets, routes, steps = plan(kernel, model.empty_config(), request([], [BOND]))
     with pytest.raises(VirtnodeError, match='kernel cannot create bonding devices.*nothing was changed'):
-        netconf.check_kernel_support(kernel, state, steps)
-    state, config, targets, routes, steps = plan(kernel, netconf.empty_config(), request([{'name': 'v', 'nic': 'nic1', 'vlan': 5}]))
+        net_apply.check_kernel_support(kernel, state, steps)
+    state, config, targets, routes, steps = plan(kernel, model.empty_config(), request([{'name': 'v', 'nic': 'nic1', 'vlan': 5}]))
     with pytest.raises(VirtnodeError, match='kernel cannot create 802.1q VLAN devices'):
-        netconf.check_kernel_support(kernel, state, steps)
+        net_apply.check_kernel_support(kernel, state, steps)
     assert kernel.commands == []
 
 
@@ -221,8 +225,8 @@ def test_unsupported_kernel_fails_before_touching_anything(kernel):
     ([{'name': 'n', 'bridged': False}], [], 'a bridgeless network needs a nic or a bond'),
 ])
 def test_validation(kernel, networks, bonds, message):
-    config, problems = netconf.desired_config(netconf.empty_config(), request(networks, bonds))
-    problems += netconf.validate_config(config, netconf.read_state(kernel)['links'])
+    config, problems = model.desired_config(model.empty_config(), request(networks, bonds))
+    problems += model.validate_config(config, kernel_state.read_state(kernel)['links'])
     if message is None:
         assert problems == []
     else:
@@ -231,34 +235,34 @@ def test_validation(kernel, networks, bonds, message):
 
 def test_vlan_device_name_too_long(kernel):
     kernel.add_nic('abcdefghijkl')
-    config, problems = netconf.desired_config(netconf.empty_config(), request([{'name': 'n', 'nic': 'abcdefghijkl', 'vlan': 1000}]))
-    problems = netconf.validate_config(config, netconf.read_state(kernel)['links'])
+    config, problems = model.desired_config(model.empty_config(), request([{'name': 'n', 'nic': 'abcdefghijkl', 'vlan': 1000}]))
+    problems = model.validate_config(config, kernel_state.read_state(kernel)['links'])
     assert any("VLAN device 'abcdefghijkl.1000': too long" in p for p in problems)
 
 
 def test_check_config_message_says_nothing_changed(kernel):
-    config, dummy = netconf.desired_config(netconf.empty_config(), request([{'name': 'n', 'nic': 'nope'}]))
+    config, dummy = model.desired_config(model.empty_config(), request([{'name': 'n', 'nic': 'nope'}]))
     with pytest.raises(VirtnodeError, match='nothing was changed'):
-        netconf.check_config(config, netconf.read_state(kernel)['links'])
+        model.check_config(config, kernel_state.read_state(kernel)['links'])
 
 
 def test_persistence_round_trip(tmp_path):
-    config, dummy = netconf.desired_config(netconf.empty_config(), request([BRIDGED]))
+    config, dummy = model.desired_config(model.empty_config(), request([BRIDGED]))
     path = str(tmp_path / 'persistent' / 'netconf.json')
-    netconf.write_persistent(config, path)
-    saved = netconf.read_persistent(path)
+    store.write_persistent(config, path)
+    saved = store.read_persistent(path)
     assert saved['networks'] == config['networks'] and saved['saved_at']
     assert oct(os.stat(path).st_mode & 0o777) == '0o600'
-    assert netconf.persisted_names(config, saved) == {'networks': ['net1'], 'bonds': []}
-    assert netconf.read_persistent(str(tmp_path / 'missing.json')) is None
+    assert store.persisted_names(config, saved) == {'networks': ['net1'], 'bonds': []}
+    assert store.read_persistent(str(tmp_path / 'missing.json')) is None
 
 
 def test_running_config_round_trip(tmp_path):
-    config, dummy = netconf.desired_config(netconf.empty_config(), request([BRIDGED]))
+    config, dummy = model.desired_config(model.empty_config(), request([BRIDGED]))
     path = str(tmp_path / 'running.json')
-    netconf.write_running(config, path)
-    assert netconf.read_running(path) == config
-    assert netconf.read_running(str(tmp_path / 'none.json')) == netconf.empty_config()
+    store.write_running(config, path)
+    assert store.read_running(path) == config
+    assert store.read_running(str(tmp_path / 'none.json')) == model.empty_config()
 
 
 def test_read_state_ignores_link_local_and_dynamic():
@@ -275,7 +279,7 @@ def test_read_state_ignores_link_local_and_dynamic():
         def routes(self, family):
             return [{'dst': 'default', 'gateway': 'fe80::1', 'dev': 'eth0', 'protocol': 'ra', 'metric': 1024}] if family == 6 else []
 
-    state = netconf.read_state(Ip())
+    state = kernel_state.read_state(Ip())
     assert state['links']['eth0']['addresses'] == ['10.0.0.5/24']
     assert state['links']['eth0']['dynamic_addresses'] == ['10.0.0.6/24']
     assert state['routes'] == {4: [], 6: []}

@@ -13,8 +13,12 @@ import yaml
 
 from ansible.module_utils.testing import patch_module_args
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import dhcp
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import info as net_info
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import model
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import setup_networks
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import store
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import transaction as net_rollback
-from ansible_collections.virtnode.kvm.plugins.module_utils.network import netconf
 from ansible_collections.virtnode.kvm.plugins.modules import network
 from ansible_collections.virtnode.kvm.plugins.modules import network_info
 
@@ -30,13 +34,13 @@ def kernel(monkeypatch, tmp_path):
     ip = FakeIp()
     ip.add_nic('eth0', up=True, addresses=['10.0.0.5/24'])
     ip.add_nic('nic1')
-    monkeypatch.setattr(network, 'IpRoute', lambda: ip)
-    monkeypatch.setattr(network_info, 'IpRoute', lambda: ip)
-    monkeypatch.setattr(netconf, 'RUNNING_FILE', str(tmp_path / 'run' / 'running.json'))
-    monkeypatch.setattr(netconf, 'LOCK_FILE', str(tmp_path / 'run' / 'lock'))
-    monkeypatch.setattr(netconf, 'DHCP_DIR', str(tmp_path / 'run' / 'dhcp'))
-    monkeypatch.setattr(netconf, 'PERSISTENT_FILE', str(tmp_path / 'lib' / 'persistent' / 'netconf.json'))
-    monkeypatch.setattr(netconf, 'LOG_FILE', str(tmp_path / 'network.log'))
+    monkeypatch.setattr(setup_networks, 'IpRoute', lambda: ip)
+    monkeypatch.setattr(net_info, 'IpRoute', lambda: ip)
+    monkeypatch.setattr(store, 'RUNNING_FILE', str(tmp_path / 'run' / 'running.json'))
+    monkeypatch.setattr(store, 'LOCK_FILE', str(tmp_path / 'run' / 'lock'))
+    monkeypatch.setattr(dhcp, 'DHCP_DIR', str(tmp_path / 'run' / 'dhcp'))
+    monkeypatch.setattr(store, 'PERSISTENT_FILE', str(tmp_path / 'lib' / 'persistent' / 'netconf.json'))
+    monkeypatch.setattr(store, 'LOG_FILE', str(tmp_path / 'network.log'))
     monkeypatch.setattr(net_rollback, 'TRANSACTION_DIR', str(tmp_path / 'lib' / 'transactions'))
     return ip
 
@@ -96,7 +100,7 @@ def test_injected_failure_rolls_back(kernel, capsys):
     rc, result = run_module(network, capsys, base(networks=[NET], _fail_at_step=3))
     assert rc == 1 and 'injected failure at step 3' in result['msg'] and 'every step was undone' in result['msg']
     assert kernel.snapshot() == before
-    assert netconf.read_running() == netconf.empty_config()
+    assert store.read_running() == model.empty_config()
 
 
 def test_restored_applies_saved_config(kernel, capsys):
@@ -104,7 +108,7 @@ def test_restored_applies_saved_config(kernel, capsys):
     run_module(network, capsys, base(networks=[{'name': 'net2', 'bridged': False, 'nic': 'eth0', 'ipv4': {'addresses': ['10.0.0.5/24']}}]))
     rc, result = run_module(network, capsys, base(state='restored'))
     assert rc == 0 and result['changed']
-    assert set(netconf.read_running()['networks']) == {'net1'}
+    assert set(store.read_running()['networks']) == {'net1'}
 
 
 def test_restored_refuses_networks(kernel, capsys):
