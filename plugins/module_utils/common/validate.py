@@ -105,3 +105,19 @@ def size_bytes(value, what, minimum=0, maximum=None):
     if maximum is not None and size > maximum:
         raise VirtnodeError('%s must be at most %d bytes, got %s' % (what, maximum, value), {'field': what})
     return size
+
+
+# Two samples further apart than this make a module run wait too long for a rate.
+MAX_SAMPLE_INTERVAL = 60.0
+
+
+def sample_interval(value, what='sample_interval'):
+    """``value`` as a float number of seconds from 0 to MAX_SAMPLE_INTERVAL (0: one sample, no rates)."""
+    try:
+        interval = float(value)
+    except (TypeError, ValueError) as exc:
+        raise VirtnodeError('%s must be a number of seconds, got %r' % (what, value), {'field': what}) from exc
+    if not 0 <= interval <= MAX_SAMPLE_INTERVAL:
+        raise VirtnodeError('%s must be between 0 and %g seconds, got %g' % (what, MAX_SAMPLE_INTERVAL, interval),
+                            {'field': what})
+    return interval
