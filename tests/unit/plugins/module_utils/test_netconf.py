@@ -101,6 +101,7 @@ def test_injected_failure(kernel):
     with pytest.raises(net_apply.ApplyError, match='injected failure at step 2') as err:
         net_apply.apply_steps(kernel, None, steps, fail_at_step=2)
     assert len(err.value.done) == 2
+    assert err.value.details['failed_step'] == 2 and err.value.details['steps_done'] == err.value.done
 
 
 def test_snapshot_restore_survives_json_and_brings_back_default_route(kernel):

@@ -99,6 +99,8 @@ def test_injected_failure_rolls_back(kernel, capsys):
     before = kernel.snapshot()
     rc, result = run_module(network, capsys, base(networks=[NET], _fail_at_step=3))
     assert rc == 1 and 'injected failure at step 3' in result['msg'] and 'every step was undone' in result['msg']
+    # The one failure shape: the plan and the rollback report are top-level keys.
+    assert result['rollback']['restored'] and len(result['plan']) > 3
     assert kernel.snapshot() == before
     assert store.read_running() == model.empty_config()
 
@@ -113,9 +115,15 @@ def test_restored_applies_saved_config(kernel, capsys):
 
 def test_restored_refuses_networks(kernel, capsys):
     rc, result = run_module(network, capsys, base(state='restored', networks=[NET]))
-    assert rc == 1 and 'do not give networks' in result['msg']
+    assert rc == 1 and 'do not give networks' in result['msg'] and result['field'] == 'networks'
 
 
 def test_confirm_unknown_transaction(kernel, capsys):
     rc, result = run_module(network, capsys, {'_confirm': 'nope'})
     assert rc == 1 and 'unknown network transaction nope' in result['msg']
+
+
+def test_connectivity_timeout_out_of_range_names_the_option(kernel, capsys):
+    rc, result = run_module(network, capsys, base(networks=[NET], connectivity_timeout=0))
+    assert rc == 1 and 'between 1 and 600' in result['msg'] and result['field'] == 'connectivity_timeout'
+    assert kernel.commands == []
