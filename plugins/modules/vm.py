@@ -345,6 +345,7 @@ options:
     default: /etc/virtnode/hooks
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
+  - virtnode.kvm.failure
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
 attributes:
@@ -511,19 +512,13 @@ migration:
       sample: {"progress_percent": 97, "data_total": 142606336, "data_remaining": 4096}
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_utils
-from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.hooks import DEFAULT_HOOKS_DIR
-
-STATES = ['running', 'paused', 'shutdown', 'destroyed', 'absent', 'saved']
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
 
 
 def argument_spec():
@@ -544,7 +539,7 @@ def argument_spec():
     return libvirt_conn.libvirt_argument_spec(
         name=dict(type='str', required=True),
         uuid=dict(type='str'),
-        state=dict(type='str', choices=STATES, default='running'),
+        state=dict(type='str', choices=list(vm_converge.STATES), default='running'),
         persistent=dict(type='bool'),
         domain_type=dict(type='str', choices=list(vm_spec.DOMAIN_TYPES)),
         machine=dict(type='str'),
@@ -586,184 +581,6 @@ def argument_spec():
     )
 
 
-def recommended_domain_type(caps_xml):
-    caps = host_utils.parse_capabilities(caps_xml)
-    flags = host_utils.read_cpuinfo()['flags']
-    return host_utils.virtualization_info(flags, host_utils.caps_domain_types(caps))['recommended_domain_type']
-
-
-def vm_view(dom, uri, name, records_dir=vm_stats.RECORDS_DIR, vm_uuid=None):
-    if dom is None:
-        return {'name': name, 'uuid': vm_uuid, 'status': vm_stats.DOWN, 'pause_reason': None, 'pause_code': None,
-                'persistent': False, 'host': uri, 'exit': vm_stats.exit_info(vm_uuid, records_dir=records_dir)}
-    try:
-        view = vm_stats.domain_status(dom)
-    except libvirt_conn.LibvirtError:
-        return vm_view(None, uri, name, records_dir, dom.UUIDString())
-    view.update(name=dom.name(), uuid=dom.UUIDString(), host=uri, exit=None)
-    if view['status'] == vm_stats.DOWN:
-        state, reason = dom.state()
-        view['exit'] = vm_stats.exit_info(view['uuid'], state, reason, records_dir)
-    return view
-
-
-def refresh(conn, name):
-    try:
-        return vm_lifecycle.lookup(conn, name)
-    except VirtnodeError:
-        return None
-
-
-def ensure_running(conn, lc, params, spec, dom, result):
-    """state=running/paused: create, restore, start or resume, then apply live changes."""
-    paused = params['state'] == 'paused'
-    persistent = params['persistent']
-    before = vm_spec.parse_live(dom.XMLDesc(vm_lifecycle.flag('VIR_DOMAIN_XML_SECURE'))) if dom is not None else None
-    aliases = vm_spec.machine_aliases(conn.getCapabilities())
-    result['diff'] = dict(zip(('before', 'after'), vm_spec.diff_view(spec, before)))
-    if dom is None:
-        rec_uuid, record = lc.find_saved(spec['uuid'])
-        if record:
-            dom = lc.restore(rec_uuid, record, paused)
-            if dom is None:
-                return None
-            before = vm_spec.parse_live(dom.XMLDesc(vm_lifecycle.flag('VIR_DOMAIN_XML_SECURE')))
-            result['diff']['before'] = vm_spec.diff_view(spec, before)[0]
-        else:
-            if spec['console_log'] is None:
-                spec['console_log'] = True
-            xml = vm_spec.build_xml(spec, domain_type=recommended_domain_type(conn.getCapabilities()))
-            return lc.start_new(xml, bool(persistent), paused)
-
-    secure = vm_lifecycle.flag('VIR_DOMAIN_XML_SECURE')
-    inactive = vm_lifecycle.flag('VIR_DOMAIN_XML_INACTIVE')
-    if not vm_lifecycle.is_active(dom):
-        definition = dom.XMLDesc(secure | inactive)
-        diffs = vm_spec.compare(spec, vm_spec.parse_live(definition), aliases)
-        if diffs['restart'] or diffs['live']:
-            if lc.act('update definition'):
-                dom = conn.defineXML(vm_spec.updated_persistent_xml(spec, definition, before['domain_type']))
-        lc.start_defined(dom, paused)
-        if persistent is False and lc.act('undefine (make transient)'):
-            dom.undefine()
-        return dom
-
-    diffs = vm_spec.compare(spec, before, aliases)
-    result['pending_restart'] = diffs['restart']
-    lc.apply_live(dom, diffs['live'], spec)
-    if dom.isPersistent():
-        if persistent is False:
-            if lc.act('undefine (make transient)'):
-                dom.undefine()
-        else:
-            definition = dom.XMLDesc(secure | inactive)
-            config_diffs = vm_spec.compare(spec, vm_spec.parse_live(definition), aliases)
-            if (config_diffs['restart'] or config_diffs['live']) and lc.act('update definition'):
-                conn.defineXML(vm_spec.updated_persistent_xml(spec, definition, before['domain_type']))
-    elif persistent:
-        if lc.act('define'):
-            conn.defineXML(vm_spec.updated_persistent_xml(spec, dom.XMLDesc(secure), before['domain_type']))
-
-    state = dom.state()[0]
-    if paused and state in (vm_stats.RUNNING, vm_stats.BLOCKED):
-        lc.pause(dom)
-    elif not paused and state in (vm_stats.PAUSED, vm_stats.PMSUSPENDED):
-        lc.resume(dom)
-    return dom
-
-
-def migrate(conn, lc, params, dom, result):
-    dest_uri = params['migrate_uri'] or vm_lifecycle.default_migration_uri(params['migrate_to'], params['migrate_transport'])
-    options = dict(params['migrate_options'] or {})
-    options['unsafe'] = params['migrate_unsafe']
-    options['migrate_uri'] = options.pop('data_uri', None)
-    result['migration'] = {'destination_uri': dest_uri, 'duration_s': 0, 'migrate_uri': options['migrate_uri']}
-    with libvirt_conn.connect(dest_uri) as dconn:
-        remote = vm_lifecycle.lookup(dconn, params['name'])
-        remote_active = vm_lifecycle.is_active(remote)
-        if dom is None or not vm_lifecycle.is_active(dom):
-            if remote_active:
-                result['vm'] = vm_view(remote, dest_uri, params['name'])
-                return
-            raise VirtnodeError('VM %s runs neither here nor on %s' % (params['name'], dest_uri))
-        if remote_active:
-            raise VirtnodeError('a VM named %s already runs on %s' % (params['name'], dest_uri))
-        result['migration'] = lc.migrate(dom, dest_uri, options)
-        if not lc.check_mode:
-            result['vm'] = vm_view(vm_lifecycle.lookup(dconn, params['name']), dest_uri, params['name'])
-
-
-def run(module, conn, spec):
-    params = module.params
-    state = params['state']
-    env = spec['custom_properties'] or {}
-    lc = vm_lifecycle.Lifecycle(conn, spec['name'], hooks_dir=params['hooks_dir'], check_mode=module.check_mode,
-                                timeout=params['timeout'])
-    result = {'changed': False, 'pending_restart': [], 'actions': lc.actions, 'hooks': lc.hook_results}
-    dom = vm_lifecycle.lookup(conn, spec['name'], spec['uuid'])
-    vm_uuid = dom.UUIDString() if dom is not None else spec['uuid']
-    if dom is not None and not env:
-        lc.env = vm_spec.parse_live(dom.XMLDesc(0))['custom_properties']
-    else:
-        lc.env = env
-    uri = params['uri']
-    before_status = vm_view(dom, uri, spec['name'])['status'] if dom is not None else 'absent'
-    try:
-        if params['migrate_to'] or params['migrate_uri']:
-            migrate(conn, lc, params, dom, result)
-        elif state in ('running', 'paused'):
-            dom = ensure_running(conn, lc, params, spec, dom, result) or dom
-        elif dom is None:
-            if state == 'saved' and not lc.find_saved(vm_uuid)[1]:
-                raise VirtnodeError('VM %s does not exist and has no saved image' % spec['name'])
-            if state == 'absent':
-                rec_uuid = vm_uuid or lc.find_saved()[0]
-                for candidate in [rec_uuid] + [u for u, r in vm_stats.all_records('exit') if r.get('name') == spec['name']]:
-                    lc.forget(candidate)
-        else:
-            active = vm_lifecycle.is_active(dom)
-            persistent = bool(dom.isPersistent())
-            domxml = dom.XMLDesc(0)
-            if state == 'shutdown' and active:
-                lc.shutdown(dom, params['timeout'], params['force'])
-            elif state == 'destroyed' and active:
-                lc.destroy(dom)
-            elif state == 'absent':
-                if active:
-                    lc.destroy(dom)
-                if persistent:
-                    lc.undefine(dom)
-            # A VM that is gone (removed, or transient and stopped) gives its block volumes back.
-            if state == 'absent' or (state in ('shutdown', 'destroyed') and active and not persistent):
-                lc.release_block_volumes(vm_uuid, domxml)
-            if state == 'absent':
-                lc.forget(vm_uuid)
-            elif state == 'saved':
-                if active and params['saved_volume']:
-                    # Imported here: it pulls in the storage layer, which other states never need.
-                    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot  # pylint: disable=import-outside-toplevel
-                    target = vm_snapshot.memory_volume(params['saved_volume'], vm_snapshot.memory_needed(dom.XMLDesc(0)),
-                                                       'saved_volume')
-                    lc.save(dom, target['path'], volume=dict((k, target[k]) for k in vm_snapshot.IDS))
-                    if not module.check_mode:
-                        vm_snapshot.restore_volume_size(target)
-                elif active:
-                    lc.save(dom, params['save_path'] or os.path.join(vm_stats.record_dir(vm_uuid), 'saved.img'))
-                elif not lc.find_saved(vm_uuid)[1]:
-                    raise VirtnodeError('VM %s is not running and has no saved image' % spec['name'])
-    finally:
-        result['warnings'] = lc.warnings
-    if 'vm' not in result:
-        current = refresh(conn, spec['name'])
-        result['vm'] = vm_view(current, uri, spec['name'], vm_uuid=(current.UUIDString() if current else vm_uuid))
-    result['changed'] = bool(lc.actions)
-    if state not in ('running', 'paused') or params['migrate_to']:
-        target = {'absent': 'absent', 'running': vm_stats.UP}.get(state, vm_stats.DOWN)
-        result['diff'] = {'before': {'status': before_status},
-                          'after': {'status': target if lc.actions else before_status}}
-    return result
-
-
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -771,26 +588,7 @@ def main():
         mutually_exclusive=[('boot_order', 'kernel'), ('save_path', 'saved_volume')],
         required_by={'initrd': 'kernel', 'cmdline': 'kernel'},
     )
-    if module.params['migrate_to'] and module.params['state'] != 'running':
-        module.fail_json(msg='migrate_to needs state=running')
-    try:
-        spec = vm_spec.normalize(module.params, block_resolver=(vm_spec.planned_block_volume if module.check_mode
-                                                                else vm_spec.activate_block_volume))
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    libvirt_conn.require_libvirt(module)
-    result = {}
-    try:
-        with libvirt_conn.connect(module.params['uri']) as conn:
-            result = run(module, conn, spec)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    warnings = result.pop('warnings', [])
-    for warning in warnings:
-        module.warn(warning)
-    if not module._diff:
-        result.pop('diff', None)
-    module.exit_json(**result)
+    module_run.run(module, vm_converge.converge)
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ options:
     default: auto
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
+  - virtnode.kvm.failure
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
 attributes:
@@ -167,31 +168,9 @@ source:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def gather(conn, name, interval):
-    """Entries of the VMs libvirt knows (one or all), plus exited transient VMs with a record."""
-    if name:
-        dom = vm_lifecycle.lookup(conn, name)
-        if dom is None:
-            return with_exit_records([], name)
-        return vm_stats.collect(conn, [dom], interval, libvirt_module=libvirt_conn.libvirt)
-    return with_exit_records(vm_stats.collect(conn, None, interval, libvirt_module=libvirt_conn.libvirt), None)
-
-
-def with_exit_records(entries, name):
-    """Add the VMs that went down and are known only by their exit record."""
-    known = set(e['uuid'] for e in entries)
-    names = set(e['name'] for e in entries)
-    for vm_uuid, record in vm_stats.all_records('exit'):
-        if vm_uuid not in known and record.get('name') not in names and (not name or record.get('name') == name):
-            entries.append(vm_stats.exited_entry(vm_uuid, record))
-            names.add(record.get('name'))
-    return sorted(entries, key=lambda e: (e['name'] or '', e['uuid']))
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import info as vm_info
 
 
 def main():
@@ -203,24 +182,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        interval = vm_stats.validate_sample_interval(
-            1.0 if module.params['sample_interval'] is None else module.params['sample_interval'])
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    if module.params['source'] == 'auto' and module.params['sample_interval'] is None and module.params['uri'] == 'qemu:///system':
-        cached = agent_client.query('vms')
-        if cached is not None:
-            name = module.params['name']
-            vms = with_exit_records([vm for vm in cached['data']['vms'] if not name or vm.get('name') == name], name)
-            module.exit_json(changed=False, vms=vms, sample_interval=float(cached.get('interval') or 0), source='agent')
-    libvirt_conn.require_libvirt(module)
-    try:
-        with libvirt_conn.connect(module.params['uri']) as conn:
-            vms = gather(conn, module.params['name'], interval)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(changed=False, vms=vms, sample_interval=interval, source='libvirt')
+    module_run.run(module, vm_info.report, agent_client.query)
 
 
 if __name__ == '__main__':

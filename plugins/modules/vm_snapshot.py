@@ -99,6 +99,7 @@ options:
     default: 300
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
+  - virtnode.kvm.failure
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
 attributes:
@@ -298,83 +299,12 @@ pending_delete:
   sample: []
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def expected_chains(before, plan_ids, state):
-    after = []
-    wanted = {}
-    for ids in plan_ids:
-        wanted.setdefault((ids[0], ids[1]), []).append(ids[2])
-    for disk in before:
-        chain = list(disk['chain'])
-        for vol in wanted.get((disk['domain_id'], disk['image_id']), []):
-            if state == 'present' and vol not in chain:
-                chain.append(vol)
-            elif state == 'absent' and vol in chain:
-                chain.remove(vol)
-        after.append(chain)
-    return after
-
-
-def run(module, conn):
-    params = module.params
-    refs = params['volumes']
-    if not refs:
-        raise VirtnodeError('volumes must name at least one volume', {'field': 'volumes'})
-    ids_list = [vm_snapshot.volume_ids(ref, 'volumes[%d]' % i) for i, ref in enumerate(refs)]
-    if params['memory_volume'] and params['state'] != 'present':
-        raise VirtnodeError('memory_volume needs state=present', {'field': 'memory_volume'})
-    dom = vm_lifecycle.lookup(conn, params['name'])
-    if not vm_lifecycle.is_active(dom):
-        raise VirtnodeError('VM %s is not running on this host: a live snapshot or merge needs a running VM' % params['name'],
-                            {'name': params['name']})
-    job = vm_snapshot.SnapshotRun(conn, dom, check_mode=module.check_mode, timeout=params['timeout'])
-    images = set((ids[0], ids[1]) for ids in ids_list)
-    before = vm_snapshot.chains_view(job.disks(), images)
-    result = {'changed': False, 'actions': job.actions, 'deleted': job.deleted, 'pending_delete': job.pending_delete,
-              'duration_s': 0}
-    start = time.monotonic()
-    if params['state'] == 'present':
-        disks, plan = job.plan_present(refs)
-        memory = None
-        if params['memory_volume']:
-            memory = vm_snapshot.memory_volume(params['memory_volume'], vm_snapshot.memory_needed(dom.XMLDesc(0)),
-                                               'memory_volume') if plan else None
-            result['memory'] = dict((k, memory[k]) for k in ('domain_id', 'image_id', 'volume_id', 'capacity', 'needed')) \
-                if memory else None
-        if plan:
-            result['freeze'] = job.snapshot(disks, plan, memory, params['freeze'], params['description'])
-        done_ids = [ids for _disk, ids, _path in plan]
-    else:
-        plan = job.plan_absent(refs)
-        for ids, _disk in plan:
-            job.merge(ids, params['delete_merged'])
-        done_ids = [ids for ids, disk in plan if disk is not None]
-    if job.actions:
-        result['duration_s'] = round(time.monotonic() - start, 2)
-    if module.check_mode:
-        after = expected_chains(before, done_ids, params['state'])
-    else:
-        now = dict(((c['domain_id'], c['image_id']), c['chain']) for c in vm_snapshot.chains_view(job.disks(), images))
-        after = [now.get((c['domain_id'], c['image_id']), []) for c in before]
-    result['chains'] = []
-    for disk, chain_after in zip(before, after):
-        view = dict((k, disk[k]) for k in ('target', 'domain_id', 'image_id'))
-        view.update(before=disk['chain'], after=chain_after)
-        result['chains'].append(view)
-    result['changed'] = bool(job.actions)
-    result['diff'] = {'before': {'chains': dict((c['target'], c['before']) for c in result['chains'])},
-                      'after': {'chains': dict((c['target'], c['after']) for c in result['chains'])}}
-    return result
 
 
 def main():
@@ -391,15 +321,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    libvirt_conn.require_libvirt(module)
-    try:
-        with libvirt_conn.connect(module.params['uri']) as conn:
-            result = run(module, conn)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    if not module._diff:
-        result.pop('diff', None)
-    module.exit_json(**result)
+    module_run.run(module, vm_snapshot.converge)
 
 
 if __name__ == '__main__':

@@ -531,6 +531,8 @@ def host_probe(args) -> int:
     result["import_vm"], vm = _timed(lambda: __import__(
         "ansible_collections.virtnode.kvm.plugins.modules.vm", fromlist=["run"]))
     from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn  # pylint: disable=import-outside-toplevel
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge  # pylint: disable=import-outside-toplevel
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes  # pylint: disable=import-outside-toplevel
 
     # AnsiballZ ships sources only: every task compiles the module and the module_utils it imports.
     ours = [m.__file__ for n, m in sorted(sys.modules.items())
@@ -548,13 +550,13 @@ def host_probe(args) -> int:
     module = types.SimpleNamespace(params=params, check_mode=False)
 
     def once(profile=None):
-        normalize, spec = _timed(lambda: vm.vm_spec.normalize(params))
+        normalize, spec = _timed(lambda: vm_volumes.normalize_on_host(params))
         connect_started = time.perf_counter()
         with libvirt_conn.connect(params["uri"]) as conn:
             connect = time.perf_counter() - connect_started
             if profile:
                 profile.enable()
-            run_time, outcome = _timed(lambda: vm.run(module, conn, spec))
+            run_time, outcome = _timed(lambda: vm_converge.run(module, conn, spec))
             if profile:
                 profile.disable()
         return {"normalize": normalize, "connect": connect, "run": run_time, "changed": bool(outcome["actions"])}

@@ -5,7 +5,7 @@
 
 Every operation returns only when the VM reached the state it asked for
 (or raises VirtnodeError on timeout), runs VDSM's hook points through
-:mod:`hooks`, and writes the exit record :mod:`vm_stats` reads back.
+:mod:`hooks`, and writes the exit record :mod:`records` keeps and :mod:`stats` reads back.
 ``check_mode`` turns every change into a recorded intention.
 """
 
@@ -16,30 +16,17 @@ import threading
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import is_no_domain
 
-# libvirt flag values (stable ABI), looked up by name when the bindings have them.
-_FLAGS = {
-    'VIR_DOMAIN_AFFECT_LIVE': 1, 'VIR_DOMAIN_AFFECT_CONFIG': 2,
-    'VIR_DOMAIN_XML_SECURE': 1, 'VIR_DOMAIN_XML_INACTIVE': 2,
-    'VIR_DOMAIN_START_PAUSED': 1, 'VIR_DOMAIN_NONE': 0,
-    'VIR_DOMAIN_UNDEFINE_MANAGED_SAVE': 1, 'VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA': 2, 'VIR_DOMAIN_UNDEFINE_NVRAM': 4,
-    'VIR_DOMAIN_DEVICE_MODIFY_FORCE': 4, 'VIR_DOMAIN_METADATA_ELEMENT': 2,
-    'VIR_MIGRATE_LIVE': 1, 'VIR_MIGRATE_PEER2PEER': 2, 'VIR_MIGRATE_PERSIST_DEST': 8,
-    'VIR_MIGRATE_UNDEFINE_SOURCE': 16, 'VIR_MIGRATE_UNSAFE': 512, 'VIR_MIGRATE_COMPRESSED': 2048,
-    'VIR_MIGRATE_ABORT_ON_ERROR': 4096, 'VIR_MIGRATE_AUTO_CONVERGE': 8192,
-    'VIR_ERR_NO_DOMAIN': 42,
-}
 POLL = 0.2
-
-
-def flag(name):
-    return getattr(libvirt_conn.libvirt, name, _FLAGS[name]) if libvirt_conn.libvirt is not None else _FLAGS[name]
-
-
 MIGRATION_TRANSPORTS = ('tcp', 'tls')
 
 
@@ -50,42 +37,33 @@ def default_migration_uri(host, transport='tls'):
     return 'qemu+%s://%s/system' % (transport, host)
 
 
-def _code(exc):
-    getter = getattr(exc, 'get_error_code', None)
-    return getter() if callable(getter) else None
+def migration_flags(persistent, options):
+    """virDomainMigrateToURI3 flags: live, peer to peer, the definition moving with a persistent VM."""
+    names = ['VIR_MIGRATE_LIVE', 'VIR_MIGRATE_PEER2PEER', 'VIR_MIGRATE_ABORT_ON_ERROR']
+    if persistent:
+        names += ['VIR_MIGRATE_PERSIST_DEST', 'VIR_MIGRATE_UNDEFINE_SOURCE']
+    for option, name in (('unsafe', 'VIR_MIGRATE_UNSAFE'), ('auto_converge', 'VIR_MIGRATE_AUTO_CONVERGE'),
+                         ('compressed', 'VIR_MIGRATE_COMPRESSED')):
+        if options.get(option):
+            names.append(name)
+    return constants.mask(*names)
 
 
-def lookup(conn, name, vm_uuid=None):
-    """The domain called ``name`` (checked against ``vm_uuid``), or None."""
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt_conn.LibvirtError as exc:
-        if _code(exc) == flag('VIR_ERR_NO_DOMAIN'):
-            dom = None
-        else:
-            raise
-    if dom is not None and vm_uuid and dom.UUIDString() != vm_uuid:
-        raise VirtnodeError('a domain named %s exists with UUID %s, not %s' % (name, dom.UUIDString(), vm_uuid),
-                            {'name': name})
-    if dom is None and vm_uuid:
-        try:
-            other = conn.lookupByUUIDString(vm_uuid)
-        except libvirt_conn.LibvirtError:
-            other = None
-        if other is not None:
-            raise VirtnodeError('UUID %s belongs to domain %s, not %s' % (vm_uuid, other.name(), name), {'name': name})
-    return dom
-
-
-def is_active(dom):
-    return dom is not None and dom.state()[0] not in (vm_stats.SHUTOFF, vm_stats.CRASHED)
+def migration_params(options):
+    """virDomainMigrateToURI3 typed parameters: bandwidth and the URI of the data stream."""
+    params = {}
+    if options.get('bandwidth'):
+        params[constants.value('VIR_MIGRATE_PARAM_BANDWIDTH')] = int(options['bandwidth'])
+    if options.get('migrate_uri'):
+        params[constants.value('VIR_MIGRATE_PARAM_URI')] = options['migrate_uri']
+    return params
 
 
 class Lifecycle(object):
     """Operations on one VM; ``actions`` records what was (or in check mode would be) done."""
 
     def __init__(self, conn, name, hooks_dir=hooks_utils.DEFAULT_HOOKS_DIR, check_mode=False, timeout=120,
-                 records_dir=vm_stats.RECORDS_DIR, env=None, sleep=time.sleep, clock=time.monotonic):
+                 records_dir=vm_records.RECORDS_DIR, env=None, sleep=time.sleep, clock=time.monotonic):
         self.conn = conn
         self.name = name
         self.hooks_dir = hooks_dir
@@ -127,7 +105,7 @@ class Lifecycle(object):
             try:
                 state, reason = dom.state()
             except libvirt_conn.LibvirtError as exc:
-                if _code(exc) == flag('VIR_ERR_NO_DOMAIN'):
+                if is_no_domain(exc):
                     state, reason = vm_stats.SHUTOFF, 0
                 else:
                     raise
@@ -141,7 +119,7 @@ class Lifecycle(object):
 
     def write_exit(self, vm_uuid, code, message=None):
         if not self.check_mode and vm_uuid:
-            vm_stats.write_record(vm_uuid, 'exit', vm_stats.exit_record(code, message, name=self.name), self.records_dir)
+            vm_records.write_record(vm_uuid, 'exit', vm_stats.exit_record(code, message, name=self.name), self.records_dir)
 
     # ---------------------------------------------------------------- start
 
@@ -150,7 +128,7 @@ class Lifecycle(object):
         if not self.act('start'):
             return None
         xml = self.hook('before_vm_start', xml)
-        flags = flag('VIR_DOMAIN_START_PAUSED') if paused else 0
+        flags = constants.value('VIR_DOMAIN_START_PAUSED') if paused else 0
         try:
             if persistent:
                 dom = self.conn.defineXML(xml)
@@ -159,19 +137,19 @@ class Lifecycle(object):
                 dom = self.conn.createXML(xml, flags)
         except libvirt_conn.LibvirtError as exc:
             raise VirtnodeError('cannot start VM %s: %s' % (self.name, libvirt_conn.error_text(exc)))
-        vm_stats.remove_record(dom.UUIDString(), 'exit', self.records_dir)
+        vm_records.remove_record(dom.UUIDString(), 'exit', self.records_dir)
         self._after_start(dom, paused)
         return dom
 
     def start_defined(self, dom, paused=False):
         if not self.act('start'):
             return
-        xml = dom.XMLDesc(flag('VIR_DOMAIN_XML_SECURE'))
+        xml = dom.XMLDesc(constants.value('VIR_DOMAIN_XML_SECURE'))
         new_xml = self.hook('before_vm_start', xml, dom.UUIDString())
         if new_xml != xml:
             dom = self.conn.defineXML(new_xml)
-        dom.createWithFlags(flag('VIR_DOMAIN_START_PAUSED') if paused else 0)
-        vm_stats.remove_record(dom.UUIDString(), 'exit', self.records_dir)
+        dom.createWithFlags(constants.value('VIR_DOMAIN_START_PAUSED') if paused else 0)
+        vm_records.remove_record(dom.UUIDString(), 'exit', self.records_dir)
         self._after_start(dom, paused)
 
     def _after_start(self, dom, paused):
@@ -186,7 +164,7 @@ class Lifecycle(object):
 
     def find_saved(self, vm_uuid=None):
         """``(uuid, record)`` of a saved image of this VM, or (None, None)."""
-        for rec_uuid, record in vm_stats.all_records('saved', self.records_dir):
+        for rec_uuid, record in vm_records.all_records('saved', self.records_dir):
             if (vm_uuid and rec_uuid == vm_uuid) or (not vm_uuid and record.get('name') == self.name):
                 if os.path.exists(record.get('path', '')):
                     return rec_uuid, record
@@ -197,11 +175,11 @@ class Lifecycle(object):
             return None
         path = record['path']
         try:
-            xml = self.conn.saveImageGetXMLDesc(path, flag('VIR_DOMAIN_XML_SECURE'))
+            xml = self.conn.saveImageGetXMLDesc(path, constants.value('VIR_DOMAIN_XML_SECURE'))
         except libvirt_conn.LibvirtError as exc:
             raise VirtnodeError('cannot read saved image %s: %s' % (path, libvirt_conn.error_text(exc)))
         new_xml = self.hook('before_vm_dehibernate', xml, rec_uuid)
-        flags = flag('VIR_DOMAIN_SAVE_PAUSED') if paused and hasattr(libvirt_conn.libvirt, 'VIR_DOMAIN_SAVE_PAUSED') else 0
+        flags = constants.value('VIR_DOMAIN_SAVE_PAUSED') if paused and hasattr(libvirt_conn.libvirt, 'VIR_DOMAIN_SAVE_PAUSED') else 0
         try:
             self.conn.restoreFlags(path, new_xml if new_xml != xml else None, flags)
         except libvirt_conn.LibvirtError as exc:
@@ -209,8 +187,8 @@ class Lifecycle(object):
         dom = self.conn.lookupByUUIDString(rec_uuid)
         want = (vm_stats.PAUSED,) if paused else (vm_stats.RUNNING, vm_stats.BLOCKED)
         self.wait(dom, lambda s, r: s in want, 'restore')
-        vm_stats.remove_record(rec_uuid, 'saved', self.records_dir)
-        vm_stats.remove_record(rec_uuid, 'exit', self.records_dir)
+        vm_records.remove_record(rec_uuid, 'saved', self.records_dir)
+        vm_records.remove_record(rec_uuid, 'exit', self.records_dir)
         if record.get('owned', True):
             try:
                 os.unlink(path)
@@ -224,7 +202,7 @@ class Lifecycle(object):
         vm_uuid = dom.UUIDString()
         if not self.act('save'):
             return
-        self.hook('before_vm_hibernate', dom.XMLDesc(flag('VIR_DOMAIN_XML_SECURE')), vm_uuid)
+        self.hook('before_vm_hibernate', dom.XMLDesc(constants.value('VIR_DOMAIN_XML_SECURE')), vm_uuid)
         directory = os.path.dirname(path)
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -236,10 +214,10 @@ class Lifecycle(object):
         except libvirt_conn.LibvirtError as exc:
             raise VirtnodeError('cannot save VM %s to %s: %s' % (self.name, path, libvirt_conn.error_text(exc)))
         record = {'name': self.name, 'path': path, 'persistent': persistent, 'time': round(time.time(), 3),
-                  'owned': volume is None and path.startswith(vm_stats.record_dir(vm_uuid, self.records_dir))}
+                  'owned': volume is None and path.startswith(vm_records.record_dir(vm_uuid, self.records_dir))}
         if volume is not None:
             record['volume'] = dict(volume)
-        vm_stats.write_record(vm_uuid, 'saved', record, self.records_dir)
+        vm_records.write_record(vm_uuid, 'saved', record, self.records_dir)
         self.write_exit(vm_uuid, vm_stats.EXIT_SAVE_STATE_SUCCEEDED)
         self.hook('after_vm_hibernate', '', vm_uuid, fail=False)
 
@@ -272,7 +250,7 @@ class Lifecycle(object):
         try:
             dom.destroy()
         except libvirt_conn.LibvirtError as exc:
-            if _code(exc) != flag('VIR_ERR_NO_DOMAIN'):
+            if not is_no_domain(exc):
                 raise
         self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'stop')
         self.write_exit(vm_uuid, reason, message)
@@ -300,42 +278,40 @@ class Lifecycle(object):
     def undefine(self, dom):
         if not self.act('undefine'):
             return
-        flags = (flag('VIR_DOMAIN_UNDEFINE_MANAGED_SAVE') | flag('VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA')
-                 | flag('VIR_DOMAIN_UNDEFINE_NVRAM'))
+        flags = constants.mask('VIR_DOMAIN_UNDEFINE_MANAGED_SAVE', 'VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA',
+                               'VIR_DOMAIN_UNDEFINE_NVRAM')
         dom.undefineFlags(flags)
 
-    def release_block_volumes(self, vm_uuid, domxml):
+    def release_block_volumes(self, vm_uuid, dom_xml):
         """Deactivate the block-presented volumes of a removed VM (VDSM tears a VM's images down
         with it), except those another VM on this host still uses. Returns their paths."""
-        # Imported here: only VMs with block volumes pay for the storage layer's import.
-        from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block  # pylint: disable=import-outside-toplevel
-        paths = [d['path'] for d in vm_spec.parse_live(domxml)['disks'] if thin_block.volume_of_path(d['path'])]
+        paths = [d['path'] for d in domxml.parse_live(dom_xml)['disks'] if vm_volumes.is_block_volume_path(d['path'])]
         if not paths:
             return []
         in_use = set()
         for other in self.conn.listAllDomains(0):
             if other.UUIDString() == vm_uuid:
                 continue  # still listed in check mode
-            in_use.update(d['path'] for d in vm_spec.parse_live(other.XMLDesc(0))['disks'])
+            in_use.update(d['path'] for d in domxml.parse_live(other.XMLDesc(0))['disks'])
         released = []
         for path in paths:
             if path in in_use or not os.path.lexists(path):
                 continue
             released.append(path)
             if self.act('deactivate block volume %s' % path):
-                thin_block.release_path(path)
+                vm_volumes.release_block_volume(path)
         return released
 
     def forget(self, vm_uuid):
         """Drop every record of a VM (exit reason, saved image we own)."""
         if not vm_uuid:
             return False
-        directory = vm_stats.record_dir(vm_uuid, self.records_dir)
+        directory = vm_records.record_dir(vm_uuid, self.records_dir)
         if not os.path.isdir(directory):
             return False
         if not self.act('forget records'):
             return True
-        saved = vm_stats.read_record(vm_uuid, 'saved', self.records_dir)
+        saved = vm_records.read_record(vm_uuid, 'saved', self.records_dir)
         if saved and saved.get('owned') and os.path.exists(saved.get('path', '')):
             os.unlink(saved['path'])
         for name in os.listdir(directory):
@@ -353,7 +329,7 @@ class Lifecycle(object):
 
     def apply_live(self, dom, actions, spec):
         """Apply compare()'s live actions to a running or paused domain."""
-        live_flags = flag('VIR_DOMAIN_AFFECT_LIVE')
+        live_flags = constants.value('VIR_DOMAIN_AFFECT_LIVE')
         for item in actions:
             kind = item['action']
             vm_uuid = dom.UUIDString()
@@ -366,7 +342,7 @@ class Lifecycle(object):
                     disk['target'] = None
                     vm_spec.assign_targets([disk], item['taken'])
                 if self.act('hotplug disk %s as %s' % (disk['path'], disk['target'])):
-                    xml = vm_spec.etree.tostring(vm_spec.disk_element(disk), encoding='unicode')
+                    xml = domxml.to_text(domxml.disk_element(disk))
                     xml = self.hook('before_disk_hotplug', xml, vm_uuid)
                     dom.attachDeviceFlags(xml, live_flags)
                     self.hook('after_disk_hotplug', xml, vm_uuid, fail=False)
@@ -382,7 +358,7 @@ class Lifecycle(object):
             elif kind == 'attach_nic':
                 nic = item['nic']
                 if self.act('hotplug nic on %s %s' % (nic['source_type'], nic['source'])):
-                    xml = vm_spec.etree.tostring(vm_spec.nic_element(nic), encoding='unicode')
+                    xml = domxml.to_text(domxml.nic_element(nic))
                     xml = self.hook('before_nic_hotplug', xml, vm_uuid)
                     dom.attachDeviceFlags(xml, live_flags)
                     self.hook('after_nic_hotplug', xml, vm_uuid, fail=False)
@@ -397,16 +373,16 @@ class Lifecycle(object):
                     self.hook('after_nic_hotunplug', xml, vm_uuid, fail=False)
             elif kind == 'change_cd':
                 if self.act('change cd to %s' % (item['path'] or 'empty')):
-                    live = vm_spec.parse_live(dom.XMLDesc(0))
-                    elem = vm_spec.cdrom_element(item['path'], None)
+                    live = domxml.parse_live(dom.XMLDesc(0))
+                    elem = domxml.cdrom_element(item['path'], None)
                     elem.find('target').set('dev', live['cdrom_target'])
                     elem.find('target').set('bus', live.get('cdrom_bus') or 'ide')
-                    dom.updateDeviceFlags(vm_spec.etree.tostring(elem, encoding='unicode'),
-                                          live_flags | flag('VIR_DOMAIN_DEVICE_MODIFY_FORCE'))
+                    dom.updateDeviceFlags(domxml.to_text(elem),
+                                          live_flags | constants.value('VIR_DOMAIN_DEVICE_MODIFY_FORCE'))
             elif kind == 'set_ticket':
                 graphics = item['graphics']
                 if self.act('set %s ticket' % graphics['type']):
-                    dom.updateDeviceFlags(vm_spec.etree.tostring(vm_spec.graphics_element(graphics), encoding='unicode'),
+                    dom.updateDeviceFlags(domxml.to_text(domxml.graphics_element(graphics)),
                                           live_flags)
             elif kind == 'set_metadata':
                 self.act('update custom properties')
@@ -415,25 +391,25 @@ class Lifecycle(object):
 
     def set_metadata(self, dom, spec, flags):
         """Store the balloon target, machine and custom properties (the spec's, else the domain's own)."""
-        live = vm_spec.parse_live(dom.XMLDesc(0))
+        live = domxml.parse_live(dom.XMLDesc(0))
         merged = {'memory': spec['memory'] if spec['memory'] is not None else live['balloon_target'],
                   'machine': spec['machine'] or live['requested_machine'],
                   'custom_properties': (spec['custom_properties'] if spec['custom_properties'] is not None
                                         else live['custom_properties'])}
-        meta = vm_spec.etree.tostring(vm_spec._metadata(merged, namespaced=False), encoding='unicode')
-        dom.setMetadata(flag('VIR_DOMAIN_METADATA_ELEMENT'), meta, vm_spec.METADATA_PREFIX, vm_spec.METADATA_NS, flags)
+        meta = domxml.to_text(domxml.metadata_element(merged, namespaced=False))
+        dom.setMetadata(constants.value('VIR_DOMAIN_METADATA_ELEMENT'), meta, domxml.METADATA_PREFIX, domxml.METADATA_NS, flags)
 
     def _device_xml(self, dom, tag, match):
-        root = vm_spec._parse(dom.XMLDesc(0))
+        root = domxml.parse_xml(dom.XMLDesc(0))
         for elem in root.findall('devices/%s' % tag):
             if match(elem):
-                return vm_spec.etree.tostring(elem, encoding='unicode')
+                return domxml.to_text(elem)
         raise VirtnodeError('device not found in VM %s' % self.name)
 
     def _wait_device_gone(self, dom, tag, ident):
         deadline = self.clock() + min(self.timeout, 30)
         while self.clock() < deadline:
-            live = vm_spec.parse_live(dom.XMLDesc(0))
+            live = domxml.parse_live(dom.XMLDesc(0))
             items = live['disks'] if tag == 'disk' else live['nics']
             key = 'target' if tag == 'disk' else 'mac'
             if not any(i[key] == ident for i in items):
@@ -450,23 +426,9 @@ class Lifecycle(object):
         result = {'destination_uri': dest_uri, 'duration_s': None, 'migrate_uri': options.get('migrate_uri')}
         if not self.act('migrate to %s' % dest_uri):
             return result
-        persistent = bool(dom.isPersistent())
-        flags = flag('VIR_MIGRATE_LIVE') | flag('VIR_MIGRATE_PEER2PEER') | flag('VIR_MIGRATE_ABORT_ON_ERROR')
-        if persistent:
-            flags |= flag('VIR_MIGRATE_PERSIST_DEST') | flag('VIR_MIGRATE_UNDEFINE_SOURCE')
-        if options.get('unsafe'):
-            flags |= flag('VIR_MIGRATE_UNSAFE')
-        if options.get('auto_converge'):
-            flags |= flag('VIR_MIGRATE_AUTO_CONVERGE')
-        if options.get('compressed'):
-            flags |= flag('VIR_MIGRATE_COMPRESSED')
-        params = {}
-        if options.get('bandwidth'):
-            params[getattr(libvirt_conn.libvirt, 'VIR_MIGRATE_PARAM_BANDWIDTH', 'bandwidth')] = int(options['bandwidth'])
-        if options.get('migrate_uri'):
-            params[getattr(libvirt_conn.libvirt, 'VIR_MIGRATE_PARAM_URI', 'migrate_uri')] = options['migrate_uri']
-        self.hook('before_vm_migrate_source', dom.XMLDesc(flag('VIR_DOMAIN_XML_SECURE')), vm_uuid)
-
+        flags = migration_flags(bool(dom.isPersistent()), options)
+        params = migration_params(options)
+        self.hook('before_vm_migrate_source', dom.XMLDesc(constants.value('VIR_DOMAIN_XML_SECURE')), vm_uuid)
         outcome = {}
 
         def run():
@@ -479,8 +441,25 @@ class Lifecycle(object):
         worker = threading.Thread(target=run, name='virtnode-migrate')
         worker.daemon = True
         worker.start()
-        downtime_set = not options.get('max_downtime_ms')
         timeout = options.get('timeout') or 300
+        aborted, result['progress'] = self._watch_migration(dom, worker, options, start, timeout)
+        result['duration_s'] = round(self.clock() - start, 2)
+        if aborted:
+            raise VirtnodeError('migration of %s to %s did not finish within %gs and was aborted; the VM keeps running here'
+                                % (self.name, dest_uri, timeout), {'migration': result})
+        if 'error' in outcome:
+            exc = outcome['error']
+            text = libvirt_conn.error_text(exc) if isinstance(exc, libvirt_conn.LibvirtError) else str(exc)
+            raise VirtnodeError('migration of %s to %s failed: %s; the VM keeps running here' % (self.name, dest_uri, text),
+                                {'migration': result})
+        self.write_exit(vm_uuid, vm_stats.EXIT_MIGRATION_SUCCEEDED)
+        self.hook('after_vm_migrate_source', '', vm_uuid, fail=False)
+        return result
+
+    def _watch_migration(self, dom, worker, options, start, timeout):
+        """While ``worker`` migrates: set the maximum downtime once the job exists, follow the
+        progress, abort the job after ``timeout``. Returns (aborted, last progress seen)."""
+        downtime_set = not options.get('max_downtime_ms')
         aborted = False
         last_progress = None
         while worker.is_alive():
@@ -503,16 +482,4 @@ class Lifecycle(object):
                 except libvirt_conn.LibvirtError:
                     pass
         worker.join()
-        result['duration_s'] = round(self.clock() - start, 2)
-        result['progress'] = last_progress
-        if aborted:
-            raise VirtnodeError('migration of %s to %s did not finish within %gs and was aborted; the VM keeps running here'
-                                % (self.name, dest_uri, timeout), {'migration': result})
-        if 'error' in outcome:
-            exc = outcome['error']
-            text = libvirt_conn.error_text(exc) if isinstance(exc, libvirt_conn.LibvirtError) else str(exc)
-            raise VirtnodeError('migration of %s to %s failed: %s; the VM keeps running here' % (self.name, dest_uri, text),
-                                {'migration': result})
-        self.write_exit(vm_uuid, vm_stats.EXIT_MIGRATION_SUCCEEDED)
-        self.hook('after_vm_migrate_source', '', vm_uuid, fail=False)
-        return result
+        return aborted, last_progress

@@ -30,34 +30,22 @@ import os
 import stat
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import uuid_str
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import is_active, lookup
 
 IDS = ('domain_id', 'image_id', 'volume_id')
 # Room for the save header, the domain XML and device state on top of the guest's RAM.
 MEMORY_MARGIN = 32 * 1024 ** 2
 GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 POLL = 0.1
-
-# libvirt flag values (stable ABI), looked up by name when the bindings have them.
-_FLAGS = {
-    'VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA': 4,
-    'VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY': 16,
-    'VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT': 32,
-    'VIR_DOMAIN_SNAPSHOT_CREATE_LIVE': 256,
-    'VIR_DOMAIN_BLOCK_COMMIT_ACTIVE': 4,
-    'VIR_DOMAIN_BLOCK_COMMIT_RELATIVE': 8,
-    'VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT': 2,
-}
-
-
-def flag(name):
-    return getattr(libvirt_conn.libvirt, name, _FLAGS[name]) if libvirt_conn.libvirt is not None else _FLAGS[name]
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -97,7 +85,7 @@ def disk_chains(xml_text):
     'domain_id', 'image_id', 'volume_id'}...], 'job': <mirror job or None>, 'ready': bool}``.
     The last chain entry is the active layer (the disk's own source).
     """
-    root = vm_spec._parse(xml_text)
+    root = domxml.parse_xml(xml_text)
     disks = []
     for disk in root.findall('devices/disk'):
         if disk.get('device', 'disk') != 'disk':
@@ -146,8 +134,8 @@ def chain_ids(disk):
 
 def snapshot_xml(entries, targets, memory_path=None, description=None):
     """``<domainsnapshot>`` XML: an external snapshot of ``entries`` ({target, path, type}), no snapshot of other ``targets``."""
-    vm_spec._require_lxml()
-    etree = vm_spec.etree
+    domxml.require_lxml()
+    etree = domxml.etree
     root = etree.Element('domainsnapshot')
     if description:
         etree.SubElement(root, 'description').text = description
@@ -170,22 +158,22 @@ def snapshot_xml(entries, targets, memory_path=None, description=None):
 
 
 def snapshot_flags(with_memory):
-    flags = flag('VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT') | flag('VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA')
+    flags = constants.mask('VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT', 'VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA')
     if with_memory:
-        return flags | flag('VIR_DOMAIN_SNAPSHOT_CREATE_LIVE')
-    return flags | flag('VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY')
+        return flags | constants.value('VIR_DOMAIN_SNAPSHOT_CREATE_LIVE')
+    return flags | constants.value('VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY')
 
 
 def memory_needed(xml_text):
     """Bytes a memory-state volume needs for this domain: its (maximum) memory plus a margin."""
-    root = vm_spec._parse(xml_text)
-    kib = vm_spec._to_kib(root.find('memory')) or 0
+    root = domxml.parse_xml(xml_text)
+    kib = domxml.to_kib(root.find('memory')) or 0
     return kib * 1024 + MEMORY_MARGIN
 
 
 def has_guest_agent(xml_text):
     """Whether the domain has a connected QEMU guest agent channel."""
-    root = vm_spec._parse(xml_text)
+    root = domxml.parse_xml(xml_text)
     for target in root.findall('devices/channel/target'):
         if target.get('name') == GUEST_AGENT_CHANNEL:
             return target.get('state') == 'connected'
@@ -198,7 +186,7 @@ def locate(ids, what):
     """``(path, dom_dir, VolumeMetadata)`` of a prepared volume, or a clear error."""
     domain_id, image_id, volume_id = ids
     try:
-        path = vm_spec.resolve_volume(domain_id, image_id, volume_id)
+        path = vm_volumes.resolve_volume(domain_id, image_id, volume_id)
     except VirtnodeError:
         raise VirtnodeError('%s: unknown volume %s (image %s, domain %s): not found on this host'
                             % (what, volume_id, image_id, domain_id), {'field': what, 'volume_id': volume_id}) from None
@@ -399,9 +387,9 @@ class SnapshotRun(object):
             return
         domain_md = storage.read_md(dom_dir)
         old_top = chain[-1]
-        flags = flag('VIR_DOMAIN_BLOCK_COMMIT_RELATIVE')
+        flags = constants.value('VIR_DOMAIN_BLOCK_COMMIT_RELATIVE')
         if active:
-            flags |= flag('VIR_DOMAIN_BLOCK_COMMIT_ACTIVE')
+            flags |= constants.value('VIR_DOMAIN_BLOCK_COMMIT_ACTIVE')
         try:
             self.dom.blockCommit(disk['target'], base['path'], top['path'], 0, flags)
         except libvirt_conn.LibvirtError as exc:
@@ -411,7 +399,7 @@ class SnapshotRun(object):
             # As VDSM: the old leaf is ILLEGAL before the pivot, so an interrupted merge leaves it safe to delete.
             volumes.sync_volume_chain(dom_dir, domain_md, ids[1], old_top, chain[:-1])
             try:
-                self.dom.blockJobAbort(disk['target'], flag('VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT'))
+                self.dom.blockJobAbort(disk['target'], constants.value('VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT'))
             except libvirt_conn.LibvirtError as exc:
                 raise VirtnodeError('merge of %s: pivot to %s failed: %s; the VM still uses %s (marked ILLEGAL)'
                                     % (ids[2], base['volume_id'], libvirt_conn.error_text(exc), ids[2]))
@@ -484,3 +472,100 @@ def chains_view(disks, only_images=None):
             continue
         view.append({'target': disk['target'], 'domain_id': key[0], 'image_id': key[1], 'chain': chain_ids(disk)})
     return view
+
+
+# ---------------------------------------------------------------- the vm_snapshot module's run
+
+def expected_chains(before, plan_ids, state):
+    """The chains after adding (present) or merging away (absent) the planned volumes: check mode's answer."""
+    after = []
+    wanted = {}
+    for ids in plan_ids:
+        wanted.setdefault((ids[0], ids[1]), []).append(ids[2])
+    for disk in before:
+        chain = list(disk['chain'])
+        for vol in wanted.get((disk['domain_id'], disk['image_id']), []):
+            if state == 'present' and vol not in chain:
+                chain.append(vol)
+            elif state == 'absent' and vol in chain:
+                chain.remove(vol)
+        after.append(chain)
+    return after
+
+
+def _take_snapshot(job, params, dom, result):
+    """state=present: snapshot the disks not yet on their volume (and the memory when asked); returns what was done."""
+    disks, plan = job.plan_present(params['volumes'])
+    memory = None
+    if params['memory_volume']:
+        memory = memory_volume(params['memory_volume'], memory_needed(dom.XMLDesc(0)), 'memory_volume') if plan else None
+        result['memory'] = dict((k, memory[k]) for k in ('domain_id', 'image_id', 'volume_id', 'capacity', 'needed')) \
+            if memory else None
+    if plan:
+        result['freeze'] = job.snapshot(disks, plan, memory, params['freeze'], params['description'])
+    return [ids for _disk, ids, _path in plan]
+
+
+def _merge(job, params):
+    """state=absent: merge the volumes still in a chain; returns what was done."""
+    plan = job.plan_absent(params['volumes'])
+    for ids, _disk in plan:
+        job.merge(ids, params['delete_merged'])
+    return [ids for ids, disk in plan if disk is not None]
+
+
+def _chains_result(job, before, images, done_ids, state, check_mode):
+    """Every disk's chain before and after (predicted in check mode)."""
+    if check_mode:
+        after = expected_chains(before, done_ids, state)
+    else:
+        now = dict(((c['domain_id'], c['image_id']), c['chain']) for c in chains_view(job.disks(), images))
+        after = [now.get((c['domain_id'], c['image_id']), []) for c in before]
+    chains = []
+    for disk, chain_after in zip(before, after):
+        view = dict((k, disk[k]) for k in ('target', 'domain_id', 'image_id'))
+        view.update(before=disk['chain'], after=chain_after)
+        chains.append(view)
+    return chains
+
+
+def run(module, conn):
+    """Take the live snapshot onto, or merge away, the volumes of ``module.params``; returns the module result."""
+    params = module.params
+    refs = params['volumes']
+    if not refs:
+        raise VirtnodeError('volumes must name at least one volume', {'field': 'volumes'})
+    ids_list = [volume_ids(ref, 'volumes[%d]' % i) for i, ref in enumerate(refs)]
+    if params['memory_volume'] and params['state'] != 'present':
+        raise VirtnodeError('memory_volume needs state=present', {'field': 'memory_volume'})
+    dom = lookup(conn, params['name'])
+    if not is_active(dom):
+        raise VirtnodeError('VM %s is not running on this host: a live snapshot or merge needs a running VM' % params['name'],
+                            {'name': params['name']})
+    job = SnapshotRun(conn, dom, check_mode=module.check_mode, timeout=params['timeout'])
+    images = set((ids[0], ids[1]) for ids in ids_list)
+    before = chains_view(job.disks(), images)
+    result = {'changed': False, 'actions': job.actions, 'deleted': job.deleted, 'pending_delete': job.pending_delete,
+              'duration_s': 0}
+    start = time.monotonic()
+    if params['state'] == 'present':
+        done_ids = _take_snapshot(job, params, dom, result)
+    else:
+        done_ids = _merge(job, params)
+    if job.actions:
+        result['duration_s'] = round(time.monotonic() - start, 2)
+    result['chains'] = _chains_result(job, before, images, done_ids, params['state'], module.check_mode)
+    result['changed'] = bool(job.actions)
+    result['diff'] = {'before': {'chains': dict((c['target'], c['before']) for c in result['chains'])},
+                      'after': {'chains': dict((c['target'], c['after']) for c in result['chains'])}}
+    return result
+
+
+def converge(module):
+    """The ``vm_snapshot`` module: :func:`run` on its libvirt connection."""
+    libvirt_conn.require_libvirt(module)
+    with libvirt_conn.connect(module.params['uri']) as conn:
+        result = run(module, conn)
+    if not module._diff:  # pylint: disable=protected-access
+        result.pop('diff', None)
+    return result

@@ -1,17 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: virtnode.kvm contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A typed VM specification: validation, libvirt domain XML, comparison with a live domain.
+"""A typed VM specification: validation, and comparison with a parsed domain.
 
-Three steps, all pure (no libvirt calls), so the module, the node agent and
-the unit tests share them:
+Pure: no libvirt calls and no file system access of its own, so the module,
+the node agent and the unit tests share it.
 
 * :func:`normalize` turns module options into a spec dict (sizes in KiB,
   disk targets assigned, MAC addresses lower case) or raises VirtnodeError.
-* :func:`build_xml` renders that spec as libvirt domain XML (lxml).
-* :func:`parse_live` reads a live or persistent domain XML back into the
-  same shape, and :func:`compare` lists the differences, each marked as
-  appliable live or needing a restart.
+  What it needs to know of the host (does a path exist, where is a storage
+  volume) it asks the functions it is given (:mod:`volumes` has the real ones).
+* :func:`compare` lists the differences between a spec and a domain parsed
+  by :func:`domxml.parse_live`, each marked as appliable live or needing a
+  restart; :func:`diff_view` shows them.
 
 Only fields the user set are compared: what libvirt fills in by itself
 (MAC addresses of NICs given without one, PCI addresses, aliases, default
@@ -23,26 +24,12 @@ source in order), so reordering or auto-assigned names never cause churn.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import stat
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import safe_name, size_bytes, uuid_str
-
-try:
-    from lxml import etree
-    HAS_LXML = True
-except ImportError:
-    etree = None
-    HAS_LXML = False
-
-METADATA_NS = 'http://virtnode.kvm/xmlns/vm/1.0'
-METADATA_PREFIX = 'virtnode'
-CONSOLE_LOG_DIR = '/var/log/libvirt/qemu'
-VDSM_MOUNT_ROOT = paths.MOUNT_ROOT
 
 DISK_BUSES = ('virtio', 'sata', 'scsi', 'ide')
 DISK_FORMATS = ('raw', 'qcow2')
@@ -69,11 +56,6 @@ MIB_IN_KIB = 1024
 # Fields compared at top level, and whether a running domain can take a change live.
 RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'vcpus', 'cpu_topology', 'cpu_model',
                   'boot_order', 'kernel', 'initrd', 'cmdline', 'console_log', 'lease')
-
-
-def _require_lxml():
-    if not HAS_LXML:
-        raise VirtnodeError('python lxml is required on the managed host (Debian: python3-lxml)')
 
 
 # --------------------------------------------------------------------------
@@ -104,27 +86,6 @@ def normalize_mac(value, what='nic mac'):
     return mac
 
 
-def volume_path_candidates(domain_id, image_id, volume_id, mount_root=VDSM_MOUNT_ROOT):
-    """Paths a storage-domain volume may have under VDSM's mount root (file and block domains)."""
-    return sorted(glob.glob(os.path.join(glob.escape(mount_root), '*', domain_id, 'images', image_id, volume_id)))
-
-
-def resolve_volume(domain_id, image_id, volume_id):
-    """Default resolver for disks given as ``{domain_id, image_id, volume_id}``.
-
-    It finds an already prepared volume (mounted file domain, or an active
-    block volume linked under the mount root). The storage layer replaces
-    this with its own prepare step (activate the LV, check legality) by
-    passing ``resolver=`` to :func:`normalize`.
-    """
-    found = volume_path_candidates(domain_id, image_id, volume_id)
-    if not found:
-        raise VirtnodeError('storage volume %s/%s/%s is not prepared on this host (no %s/*/%s/images/%s/%s)'
-                            % (domain_id, image_id, volume_id, VDSM_MOUNT_ROOT, domain_id, image_id, volume_id),
-                            {'field': 'disks'})
-    return found[0]
-
-
 def _path_kind(path, stat_fn):
     try:
         st = stat_fn(path)
@@ -137,22 +98,49 @@ def _path_kind(path, stat_fn):
     raise VirtnodeError('disk path %s is neither a regular file nor a block device' % path, {'field': 'disks', 'path': path})
 
 
-def activate_block_volume(domain_id, image_id, volume_id):
-    """Default block resolver: the volume activated as a block device on this host."""
-    # Imported here: only VMs with block disks pay for the storage layer's import.
-    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block  # pylint: disable=import-outside-toplevel
-    return thin_block.present_volume(domain_id, image_id, volume_id, activate=True)
+def _missing_resolver(*_ids):
+    raise VirtnodeError('storage volumes cannot be resolved here: no resolver given', {'field': 'disks'})
 
 
-def planned_block_volume(domain_id, image_id, volume_id):
-    """Block resolver for check mode: where the volume would appear, activating nothing."""
-    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block  # pylint: disable=import-outside-toplevel
-    return thin_block.present_volume(domain_id, image_id, volume_id, activate=False)
+def _exists_by_stat(stat_fn):
+    """An ``lexists`` made of ``stat_fn``, for callers that give only that."""
+    def exists(path):
+        try:
+            stat_fn(path)
+        except OSError:
+            return False
+        return True
+    return exists
 
 
-def _normalize_disk(index, disk, stat_fn, resolver, block_resolver=activate_block_volume):
+def _volume_disk_path(what, disk, vol_keys, resolver, block_resolver, lexists):
+    """``(path, ids, planned_block)`` of a disk given as a storage-domain volume."""
+    if len(vol_keys) != 3:
+        raise VirtnodeError('%s: a storage volume needs domain_id, image_id and volume_id' % what, {'field': what})
+    ids = [uuid_str(disk[k], '%s %s' % (what, k)) for k in ('domain_id', 'image_id', 'volume_id')]
+    # type=block presents the volume through the block backend (LV activation, or a loop
+    # device over a file domain's volume): what thin provisioning watches and extends.
+    if disk.get('type') == 'block':
+        path = (block_resolver or _missing_resolver)(*ids)
+        # In check mode nothing is activated: the device that would appear is not there yet.
+        return path, ids, not lexists(path)
+    return (resolver or _missing_resolver)(*ids), ids, False
+
+
+def _disk_target(what, disk, bus):
+    target = disk.get('target')
+    if target is not None and not _TARGET_RE.match(target):
+        raise VirtnodeError('%s target must look like vda, sdb or hdc: %r' % (what, target), {'field': what})
+    if target is not None and not target.startswith(_TARGET_PREFIX[bus]):
+        raise VirtnodeError('%s target %s does not fit bus %s (use %sX)' % (what, target, bus, _TARGET_PREFIX[bus]),
+                            {'field': what})
+    return target
+
+
+def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
     what = 'disks[%d]' % index
     planned_block = False
+    ids = None
     if not isinstance(disk, dict):
         raise VirtnodeError('%s must be a dict' % what, {'field': what})
     vol_keys = [k for k in ('domain_id', 'image_id', 'volume_id') if disk.get(k)]
@@ -160,14 +148,7 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver=activate_bloc
     if path and vol_keys:
         raise VirtnodeError('%s: give either path or domain_id/image_id/volume_id, not both' % what, {'field': what})
     if vol_keys:
-        if len(vol_keys) != 3:
-            raise VirtnodeError('%s: a storage volume needs domain_id, image_id and volume_id' % what, {'field': what})
-        ids = [uuid_str(disk[k], '%s %s' % (what, k)) for k in ('domain_id', 'image_id', 'volume_id')]
-        # type=block presents the volume through the block backend (LV activation, or a loop
-        # device over a file domain's volume): what thin provisioning watches and extends.
-        path = block_resolver(*ids) if disk.get('type') == 'block' else resolver(*ids)
-        if disk.get('type') == 'block' and not os.path.lexists(path):
-            planned_block = True
+        path, ids, planned_block = _volume_disk_path(what, disk, vol_keys, resolver, block_resolver, lexists)
     if not path:
         raise VirtnodeError('%s needs a path (or domain_id/image_id/volume_id)' % what, {'field': what})
     if not os.path.isabs(path) or '\0' in path:
@@ -176,12 +157,7 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver=activate_bloc
     if disk.get('type') and disk['type'] != kind:
         raise VirtnodeError('%s: %s is a %s, not a %s' % (what, path, kind, disk['type']), {'field': what})
     bus = _choice(disk.get('bus') or 'virtio', DISK_BUSES, what + ' bus')
-    target = disk.get('target')
-    if target is not None and not _TARGET_RE.match(target):
-        raise VirtnodeError('%s target must look like vda, sdb or hdc: %r' % (what, target), {'field': what})
-    if target is not None and not target.startswith(_TARGET_PREFIX[bus]):
-        raise VirtnodeError('%s target %s does not fit bus %s (use %sX)' % (what, target, bus, _TARGET_PREFIX[bus]),
-                            {'field': what})
+    target = _disk_target(what, disk, bus)
     return {
         'path': path,
         'type': kind,
@@ -194,7 +170,7 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver=activate_bloc
         'error_policy': _choice(disk.get('error_policy') or 'stop', ERROR_POLICIES, what + ' error_policy'),
         'readonly': bool(disk.get('readonly', False)),
         'serial': disk.get('serial') or None,
-        'volume': dict(zip(('domain_id', 'image_id', 'volume_id'), ids)) if vol_keys else None,
+        'volume': dict(zip(('domain_id', 'image_id', 'volume_id'), ids)) if ids else None,
     }
 
 
@@ -270,46 +246,48 @@ def _normalize_lease(lease):
     }
 
 
-def normalize(params, stat_fn=os.stat, resolver=resolve_volume, block_resolver=activate_block_volume):
-    """Validate module options; return the spec. Options left out (None) are not compared later."""
-    spec = {}
-    spec['name'] = safe_name(params.get('name'), 'name')
-    spec['uuid'] = uuid_str(params['uuid'], 'uuid') if params.get('uuid') else None
-    spec['domain_type'] = _choice(params['domain_type'], DOMAIN_TYPES, 'domain_type') if params.get('domain_type') else None
-    spec['machine'] = params.get('machine') or None
-
+def _normalize_memory(params):
+    """(memory, max_memory) in KiB; max_memory defaults to memory and is whole MiB."""
     memory = params.get('memory')
     max_memory = params.get('max_memory')
-    spec['memory'] = _kib(memory, 'memory', minimum_bytes=1) if memory is not None else None
-    spec['max_memory'] = _kib(max_memory, 'max_memory', minimum_bytes=1) if max_memory is not None else None
-    if spec['memory'] is not None and spec['max_memory'] is None:
-        spec['max_memory'] = spec['memory']
-    if spec['max_memory'] is not None:
-        spec['max_memory'] = _round_mib(spec['max_memory'])
-    if spec['memory'] is not None and spec['memory'] > spec['max_memory']:
-        raise VirtnodeError('memory (%d KiB) must not exceed max_memory (%d KiB)' % (spec['memory'], spec['max_memory']),
+    memory = _kib(memory, 'memory', minimum_bytes=1) if memory is not None else None
+    max_memory = _kib(max_memory, 'max_memory', minimum_bytes=1) if max_memory is not None else None
+    if memory is not None and max_memory is None:
+        max_memory = memory
+    if max_memory is not None:
+        max_memory = _round_mib(max_memory)
+    if memory is not None and memory > max_memory:
+        raise VirtnodeError('memory (%d KiB) must not exceed max_memory (%d KiB)' % (memory, max_memory),
                             {'field': 'memory'})
+    return memory, max_memory
 
+
+def _normalize_topology(topology, vcpus):
+    if not topology:
+        return None
+    topo = {}
+    for key in ('sockets', 'cores', 'threads'):
+        value = topology.get(key) or 1
+        if not isinstance(value, int) or value < 1:
+            raise VirtnodeError('cpu_topology %s must be a positive integer' % key, {'field': 'cpu_topology'})
+        topo[key] = value
+    total = topo['sockets'] * topo['cores'] * topo['threads']
+    if vcpus is not None and total != vcpus:
+        raise VirtnodeError('cpu_topology gives %d vCPUs but vcpus is %d' % (total, vcpus), {'field': 'cpu_topology'})
+    return topo
+
+
+def _normalize_cpu(params, spec):
     vcpus = params.get('vcpus')
     if vcpus is not None and (not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1 or vcpus > 4096):
         raise VirtnodeError('vcpus must be a whole number from 1 to 4096, got %r' % (vcpus,), {'field': 'vcpus'})
     spec['vcpus'] = vcpus
-    topology = params.get('cpu_topology')
-    if topology:
-        topo = {}
-        for key in ('sockets', 'cores', 'threads'):
-            value = topology.get(key) or 1
-            if not isinstance(value, int) or value < 1:
-                raise VirtnodeError('cpu_topology %s must be a positive integer' % key, {'field': 'cpu_topology'})
-            topo[key] = value
-        total = topo['sockets'] * topo['cores'] * topo['threads']
-        if vcpus is not None and total != vcpus:
-            raise VirtnodeError('cpu_topology gives %d vCPUs but vcpus is %d' % (total, vcpus), {'field': 'cpu_topology'})
-        spec['cpu_topology'] = topo
-    else:
-        spec['cpu_topology'] = None
+    spec['cpu_topology'] = _normalize_topology(params.get('cpu_topology'), vcpus)
     spec['cpu_model'] = params.get('cpu_model') or None
 
+
+def _normalize_boot(params, spec, stat_fn):
+    """Direct kernel boot (kernel, initrd, cmdline) or a boot order, never both."""
     kernel = params.get('kernel')
     boot = params.get('boot_order')
     if kernel and boot:
@@ -327,49 +305,78 @@ def normalize(params, stat_fn=os.stat, resolver=resolve_volume, block_resolver=a
     spec['cmdline'] = params.get('cmdline') if kernel else None
     spec['boot_order'] = [_choice(d, BOOT_DEVICES, 'boot_order item') for d in boot] if boot else None
 
+
+def _normalize_disks(params, machine, stat_fn, resolver, block_resolver, lexists):
     disks = params.get('disks')
-    if disks is not None:
-        taken = [cdrom_device(spec['machine'])[1]] if params.get('cdrom') is not None else []
-        spec['disks'] = assign_targets([_normalize_disk(i, d, stat_fn, resolver, block_resolver) for i, d in enumerate(disks)], taken)
-        paths = [d['path'] for d in spec['disks']]
-        if len(set(paths)) != len(paths):
-            raise VirtnodeError('the same disk path is given twice', {'field': 'disks'})
-        targets = [d['target'] for d in spec['disks']]
-        if len(set(targets)) != len(targets):
-            raise VirtnodeError('two disks have the same target', {'field': 'disks'})
-    else:
-        spec['disks'] = None
+    if disks is None:
+        return None
+    taken = [cdrom_device(machine)[1]] if params.get('cdrom') is not None else []
+    disks = assign_targets([_normalize_disk(i, d, stat_fn, resolver, block_resolver, lexists)
+                            for i, d in enumerate(disks)], taken)
+    paths = [d['path'] for d in disks]
+    if len(set(paths)) != len(paths):
+        raise VirtnodeError('the same disk path is given twice', {'field': 'disks'})
+    targets = [d['target'] for d in disks]
+    if len(set(targets)) != len(targets):
+        raise VirtnodeError('two disks have the same target', {'field': 'disks'})
+    return disks
 
-    nics = params.get('nics')
-    spec['nics'] = [_normalize_nic(i, n) for i, n in enumerate(nics)] if nics is not None else None
-    if spec['nics']:
-        macs = [n['mac'] for n in spec['nics'] if n['mac']]
-        if len(set(macs)) != len(macs):
-            raise VirtnodeError('the same MAC address is given to two NICs', {'field': 'nics'})
 
-    cdrom = params.get('cdrom')
+def _normalize_nics(nics):
+    if nics is None:
+        return None
+    nics = [_normalize_nic(i, n) for i, n in enumerate(nics)]
+    macs = [n['mac'] for n in nics if n['mac']]
+    if len(set(macs)) != len(macs):
+        raise VirtnodeError('the same MAC address is given to two NICs', {'field': 'nics'})
+    return nics
+
+
+def _normalize_cdrom(cdrom, stat_fn):
     if cdrom:
         if not os.path.isabs(cdrom):
             raise VirtnodeError('cdrom must be an absolute path or "" for an empty drive: %s' % cdrom, {'field': 'cdrom'})
         _path_kind(cdrom, stat_fn)
-    spec['cdrom'] = cdrom
+    return cdrom
+
+
+def _normalize_custom_properties(props):
+    """Custom properties as strings; hooks get them as environment variables, so names must fit one."""
+    if props is None:
+        return None
+    for key in props:
+        if not _ENV_RE.match(str(key)):
+            raise VirtnodeError('custom property name %r cannot be an environment variable' % key,
+                                {'field': 'custom_properties'})
+    return dict((str(k), '' if v is None else str(v)) for k, v in props.items())
+
+
+def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None):
+    """Validate module options; return the spec. Options left out (None) are not compared later.
+
+    The host is only seen through the functions given: ``stat_fn`` (os.stat)
+    for paths, ``resolver`` and ``block_resolver`` for disks given as
+    storage-domain volumes (``(domain_id, image_id, volume_id)`` -> path),
+    ``lexists`` (default: through ``stat_fn``) for block devices that would
+    appear. :func:`volumes.normalize_on_host` gives the real ones.
+    """
+    spec = {}
+    spec['name'] = safe_name(params.get('name'), 'name')
+    spec['uuid'] = uuid_str(params['uuid'], 'uuid') if params.get('uuid') else None
+    spec['domain_type'] = _choice(params['domain_type'], DOMAIN_TYPES, 'domain_type') if params.get('domain_type') else None
+    spec['machine'] = params.get('machine') or None
+    spec['memory'], spec['max_memory'] = _normalize_memory(params)
+    _normalize_cpu(params, spec)
+    _normalize_boot(params, spec, stat_fn)
+    spec['disks'] = _normalize_disks(params, spec['machine'], stat_fn, resolver, block_resolver,
+                                     lexists or _exists_by_stat(stat_fn))
+    spec['nics'] = _normalize_nics(params.get('nics'))
+    spec['cdrom'] = _normalize_cdrom(params.get('cdrom'), stat_fn)
     spec['graphics'] = _normalize_graphics(params.get('graphics'))
-    console = params.get('console_log')
-    spec['console_log'] = console
-    props = params.get('custom_properties')
-    if props is not None:
-        for key in props:
-            if not _ENV_RE.match(str(key)):
-                raise VirtnodeError('custom property name %r cannot be an environment variable' % key,
-                                    {'field': 'custom_properties'})
-        props = dict((str(k), '' if v is None else str(v)) for k, v in props.items())
-    spec['custom_properties'] = props
+    spec['console_log'] = params.get('console_log')
+    spec['custom_properties'] = _normalize_custom_properties(params.get('custom_properties'))
     spec['lease'] = _normalize_lease(params.get('lease'))
     return spec
-
-
-def console_log_path(name):
-    return os.path.join(CONSOLE_LOG_DIR, '%s-console.log' % name)
 
 
 def cdrom_device(machine):
@@ -377,275 +384,6 @@ def cdrom_device(machine):
     if machine and 'q35' in machine:
         return 'sata', 'sdc'
     return 'ide', 'hdc'
-
-
-# --------------------------------------------------------------------------
-# XML building
-
-def _sub(parent, tag, text=None, **attrs):
-    elem = etree.SubElement(parent, tag, dict((k, str(v)) for k, v in attrs.items() if v is not None))
-    if text is not None:
-        elem.text = str(text)
-    return elem
-
-
-def disk_element(disk):
-    _require_lxml()
-    elem = etree.Element('disk', type=disk['type'], device='disk')
-    driver = _sub(elem, 'driver', name='qemu', type=disk['format'], cache=disk['cache'],
-                  error_policy=disk['error_policy'], io=disk['io'])
-    if disk['error_policy'] in ('stop', 'enospace'):
-        driver.set('rerror_policy', 'stop')
-    _sub(elem, 'source', **{'file' if disk['type'] == 'file' else 'dev': disk['path']})
-    _sub(elem, 'target', dev=disk['target'], bus=disk['bus'])
-    if disk['readonly']:
-        _sub(elem, 'readonly')
-    if disk['serial']:
-        _sub(elem, 'serial', disk['serial'])
-    return elem
-
-
-def cdrom_element(path, machine):
-    _require_lxml()
-    bus, target = cdrom_device(machine)
-    elem = etree.Element('disk', type='file', device='cdrom')
-    _sub(elem, 'driver', name='qemu', type='raw')
-    if path:
-        _sub(elem, 'source', file=path)
-    _sub(elem, 'target', dev=target, bus=bus)
-    _sub(elem, 'readonly')
-    return elem
-
-
-def nic_element(nic):
-    _require_lxml()
-    elem = etree.Element('interface', type=nic['source_type'])
-    if nic['mac']:
-        _sub(elem, 'mac', address=nic['mac'])
-    _sub(elem, 'source', **{nic['source_type']: nic['source']})
-    _sub(elem, 'model', type=nic['model'])
-    return elem
-
-
-def graphics_element(graphics, port=None):
-    _require_lxml()
-    elem = etree.Element('graphics', type=graphics['type'])
-    if port:
-        elem.set('port', str(port))
-    else:
-        elem.set('autoport', 'yes')
-    elem.set('listen', graphics['listen'])
-    elem.set('passwd', graphics['password'] or '')
-    if graphics['password_valid_to']:
-        elem.set('passwdValidTo', graphics['password_valid_to'])
-    _sub(elem, 'listen', type='address', address=graphics['listen'])
-    return elem
-
-
-def _metadata(spec, namespaced=True):
-    """Our metadata element; ``namespaced=False`` gives the bare form virDomainSetMetadata takes."""
-    ns = '{%s}' % METADATA_NS if namespaced else ''
-    meta = etree.Element(ns + 'vm', nsmap={METADATA_PREFIX: METADATA_NS} if namespaced else None)
-    if spec['memory'] is not None:
-        _sub(meta, ns + 'balloon_target', spec['memory'], unit='KiB')
-    if spec['machine']:
-        _sub(meta, ns + 'machine', spec['machine'])
-    props = _sub(meta, ns + 'custom_properties')
-    for key in sorted(spec['custom_properties'] or {}):
-        _sub(props, ns + 'property', spec['custom_properties'][key], name=key)
-    return meta
-
-
-def build_xml(spec, domain_type='qemu', arch='x86_64'):
-    """Render ``spec`` as domain XML text (defaults: 128 MiB, 1 vCPU, serial console logged)."""
-    _require_lxml()
-    root = etree.Element('domain', type=spec['domain_type'] or domain_type)
-    _sub(root, 'name', spec['name'])
-    if spec['uuid']:
-        _sub(root, 'uuid', spec['uuid'])
-    metadata = _sub(root, 'metadata')
-    metadata.append(_metadata(spec))
-    max_memory = spec['max_memory'] or 128 * MIB_IN_KIB
-    _sub(root, 'memory', max_memory, unit='KiB')
-    _sub(root, 'currentMemory', spec['memory'] or max_memory, unit='KiB')
-    _sub(root, 'vcpu', spec['vcpus'] or 1, placement='static')
-    if spec['cpu_model'] or spec['cpu_topology']:
-        model = spec['cpu_model']
-        cpu = _sub(root, 'cpu', mode=model if model in CPU_MODES else ('custom' if model else None),
-                   match='exact' if model and model not in CPU_MODES else None)
-        if model and model not in CPU_MODES:
-            _sub(cpu, 'model', model, fallback='forbid')
-        if spec['cpu_topology']:
-            _sub(cpu, 'topology', **spec['cpu_topology'])
-    os_elem = _sub(root, 'os')
-    _sub(os_elem, 'type', 'hvm', arch=arch, machine=spec['machine'])
-    if spec['kernel']:
-        _sub(os_elem, 'kernel', spec['kernel'])
-        if spec['initrd']:
-            _sub(os_elem, 'initrd', spec['initrd'])
-        if spec['cmdline']:
-            _sub(os_elem, 'cmdline', spec['cmdline'])
-    for dev in spec['boot_order'] or ():
-        _sub(os_elem, 'boot', dev=dev)
-    features = _sub(root, 'features')
-    _sub(features, 'acpi')
-    _sub(features, 'apic')
-    _sub(root, 'on_poweroff', 'destroy')
-    _sub(root, 'on_reboot', 'restart')
-    _sub(root, 'on_crash', 'destroy')
-    devices = _sub(root, 'devices')
-    for disk in spec['disks'] or ():
-        devices.append(disk_element(disk))
-    if spec['cdrom'] is not None:
-        devices.append(cdrom_element(spec['cdrom'], spec['machine']))
-    for nic in spec['nics'] or ():
-        devices.append(nic_element(nic))
-    if spec['graphics']:
-        devices.append(graphics_element(spec['graphics']))
-    if spec['console_log'] is not False:
-        serial = _sub(devices, 'serial', type='pty')
-        _sub(serial, 'log', file=console_log_path(spec['name']), append='off')
-        _sub(serial, 'target', port=0)
-        console = _sub(devices, 'console', type='pty')
-        _sub(console, 'target', type='serial', port=0)
-    _sub(devices, 'memballoon', model='virtio')
-    if spec['lease']:
-        lease = _sub(devices, 'lease')
-        _sub(lease, 'lockspace', spec['lease']['sd_id'])
-        _sub(lease, 'key', spec['lease']['lease_id'])
-        _sub(lease, 'target', path=spec['lease']['path'], offset=spec['lease']['offset'])
-    return etree.tostring(root, pretty_print=True, encoding='unicode')
-
-
-# --------------------------------------------------------------------------
-# reading a live domain
-
-def _parse(xml_text):
-    _require_lxml()
-    try:
-        return etree.fromstring(xml_text.encode('utf-8') if isinstance(xml_text, str) else xml_text)
-    except etree.XMLSyntaxError as err:
-        raise VirtnodeError('cannot parse domain XML: %s' % err)
-
-
-def _to_kib(elem):
-    if elem is None or not (elem.text or '').strip():
-        return None
-    factors = {'b': 1.0 / KIB, 'bytes': 1.0 / KIB, 'k': 1, 'kib': 1, 'm': KIB, 'mib': KIB, 'g': KIB ** 2, 'gib': KIB ** 2}
-    unit = (elem.get('unit') or 'KiB').lower()
-    return int(int(elem.text.strip()) * factors.get(unit, 1))
-
-
-def _disk_from_elem(elem):
-    source = elem.find('source')
-    path = None
-    if source is not None:
-        path = source.get('file') or source.get('dev')
-    driver = elem.find('driver')
-    driver = driver if driver is not None else etree.Element('driver')
-    target = elem.find('target')
-    serial = elem.find('serial')
-    return {
-        'path': path,
-        'type': elem.get('type'),
-        'format': driver.get('type') or 'raw',
-        'bus': target.get('bus') if target is not None else None,
-        'target': target.get('dev') if target is not None else None,
-        'cache': driver.get('cache') or 'default',
-        'io': driver.get('io'),
-        'error_policy': driver.get('error_policy') or 'report',
-        'readonly': elem.find('readonly') is not None,
-        'serial': serial.text if serial is not None else None,
-        'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
-    }
-
-
-def parse_live(xml_text):
-    """Read domain XML into the spec's shape (plus runtime details such as ports and aliases)."""
-    root = _parse(xml_text)
-    meta = root.find('metadata/{%s}vm' % METADATA_NS)
-    live = {
-        'name': root.findtext('name'),
-        'uuid': root.findtext('uuid'),
-        'domain_type': root.get('type'),
-        'machine': root.find('os/type').get('machine') if root.find('os/type') is not None else None,
-        'max_memory': _to_kib(root.find('memory')),
-        'current_memory': _to_kib(root.find('currentMemory')),
-        'vcpus': int(root.findtext('vcpu')) if root.findtext('vcpu') else None,
-        'kernel': root.findtext('os/kernel'),
-        'initrd': root.findtext('os/initrd'),
-        'cmdline': root.findtext('os/cmdline'),
-        'boot_order': [b.get('dev') for b in root.findall('os/boot')] or None,
-    }
-    live['memory'] = live['current_memory']
-    live['balloon_target'] = None
-    live['requested_machine'] = None
-    live['custom_properties'] = {}
-    if meta is not None:
-        target = meta.find('{%s}balloon_target' % METADATA_NS)
-        if target is not None and target.text:
-            live['balloon_target'] = int(target.text)
-            live['memory'] = live['balloon_target']
-        live['requested_machine'] = meta.findtext('{%s}machine' % METADATA_NS)
-        for prop in meta.findall('{%s}custom_properties/{%s}property' % (METADATA_NS, METADATA_NS)):
-            live['custom_properties'][prop.get('name')] = prop.text or ''
-    cpu = root.find('cpu')
-    live['cpu_model'] = None
-    live['cpu_topology'] = None
-    if cpu is not None:
-        mode = cpu.get('mode')
-        live['cpu_model'] = mode if mode in CPU_MODES else cpu.findtext('model')
-        topo = cpu.find('topology')
-        if topo is not None:
-            live['cpu_topology'] = dict((k, int(topo.get(k, 1))) for k in ('sockets', 'cores', 'threads'))
-    live['disks'] = []
-    live['cdrom'] = None
-    live['cdrom_target'] = None
-    for elem in root.findall('devices/disk'):
-        if elem.get('device') == 'cdrom':
-            disk = _disk_from_elem(elem)
-            live['cdrom'] = disk['path'] or ''
-            live['cdrom_target'] = disk['target']
-            live['cdrom_bus'] = disk['bus']
-        elif elem.get('device', 'disk') == 'disk':
-            live['disks'].append(_disk_from_elem(elem))
-    live['nics'] = []
-    for elem in root.findall('devices/interface'):
-        source = elem.find('source')
-        kind = elem.get('type')
-        model = elem.find('model')
-        live['nics'].append({
-            'source_type': kind,
-            'source': source.get(kind) if source is not None else None,
-            'mac': elem.find('mac').get('address').lower() if elem.find('mac') is not None else None,
-            'model': model.get('type') if model is not None else None,
-            'target_dev': elem.find('target').get('dev') if elem.find('target') is not None else None,
-            'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
-        })
-    live['graphics'] = None
-    graphics = root.find('devices/graphics')
-    if graphics is not None:
-        listen = graphics.get('listen')
-        if listen is None and graphics.find('listen') is not None:
-            listen = graphics.find('listen').get('address')
-        live['graphics'] = {
-            'type': graphics.get('type'),
-            'listen': listen,
-            'password': graphics.get('passwd') or None,
-            'password_valid_to': graphics.get('passwdValidTo'),
-            'port': int(graphics.get('port')) if graphics.get('port') and graphics.get('port') != '-1' else None,
-        }
-    serial_log = root.find('devices/serial/log')
-    live['console_log'] = serial_log is not None
-    live['console_log_file'] = serial_log.get('file') if serial_log is not None else None
-    lease = root.find('devices/lease')
-    live['lease'] = None
-    if lease is not None:
-        target = lease.find('target')
-        live['lease'] = {'sd_id': lease.findtext('lockspace'), 'lease_id': lease.findtext('key'),
-                         'path': target.get('path') if target is not None else None,
-                         'offset': int(target.get('offset') or 0) if target is not None else 0}
-    return live
 
 
 # --------------------------------------------------------------------------
@@ -692,14 +430,8 @@ def match_nics(wanted, live):
     return [(nic, live[i] if i is not None else None) for nic, i in pairs], [live[i] for i in remaining]
 
 
-def compare(spec, live, aliases=None):
-    """Differences between the spec and a parsed domain.
-
-    Returns a dict with ``live`` (list of actions appliable to a running
-    domain: dicts with ``action`` and its data), ``restart`` (names of fields
-    that need a restart) and ``changed_fields`` (every differing field).
-    """
-    actions = []
+def _restart_differences(spec, live, aliases):
+    """Names of the fields that differ and only take effect at the next start."""
     restart = []
 
     def differs(field, want, have):
@@ -721,60 +453,79 @@ def compare(spec, live, aliases=None):
     if spec['console_log'] is not None and spec['console_log'] != live['console_log']:
         restart.append('console_log')
     differs('lease', spec['lease'], live['lease'])
+    return restart
 
-    if spec['memory'] is not None and spec['memory'] != live['memory'] and 'max_memory' not in restart:
-        actions.append({'action': 'set_memory', 'field': 'memory', 'kib': spec['memory']})
-    elif spec['memory'] is not None and spec['memory'] != live['memory']:
-        restart.append('memory')
 
+def _compare_disks(spec, live, actions, restart):
+    live_by_path = dict((d['path'], d) for d in live['disks'] if d['path'])
+    taken = set(d['target'] for d in live['disks']) | set([live.get('cdrom_target')])
+    wanted_paths = set()
+    # A storage-volume disk is its image: after a live snapshot (vm_snapshot) the VM runs on a newer
+    # volume of the same image directory, which is still the disk asked for.
+    live_by_image = dict((os.path.dirname(d['path']), d) for d in live['disks'] if d['path'])
+    for disk in spec['disks']:
+        wanted_paths.add(disk['path'])
+        have = live_by_path.get(disk['path'])
+        if have is None and disk.get('volume'):
+            have = live_by_image.get(os.path.dirname(disk['path']))
+            if have is not None:
+                wanted_paths.add(have['path'])
+        if have is None:
+            actions.append({'action': 'attach_disk', 'field': 'disks', 'disk': disk, 'taken': sorted(t for t in taken if t)})
+        elif _disk_compare_keys(disk) != _disk_compare_keys(have):
+            restart.append('disks[%s]' % disk['path'])
+    for have in live['disks']:
+        if have['path'] not in wanted_paths:
+            actions.append({'action': 'detach_disk', 'field': 'disks', 'disk': have})
+
+
+def _compare_nics(spec, live, actions, restart):
+    pairs, extra = match_nics(spec['nics'], live['nics'])
+    for nic, have in pairs:
+        if have is None:
+            actions.append({'action': 'attach_nic', 'field': 'nics', 'nic': nic})
+        elif nic['model'] != have['model']:
+            restart.append('nics[%s]' % (have['mac'] or nic['source']))
+    for have in extra:
+        actions.append({'action': 'detach_nic', 'field': 'nics', 'nic': have})
+
+
+def _compare_graphics(spec, live, actions, restart):
+    have = live['graphics']
+    if have is None or have['type'] != spec['graphics']['type'] or have['listen'] != spec['graphics']['listen']:
+        restart.append('graphics')
+    elif (have['password'], have['password_valid_to']) != (spec['graphics']['password'], spec['graphics']['password_valid_to']):
+        actions.append({'action': 'set_ticket', 'field': 'graphics', 'graphics': spec['graphics']})
+
+
+def compare(spec, live, aliases=None):
+    """Differences between the spec and a parsed domain.
+
+    Returns a dict with ``live`` (list of actions appliable to a running
+    domain: dicts with ``action`` and its data) and ``restart`` (names of
+    fields that need a restart).
+    """
+    actions = []
+    restart = _restart_differences(spec, live, aliases)
+    if spec['memory'] is not None and spec['memory'] != live['memory']:
+        # The balloon moves live only within an unchanged maximum.
+        if 'max_memory' not in restart:
+            actions.append({'action': 'set_memory', 'field': 'memory', 'kib': spec['memory']})
+        else:
+            restart.append('memory')
     if spec['disks'] is not None:
-        live_by_path = dict((d['path'], d) for d in live['disks'] if d['path'])
-        taken = set(d['target'] for d in live['disks']) | set([live.get('cdrom_target')])
-        wanted_paths = set()
-        # A storage-volume disk is its image: after a live snapshot (vm_snapshot) the VM runs on a newer
-        # volume of the same image directory, which is still the disk asked for.
-        live_by_image = dict((os.path.dirname(d['path']), d) for d in live['disks'] if d['path'])
-        for disk in spec['disks']:
-            wanted_paths.add(disk['path'])
-            have = live_by_path.get(disk['path'])
-            if have is None and disk.get('volume'):
-                have = live_by_image.get(os.path.dirname(disk['path']))
-                if have is not None:
-                    wanted_paths.add(have['path'])
-            if have is None:
-                actions.append({'action': 'attach_disk', 'field': 'disks', 'disk': disk, 'taken': sorted(t for t in taken if t)})
-            elif _disk_compare_keys(disk) != _disk_compare_keys(have):
-                restart.append('disks[%s]' % disk['path'])
-        for have in live['disks']:
-            if have['path'] not in wanted_paths:
-                actions.append({'action': 'detach_disk', 'field': 'disks', 'disk': have})
-
+        _compare_disks(spec, live, actions, restart)
     if spec['nics'] is not None:
-        pairs, extra = match_nics(spec['nics'], live['nics'])
-        for nic, have in pairs:
-            if have is None:
-                actions.append({'action': 'attach_nic', 'field': 'nics', 'nic': nic})
-            elif nic['model'] != have['model']:
-                restart.append('nics[%s]' % (have['mac'] or nic['source']))
-        for have in extra:
-            actions.append({'action': 'detach_nic', 'field': 'nics', 'nic': have})
-
+        _compare_nics(spec, live, actions, restart)
     if spec['cdrom'] is not None:
         if live['cdrom'] is None:
             restart.append('cdrom')
         elif spec['cdrom'] != live['cdrom']:
             actions.append({'action': 'change_cd', 'field': 'cdrom', 'path': spec['cdrom']})
-
     if spec['graphics'] is not None:
-        have = live['graphics']
-        if have is None or have['type'] != spec['graphics']['type'] or have['listen'] != spec['graphics']['listen']:
-            restart.append('graphics')
-        elif (have['password'], have['password_valid_to']) != (spec['graphics']['password'], spec['graphics']['password_valid_to']):
-            actions.append({'action': 'set_ticket', 'field': 'graphics', 'graphics': spec['graphics']})
-
+        _compare_graphics(spec, live, actions, restart)
     if spec['custom_properties'] is not None and spec['custom_properties'] != live['custom_properties']:
         actions.append({'action': 'set_metadata', 'field': 'custom_properties'})
-
     return {'live': actions, 'restart': restart}
 
 
@@ -828,52 +579,3 @@ def spec_target_auto(spec, path):
         if disk['path'] == path:
             return disk.get('target_auto', True)
     return True
-
-
-def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
-    """A new persistent definition: the spec's fields applied over the existing definition.
-
-    The existing definition is rebuilt from the spec with the fields the
-    user left out taken from it, so libvirt's own additions (addresses,
-    controllers) of devices that stay are kept by libvirt on redefine
-    (it keeps the UUID; devices are re-addressed as needed).
-    """
-    live = parse_live(persistent_xml)
-    merged = dict(spec)
-    for key in ('domain_type', 'machine', 'vcpus', 'cpu_topology', 'cpu_model', 'boot_order', 'kernel', 'initrd',
-                'cmdline', 'graphics', 'lease'):
-        if merged.get(key) is None:
-            merged[key] = live.get(key)
-    if merged['machine'] is None or machine_matches(spec['machine'], live['machine'], live.get('requested_machine')):
-        merged['machine'] = live.get('requested_machine') or live['machine'] if spec['machine'] is None else spec['machine']
-    if merged['max_memory'] is None:
-        merged['max_memory'] = live['max_memory']
-    if merged['memory'] is None:
-        merged['memory'] = live['memory']
-    if merged['custom_properties'] is None:
-        merged['custom_properties'] = live['custom_properties']
-    if merged['console_log'] is None:
-        merged['console_log'] = live['console_log']
-    if merged['disks'] is None:
-        merged['disks'] = [dict(d, volume=None) for d in live['disks']]
-    if merged['nics'] is None:
-        merged['nics'] = [dict((k, n[k]) for k in ('source_type', 'source', 'mac', 'model')) for n in live['nics']]
-    else:
-        pairs, dummy = match_nics(merged['nics'], live['nics'])
-        merged['nics'] = [dict(nic, mac=nic['mac'] or (have['mac'] if have else None)) for nic, have in pairs]
-    if merged['cdrom'] is None:
-        merged['cdrom'] = live['cdrom']
-    merged['uuid'] = live['uuid']
-    return build_xml(merged, domain_type=domain_type)
-
-
-def machine_aliases(caps_xml):
-    """``{alias: canonical}`` machine types from the capabilities XML."""
-    aliases = {}
-    if not caps_xml:
-        return aliases
-    root = _parse(caps_xml)
-    for machine in root.iter('machine'):
-        if machine.get('canonical') and machine.text:
-            aliases[machine.text.strip()] = machine.get('canonical')
-    return aliases

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: virtnode.kvm contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VM status in VDSM's vocabulary, exit records, and bulk statistics.
+"""VM status in VDSM's vocabulary, exit reasons, and bulk statistics.
 
 Shared by the ``vm`` and ``vm_info`` modules and the node agent. Statistics
 come from one ``virConnectGetAllDomainStats`` call per sample (VDSM's bulk
@@ -10,20 +10,17 @@ samples ``sample_interval`` apart.
 
 libvirt's enum values are part of its stable ABI; they are spelled out
 here so this file works with the fake libvirt of the unit tests and
-without the bindings.
+without the bindings. The records the exit reasons come from are kept by
+:mod:`records`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-# One rule for sampling intervals, shared with host_info.
-from ansible_collections.virtnode.kvm.plugins.module_utils.host.facts import validate_sample_interval
-
-RECORDS_DIR = '/var/lib/virtnode/vms'
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm.records import RECORDS_DIR, read_record
 
 # virDomainState
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
@@ -179,53 +176,7 @@ def migration_progress(dom):
 
 
 # --------------------------------------------------------------------------
-# records of VMs that went down (VDSM keeps exitCode/exitReason until destroy)
-
-def record_dir(vm_uuid, records_dir=RECORDS_DIR):
-    return os.path.join(records_dir, vm_uuid)
-
-
-def write_record(vm_uuid, kind, data, records_dir=RECORDS_DIR):
-    """Write ``<records_dir>/<uuid>/<kind>.json`` atomically."""
-    directory = record_dir(vm_uuid, records_dir)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = os.path.join(directory, '.%s.json.tmp' % kind)
-        with open(tmp, 'w') as handle:
-            json.dump(data, handle, sort_keys=True)
-        os.rename(tmp, os.path.join(directory, '%s.json' % kind))
-    except OSError as err:
-        raise VirtnodeError('cannot write VM record %s/%s.json: %s' % (directory, kind, err.strerror or err))
-
-
-def read_record(vm_uuid, kind, records_dir=RECORDS_DIR):
-    try:
-        with open(os.path.join(record_dir(vm_uuid, records_dir), '%s.json' % kind)) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def remove_record(vm_uuid, kind, records_dir=RECORDS_DIR):
-    try:
-        os.unlink(os.path.join(record_dir(vm_uuid, records_dir), '%s.json' % kind))
-    except OSError:
-        pass
-
-
-def all_records(kind, records_dir=RECORDS_DIR):
-    """``[(uuid, record)]`` of every ``<kind>.json`` kept."""
-    try:
-        names = sorted(os.listdir(records_dir))
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        data = read_record(name, kind, records_dir)
-        if data is not None:
-            found.append((name, data))
-    return found
-
+# why VMs went down (VDSM keeps exitCode/exitReason until destroy)
 
 def exit_record(code, message=None, **extra):
     record = {'exit_code': 0 if code in (EXIT_SUCCESS, EXIT_MIGRATION_SUCCEEDED, EXIT_SAVE_STATE_SUCCEEDED,
@@ -252,15 +203,11 @@ def exit_info(vm_uuid, state=None, reason=None, records_dir=RECORDS_DIR):
 
 STATS_GROUPS = ('VIR_DOMAIN_STATS_STATE', 'VIR_DOMAIN_STATS_CPU_TOTAL', 'VIR_DOMAIN_STATS_BALLOON',
                 'VIR_DOMAIN_STATS_VCPU', 'VIR_DOMAIN_STATS_INTERFACE', 'VIR_DOMAIN_STATS_BLOCK')
-_STATS_DEFAULTS = {'VIR_DOMAIN_STATS_STATE': 1, 'VIR_DOMAIN_STATS_CPU_TOTAL': 2, 'VIR_DOMAIN_STATS_BALLOON': 4,
-                   'VIR_DOMAIN_STATS_VCPU': 8, 'VIR_DOMAIN_STATS_INTERFACE': 16, 'VIR_DOMAIN_STATS_BLOCK': 32}
 
 
 def stats_mask(libvirt_module=None):
-    mask = 0
-    for name in STATS_GROUPS:
-        mask |= getattr(libvirt_module, name, _STATS_DEFAULTS[name]) if libvirt_module else _STATS_DEFAULTS[name]
-    return mask
+    """The statistics groups a sample asks for; ``libvirt_module`` None means libvirt's own values."""
+    return constants.mask(*STATS_GROUPS, binding=libvirt_module)
 
 
 def sample(conn, domains=None, libvirt_module=None):
@@ -399,7 +346,7 @@ def exited_entry(vm_uuid, record, records_dir=RECORDS_DIR):
 def collect(conn, domains=None, sample_interval=1.0, sleep=None, libvirt_module=None, records_dir=RECORDS_DIR):
     """Status and statistics of ``domains`` (None: all) from one or two bulk samples."""
     sleep = sleep or time.sleep
-    interval = validate_sample_interval(sample_interval)
+    interval = validate.sample_interval(sample_interval)
     first = None
     t0 = None
     if interval > 0:

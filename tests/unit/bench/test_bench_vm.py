@@ -64,7 +64,7 @@ def test_summary_takes_medians_of_rounds_and_ratios():
 
 def test_template_renders_the_domain_the_vm_module_builds():
     """community.libvirt gets the same guest as virtnode.kvm.vm (its metadata element aside)."""
-    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
 
     guest = bench.guests(1)[0]
     variables = {"item": guest, "bench_memory_mib": 128, "bench_workload": "idle",
@@ -75,7 +75,7 @@ def test_template_renders_the_domain_the_vm_module_builds():
                           'disks', 'cdrom', 'nics', 'graphics', 'lease', 'custom_properties', 'domain_type'))
     spec.update(name=guest["name"], uuid=guest["uuid"], memory=128 * 1024, kernel="/guest/vmlinuz",
                 initrd="/guest/initrd.img", cmdline="console=ttyS0 quiet workload=idle", console_log=True)
-    ours = vm_spec.build_xml(spec, domain_type="qemu")
+    ours = domxml.build_xml(spec, domain_type="qemu")
 
     def canonical(text):
         root = etree.fromstring(text.encode(), etree.XMLParser(remove_blank_text=True))

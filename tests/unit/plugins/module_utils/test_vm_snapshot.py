@@ -14,7 +14,9 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -90,7 +92,7 @@ def test_ids_of_path(path, expected):
 
 def test_snapshot_xml_disk_only_and_with_memory():
     entries = [{'target': 'vda', 'path': '/p/new', 'type': 'file'}]
-    root = vm_spec.etree.fromstring(vm_snapshot.snapshot_xml(entries, ['vda', 'vdb'], description='before upgrade'))
+    root = domxml.etree.fromstring(vm_snapshot.snapshot_xml(entries, ['vda', 'vdb'], description='before upgrade'))
     assert root.findtext('description') == 'before upgrade'
     vda, vdb = root.findall('disks/disk')
     assert (vda.get('name'), vda.get('snapshot'), vda.get('type')) == ('vda', 'external', 'file')
@@ -98,7 +100,7 @@ def test_snapshot_xml_disk_only_and_with_memory():
     assert (vdb.get('name'), vdb.get('snapshot')) == ('vdb', 'no')
     assert root.find('memory').get('snapshot') == 'no'
     block = [{'target': 'vda', 'path': '/dev/vg/lv', 'type': 'block'}]
-    root = vm_spec.etree.fromstring(vm_snapshot.snapshot_xml(block, ['vda'], memory_path='/p/mem'))
+    root = domxml.etree.fromstring(vm_snapshot.snapshot_xml(block, ['vda'], memory_path='/p/mem'))
     assert root.find('disks/disk/source').get('dev') == '/dev/vg/lv'
     assert root.find('memory').attrib == {'snapshot': 'external', 'file': '/p/mem'}
 
@@ -195,8 +197,7 @@ def test_memory_volume_checks_format_and_size(domain, monkeypatch):
     mem_img = '5d1e2f30-7a8b-4c9d-8e0f-1a2b3c4d5e80'
     volumes.create_volume(dom_dir, md, mem_img, TOP, 'RAW', 'SPARSE', 64 * 1048576)
     volumes.create_volume(dom_dir, md, IMG, BASE, 'COW', 'SPARSE', 64 * 1048576)
-    monkeypatch.setattr(vm_spec, 'VDSM_MOUNT_ROOT', os.path.dirname(os.path.dirname(dom_dir)))
-    monkeypatch.setattr(vm_spec, 'resolve_volume', lambda d, i, v: volumes.paths(dom_dir, i, v)[0])
+    monkeypatch.setattr(vm_volumes, 'resolve_volume', lambda d, i, v: volumes.paths(dom_dir, i, v)[0])
     ref = {'domain_id': SD, 'image_id': mem_img, 'volume_id': TOP}
     info = vm_snapshot.memory_volume(ref, 32 * 1048576)
     assert info['capacity'] == 64 * 1048576 and info['type'] == 'file'
@@ -214,7 +215,7 @@ def test_vm_spec_keeps_a_volume_disk_after_a_snapshot():
     ids = dict(domain_id=SD, image_id=IMG, volume_id=BASE)
     spec = vm_spec.normalize({'name': 'v', 'memory': '128MiB', 'disks': [dict(ids, format='qcow2')]},
                              stat_fn=lambda path: os.stat(__file__), resolver=lambda d, i, v: '%s/%s' % (IMG_DIR, v))
-    live_state = vm_spec.parse_live(live())
+    live_state = domxml.parse_live(live())
     live_state['disks'] = [d for d in live_state['disks'] if d['target'] == 'vda']
     diffs = vm_spec.compare(spec, live_state)
     assert not [a for a in diffs['live'] if a['action'] in ('attach_disk', 'detach_disk')]

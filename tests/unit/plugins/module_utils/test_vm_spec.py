@@ -9,7 +9,9 @@ import stat
 
 import pytest
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
@@ -110,7 +112,7 @@ def test_volume_disks_go_through_the_resolver():
 
 def test_unprepared_volume_is_a_clear_error(tmp_path):
     with pytest.raises(VirtnodeError) as err:
-        vm_spec.resolve_volume(*(['5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'] * 3))
+        vm_volumes.resolve_volume(*(['5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'] * 3))
     assert 'not prepared on this host' in str(err.value)
 
 
@@ -122,8 +124,8 @@ def test_build_xml_round_trips_through_parse_live():
                    custom_properties={'a': 1}, console_log=True,
                    lease={'sd_id': '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11', 'lease_id': '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e12',
                           'path': '/rhev/xleases', 'offset': 3145728})
-    xml = vm_spec.build_xml(spec, domain_type='kvm')
-    live = vm_spec.parse_live(xml)
+    xml = domxml.build_xml(spec, domain_type='kvm')
+    live = domxml.parse_live(xml)
     assert live['domain_type'] == 'kvm'
     assert live['custom_properties'] == {'a': '1'}
     assert live['graphics']['password_valid_to'] == '2030-01-01T00:00:00'
@@ -134,7 +136,7 @@ def test_build_xml_round_trips_through_parse_live():
 
 def test_live_fixture_shows_no_spurious_differences():
     """Real `virsh dumpxml` of a domain started from FIXTURE_SPEC: libvirt's additions are not diffs."""
-    live = vm_spec.parse_live(fixture('vm_live_full.xml'))
+    live = domxml.parse_live(fixture('vm_live_full.xml'))
     spec = vm_spec.normalize(FIXTURE_SPEC, stat_fn=fake_stat)
     assert live['machine'].startswith('pc-q35-')
     assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
@@ -144,7 +146,7 @@ def test_live_fixture_shows_no_spurious_differences():
 
 
 def test_live_fixture_changes_are_sorted_into_live_and_restart():
-    live = vm_spec.parse_live(fixture('vm_live_full.xml'))
+    live = domxml.parse_live(fixture('vm_live_full.xml'))
     params = dict(FIXTURE_SPEC, vcpus=4, cpu_topology=None, memory='64MiB', cdrom='',
                   disks=[{'path': '/var/lib/new.qcow2', 'format': 'qcow2'}],
                   nics=[{'bridge': 'vmbr-fx', 'mac': '52:54:00:aa:bb:01'}],
@@ -158,7 +160,7 @@ def test_live_fixture_changes_are_sorted_into_live_and_restart():
 
 
 def test_machine_alias_and_max_memory_restart():
-    live = vm_spec.parse_live(fixture('vm_live_full.xml'))
+    live = domxml.parse_live(fixture('vm_live_full.xml'))
     spec = vm_spec.normalize(dict(FIXTURE_SPEC, machine='pc-q35-7.2', max_memory='256MiB'), stat_fn=fake_stat)
     assert vm_spec.compare(spec, live)['restart'] == ['max_memory']
     spec = vm_spec.normalize(dict(FIXTURE_SPEC, machine='pc'), stat_fn=fake_stat)
@@ -168,8 +170,8 @@ def test_machine_alias_and_max_memory_restart():
 def test_updated_persistent_xml_keeps_what_the_spec_leaves_out():
     live_xml = fixture('vm_live_full.xml')
     spec = vm_spec.normalize({'name': 'fx-guest', 'vcpus': 2, 'cpu_topology': None}, stat_fn=fake_stat)
-    new = vm_spec.parse_live(vm_spec.updated_persistent_xml(spec, live_xml))
-    old = vm_spec.parse_live(live_xml)
+    new = domxml.parse_live(domxml.updated_persistent_xml(spec, live_xml))
+    old = domxml.parse_live(live_xml)
     for key in ('uuid', 'max_memory', 'kernel', 'cmdline', 'custom_properties', 'cdrom'):
         assert new[key] == old[key], key
     assert [n['mac'] for n in new['nics']] == [n['mac'] for n in old['nics']]
@@ -178,5 +180,5 @@ def test_updated_persistent_xml_keeps_what_the_spec_leaves_out():
 
 def test_machine_aliases_from_capabilities():
     caps = fixture('capabilities_x86_64.xml')
-    aliases = vm_spec.machine_aliases(caps)
+    aliases = domxml.machine_aliases(caps)
     assert all(value.startswith('pc-') for value in aliases.values())

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as s
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -39,12 +41,12 @@ def test_exit_records(tmp_path):
     uuid = '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'
     assert s.exit_info(uuid, records_dir=str(tmp_path)) is None
     assert s.exit_info(uuid, s.SHUTOFF, 1, records_dir=str(tmp_path))['exit_reason'] == s.EXIT_USER_SHUTDOWN
-    s.write_record(uuid, 'exit', s.exit_record(s.EXIT_ADMIN_SHUTDOWN, name='vm1'), str(tmp_path))
+    records.write_record(uuid, 'exit', s.exit_record(s.EXIT_ADMIN_SHUTDOWN, name='vm1'), str(tmp_path))
     info = s.exit_info(uuid, s.SHUTOFF, 1, records_dir=str(tmp_path))
     assert info['exit_reason'] == s.EXIT_ADMIN_SHUTDOWN and info['exit_code'] == 0
-    assert s.all_records('exit', str(tmp_path))[0][1]['name'] == 'vm1'
-    s.remove_record(uuid, 'exit', str(tmp_path))
-    assert s.all_records('exit', str(tmp_path)) == []
+    assert records.all_records('exit', str(tmp_path))[0][1]['name'] == 'vm1'
+    records.remove_record(uuid, 'exit', str(tmp_path))
+    assert records.all_records('exit', str(tmp_path)) == []
 
 
 class Dom(object):
@@ -107,4 +109,4 @@ def test_collect_counters_only():
 
 def test_sample_interval_bounds():
     with pytest.raises(VirtnodeError):
-        s.validate_sample_interval(61)
+        validate.sample_interval(61)

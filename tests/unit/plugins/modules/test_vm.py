@@ -11,7 +11,9 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 from ansible_collections.virtnode.kvm.plugins.modules import vm
 
@@ -26,7 +28,7 @@ class FakeDomain(object):
         self.calls = []
 
     def name(self):
-        return vm_spec.parse_live(self.xml)['name']
+        return domxml.parse_live(self.xml)['name']
 
     def UUIDString(self):
         return self.uuid
@@ -75,10 +77,9 @@ def world(fake_libvirt, monkeypatch, tmp_path):
     monkeypatch.setattr(FakeConnection, 'lookupByName', lookup, raising=False)
     monkeypatch.setattr(FakeConnection, 'lookupByUUIDString', lambda c, u: lookup(c, 'none'), raising=False)
     monkeypatch.setattr(FakeConnection, 'createXML', create, raising=False)
-    monkeypatch.setattr(vm_stats, 'RECORDS_DIR', str(tmp_path / 'records'))
-    monkeypatch.setattr(vm, 'recommended_domain_type', lambda caps: 'qemu')
+    monkeypatch.setattr(vm_records, 'RECORDS_DIR', str(tmp_path / 'records'))
+    monkeypatch.setattr(vm_converge, 'recommended_domain_type', lambda caps: 'qemu')
     import ansible_collections.virtnode.kvm.plugins.module_utils.vm.lifecycle as lifecycle
-    monkeypatch.setattr(lifecycle.vm_stats, 'RECORDS_DIR', str(tmp_path / 'records'))
     monkeypatch.setattr(lifecycle.Lifecycle.__init__, '__defaults__',
                         (str(tmp_path / 'hooks'), False, 120, str(tmp_path / 'records'), None,
                          lambda s: None, lifecycle.time.monotonic))

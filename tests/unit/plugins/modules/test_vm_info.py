@@ -11,7 +11,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
 from ansible_collections.virtnode.kvm.plugins.modules import vm_info
 
 AGENT_ANSWER = {'ok': True, 'query': 'vms', 'interval': 15, 'sampled_at': 1.0,
@@ -27,7 +27,7 @@ def run_module(capsys, args):
 
 @pytest.fixture(autouse=True)
 def no_exit_records(monkeypatch):
-    monkeypatch.setattr(vm_stats, 'all_records', lambda kind: [])
+    monkeypatch.setattr(vm_records, 'all_records', lambda kind: [])
 
 
 def test_answers_from_the_agent_cache(capsys, monkeypatch):

@@ -1,0 +1,273 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``vm`` module's work: bring one VM to the state and spec asked for.
+
+:func:`converge` takes the module's options, :func:`run` does it on one
+libvirt connection: create, restore or start the VM and apply what changed
+(``running``/``paused``), live-migrate it (``migrate_to``), or stop, save
+or remove it. Each step is a :class:`lifecycle.Lifecycle` operation, so
+check mode records what would be done and hooks run as in VDSM.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_facts
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import is_active, lookup
+
+STATES = ('running', 'paused', 'shutdown', 'destroyed', 'absent', 'saved')
+
+
+def recommended_domain_type(caps_xml):
+    """kvm when this host can run it, else qemu (software emulation)."""
+    caps = host_facts.parse_capabilities(caps_xml)
+    flags = host_facts.read_cpuinfo()['flags']
+    return host_facts.virtualization_info(flags, host_facts.caps_domain_types(caps))['recommended_domain_type']
+
+
+def vm_view(dom, uri, name, records_dir=vm_records.RECORDS_DIR, vm_uuid=None):
+    """The ``vm`` return value: status in VDSM's words, and why it went down when it is down."""
+    if dom is None:
+        return {'name': name, 'uuid': vm_uuid, 'status': vm_stats.DOWN, 'pause_reason': None, 'pause_code': None,
+                'persistent': False, 'host': uri, 'exit': vm_stats.exit_info(vm_uuid, records_dir=records_dir)}
+    try:
+        view = vm_stats.domain_status(dom)
+    except libvirt_conn.LibvirtError:
+        return vm_view(None, uri, name, records_dir, dom.UUIDString())
+    view.update(name=dom.name(), uuid=dom.UUIDString(), host=uri, exit=None)
+    if view['status'] == vm_stats.DOWN:
+        state, reason = dom.state()
+        view['exit'] = vm_stats.exit_info(view['uuid'], state, reason, records_dir)
+    return view
+
+
+def refresh(conn, name):
+    """The domain as it is now, or None when it is gone."""
+    try:
+        return lookup(conn, name)
+    except VirtnodeError:
+        return None
+
+
+# ---------------------------------------------------------------- running / paused
+
+def _xml(dom, *names):
+    return dom.XMLDesc(constants.mask(*names))
+
+
+def _create(conn, lc, params, spec):
+    """Start a new VM from the spec (transient unless ``persistent``); a serial console is logged by default."""
+    if spec['console_log'] is None:
+        spec['console_log'] = True
+    xml = domxml.build_xml(spec, domain_type=recommended_domain_type(conn.getCapabilities()))
+    return lc.start_new(xml, bool(params['persistent']), params['state'] == 'paused')
+
+
+def _start_defined(conn, lc, params, spec, dom, before, aliases):
+    """A defined VM that is down: update its definition when the spec differs, then start it."""
+    definition = _xml(dom, 'VIR_DOMAIN_XML_SECURE', 'VIR_DOMAIN_XML_INACTIVE')
+    diffs = vm_spec.compare(spec, domxml.parse_live(definition), aliases)
+    if diffs['restart'] or diffs['live']:
+        if lc.act('update definition'):
+            dom = conn.defineXML(domxml.updated_persistent_xml(spec, definition, before['domain_type']))
+    lc.start_defined(dom, params['state'] == 'paused')
+    if params['persistent'] is False and lc.act('undefine (make transient)'):
+        dom.undefine()
+    return dom
+
+
+def _converge_definition(conn, lc, persistent, spec, dom, before, aliases):
+    """The libvirt definition of a running VM: dropped, updated or created as ``persistent`` asks."""
+    if dom.isPersistent():
+        if persistent is False:
+            if lc.act('undefine (make transient)'):
+                dom.undefine()
+            return
+        definition = _xml(dom, 'VIR_DOMAIN_XML_SECURE', 'VIR_DOMAIN_XML_INACTIVE')
+        config_diffs = vm_spec.compare(spec, domxml.parse_live(definition), aliases)
+        if (config_diffs['restart'] or config_diffs['live']) and lc.act('update definition'):
+            conn.defineXML(domxml.updated_persistent_xml(spec, definition, before['domain_type']))
+    elif persistent:
+        if lc.act('define'):
+            conn.defineXML(domxml.updated_persistent_xml(spec, _xml(dom, 'VIR_DOMAIN_XML_SECURE'), before['domain_type']))
+
+
+def _pause_or_resume(lc, dom, paused):
+    state = dom.state()[0]
+    if paused and state in (vm_stats.RUNNING, vm_stats.BLOCKED):
+        lc.pause(dom)
+    elif not paused and state in (vm_stats.PAUSED, vm_stats.PMSUSPENDED):
+        lc.resume(dom)
+
+
+def ensure_running(conn, lc, params, spec, dom, result):
+    """state=running/paused: create, restore, start or resume, then apply live changes."""
+    paused = params['state'] == 'paused'
+    before = domxml.parse_live(_xml(dom, 'VIR_DOMAIN_XML_SECURE')) if dom is not None else None
+    aliases = domxml.machine_aliases(conn.getCapabilities())
+    result['diff'] = dict(zip(('before', 'after'), vm_spec.diff_view(spec, before)))
+    if dom is None:
+        rec_uuid, record = lc.find_saved(spec['uuid'])
+        if not record:
+            return _create(conn, lc, params, spec)
+        dom = lc.restore(rec_uuid, record, paused)
+        if dom is None:
+            return None
+        before = domxml.parse_live(_xml(dom, 'VIR_DOMAIN_XML_SECURE'))
+        result['diff']['before'] = vm_spec.diff_view(spec, before)[0]
+    if not is_active(dom):
+        return _start_defined(conn, lc, params, spec, dom, before, aliases)
+    diffs = vm_spec.compare(spec, before, aliases)
+    result['pending_restart'] = diffs['restart']
+    lc.apply_live(dom, diffs['live'], spec)
+    _converge_definition(conn, lc, params['persistent'], spec, dom, before, aliases)
+    _pause_or_resume(lc, dom, paused)
+    return dom
+
+
+# ---------------------------------------------------------------- migration
+
+def migration_options(params):
+    """The module's migration options as :meth:`Lifecycle.migrate` takes them."""
+    options = dict(params['migrate_options'] or {})
+    options['unsafe'] = params['migrate_unsafe']
+    options['migrate_uri'] = options.pop('data_uri', None)
+    return options
+
+
+def migrate(conn, lc, params, dom, result):
+    """Live-migrate the VM to ``migrate_to``/``migrate_uri``; nothing to do when it already runs there."""
+    dest_uri = params['migrate_uri'] or vm_lifecycle.default_migration_uri(params['migrate_to'], params['migrate_transport'])
+    options = migration_options(params)
+    result['migration'] = {'destination_uri': dest_uri, 'duration_s': 0, 'migrate_uri': options['migrate_uri']}
+    with libvirt_conn.connect(dest_uri) as dconn:
+        remote = lookup(dconn, params['name'])
+        remote_active = is_active(remote)
+        if dom is None or not is_active(dom):
+            if remote_active:
+                result['vm'] = vm_view(remote, dest_uri, params['name'])
+                return
+            raise VirtnodeError('VM %s runs neither here nor on %s' % (params['name'], dest_uri))
+        if remote_active:
+            raise VirtnodeError('a VM named %s already runs on %s' % (params['name'], dest_uri))
+        result['migration'] = lc.migrate(dom, dest_uri, options)
+        if not lc.check_mode:
+            result['vm'] = vm_view(lookup(dconn, params['name']), dest_uri, params['name'])
+
+
+# ---------------------------------------------------------------- stopped, saved, absent
+
+def save(lc, params, spec, dom, vm_uuid, active):
+    """state=saved: hibernate a running VM to a file or a storage volume."""
+    if active and params['saved_volume']:
+        # Imported here: it pulls in the storage layer, which other states never need.
+        from ansible_collections.virtnode.kvm.plugins.module_utils.vm import snapshot as vm_snapshot  # pylint: disable=import-outside-toplevel
+        target = vm_snapshot.memory_volume(params['saved_volume'], vm_snapshot.memory_needed(dom.XMLDesc(0)),
+                                           'saved_volume')
+        lc.save(dom, target['path'], volume=dict((k, target[k]) for k in vm_snapshot.IDS))
+        if not lc.check_mode:
+            vm_snapshot.restore_volume_size(target)
+    elif active:
+        lc.save(dom, params['save_path'] or os.path.join(vm_records.record_dir(vm_uuid), 'saved.img'))
+    elif not lc.find_saved(vm_uuid)[1]:
+        raise VirtnodeError('VM %s is not running and has no saved image' % spec['name'])
+
+
+def stop_or_remove(lc, params, spec, dom, vm_uuid):
+    """state=shutdown/destroyed/absent/saved of a VM libvirt knows."""
+    state = params['state']
+    active = is_active(dom)
+    persistent = bool(dom.isPersistent())
+    dom_xml = dom.XMLDesc(0)
+    if state == 'shutdown' and active:
+        lc.shutdown(dom, params['timeout'], params['force'])
+    elif state == 'destroyed' and active:
+        lc.destroy(dom)
+    elif state == 'absent':
+        if active:
+            lc.destroy(dom)
+        if persistent:
+            lc.undefine(dom)
+    # A VM that is gone (removed, or transient and stopped) gives its block volumes back.
+    if state == 'absent' or (state in ('shutdown', 'destroyed') and active and not persistent):
+        lc.release_block_volumes(vm_uuid, dom_xml)
+    if state == 'absent':
+        lc.forget(vm_uuid)
+    elif state == 'saved':
+        save(lc, params, spec, dom, vm_uuid, active)
+
+
+def settle_unknown(lc, params, spec, vm_uuid):
+    """A VM libvirt does not know: only a saved image or records of it can be left."""
+    state = params['state']
+    if state == 'saved' and not lc.find_saved(vm_uuid)[1]:
+        raise VirtnodeError('VM %s does not exist and has no saved image' % spec['name'])
+    if state == 'absent':
+        rec_uuid = vm_uuid or lc.find_saved()[0]
+        for candidate in [rec_uuid] + [u for u, r in vm_records.all_records('exit') if r.get('name') == spec['name']]:
+            lc.forget(candidate)
+
+
+# ---------------------------------------------------------------- the module's run
+
+def run(module, conn, spec):
+    """Bring the VM of ``spec`` to ``module.params['state']`` on ``conn``; returns the module result."""
+    params = module.params
+    state = params['state']
+    lc = vm_lifecycle.Lifecycle(conn, spec['name'], hooks_dir=params['hooks_dir'], check_mode=module.check_mode,
+                                timeout=params['timeout'])
+    result = {'changed': False, 'pending_restart': [], 'actions': lc.actions, 'hooks': lc.hook_results}
+    dom = lookup(conn, spec['name'], spec['uuid'])
+    vm_uuid = dom.UUIDString() if dom is not None else spec['uuid']
+    # Hooks see the custom properties asked for, else the ones the VM already has.
+    env = spec['custom_properties'] or {}
+    lc.env = domxml.parse_live(dom.XMLDesc(0))['custom_properties'] if dom is not None and not env else env
+    uri = params['uri']
+    before_status = vm_view(dom, uri, spec['name'])['status'] if dom is not None else 'absent'
+    try:
+        if params['migrate_to'] or params['migrate_uri']:
+            migrate(conn, lc, params, dom, result)
+        elif state in ('running', 'paused'):
+            dom = ensure_running(conn, lc, params, spec, dom, result) or dom
+        elif dom is None:
+            settle_unknown(lc, params, spec, vm_uuid)
+        else:
+            stop_or_remove(lc, params, spec, dom, vm_uuid)
+    finally:
+        result['warnings'] = lc.warnings
+    if 'vm' not in result:
+        current = refresh(conn, spec['name'])
+        result['vm'] = vm_view(current, uri, spec['name'], vm_uuid=(current.UUIDString() if current else vm_uuid))
+    result['changed'] = bool(lc.actions)
+    if state not in ('running', 'paused') or params['migrate_to']:
+        target = {'absent': 'absent', 'running': vm_stats.UP}.get(state, vm_stats.DOWN)
+        result['diff'] = {'before': {'status': before_status},
+                          'after': {'status': target if lc.actions else before_status}}
+    return result
+
+
+def converge(module):
+    """The ``vm`` module: validate its options, then :func:`run` on its libvirt connection."""
+    params = module.params
+    if params['migrate_to'] and params['state'] != 'running':
+        raise VirtnodeError('migrate_to needs state=running', {'field': 'migrate_to'})
+    spec = vm_volumes.normalize_on_host(params, check_mode=module.check_mode)
+    libvirt_conn.require_libvirt(module)
+    with libvirt_conn.connect(params['uri']) as conn:
+        result = run(module, conn, spec)
+    for warning in result.pop('warnings', []):
+        module.warn(warning)
+    if not module._diff:  # pylint: disable=protected-access
+        result.pop('diff', None)
+    return result

@@ -1,0 +1,388 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""libvirt domain XML of a typed VM spec, and back: building and parsing, no libvirt calls.
+
+* :func:`build_xml` renders a spec (:mod:`spec`) as domain XML (lxml), and
+  the ``*_element`` functions the devices a running domain takes live.
+* :func:`parse_live` reads a live or persistent domain XML back into the
+  spec's shape, for :func:`spec.compare`.
+* :func:`updated_persistent_xml` merges a spec over an existing definition.
+
+Our own data (balloon target, the machine type asked for, custom properties)
+lives in the domain's ``<metadata>`` under :data:`METADATA_NS`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm.spec import (
+    CPU_MODES, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics)
+
+try:
+    from lxml import etree
+    HAS_LXML = True
+except ImportError:
+    etree = None
+    HAS_LXML = False
+
+METADATA_NS = 'http://virtnode.kvm/xmlns/vm/1.0'
+METADATA_PREFIX = 'virtnode'
+CONSOLE_LOG_DIR = '/var/log/libvirt/qemu'
+
+
+def require_lxml():
+    if not HAS_LXML:
+        raise VirtnodeError('python lxml is required on the managed host (Debian: python3-lxml)')
+
+
+def to_text(elem):
+    """An element as XML text, the form libvirt's device calls take."""
+    return etree.tostring(elem, encoding='unicode')
+
+
+def console_log_path(name):
+    return os.path.join(CONSOLE_LOG_DIR, '%s-console.log' % name)
+
+
+# --------------------------------------------------------------------------
+# XML building
+
+def _sub(parent, tag, text=None, **attrs):
+    elem = etree.SubElement(parent, tag, dict((k, str(v)) for k, v in attrs.items() if v is not None))
+    if text is not None:
+        elem.text = str(text)
+    return elem
+
+
+def disk_element(disk):
+    require_lxml()
+    elem = etree.Element('disk', type=disk['type'], device='disk')
+    driver = _sub(elem, 'driver', name='qemu', type=disk['format'], cache=disk['cache'],
+                  error_policy=disk['error_policy'], io=disk['io'])
+    if disk['error_policy'] in ('stop', 'enospace'):
+        driver.set('rerror_policy', 'stop')
+    _sub(elem, 'source', **{'file' if disk['type'] == 'file' else 'dev': disk['path']})
+    _sub(elem, 'target', dev=disk['target'], bus=disk['bus'])
+    if disk['readonly']:
+        _sub(elem, 'readonly')
+    if disk['serial']:
+        _sub(elem, 'serial', disk['serial'])
+    return elem
+
+
+def cdrom_element(path, machine):
+    require_lxml()
+    bus, target = cdrom_device(machine)
+    elem = etree.Element('disk', type='file', device='cdrom')
+    _sub(elem, 'driver', name='qemu', type='raw')
+    if path:
+        _sub(elem, 'source', file=path)
+    _sub(elem, 'target', dev=target, bus=bus)
+    _sub(elem, 'readonly')
+    return elem
+
+
+def nic_element(nic):
+    require_lxml()
+    elem = etree.Element('interface', type=nic['source_type'])
+    if nic['mac']:
+        _sub(elem, 'mac', address=nic['mac'])
+    _sub(elem, 'source', **{nic['source_type']: nic['source']})
+    _sub(elem, 'model', type=nic['model'])
+    return elem
+
+
+def graphics_element(graphics, port=None):
+    require_lxml()
+    elem = etree.Element('graphics', type=graphics['type'])
+    if port:
+        elem.set('port', str(port))
+    else:
+        elem.set('autoport', 'yes')
+    elem.set('listen', graphics['listen'])
+    elem.set('passwd', graphics['password'] or '')
+    if graphics['password_valid_to']:
+        elem.set('passwdValidTo', graphics['password_valid_to'])
+    _sub(elem, 'listen', type='address', address=graphics['listen'])
+    return elem
+
+
+def metadata_element(spec, namespaced=True):
+    """Our metadata element; ``namespaced=False`` gives the bare form virDomainSetMetadata takes."""
+    ns = '{%s}' % METADATA_NS if namespaced else ''
+    meta = etree.Element(ns + 'vm', nsmap={METADATA_PREFIX: METADATA_NS} if namespaced else None)
+    if spec['memory'] is not None:
+        _sub(meta, ns + 'balloon_target', spec['memory'], unit='KiB')
+    if spec['machine']:
+        _sub(meta, ns + 'machine', spec['machine'])
+    props = _sub(meta, ns + 'custom_properties')
+    for key in sorted(spec['custom_properties'] or {}):
+        _sub(props, ns + 'property', spec['custom_properties'][key], name=key)
+    return meta
+
+
+def build_xml(spec, domain_type='qemu', arch='x86_64'):
+    """Render ``spec`` as domain XML text (defaults: 128 MiB, 1 vCPU, serial console logged)."""
+    require_lxml()
+    root = etree.Element('domain', type=spec['domain_type'] or domain_type)
+    _sub(root, 'name', spec['name'])
+    if spec['uuid']:
+        _sub(root, 'uuid', spec['uuid'])
+    metadata = _sub(root, 'metadata')
+    metadata.append(metadata_element(spec))
+    max_memory = spec['max_memory'] or 128 * MIB_IN_KIB
+    _sub(root, 'memory', max_memory, unit='KiB')
+    _sub(root, 'currentMemory', spec['memory'] or max_memory, unit='KiB')
+    _sub(root, 'vcpu', spec['vcpus'] or 1, placement='static')
+    if spec['cpu_model'] or spec['cpu_topology']:
+        model = spec['cpu_model']
+        cpu = _sub(root, 'cpu', mode=model if model in CPU_MODES else ('custom' if model else None),
+                   match='exact' if model and model not in CPU_MODES else None)
+        if model and model not in CPU_MODES:
+            _sub(cpu, 'model', model, fallback='forbid')
+        if spec['cpu_topology']:
+            _sub(cpu, 'topology', **spec['cpu_topology'])
+    os_elem = _sub(root, 'os')
+    _sub(os_elem, 'type', 'hvm', arch=arch, machine=spec['machine'])
+    if spec['kernel']:
+        _sub(os_elem, 'kernel', spec['kernel'])
+        if spec['initrd']:
+            _sub(os_elem, 'initrd', spec['initrd'])
+        if spec['cmdline']:
+            _sub(os_elem, 'cmdline', spec['cmdline'])
+    for dev in spec['boot_order'] or ():
+        _sub(os_elem, 'boot', dev=dev)
+    features = _sub(root, 'features')
+    _sub(features, 'acpi')
+    _sub(features, 'apic')
+    _sub(root, 'on_poweroff', 'destroy')
+    _sub(root, 'on_reboot', 'restart')
+    _sub(root, 'on_crash', 'destroy')
+    devices = _sub(root, 'devices')
+    for disk in spec['disks'] or ():
+        devices.append(disk_element(disk))
+    if spec['cdrom'] is not None:
+        devices.append(cdrom_element(spec['cdrom'], spec['machine']))
+    for nic in spec['nics'] or ():
+        devices.append(nic_element(nic))
+    if spec['graphics']:
+        devices.append(graphics_element(spec['graphics']))
+    if spec['console_log'] is not False:
+        serial = _sub(devices, 'serial', type='pty')
+        _sub(serial, 'log', file=console_log_path(spec['name']), append='off')
+        _sub(serial, 'target', port=0)
+        console = _sub(devices, 'console', type='pty')
+        _sub(console, 'target', type='serial', port=0)
+    _sub(devices, 'memballoon', model='virtio')
+    if spec['lease']:
+        lease = _sub(devices, 'lease')
+        _sub(lease, 'lockspace', spec['lease']['sd_id'])
+        _sub(lease, 'key', spec['lease']['lease_id'])
+        _sub(lease, 'target', path=spec['lease']['path'], offset=spec['lease']['offset'])
+    return etree.tostring(root, pretty_print=True, encoding='unicode')
+
+
+# --------------------------------------------------------------------------
+# reading a live domain
+
+def parse_xml(xml_text):
+    require_lxml()
+    try:
+        return etree.fromstring(xml_text.encode('utf-8') if isinstance(xml_text, str) else xml_text)
+    except etree.XMLSyntaxError as err:
+        raise VirtnodeError('cannot parse domain XML: %s' % err)
+
+
+def to_kib(elem):
+    if elem is None or not (elem.text or '').strip():
+        return None
+    factors = {'b': 1.0 / KIB, 'bytes': 1.0 / KIB, 'k': 1, 'kib': 1, 'm': KIB, 'mib': KIB, 'g': KIB ** 2, 'gib': KIB ** 2}
+    unit = (elem.get('unit') or 'KiB').lower()
+    return int(int(elem.text.strip()) * factors.get(unit, 1))
+
+
+def _disk_from_elem(elem):
+    source = elem.find('source')
+    path = None
+    if source is not None:
+        path = source.get('file') or source.get('dev')
+    driver = elem.find('driver')
+    driver = driver if driver is not None else etree.Element('driver')
+    target = elem.find('target')
+    serial = elem.find('serial')
+    return {
+        'path': path,
+        'type': elem.get('type'),
+        'format': driver.get('type') or 'raw',
+        'bus': target.get('bus') if target is not None else None,
+        'target': target.get('dev') if target is not None else None,
+        'cache': driver.get('cache') or 'default',
+        'io': driver.get('io'),
+        'error_policy': driver.get('error_policy') or 'report',
+        'readonly': elem.find('readonly') is not None,
+        'serial': serial.text if serial is not None else None,
+        'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
+    }
+
+
+def _parse_metadata(root, live):
+    """Balloon target, machine asked for and custom properties, from our metadata element."""
+    live['memory'] = live['current_memory']
+    live['balloon_target'] = None
+    live['requested_machine'] = None
+    live['custom_properties'] = {}
+    meta = root.find('metadata/{%s}vm' % METADATA_NS)
+    if meta is None:
+        return
+    target = meta.find('{%s}balloon_target' % METADATA_NS)
+    if target is not None and target.text:
+        live['balloon_target'] = int(target.text)
+        live['memory'] = live['balloon_target']
+    live['requested_machine'] = meta.findtext('{%s}machine' % METADATA_NS)
+    for prop in meta.findall('{%s}custom_properties/{%s}property' % (METADATA_NS, METADATA_NS)):
+        live['custom_properties'][prop.get('name')] = prop.text or ''
+
+
+def _parse_cpu(root, live):
+    cpu = root.find('cpu')
+    live['cpu_model'] = None
+    live['cpu_topology'] = None
+    if cpu is not None:
+        mode = cpu.get('mode')
+        live['cpu_model'] = mode if mode in CPU_MODES else cpu.findtext('model')
+        topo = cpu.find('topology')
+        if topo is not None:
+            live['cpu_topology'] = dict((k, int(topo.get(k, 1))) for k in ('sockets', 'cores', 'threads'))
+
+
+def _parse_drives(root, live):
+    """Disks, and the CD-ROM drive (``cdrom`` is '' for an empty drive, None for none)."""
+    live['disks'] = []
+    live['cdrom'] = None
+    live['cdrom_target'] = None
+    for elem in root.findall('devices/disk'):
+        if elem.get('device') == 'cdrom':
+            disk = _disk_from_elem(elem)
+            live['cdrom'] = disk['path'] or ''
+            live['cdrom_target'] = disk['target']
+            live['cdrom_bus'] = disk['bus']
+        elif elem.get('device', 'disk') == 'disk':
+            live['disks'].append(_disk_from_elem(elem))
+
+
+def _nic_from_elem(elem):
+    source = elem.find('source')
+    kind = elem.get('type')
+    model = elem.find('model')
+    return {
+        'source_type': kind,
+        'source': source.get(kind) if source is not None else None,
+        'mac': elem.find('mac').get('address').lower() if elem.find('mac') is not None else None,
+        'model': model.get('type') if model is not None else None,
+        'target_dev': elem.find('target').get('dev') if elem.find('target') is not None else None,
+        'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
+    }
+
+
+def _graphics_from_elem(graphics):
+    if graphics is None:
+        return None
+    listen = graphics.get('listen')
+    if listen is None and graphics.find('listen') is not None:
+        listen = graphics.find('listen').get('address')
+    return {
+        'type': graphics.get('type'),
+        'listen': listen,
+        'password': graphics.get('passwd') or None,
+        'password_valid_to': graphics.get('passwdValidTo'),
+        'port': int(graphics.get('port')) if graphics.get('port') and graphics.get('port') != '-1' else None,
+    }
+
+
+def _lease_from_elem(lease):
+    if lease is None:
+        return None
+    target = lease.find('target')
+    return {'sd_id': lease.findtext('lockspace'), 'lease_id': lease.findtext('key'),
+            'path': target.get('path') if target is not None else None,
+            'offset': int(target.get('offset') or 0) if target is not None else 0}
+
+
+def parse_live(xml_text):
+    """Read domain XML into the spec's shape (plus runtime details such as ports and aliases)."""
+    root = parse_xml(xml_text)
+    live = {
+        'name': root.findtext('name'),
+        'uuid': root.findtext('uuid'),
+        'domain_type': root.get('type'),
+        'machine': root.find('os/type').get('machine') if root.find('os/type') is not None else None,
+        'max_memory': to_kib(root.find('memory')),
+        'current_memory': to_kib(root.find('currentMemory')),
+        'vcpus': int(root.findtext('vcpu')) if root.findtext('vcpu') else None,
+        'kernel': root.findtext('os/kernel'),
+        'initrd': root.findtext('os/initrd'),
+        'cmdline': root.findtext('os/cmdline'),
+        'boot_order': [b.get('dev') for b in root.findall('os/boot')] or None,
+    }
+    _parse_metadata(root, live)
+    _parse_cpu(root, live)
+    _parse_drives(root, live)
+    live['nics'] = [_nic_from_elem(elem) for elem in root.findall('devices/interface')]
+    live['graphics'] = _graphics_from_elem(root.find('devices/graphics'))
+    serial_log = root.find('devices/serial/log')
+    live['console_log'] = serial_log is not None
+    live['console_log_file'] = serial_log.get('file') if serial_log is not None else None
+    live['lease'] = _lease_from_elem(root.find('devices/lease'))
+    return live
+
+
+def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
+    """A new persistent definition: the spec's fields applied over the existing definition.
+
+    The existing definition is rebuilt from the spec with the fields the
+    user left out taken from it, so libvirt's own additions (addresses,
+    controllers) of devices that stay are kept by libvirt on redefine
+    (it keeps the UUID; devices are re-addressed as needed).
+    """
+    live = parse_live(persistent_xml)
+    merged = dict(spec)
+    for key in ('domain_type', 'machine', 'vcpus', 'cpu_topology', 'cpu_model', 'boot_order', 'kernel', 'initrd',
+                'cmdline', 'graphics', 'lease'):
+        if merged.get(key) is None:
+            merged[key] = live.get(key)
+    if merged['machine'] is None or machine_matches(spec['machine'], live['machine'], live.get('requested_machine')):
+        merged['machine'] = live.get('requested_machine') or live['machine'] if spec['machine'] is None else spec['machine']
+    if merged['max_memory'] is None:
+        merged['max_memory'] = live['max_memory']
+    if merged['memory'] is None:
+        merged['memory'] = live['memory']
+    if merged['custom_properties'] is None:
+        merged['custom_properties'] = live['custom_properties']
+    if merged['console_log'] is None:
+        merged['console_log'] = live['console_log']
+    if merged['disks'] is None:
+        merged['disks'] = [dict(d, volume=None) for d in live['disks']]
+    if merged['nics'] is None:
+        merged['nics'] = [dict((k, n[k]) for k in ('source_type', 'source', 'mac', 'model')) for n in live['nics']]
+    else:
+        pairs, dummy = match_nics(merged['nics'], live['nics'])
+        merged['nics'] = [dict(nic, mac=nic['mac'] or (have['mac'] if have else None)) for nic, have in pairs]
+    if merged['cdrom'] is None:
+        merged['cdrom'] = live['cdrom']
+    merged['uuid'] = live['uuid']
+    return build_xml(merged, domain_type=domain_type)
+
+
+def machine_aliases(caps_xml):
+    """``{alias: canonical}`` machine types from the capabilities XML."""
+    aliases = {}
+    if not caps_xml:
+        return aliases
+    root = parse_xml(caps_xml)
+    for machine in root.iter('machine'):
+        if machine.get('canonical') and machine.text:
+            aliases[machine.text.strip()] = machine.get('canonical')
+    return aliases
