@@ -51,7 +51,6 @@ _BOGUS_DMI_UUIDS = frozenset((
     'ffffffff-ffff-ffff-ffff-ffffffffffff',
     '03000200-0400-0500-0006-000700080009',
 ))
-# Extra places for admin tools that are not on a non-login PATH.
 _ARPHRD_LOOPBACK = 772
 _VERSION_RE = re.compile(r'(\d+(?:\.\d+)+)')
 
@@ -74,7 +73,6 @@ def parse_cpu_list(text):
     except ValueError:
         return []
     return sorted(set(cpus))
-
 
 
 def _first_version(text):
@@ -390,6 +388,8 @@ def numa_info(caps):
     return {'cells': cells, 'cell_count': len(cells)}
 
 
+# --------------------------------------------------------------------------
+# memory
 
 def memory_info(meminfo):
     """The ``memory`` section (MiB, hugepage counts)."""
@@ -405,7 +405,6 @@ def memory_info(meminfo):
     }
 
 
-
 # --------------------------------------------------------------------------
 # network
 
@@ -417,8 +416,6 @@ _LINK_KINDS = {
     'tun': 'tun',
     'tap': 'tun',
 }
-
-
 
 
 def read_ip_addresses(ip=None):

@@ -27,8 +27,6 @@ def host_path(root, path):
     return os.path.join(root, path.lstrip('/'))
 
 
-
-
 def read_optional_text(path):
     """Content of ``path`` stripped of surrounding whitespace, or None when it cannot be read."""
     try:
@@ -50,6 +48,7 @@ def read_int(path):
 
 
 def list_dir(path):
+    """Sorted entries of the directory ``path``; ``[]`` when it cannot be listed."""
     try:
         return sorted(os.listdir(path))
     except OSError:
@@ -57,8 +56,8 @@ def list_dir(path):
 
 
 def mib(kib):
+    """KiB to whole MiB, None staying None."""
     return None if kib is None else kib // 1024
-
 
 
 def find_command(name):
@@ -71,8 +70,6 @@ def find_command(name):
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
 
 
 def run_probe(argv, timeout=COMMAND_TIMEOUT):
@@ -91,7 +88,6 @@ def run_probe(argv, timeout=COMMAND_TIMEOUT):
     if proc.returncode != 0:
         return None
     return proc.stdout.decode('utf-8', 'replace')
-
 
 
 def read_meminfo(root='/'):
@@ -118,4 +114,3 @@ def available_kib(meminfo):
         return None
     # Pre-3.14 kernels: what VDSM counts as free.
     return sum(meminfo.get(key, 0) for key in ('MemFree', 'Buffers', 'Cached', 'SReclaimable'))
-
