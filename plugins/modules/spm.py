@@ -39,6 +39,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   check_mode:
     support: full
@@ -134,37 +135,8 @@ spm:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def run(module):
-    params = module.params
-    sp_uuid = validate.uuid_str(params['pool_uuid'], 'pool_uuid')
-    interval = spm.check_interval_value(params['check_interval'])
-    if not 0 < params['timeout'] <= 3600:
-        raise VirtnodeError('timeout must be between 0 and 3600 seconds', {'field': 'timeout'})
-    before = spm.status(sp_uuid)
-    changed = False
-    if params['state'] == 'started' and before['spm_status'] != spm.SPM:
-        changed = True
-        if not module.check_mode:
-            spm.start(sp_uuid, interval, params['timeout'])
-        elif before['spm_id'] not in (None, -1) and before['spm_id'] != before['host_id']:
-            raise VirtnodeError('cannot become SPM: %s' % spm.describe_spm(before))
-    elif params['state'] == 'stopped' and (before['spm_status'] != spm.FREE or before['holder_pid']):
-        changed = True
-        if not module.check_mode:
-            spm.stop(sp_uuid, params['timeout'])
-    after = spm.status(sp_uuid)
-    result = {'changed': changed, 'spm': after}
-    if module._diff:
-        wanted = {'started': spm.SPM, 'stopped': spm.FREE}.get(params['state'], before['spm_status'])
-        result['diff'] = {'before': {'spm_status': before['spm_status']},
-                          'after': {'spm_status': wanted if module.check_mode else after['spm_status']}}
-    return result
 
 
 def main():
@@ -177,12 +149,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    sanlock_lock.require_sanlock(module)
-    try:
-        result = run(module)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(**result)
+    module_run.run(module, spm.run_module)
 
 
 if __name__ == '__main__':

@@ -28,6 +28,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   check_mode:
     support: full
@@ -120,38 +121,8 @@ spm:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
-from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def run(module):
-    params = module.params
-    sd_filter = validate.uuid_str(params['sd_uuid'], 'sd_uuid') if params['sd_uuid'] else None
-    sp_uuid = validate.uuid_str(params['pool_uuid'], 'pool_uuid') if params['pool_uuid'] else None
-    pool = spm_status = None
-    members = None
-    if sp_uuid:
-        _master_dir, md = storage.find_master(sp_uuid)
-        members = set(storage.pool_domains(md))
-        pool = {'pool_uuid': sp_uuid, 'master_sd_uuid': md.sd_uuid, 'description': md.pool_description or '',
-                'domains': storage.pool_domains(md), 'master_version': md.master_version, 'spm_id': md.pool_spm_id,
-                'lver': md.pool_spm_lver}
-        if sanlock_lock.HAS_SANLOCK:
-            spm_status = spm.status(sp_uuid)
-    domains = []
-    for sd_uuid, dom_dir in sorted(storage.scan_domains().items()):
-        if (sd_filter and sd_uuid != sd_filter) or (members is not None and sd_uuid not in members):
-            continue
-        try:
-            domains.append(storage.domain_info(dom_dir, images=params['images']))
-        except VirtnodeError as err:
-            domains.append({'sd_uuid': sd_uuid, 'path': dom_dir, 'error': err.message})
-    if sd_filter and not domains:
-        raise VirtnodeError('storage domain %s not found under /rhev/data-center/mnt' % sd_filter, {'sd_uuid': sd_filter})
-    return {'changed': False, 'domains': domains, 'pool': pool, 'spm': spm_status}
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import info as storage_info
 
 
 def main():
@@ -163,11 +134,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        result = run(module)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(**result)
+    module_run.run(module, storage_info.run_module)
 
 
 if __name__ == '__main__':

@@ -45,6 +45,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   check_mode:
     support: full
@@ -150,77 +151,8 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
-from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def pool_info(sp_uuid):
-    _master_dir, md = storage.find_master(sp_uuid, required=False)
-    if md is None:
-        return None
-    return {'pool_uuid': sp_uuid, 'master_sd_uuid': md.sd_uuid, 'description': md.pool_description or '',
-            'domains': storage.pool_domains(md), 'master_version': md.master_version,
-            'spm_id': md.pool_spm_id, 'lver': md.pool_spm_lver}
-
-
-def _host_id(params):
-    if params['host_id'] is None:
-        raise VirtnodeError('host_id is required for state=%s' % params['state'], {'field': 'host_id'})
-    return sanlock_lock.check_host_id(params['host_id'])
-
-
-def run(module):
-    params = module.params
-    sp_uuid = validate.uuid_str(params['pool_uuid'], 'pool_uuid')
-    state = params['state']
-    actions = []
-    state_before = storage.read_pool_state(sp_uuid)
-    if state == 'disconnected':
-        holder = spm.read_state(sp_uuid)
-        if holder and holder.get('alive'):
-            raise VirtnodeError('this host is the SPM of pool %s (holder pid %s): stop the SPM first' % (sp_uuid, holder['pid']))
-        if storage.is_pool_linked(sp_uuid):
-            actions.append('disconnect')
-            if not module.check_mode:
-                storage.disconnect_pool(sp_uuid)
-        connected, host_id = False, None
-    else:
-        sanlock_lock.require_sanlock(module)
-        host_id = _host_id(params)
-        hostname = params['hostname']
-        if hostname is not None:
-            validate.safe_name(hostname, 'hostname')
-        _master_dir, master_md = storage.find_master(sp_uuid, required=False)
-        if master_md is None:
-            if state != 'present':
-                raise VirtnodeError('no master domain of pool %s found on the connected storage servers' % sp_uuid)
-            if not params['master_sd_uuid']:
-                raise VirtnodeError('master_sd_uuid is required to create pool %s' % sp_uuid, {'field': 'master_sd_uuid'})
-            validate.uuid_str(params['master_sd_uuid'], 'master_sd_uuid')
-            dom_dir = storage.find_domain(params['master_sd_uuid'])
-            actions.append('create')
-            if not module.check_mode:
-                storage.create_pool(sp_uuid, dom_dir, params['description'], host_id)
-        if module.check_mode and actions:
-            actions.append('connect')
-        else:
-            import socket  # pylint: disable=import-outside-toplevel
-            connected, _details = storage.pool_connection_state(sp_uuid, host_id, hostname or socket.gethostname())
-            if not connected:
-                actions.append('connect')
-                if not module.check_mode:
-                    storage.connect_pool(sp_uuid, host_id, hostname)
-        connected = True
-    result = {'changed': bool(actions), 'actions': actions, 'connected': connected, 'host_id': host_id,
-              'pool': pool_info(sp_uuid)}
-    if module._diff:
-        result['diff'] = {'before': {'connected': state_before is not None,
-                                     'host_id': (state_before or {}).get('host_id')},
-                          'after': {'connected': connected, 'host_id': host_id}}
-    return result
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool
 
 
 def main():
@@ -235,11 +167,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        result = run(module)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(**result)
+    module_run.run(module, pool.run_module)
 
 
 if __name__ == '__main__':

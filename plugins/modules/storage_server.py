@@ -53,6 +53,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   check_mode:
     support: full
@@ -120,33 +121,8 @@ command:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import connection as storage_conn
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def run(module):
-    params = module.params
-    conn_type, spec = params['type'], params['path']
-    storage_conn.validate_spec(conn_type, spec)
-    target = sd_layout.mount_point(spec)
-    result = {'mount_point': target}
-    mount_args = (params['vfstype'], params['options'], params['nfs_version'], params['timeo'], params['retrans'])
-    if conn_type != 'localfs':
-        result['command'] = storage_conn.mount_argv(conn_type, spec, target, *mount_args)
-    before = storage_conn.is_connected(conn_type, spec)
-    wanted = params['state'] == 'connected'
-    changed = before != wanted
-    if changed and not module.check_mode:
-        if wanted:
-            storage_conn.connect(conn_type, spec, *mount_args)
-        else:
-            storage_conn.disconnect(conn_type, spec)
-    result.update(changed=changed, connected=wanted if changed else before)
-    if module._diff:
-        result['diff'] = {'before': {'connected': before}, 'after': {'connected': result['connected']},
-                          'before_header': target, 'after_header': target}
-    return result
 
 
 def main():
@@ -164,11 +140,7 @@ def main():
         required_if=[('type', 'posixfs', ('vfstype',))],
         supports_check_mode=True,
     )
-    try:
-        result = run(module)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(**result)
+    module_run.run(module, storage_conn.run_module)
 
 
 if __name__ == '__main__':

@@ -82,6 +82,7 @@ options:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.actiongroups
+  - virtnode.kvm.failure
 attributes:
   check_mode:
     support: full
@@ -194,114 +195,10 @@ actions:
   sample: [create]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
-from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-
-
-def _volume_dict(dom_dir, img_uuid, vol_uuid):
-    md = volumes.read_volume(dom_dir, img_uuid, vol_uuid)
-    if md is None:
-        return None
-    return {'volume_uuid': vol_uuid, 'path': volumes.paths(dom_dir, img_uuid, vol_uuid)[0], 'format': md.volume_format,
-            'allocation': md.allocation, 'capacity': md.capacity, 'parent': md.parent, 'role': md.role,
-            'legality': md.legality}
-
-
-def _chain(dom_dir, img_uuid):
-    if not os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
-        return []
-    return storage.volume_chain_info(dom_dir, img_uuid)
-
-
-def _require_spm(dom_md):
-    if not dom_md.pool_uuids:
-        raise VirtnodeError('storage domain %s is not attached to a pool; volume changes run on the pool SPM' % dom_md.sd_uuid)
-    spm.require_spm(dom_md.pool_uuids[0])
-
-
-def run(module):
-    params = module.params
-    sd_uuid = validate.uuid_str(params['sd_uuid'], 'sd_uuid')
-    img_uuid = validate.uuid_str(params['image_uuid'], 'image_uuid')
-    vol_uuid = validate.uuid_str(params['volume_uuid'], 'volume_uuid') if params['volume_uuid'] else None
-    parent = validate.uuid_str(params['parent_volume_uuid'], 'parent_volume_uuid') if params['parent_volume_uuid'] else None
-    size = None
-    if params['size'] is not None:
-        size = volumes.check_capacity(validate.size_bytes(params['size'], 'size'))
-    clone = params['clone_from']
-    if clone:
-        for key in ('image_uuid', 'volume_uuid'):
-            validate.uuid_str(clone[key], 'clone_from.%s' % key)
-        validate.uuid_str(clone['sd_uuid'] or sd_uuid, 'clone_from.sd_uuid')
-    if clone and parent:
-        raise VirtnodeError('clone_from and parent_volume_uuid are mutually exclusive')
-    dom_dir = storage.find_domain(sd_uuid)
-    dom_md = storage.read_md(dom_dir)
-    actions = []
-    before = _volume_dict(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
-
-    if params['state'] == 'present':
-        if vol_uuid is None:
-            raise VirtnodeError('volume_uuid is required for state=present', {'field': 'volume_uuid'})
-        if before is None:
-            _require_spm(dom_md)
-            if clone:
-                src_dir = storage.find_domain(clone['sd_uuid'] or sd_uuid)
-                if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
-                    raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
-            elif parent:
-                if volumes.read_volume(dom_dir, img_uuid, parent) is None:
-                    raise VirtnodeError('parent volume %s not found in image %s' % (parent, img_uuid), {'field': 'parent_volume_uuid'})
-            elif size is None:
-                raise VirtnodeError('size is required to create a volume', {'field': 'size'})
-            if params['format'] == 'RAW' and parent:
-                raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
-            actions.append('clone' if clone else 'snapshot' if parent else 'create')
-            if not module.check_mode:
-                source = (storage.find_domain(clone['sd_uuid'] or sd_uuid), clone['image_uuid'], clone['volume_uuid']) if clone else None
-                volumes.create_volume(dom_dir, dom_md, img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
-                                      params['description'], params['disk_type'], source)
-        else:
-            if parent and before['parent'] != parent:
-                raise VirtnodeError('volume %s exists with parent %s, not %s' % (vol_uuid, before['parent'], parent))
-            if size is not None and size < before['capacity']:
-                raise VirtnodeError('volume %s is %d bytes; shrinking to %d bytes is not supported'
-                                    % (vol_uuid, before['capacity'], size), {'field': 'size'})
-            if size is not None and size > before['capacity']:
-                _require_spm(dom_md)
-                if before['role'] != 'LEAF':
-                    raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, before['role']))
-                actions.append('extend')
-                if not module.check_mode:
-                    volumes.extend_volume(dom_dir, dom_md, img_uuid, vol_uuid, size)
-    else:
-        if vol_uuid is not None:
-            if before is not None or os.path.lexists(volumes.paths(dom_dir, img_uuid, vol_uuid)[0]):
-                _require_spm(dom_md)
-                children = [v for v, m in volumes.image_volumes(dom_dir, img_uuid).items() if m.parent == vol_uuid]
-                if children:
-                    raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)))
-                actions.append('delete_volume')
-                if not module.check_mode:
-                    volumes.delete_volume(dom_dir, dom_md, img_uuid, vol_uuid)
-        elif os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
-            _require_spm(dom_md)
-            actions.append('delete_image')
-            if not module.check_mode:
-                volumes.delete_image(dom_dir, img_uuid)
-
-    after = _volume_dict(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
-    result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': _chain(dom_dir, img_uuid)}
-    if module._diff:
-        result['diff'] = {'before': before or {}, 'after': (after or {}) if not module.check_mode else {'actions': actions}}
-    return result
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_state
 
 
 def main():
@@ -326,11 +223,7 @@ def main():
         mutually_exclusive=[('parent_volume_uuid', 'clone_from')],
         supports_check_mode=True,
     )
-    try:
-        result = run(module)
-    except VirtnodeError as err:
-        module.fail_json(**err.to_dict())
-    module.exit_json(**result)
+    module_run.run(module, volume_state.run_module)
 
 
 if __name__ == '__main__':

@@ -76,7 +76,7 @@ def max_physical(capacity):
     return round_up_mib(capacity * COW_OVERHEAD)
 
 
-def run_command(argv, timeout=COMMAND_TIMEOUT):
+def run_checked(argv, timeout=COMMAND_TIMEOUT):
     """The block backends' command runner (tests replace it): stdout, or VirtnodeError."""
     return command.run_checked(argv, timeout)
 
@@ -134,7 +134,7 @@ class LoopBackend:
 
     name = 'loop'
 
-    def __init__(self, runner=run_command, link_root=LOOP_LINK_ROOT, find_domain=storage.find_domain):
+    def __init__(self, runner=run_checked, link_root=LOOP_LINK_ROOT, find_domain=storage.find_domain):
         self.run = runner
         self.link_root = link_root
         self.find_domain = find_domain
@@ -237,7 +237,7 @@ class LvmBackend:
 
     name = 'lvm'
 
-    def __init__(self, runner=run_command, link_root=LVM_LINK_ROOT):
+    def __init__(self, runner=run_checked, link_root=LVM_LINK_ROOT):
         self.run = runner
         self.link_root = link_root
 

@@ -147,3 +147,28 @@ def disconnect(conn_type, spec):
         _run(['umount', target])
     _remove_empty_dir(target)
     return target
+
+
+def run_module(module):
+    """The work of the ``storage_server`` module: connect or disconnect one storage server."""
+    params = module.params
+    conn_type, spec = params['type'], params['path']
+    validate_spec(conn_type, spec)
+    target = sd_layout.mount_point(spec)
+    result = {'mount_point': target}
+    mount_args = (params['vfstype'], params['options'], params['nfs_version'], params['timeo'], params['retrans'])
+    if conn_type != 'localfs':
+        result['command'] = mount_argv(conn_type, spec, target, *mount_args)
+    before = is_connected(conn_type, spec)
+    wanted = params['state'] == 'connected'
+    changed = before != wanted
+    if changed and not module.check_mode:
+        if wanted:
+            connect(conn_type, spec, *mount_args)
+        else:
+            disconnect(conn_type, spec)
+    result.update(changed=changed, connected=wanted if changed else before)
+    if module._diff:
+        result['diff'] = {'before': {'connected': before}, 'after': {'connected': result['connected']},
+                          'before_header': target, 'after_header': target}
+    return result

@@ -9,13 +9,13 @@ a host that connects to a pool joins the sanlock lockspace of every active
 domain with its host id, links ``/rhev/data-center/<spUUID>/<sdUUID>`` and
 ``mastersd``, records its host name in ``<master>/master/hosts/<host id>``
 (so other hosts can name the SPM) and keeps a local note in
-``/run/virtnode/storage/pools/<spUUID>.json``.
+``/run/virtnode/storage/pools/<spUUID>.json``. Changing which domains belong
+to a pool is the SPM's work, in ``pool.py``.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import socket
@@ -300,16 +300,12 @@ def pool_state_path(sp_uuid):
 
 
 def read_pool_state(sp_uuid):
-    try:
-        with open(pool_state_path(sp_uuid)) as stream:
-            return json.load(stream)
-    except (OSError, ValueError):
-        return None
+    """This host's note of its connection to the pool (None if not connected or unreadable)."""
+    return fileio.read_json(pool_state_path(sp_uuid), lenient=True)
 
 
 def write_pool_state(sp_uuid, state):
-    os.makedirs(POOL_STATE_DIR, exist_ok=True)
-    fileio.write_atomic(pool_state_path(sp_uuid), json.dumps(state, sort_keys=True).encode('utf-8'), 0o644)
+    fileio.write_json(pool_state_path(sp_uuid), state)
 
 
 def host_record_path(master_dir, host_id):

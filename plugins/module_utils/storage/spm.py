@@ -69,10 +69,8 @@ def state_path(sp_uuid):
 
 def read_state(sp_uuid):
     """The holder's state file, with ``alive`` telling whether that process still runs."""
-    try:
-        with open(state_path(sp_uuid)) as stream:
-            state = json.load(stream)
-    except (OSError, ValueError):
+    state = fileio.read_json(state_path(sp_uuid), lenient=True)
+    if state is None:
         return None
     pid = state.get('pid')
     state['alive'] = isinstance(pid, int) and pid > 0 and detached.process_start_time(pid) == state.get('start_time')
@@ -80,8 +78,7 @@ def read_state(sp_uuid):
 
 
 def _write_state(sp_uuid, state):
-    os.makedirs(STATE_DIR, exist_ok=True)
-    fileio.write_atomic(state_path(sp_uuid), json.dumps(state, sort_keys=True).encode('utf-8'), 0o644)
+    fileio.write_json(state_path(sp_uuid), state)
 
 
 def _remove_state(sp_uuid):
@@ -191,12 +188,8 @@ def _holds(fd, lockspace):
         return False
 
 
-def run_holder(sp_uuid, host_id, check_interval, report=None):
-    """Become SPM and hold the role until SIGTERM or until the lease is lost.
-
-    ``report`` is called once with ``{'ok': bool, 'msg': str, ...}`` when the
-    outcome of the start is known. Returns the final state string.
-    """
+def _stop_requests():
+    """Install the holder's signal handlers; the returned list fills when a stop is requested."""
     stop = []
 
     def request_stop(signum, frame):
@@ -205,10 +198,12 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    report = report or (lambda outcome: None)
-    pid = os.getpid()
-    state = {'pid': pid, 'start_time': detached.process_start_time(pid), 'sp_uuid': sp_uuid, 'host_id': host_id,
-             'status': CONTEND, 'check_interval': check_interval, 'since': time.time()}
+    return stop
+
+
+def _acquire_spm_lease(sp_uuid, state, report):
+    """Take the SDM lease of the pool's master domain: ``(master_dir, md, path, offset, fd)``, or None
+    after reporting why not."""
     master_dir = None
     try:
         master_dir, md = storage.find_master(sp_uuid)
@@ -227,16 +222,67 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
                 sp_uuid, owner, ' (%s)' % name if name else '')
         _log(sp_uuid, 'start failed: %s' % message)
         report({'ok': False, 'msg': message, 'owner_host_id': owner})
-        return 'failed'
+        return None
+    return master_dir, md, path, offset, fd
+
+
+def _claim_pool_metadata(master_dir, host_id):
+    """Write this host as the pool's SPM with the next POOL_SPM_LVER; returns that lver."""
+    raw = storage.read_raw(master_dir)
     try:
-        raw = storage.read_raw(master_dir)
-        try:
-            old_lver = int(raw.get(sdm.POOL_SPM_LVER, sdm.SPM_LVER_INVALID))
-        except ValueError:
-            old_lver = sdm.SPM_LVER_INVALID
-        lver = max(old_lver, 0) + 1
-        storage.update_md(master_dir, {sdm.POOL_SPM_ID: host_id, sdm.POOL_SPM_LVER: lver})
-        storage.ensure_master_tree(master_dir)
+        old_lver = int(raw.get(sdm.POOL_SPM_LVER, sdm.SPM_LVER_INVALID))
+    except ValueError:
+        old_lver = sdm.SPM_LVER_INVALID
+    lver = max(old_lver, 0) + 1
+    storage.update_md(master_dir, {sdm.POOL_SPM_ID: host_id, sdm.POOL_SPM_LVER: lver})
+    storage.ensure_master_tree(master_dir)
+    return lver
+
+
+def _hold_until_stopped(fd, lockspace, check_interval, stop):
+    """Check the lease every ``check_interval`` seconds until a stop request (True) or its loss (False)."""
+    next_check = time.monotonic() + check_interval
+    while not stop:
+        time.sleep(min(0.2, max(0.0, next_check - time.monotonic())))
+        if stop or time.monotonic() < next_check:
+            continue
+        next_check = time.monotonic() + check_interval
+        if not _holds(fd, lockspace):
+            return False
+    return True
+
+
+def _step_down(sp_uuid, master_dir, md, path, offset, fd):
+    """Mark the pool free of an SPM and release the lease, if it is still ours."""
+    if not _holds(fd, md.sd_uuid):
+        return
+    try:
+        storage.update_md(master_dir, {sdm.POOL_SPM_ID: sdm.SPM_ID_FREE})
+    except VirtnodeError as err:
+        _log(sp_uuid, 'could not clear POOL_SPM_ID: %s' % err)
+    try:
+        sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
+    except VirtnodeError as err:
+        _log(sp_uuid, 'release failed (the lease goes with this process): %s' % err)
+
+
+def run_holder(sp_uuid, host_id, check_interval, report=None):
+    """Become SPM and hold the role until SIGTERM or until the lease is lost.
+
+    ``report`` is called once with ``{'ok': bool, 'msg': str, ...}`` when the
+    outcome of the start is known. Returns the final state string.
+    """
+    stop = _stop_requests()
+    report = report or (lambda outcome: None)
+    pid = os.getpid()
+    state = {'pid': pid, 'start_time': detached.process_start_time(pid), 'sp_uuid': sp_uuid, 'host_id': host_id,
+             'status': CONTEND, 'check_interval': check_interval, 'since': time.time()}
+    lease = _acquire_spm_lease(sp_uuid, state, report)
+    if lease is None:
+        return 'failed'
+    master_dir, md, path, offset, fd = lease
+    try:
+        lver = _claim_pool_metadata(master_dir, host_id)
     except (VirtnodeError, OSError) as err:
         sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
         _remove_state(sp_uuid)
@@ -248,27 +294,13 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
     _log(sp_uuid, 'SPM as host id %d, lver %d' % (host_id, lver))
     report({'ok': True, 'msg': 'SPM', 'lver': lver, 'pid': pid})
 
-    next_check = time.monotonic() + check_interval
-    while not stop:
-        time.sleep(min(0.2, max(0.0, next_check - time.monotonic())))
-        if stop or time.monotonic() < next_check:
-            continue
-        next_check = time.monotonic() + check_interval
-        if not _holds(fd, md.sd_uuid):
-            # The lease is gone (lockspace lost, storage unreachable): stop being SPM at once.
-            state.update(status=LOST, since=time.time())
-            _write_state(sp_uuid, state)
-            _log(sp_uuid, 'lost the SPM lease; no longer SPM')
-            return LOST
-    if _holds(fd, md.sd_uuid):
-        try:
-            storage.update_md(master_dir, {sdm.POOL_SPM_ID: sdm.SPM_ID_FREE})
-        except VirtnodeError as err:
-            _log(sp_uuid, 'could not clear POOL_SPM_ID: %s' % err)
-        try:
-            sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
-        except VirtnodeError as err:
-            _log(sp_uuid, 'release failed (the lease goes with this process): %s' % err)
+    if not _hold_until_stopped(fd, md.sd_uuid, check_interval, stop):
+        # The lease is gone (lockspace lost, storage unreachable): stop being SPM at once.
+        state.update(status=LOST, since=time.time())
+        _write_state(sp_uuid, state)
+        _log(sp_uuid, 'lost the SPM lease; no longer SPM')
+        return LOST
+    _step_down(sp_uuid, master_dir, md, path, offset, fd)
     _remove_state(sp_uuid)
     _log(sp_uuid, 'stopped')
     return 'stopped'
@@ -367,3 +399,34 @@ def stop(sp_uuid, timeout=DEFAULT_STOP_TIMEOUT):
             raise VirtnodeError('the SPM holder (pid %d) did not stop within %ss' % (pid, timeout), {'pid': pid})
         time.sleep(0.1)
     return True
+
+
+# ------------------------------------------------------------------ the spm module
+
+def run_module(module):
+    """The work of the ``spm`` module: start, stop or report this host's SPM role in a pool."""
+    sanlock_lock.require_sanlock(module)
+    params = module.params
+    sp_uuid = validate.uuid_str(params['pool_uuid'], 'pool_uuid')
+    interval = check_interval_value(params['check_interval'])
+    if not 0 < params['timeout'] <= 3600:
+        raise VirtnodeError('timeout must be between 0 and 3600 seconds', {'field': 'timeout'})
+    before = status(sp_uuid)
+    changed = False
+    if params['state'] == 'started' and before['spm_status'] != SPM:
+        changed = True
+        if not module.check_mode:
+            start(sp_uuid, interval, params['timeout'])
+        elif before['spm_id'] not in (None, -1) and before['spm_id'] != before['host_id']:
+            raise VirtnodeError('cannot become SPM: %s' % describe_spm(before))
+    elif params['state'] == 'stopped' and (before['spm_status'] != FREE or before['holder_pid']):
+        changed = True
+        if not module.check_mode:
+            stop(sp_uuid, params['timeout'])
+    after = status(sp_uuid)
+    result = {'changed': changed, 'spm': after}
+    if module._diff:
+        wanted = {'started': SPM, 'stopped': FREE}.get(params['state'], before['spm_status'])
+        result['diff'] = {'before': {'spm_status': before['spm_status']},
+                          'after': {'spm_status': wanted if module.check_mode else after['spm_status']}}
+    return result

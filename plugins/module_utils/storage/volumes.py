@@ -76,6 +76,46 @@ def _discard(path_list):
             pass
 
 
+def _snapshot_parent(dom_dir, img_uuid, parent_uuid, volume_format, capacity):
+    """The parent's VolumeMetadata and the snapshot's capacity, if a snapshot on it may be made."""
+    parent_md = read_volume(dom_dir, img_uuid, parent_uuid)
+    if parent_md is None:
+        raise VirtnodeError('parent volume %s not found in image %s' % (parent_uuid, img_uuid), {'field': 'parent'})
+    if parent_md.legality != 'LEGAL':
+        raise VirtnodeError('parent volume %s is %s' % (parent_uuid, parent_md.legality), {'field': 'parent'})
+    children = [v for v, m in image_volumes(dom_dir, img_uuid).items() if m.parent == parent_uuid]
+    if children:
+        raise VirtnodeError('parent volume %s already has a child (%s): only the leaf can be snapshotted'
+                            % (parent_uuid, ', '.join(children)), {'field': 'parent'})
+    if volume_format != 'COW':
+        raise VirtnodeError('a volume on top of a parent must be COW', {'field': 'format'})
+    capacity = parent_md.capacity if capacity is None else capacity
+    if capacity < parent_md.capacity:
+        raise VirtnodeError('a snapshot cannot be smaller than its parent (%d bytes)' % parent_md.capacity, {'field': 'size'})
+    return parent_md, capacity
+
+
+def _clone_source(clone_source, capacity):
+    """The source's data path and VolumeMetadata and the clone's capacity, if it may be cloned."""
+    src_dir, src_img, src_vol = clone_source
+    source_md = read_volume(src_dir, src_img, src_vol)
+    if source_md is None:
+        raise VirtnodeError('source volume %s not found in image %s' % (src_vol, src_img), {'field': 'clone_from'})
+    if source_md.legality != 'LEGAL':
+        raise VirtnodeError('source volume %s is %s' % (src_vol, source_md.legality), {'field': 'clone_from'})
+    capacity = source_md.capacity if capacity is None else capacity
+    if capacity != source_md.capacity:
+        raise VirtnodeError('a clone has the size of its source (%d bytes)' % source_md.capacity, {'field': 'size'})
+    return paths(src_dir, src_img, src_vol)[0], source_md, capacity
+
+
+def _create_lease(domain_md, vol_uuid, lease):
+    fd = os.open(lease, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, VOLUME_FILE_MODE)
+    os.close(fd)
+    os.chmod(lease, VOLUME_FILE_MODE)
+    sanlock_lock.write_resource(domain_md.sd_uuid, vol_uuid, lease, 0, domain_md.alignment, domain_md.block_size)
+
+
 def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
                   description='', disk_type='DATA', clone_source=None):
     """Create a volume; returns its VolumeMetadata.
@@ -86,36 +126,11 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
     img_dir = os.path.dirname(data)
     if os.path.lexists(data) or os.path.lexists(meta):
         raise VirtnodeError('volume %s already exists in image %s' % (vol_uuid, img_uuid), {'vol_uuid': vol_uuid})
-    parent_md = None
-    backing = None
+    parent_md = source_path = source_md = None
     if parent_uuid is not None:
-        parent_md = read_volume(dom_dir, img_uuid, parent_uuid)
-        if parent_md is None:
-            raise VirtnodeError('parent volume %s not found in image %s' % (parent_uuid, img_uuid), {'field': 'parent'})
-        if parent_md.legality != 'LEGAL':
-            raise VirtnodeError('parent volume %s is %s' % (parent_uuid, parent_md.legality), {'field': 'parent'})
-        children = [v for v, m in image_volumes(dom_dir, img_uuid).items() if m.parent == parent_uuid]
-        if children:
-            raise VirtnodeError('parent volume %s already has a child (%s): only the leaf can be snapshotted'
-                                % (parent_uuid, ', '.join(children)), {'field': 'parent'})
-        if volume_format != 'COW':
-            raise VirtnodeError('a volume on top of a parent must be COW', {'field': 'format'})
-        capacity = parent_md.capacity if capacity is None else capacity
-        if capacity < parent_md.capacity:
-            raise VirtnodeError('a snapshot cannot be smaller than its parent (%d bytes)' % parent_md.capacity, {'field': 'size'})
-        backing = parent_uuid
-    source_path = source_md = None
+        parent_md, capacity = _snapshot_parent(dom_dir, img_uuid, parent_uuid, volume_format, capacity)
     if clone_source is not None:
-        src_dir, src_img, src_vol = clone_source
-        source_md = read_volume(src_dir, src_img, src_vol)
-        if source_md is None:
-            raise VirtnodeError('source volume %s not found in image %s' % (src_vol, src_img), {'field': 'clone_from'})
-        if source_md.legality != 'LEGAL':
-            raise VirtnodeError('source volume %s is %s' % (src_vol, source_md.legality), {'field': 'clone_from'})
-        source_path = paths(src_dir, src_img, src_vol)[0]
-        capacity = source_md.capacity if capacity is None else capacity
-        if capacity != source_md.capacity:
-            raise VirtnodeError('a clone has the size of its source (%d bytes)' % source_md.capacity, {'field': 'size'})
+        source_path, source_md, capacity = _clone_source(clone_source, capacity)
     if capacity is None:
         raise VirtnodeError('size is required to create a volume', {'field': 'size'})
     check_capacity(capacity)
@@ -129,9 +144,9 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
         if source_path is not None:
             qemu_img.convert(source_path, data, source_md.volume_format, volume_format, _PREALLOCATION[(volume_format, allocation)])
         else:
-            qemu_img.create(data, volume_format, None if backing else capacity, backing,
+            qemu_img.create(data, volume_format, None if parent_md else capacity, parent_uuid,
                             parent_md.volume_format if parent_md else None, _PREALLOCATION[(volume_format, allocation)])
-            if backing and capacity > parent_md.capacity:
+            if parent_md and capacity > parent_md.capacity:
                 qemu_img.resize(data, capacity, volume_format)
         os.chmod(data, VOLUME_FILE_MODE)
         md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
@@ -141,10 +156,7 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
         _write_meta(dom_dir, md, domain_md.version, meta)
         if storage.uses_sanlock(domain_md.sd_type):
             created.append(lease)
-            fd = os.open(lease, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, VOLUME_FILE_MODE)
-            os.close(fd)
-            os.chmod(lease, VOLUME_FILE_MODE)
-            sanlock_lock.write_resource(domain_md.sd_uuid, vol_uuid, lease, 0, domain_md.alignment, domain_md.block_size)
+            _create_lease(domain_md, vol_uuid, lease)
         if parent_md is not None and parent_md.role == 'LEAF':
             parent_md.role = 'INTERNAL'
             _write_meta(dom_dir, parent_md, domain_md.version, paths(dom_dir, img_uuid, parent_uuid)[1])

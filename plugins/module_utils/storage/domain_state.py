@@ -1,0 +1,162 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A storage domain brought to the state the ``storage_domain`` module asks for.
+
+Creating, importing and removing a domain, and changing its membership of a
+pool (through ``pool.set_membership``, on the SPM); :func:`run_module` is the
+module's work.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
+
+# The module's domain types, as the metadata's TYPE spells them.
+TYPE_NAMES = {'nfs': 'NFS', 'posixfs': 'POSIXFS', 'localfs': 'LOCALFS'}
+STATES = ('present', 'absent', 'attached', 'active', 'detached', 'imported')
+# The pool status each membership state asks for (None: not in the pool).
+_MEMBERSHIP = {'attached': storage.STATUS_ATTACHED, 'active': storage.STATUS_ACTIVE, 'detached': None}
+
+
+def _summary(info):
+    """The part of a domain's description that the diff shows."""
+    if info is None:
+        return None
+    return {key: info[key] for key in ('sd_uuid', 'role', 'pool_uuids')}
+
+
+def _mount(params):
+    """The mount point of the connected storage server the options name."""
+    if not params['server']:
+        raise VirtnodeError('server is required for state=%s' % params['state'], {'field': 'server'})
+    mount = sd_layout.mount_point(params['server'])
+    if not os.path.isdir(mount):
+        raise VirtnodeError('storage server %s is not connected (no %s): connect it with virtnode.kvm.storage_server'
+                            % (params['server'], mount), {'field': 'server'})
+    return mount
+
+
+def ensure_present(module, actions):
+    """The domain's directory, creating the domain if needed (None in check mode before creation)."""
+    params = module.params
+    sd_uuid = params['sd_uuid']
+    dom_dir = storage.find_domain(sd_uuid, required=False)
+    if dom_dir is not None:
+        return dom_dir
+    mount = _mount(params)
+    storage.check_io_timeout(params['io_timeout'])
+    sdm.new_domain_metadata(sd_uuid, TYPE_NAMES[params['type']], params['domain_class'], params['description'],
+                            params['server'], params['version'], params['block_size'], params['alignment'])
+    if params['type'] != 'localfs':
+        sanlock_lock.require_sanlock(module)
+    actions.append('create')
+    if module.check_mode:
+        return None
+    return storage.create_domain(mount, sd_uuid, TYPE_NAMES[params['type']], params['domain_class'], params['description'],
+                                 params['server'], params['version'], params['io_timeout'], params['block_size'],
+                                 params['alignment'])
+
+
+def _chosen_domain(params, found):
+    """The UUID of the domain to import among those ``found`` on the server."""
+    if params['sd_uuid']:
+        if params['sd_uuid'] not in found:
+            raise VirtnodeError('storage domain %s not found on %s (found: %s)'
+                                % (params['sd_uuid'], params['server'], ', '.join(found) or 'none'), {'found': sorted(found)})
+        return params['sd_uuid']
+    if len(found) == 1:
+        return next(iter(found))
+    raise VirtnodeError('%d storage domains found on %s (%s): choose one with sd_uuid'
+                        % (len(found), params['server'], ', '.join(found) or 'none'), {'found': sorted(found)})
+
+
+def import_domain(module, actions):
+    """Take over a domain found on the server: initialise blank leases, join the pool if one is named.
+
+    Returns the domain's directory and the UUIDs of every domain found.
+    """
+    params = module.params
+    found = storage.scan_domains(mount=_mount(params))
+    dom_dir = found[_chosen_domain(params, found)]
+    md = storage.read_md(dom_dir)
+    if storage.uses_sanlock(md.sd_type):
+        sanlock_lock.require_sanlock(module)
+        if not storage.leases_initialised(dom_dir, md):
+            if params['pool_uuid']:
+                spm.require_spm(params['pool_uuid'])
+            actions.append('init_leases')
+            if not module.check_mode:
+                storage.init_leases(dom_dir, md, md.io_op_timeout_sec)
+    if params['pool_uuid']:
+        pool.set_membership(module, dom_dir, pool.required_uuid(params), storage.STATUS_ACTIVE, actions, params['force'])
+    return dom_dir, sorted(found)
+
+
+def remove(module, actions):
+    """Remove the domain if it exists: refused while in a pool, or holding images unless ``force``."""
+    params = module.params
+    dom_dir = storage.find_domain(params['sd_uuid'], required=False)
+    if dom_dir is None:
+        return
+    md = storage.read_md(dom_dir)
+    if md.pool_uuids:
+        raise VirtnodeError('storage domain %s is attached to pool %s: detach it first'
+                            % (md.sd_uuid, ','.join(md.pool_uuids)), {'sd_uuid': md.sd_uuid})
+    images = storage.list_image_uuids(dom_dir)
+    if images and not params['force']:
+        raise VirtnodeError('storage domain %s still has %d image(s); delete them first or use force'
+                            % (md.sd_uuid, len(images)), {'images': images})
+    actions.append('remove')
+    if not module.check_mode:
+        storage.remove_domain(dom_dir, params['force'])
+
+
+def _check_uuids(params):
+    if params['sd_uuid'] is not None:
+        validate.uuid_str(params['sd_uuid'], 'sd_uuid')
+    elif params['state'] != 'imported':
+        raise VirtnodeError('sd_uuid is required for state=%s' % params['state'], {'field': 'sd_uuid'})
+    if params['pool_uuid'] is not None:
+        validate.uuid_str(params['pool_uuid'], 'pool_uuid')
+
+
+def run_module(module):
+    """The work of the ``storage_domain`` module."""
+    params = module.params
+    state = params['state']
+    actions = []
+    result = {'actions': actions}
+    _check_uuids(params)
+    before = None
+    if params['sd_uuid']:
+        existing = storage.find_domain(params['sd_uuid'], required=False)
+        before = _summary(storage.domain_info(existing, images=False)) if existing else None
+
+    dom_dir = None
+    if state == 'imported':
+        dom_dir, result['found'] = import_domain(module, actions)
+    elif state == 'absent':
+        remove(module, actions)
+    else:
+        dom_dir = ensure_present(module, actions)
+        if state in _MEMBERSHIP:
+            if dom_dir is None:
+                raise VirtnodeError('storage domain %s does not exist yet (check mode): cannot attach it' % params['sd_uuid'])
+            pool.set_membership(module, dom_dir, pool.required_uuid(params), _MEMBERSHIP[state], actions)
+    info = storage.domain_info(dom_dir) if dom_dir is not None else None
+    result['domain'] = info
+    result['changed'] = bool(actions)
+    if module._diff:
+        after = _summary(info) if not module.check_mode else ({'state': state} if actions else before)
+        result['diff'] = {'before': before or {}, 'after': after or {}}
+    return result

@@ -1,0 +1,141 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtnode.kvm contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A volume or image brought to the state the ``volume`` module asks for.
+
+Creating (blank, snapshot or clone), extending and deleting volumes change
+storage metadata, so they run only on the SPM of the pool the domain is
+attached to; :func:`run_module` is the module's work.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
+
+
+def volume_view(dom_dir, img_uuid, vol_uuid):
+    """The module's description of a volume, or None if it does not exist."""
+    md = volumes.read_volume(dom_dir, img_uuid, vol_uuid)
+    if md is None:
+        return None
+    return {'volume_uuid': vol_uuid, 'path': volumes.paths(dom_dir, img_uuid, vol_uuid)[0], 'format': md.volume_format,
+            'allocation': md.allocation, 'capacity': md.capacity, 'parent': md.parent, 'role': md.role,
+            'legality': md.legality}
+
+
+def chain(dom_dir, img_uuid):
+    """The image's volumes, base first ([] when the image does not exist)."""
+    if not os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
+        return []
+    return storage.volume_chain_info(dom_dir, img_uuid)
+
+
+def require_spm(dom_md):
+    """Raise unless this host is the SPM of the pool the domain is attached to."""
+    if not dom_md.pool_uuids:
+        raise VirtnodeError('storage domain %s is not attached to a pool; volume changes run on the pool SPM' % dom_md.sd_uuid)
+    spm.require_spm(dom_md.pool_uuids[0])
+
+
+def _options(params):
+    """The module's options, validated: ``(sd_uuid, img_uuid, vol_uuid, parent, size, clone_from)``."""
+    sd_uuid = validate.uuid_str(params['sd_uuid'], 'sd_uuid')
+    img_uuid = validate.uuid_str(params['image_uuid'], 'image_uuid')
+    vol_uuid = validate.uuid_str(params['volume_uuid'], 'volume_uuid') if params['volume_uuid'] else None
+    parent = validate.uuid_str(params['parent_volume_uuid'], 'parent_volume_uuid') if params['parent_volume_uuid'] else None
+    size = None
+    if params['size'] is not None:
+        size = volumes.check_capacity(validate.size_bytes(params['size'], 'size'))
+    clone = params['clone_from']
+    if clone:
+        for key in ('image_uuid', 'volume_uuid'):
+            validate.uuid_str(clone[key], 'clone_from.%s' % key)
+        validate.uuid_str(clone['sd_uuid'] or sd_uuid, 'clone_from.sd_uuid')
+    if clone and parent:
+        raise VirtnodeError('clone_from and parent_volume_uuid are mutually exclusive')
+    return sd_uuid, img_uuid, vol_uuid, parent, size, clone
+
+
+def _create(module, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
+    params = module.params
+    require_spm(dom_md)
+    if clone:
+        src_dir = storage.find_domain(clone['sd_uuid'] or sd_uuid)
+        if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
+            raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
+    elif parent:
+        if volumes.read_volume(dom_dir, img_uuid, parent) is None:
+            raise VirtnodeError('parent volume %s not found in image %s' % (parent, img_uuid), {'field': 'parent_volume_uuid'})
+    elif size is None:
+        raise VirtnodeError('size is required to create a volume', {'field': 'size'})
+    if params['format'] == 'RAW' and parent:
+        raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
+    actions.append('clone' if clone else 'snapshot' if parent else 'create')
+    if not module.check_mode:
+        source = (storage.find_domain(clone['sd_uuid'] or sd_uuid), clone['image_uuid'], clone['volume_uuid']) if clone else None
+        volumes.create_volume(dom_dir, dom_md, img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
+                              params['description'], params['disk_type'], source)
+
+
+def _update(module, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions):
+    """An existing volume: check it matches the options and extend it if it should grow."""
+    if parent and before['parent'] != parent:
+        raise VirtnodeError('volume %s exists with parent %s, not %s' % (vol_uuid, before['parent'], parent))
+    if size is not None and size < before['capacity']:
+        raise VirtnodeError('volume %s is %d bytes; shrinking to %d bytes is not supported'
+                            % (vol_uuid, before['capacity'], size), {'field': 'size'})
+    if size is not None and size > before['capacity']:
+        require_spm(dom_md)
+        if before['role'] != 'LEAF':
+            raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, before['role']))
+        actions.append('extend')
+        if not module.check_mode:
+            volumes.extend_volume(dom_dir, dom_md, img_uuid, vol_uuid, size)
+
+
+def _delete(module, dom_dir, dom_md, img_uuid, vol_uuid, before, actions):
+    """Delete the volume (refused while it has children) or, without ``vol_uuid``, the whole image."""
+    if vol_uuid is not None:
+        if before is not None or os.path.lexists(volumes.paths(dom_dir, img_uuid, vol_uuid)[0]):
+            require_spm(dom_md)
+            children = [v for v, m in volumes.image_volumes(dom_dir, img_uuid).items() if m.parent == vol_uuid]
+            if children:
+                raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)))
+            actions.append('delete_volume')
+            if not module.check_mode:
+                volumes.delete_volume(dom_dir, dom_md, img_uuid, vol_uuid)
+    elif os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
+        require_spm(dom_md)
+        actions.append('delete_image')
+        if not module.check_mode:
+            volumes.delete_image(dom_dir, img_uuid)
+
+
+def run_module(module):
+    """The work of the ``volume`` module."""
+    sd_uuid, img_uuid, vol_uuid, parent, size, clone = _options(module.params)
+    dom_dir = storage.find_domain(sd_uuid)
+    dom_md = storage.read_md(dom_dir)
+    actions = []
+    before = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
+    if module.params['state'] == 'present':
+        if vol_uuid is None:
+            raise VirtnodeError('volume_uuid is required for state=present', {'field': 'volume_uuid'})
+        if before is None:
+            _create(module, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions)
+        else:
+            _update(module, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions)
+    else:
+        _delete(module, dom_dir, dom_md, img_uuid, vol_uuid, before, actions)
+
+    after = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
+    result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': chain(dom_dir, img_uuid)}
+    if module._diff:
+        result['diff'] = {'before': before or {}, 'after': (after or {}) if not module.check_mode else {'actions': actions}}
+    return result
