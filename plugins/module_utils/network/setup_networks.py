@@ -197,26 +197,26 @@ def setup(module, ip, dhcp, transactions):
     return apply_change(p, ip, dhcp, transactions, change, result, save_needed)
 
 
-def apply_change(p, ip, dhcp, transactions, change, result, save_needed):
+def apply_change(params, ip, dhcp, transactions, change, result, save_needed):
     """Apply a planned change, under a watched transaction when it needs a connectivity check.
 
     The change is verified against the kernel afterwards; any failure rolls
     it back in process and raises.
     """
-    change.watched = bool(change.steps) and p['connectivity_check']
-    change.txid = p['_transaction_id'] or str(uuid.uuid4())
+    change.watched = bool(change.steps) and params['connectivity_check']
+    change.txid = params['_transaction_id'] or str(uuid.uuid4())
     change.snapshot = kernel_state.snapshot_state(change.state, change.names)
     if change.steps:
         apply.check_kernel_support(ip, change.state, change.steps)
     if change.watched:
-        record = transaction.new_record(change.txid, p['connectivity_timeout'], {
-            'snapshot': change.snapshot, 'running_before': change.running, 'running_after': change.config, 'save': bool(p['save']),
-            'hooks_dir': p['hooks_dir'], 'request': change.request, 'plan': result['plan']})
+        record = transaction.new_record(change.txid, params['connectivity_timeout'], {
+            'snapshot': change.snapshot, 'running_before': change.running, 'running_after': change.config, 'save': bool(params['save']),
+            'hooks_dir': params['hooks_dir'], 'request': change.request, 'plan': result['plan']})
         transaction.start_watcher(transactions, record, make_restore(ip, dhcp), store.log)
-        store.log('transaction %s: applying %d steps, confirmation needed within %ss' % (change.txid, len(change.steps), p['connectivity_timeout']))
+        store.log('transaction %s: applying %d steps, confirmation needed within %ss' % (change.txid, len(change.steps), params['connectivity_timeout']))
     done = []
     try:
-        done = apply.apply_steps(ip, dhcp, change.steps, p['_fail_at_step'])
+        done = apply.apply_steps(ip, dhcp, change.steps, params['_fail_at_step'])
         after_state = kernel_state.read_state(ip, dhcp)
         diffs = plan.differences(after_state, change.targets, change.route_targets)
         if diffs:
@@ -228,12 +228,12 @@ def apply_change(p, ip, dhcp, transactions, change, result, save_needed):
     store.write_running(change.config)
     result['after'] = view(change.config, after_state, change.names)
     if change.watched:
-        result['transaction'] = {'id': change.txid, 'state': 'pending', 'timeout': p['connectivity_timeout']}
+        result['transaction'] = {'id': change.txid, 'state': 'pending', 'timeout': params['connectivity_timeout']}
         return result
-    if p['save'] and save_needed:
+    if params['save'] and save_needed:
         store.write_persistent(change.config)
         result['saved'] = True
-    run_after_hooks(p['hooks_dir'], change.request, result['warnings'])
+    run_after_hooks(params['hooks_dir'], change.request, result['warnings'])
     return result
 
 
