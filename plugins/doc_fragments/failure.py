@@ -8,6 +8,7 @@ from __future__ import annotations
 class ModuleDocFragment(object):
     # Kept in step with plugins/module_utils/common/module.py (failure).
     DOCUMENTATION = r"""
+options: {}
 notes:
   - "On failure the result has C(msg) (what went wrong and, where it matters, that nothing was
     changed) and, where they apply, these keys at the top level: C(field) (the option or value at
