@@ -31,6 +31,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
@@ -673,7 +674,7 @@ def gather(sections=None, uri=libvirt_conn.DEFAULT_URI, sample_interval=1.0, roo
     """
     run = run or readers.run_probe
     wanted = normalize_sections(sections)
-    interval = host_stats.validate_sample_interval(sample_interval)
+    interval = validate.sample_interval(sample_interval)
     host_uuid, source = read_host_uuid(root)
     result = {
         'host_uuid': host_uuid,
@@ -715,7 +716,7 @@ def host_info(module, query_agent):
     """
     params = module.params
     asked_interval = params['sample_interval']
-    interval = host_stats.validate_sample_interval(1.0 if asked_interval is None else asked_interval)
+    interval = validate.sample_interval(1.0 if asked_interval is None else asked_interval)
     if needs_libvirt(params['gather']):
         libvirt_conn.require_libvirt(module)
     cached = None

@@ -13,13 +13,10 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import (
     available_kib, host_path, list_dir, mib, read_int, read_meminfo, read_optional_text,
 )
-
-MAX_SAMPLE_INTERVAL = 60.0
-
 
 def read_proc_stat(root='/'):
     """Aggregate CPU jiffies and boot time from /proc/stat."""
@@ -142,24 +139,11 @@ def memory_usage(meminfo):
     }
 
 
-def validate_sample_interval(value):
-    """``value`` as a float in 0..60, or VirtnodeError."""
-    try:
-        interval = float(value)
-    except (TypeError, ValueError) as exc:
-        raise VirtnodeError('sample_interval must be a number of seconds, got %r' % (value,),
-                            {'field': 'sample_interval'}) from exc
-    if not 0 <= interval <= MAX_SAMPLE_INTERVAL:
-        raise VirtnodeError('sample_interval must be between 0 and %g seconds, got %g'
-                            % (MAX_SAMPLE_INTERVAL, interval), {'field': 'sample_interval'})
-    return interval
-
-
 def stats_info(root='/', sample_interval=1.0, sleep=None, clock=None):
     """The ``stats`` section, sampled over ``sample_interval`` seconds (0: no rates)."""
     sleep = sleep or time.sleep
     clock = clock or time.monotonic
-    interval = validate_sample_interval(sample_interval)
+    interval = validate.sample_interval(sample_interval)
     first_cpu = first_net = None
     start = clock()
     if interval > 0:

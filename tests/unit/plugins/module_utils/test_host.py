@@ -14,6 +14,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import iproute
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
@@ -586,12 +587,12 @@ def test_stats_empty_root(tmp_path):
 @pytest.mark.parametrize('value', [-1, 60.5, 'abc', None])
 def test_validate_sample_interval_rejects(value):
     with pytest.raises(VirtnodeError, match='sample_interval'):
-        host_stats.validate_sample_interval(value)
+        validate.sample_interval(value)
 
 
 @pytest.mark.parametrize('value,expected', [(0, 0.0), ('1.5', 1.5), (60, 60.0)])
 def test_validate_sample_interval_accepts(value, expected):
-    assert host_stats.validate_sample_interval(value) == expected
+    assert validate.sample_interval(value) == expected
 
 
 # --------------------------------------------------------------------------
