@@ -390,7 +390,7 @@ class IpOutput(iproute.IpRoute):
         return self.output
 
 
-def test_parse_ip_addr_json():
+def test_read_ip_addresses_parses_ip_json():
     parsed = host.read_ip_addresses(IpOutput(IP_JSON))
     assert parsed['lo']['ipv4'] == ['127.0.0.1/8']
     assert parsed['lo']['ipv6'] == ['::1/128']
