@@ -191,7 +191,9 @@ class Extender:
             requester = self._requesters.get(sp_uuid)
             if requester is None:
                 # Imported here: only hosts that use the mailbox need it.
-                from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as mailbox_service  # pylint: disable=import-outside-toplevel
+                from ansible_collections.virtnode.kvm.plugins.module_utils.agent import (  # pylint: disable=import-outside-toplevel
+                    mailbox_server as mailbox_service,
+                )
                 master_dir, host_id = mailbox_service.find_pool_mailbox(sp_uuid)
                 requester = mailbox_service.ExtendRequester(master_dir, host_id)
                 self._requesters[sp_uuid] = requester
