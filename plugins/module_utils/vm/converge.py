@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host_facts
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import capabilities as host_caps
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
@@ -31,9 +31,9 @@ STATES = ('running', 'paused', 'shutdown', 'destroyed', 'absent', 'saved')
 
 def recommended_domain_type(caps_xml):
     """kvm when this host can run it, else qemu (software emulation)."""
-    caps = host_facts.parse_capabilities(caps_xml)
-    flags = host_facts.read_cpuinfo()['flags']
-    return host_facts.virtualization_info(flags, host_facts.caps_domain_types(caps))['recommended_domain_type']
+    caps = host_caps.parse_capabilities(caps_xml)
+    flags = host_caps.read_cpuinfo()['flags']
+    return host_caps.virtualization_info(flags, host_caps.caps_domain_types(caps))['recommended_domain_type']
 
 
 def vm_view(dom, uri, name, records_dir=vm_records.RECORDS_DIR, vm_uuid=None):

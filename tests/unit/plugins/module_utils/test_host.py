@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.host import capabilities
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
@@ -92,7 +93,7 @@ MOUNTINFO = (
     ('1,1,0', [0, 1]),
 ])
 def test_parse_cpu_list(text, expected):
-    assert host.parse_cpu_list(text) == expected
+    assert capabilities.parse_cpu_list(text) == expected
 
 
 def test_read_helpers_fail_soft(tmp_path):
@@ -168,7 +169,7 @@ def test_hostname_and_kernel():
 # libvirt capabilities
 
 def test_parse_capabilities():
-    caps = host.parse_capabilities(fixture('capabilities_x86_64.xml'))
+    caps = capabilities.parse_capabilities(fixture('capabilities_x86_64.xml'))
     assert caps['host_uuid'] == '5069a2e8-5d32-466c-89e0-e1c048b8c347'
     assert caps['arch'] == 'x86_64'
     assert caps['cpu_model'] == 'EPYC-Rome'
@@ -176,10 +177,10 @@ def test_parse_capabilities():
     assert caps['numa_cells'][0]['cpus'] == [0, 1, 2, 3]
     assert caps['numa_cells'][0]['memory_mib'] == 4096
     assert caps['numa_cells'][1]['memory_mib'] == 4096  # unit='GiB'
-    assert host.caps_domain_types(caps) == ['kvm', 'qemu']
-    assert host.caps_machine_types(caps) == ['pc', 'pc-i440fx-7.2', 'pc-q35-7.2', 'pc-q35-7.2-kvm-only', 'q35']
-    assert host.caps_machine_types(caps, 'aarch64') == []
-    assert host.numa_info(caps) == {
+    assert capabilities.caps_domain_types(caps) == ['kvm', 'qemu']
+    assert capabilities.caps_machine_types(caps) == ['pc', 'pc-i440fx-7.2', 'pc-q35-7.2', 'pc-q35-7.2-kvm-only', 'q35']
+    assert capabilities.caps_machine_types(caps, 'aarch64') == []
+    assert capabilities.numa_info(caps) == {
         'cell_count': 2,
         'cells': [
             {'id': 0, 'cpus': [0, 1, 2, 3], 'memory_mib': 4096},
@@ -191,20 +192,20 @@ def test_parse_capabilities():
 def test_machine_types_sort_naturally():
     caps = {'guests': [{'arch': 'x86_64', 'os_type': 'hvm',
                         'machines': ['pc-q35-2.10', 'q35', 'pc-q35-2.9', 'pc-i440fx-7.2', 'pc-q35-10.0']}]}
-    assert host.caps_machine_types(caps) == ['pc-i440fx-7.2', 'pc-q35-2.9', 'pc-q35-2.10', 'pc-q35-10.0', 'q35']
+    assert capabilities.caps_machine_types(caps) == ['pc-i440fx-7.2', 'pc-q35-2.9', 'pc-q35-2.10', 'pc-q35-10.0', 'q35']
 
 
 def test_parse_capabilities_minimal():
-    caps = host.parse_capabilities(fixture('capabilities_tcg_only.xml'))
+    caps = capabilities.parse_capabilities(fixture('capabilities_tcg_only.xml'))
     assert caps['host_uuid'] is None
     assert caps['numa_cells'] == []
-    assert host.caps_domain_types(caps) == ['qemu']
-    assert host.numa_info(caps) == {'cell_count': 0, 'cells': []}
+    assert capabilities.caps_domain_types(caps) == ['qemu']
+    assert capabilities.numa_info(caps) == {'cell_count': 0, 'cells': []}
 
 
 def test_parse_capabilities_bad_xml():
     with pytest.raises(VirtnodeError, match='cannot parse libvirt capabilities'):
-        host.parse_capabilities('<capabilities>')
+        capabilities.parse_capabilities('<capabilities>')
 
 
 # --------------------------------------------------------------------------
@@ -220,7 +221,7 @@ def make_cpu_sysfs(root, online='0-3', topology=None):
 
 def test_cpuinfo(tmp_path):
     write(tmp_path, '/proc/cpuinfo', CPUINFO)
-    info = host.read_cpuinfo(str(tmp_path))
+    info = capabilities.read_cpuinfo(str(tmp_path))
     assert info == {
         'model': 'Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz',
         'vendor': 'GenuineIntel',
@@ -229,20 +230,20 @@ def test_cpuinfo(tmp_path):
 
 
 def test_cpuinfo_missing(tmp_path):
-    assert host.read_cpuinfo(str(tmp_path)) == {'model': None, 'vendor': None, 'flags': []}
+    assert capabilities.read_cpuinfo(str(tmp_path)) == {'model': None, 'vendor': None, 'flags': []}
 
 
 def test_cpu_topology_from_sysfs(tmp_path):
     # 2 sockets x 1 core x 2 threads
     make_cpu_sysfs(tmp_path, '0-3', {0: (0, 0), 1: (0, 0), 2: (1, 0), 3: (1, 0)})
-    topo = host.read_cpu_topology(str(tmp_path))
+    topo = capabilities.read_cpu_topology(str(tmp_path))
     assert topo == {'online_cpus': [0, 1, 2, 3], 'sockets': 2, 'cores': 2, 'threads': 4, 'threads_per_core': 2}
 
 
 def test_cpu_topology_falls_back_to_libvirt(tmp_path):
     make_cpu_sysfs(tmp_path, '0-7')
-    caps = host.parse_capabilities(fixture('capabilities_x86_64.xml'))
-    topo = host.read_cpu_topology(str(tmp_path), caps)
+    caps = capabilities.parse_capabilities(fixture('capabilities_x86_64.xml'))
+    topo = capabilities.read_cpu_topology(str(tmp_path), caps)
     assert topo['sockets'] == 2
     assert topo['cores'] == 4
     assert topo['threads'] == 8
@@ -250,13 +251,13 @@ def test_cpu_topology_falls_back_to_libvirt(tmp_path):
 
 
 def test_cpu_topology_unknown(tmp_path):
-    topo = host.read_cpu_topology(str(tmp_path))
+    topo = capabilities.read_cpu_topology(str(tmp_path))
     assert topo == {'online_cpus': [], 'sockets': None, 'cores': None, 'threads': None, 'threads_per_core': None}
 
 
 def test_virtualization_kvm_usable(tmp_path):
     write(tmp_path, '/dev/kvm')
-    virt = host.virtualization_info(['vmx', 'lm'], ['kvm', 'qemu'], str(tmp_path))
+    virt = capabilities.virtualization_info(['vmx', 'lm'], ['kvm', 'qemu'], str(tmp_path))
     assert virt == {
         'hardware': 'vmx', 'kvm_device_present': True, 'kvm_device_usable': True,
         'kvm_offered': True, 'software_emulation': True, 'recommended_domain_type': 'kvm',
@@ -264,7 +265,7 @@ def test_virtualization_kvm_usable(tmp_path):
 
 
 def test_virtualization_without_kvm_device(tmp_path):
-    virt = host.virtualization_info(['svm'], ['kvm', 'qemu'], str(tmp_path))
+    virt = capabilities.virtualization_info(['svm'], ['kvm', 'qemu'], str(tmp_path))
     assert virt['hardware'] == 'svm'
     assert virt['kvm_device_present'] is False
     assert virt['kvm_device_usable'] is False
@@ -273,7 +274,7 @@ def test_virtualization_without_kvm_device(tmp_path):
 
 def test_virtualization_kvm_not_offered(tmp_path):
     write(tmp_path, '/dev/kvm')
-    virt = host.virtualization_info([], ['qemu'], str(tmp_path))
+    virt = capabilities.virtualization_info([], ['qemu'], str(tmp_path))
     assert virt['hardware'] is None
     assert virt['kvm_device_usable'] is True
     assert virt['software_emulation'] is True
@@ -283,7 +284,7 @@ def test_virtualization_kvm_not_offered(tmp_path):
 def test_virtualization_kvm_device_without_cpu_support(tmp_path):
     # A /dev/kvm that opens but with no vmx/svm: a paravirtual KVM, not for stock guests.
     write(tmp_path, '/dev/kvm')
-    virt = host.virtualization_info(['hypervisor', 'lm'], ['kvm', 'qemu'], str(tmp_path))
+    virt = capabilities.virtualization_info(['hypervisor', 'lm'], ['kvm', 'qemu'], str(tmp_path))
     assert virt['kvm_device_usable'] is True
     assert virt['hardware'] is None
     assert virt['recommended_domain_type'] == 'qemu'
@@ -292,8 +293,8 @@ def test_virtualization_kvm_device_without_cpu_support(tmp_path):
 def test_cpu_info_section(tmp_path):
     write(tmp_path, '/proc/cpuinfo', CPUINFO)
     make_cpu_sysfs(tmp_path, '0-1', {0: (0, 0), 1: (0, 1)})
-    caps = host.parse_capabilities(fixture('capabilities_x86_64.xml'))
-    cpu = host.cpu_info(str(tmp_path), caps)
+    caps = capabilities.parse_capabilities(fixture('capabilities_x86_64.xml'))
+    cpu = capabilities.cpu_info(str(tmp_path), caps)
     assert cpu['libvirt_model'] == 'EPYC-Rome'
     assert cpu['sockets'] == 1 and cpu['cores'] == 2 and cpu['threads'] == 2
     assert cpu['virtualization']['recommended_domain_type'] == 'qemu'  # no /dev/kvm in tmp_path
