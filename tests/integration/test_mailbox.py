@@ -28,7 +28,8 @@ MIB = 1024 * 1024
 
 HOST_SIDE = (
     "import sys, json, time; sys.path.insert(0, %r)\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox\nfrom ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as ms\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as ms\n"
     "from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError\n"
     "master, host_id = ms.find_pool_mailbox(sys.argv[2])\n"
     "if sys.argv[1] == 'request':\n"

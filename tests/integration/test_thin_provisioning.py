@@ -53,7 +53,8 @@ VOLUMES = {
 }
 HELPER = (
     "import sys, json; sys.path.insert(0, %r)\n"
-    "from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block\nfrom ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events\n"
     "op, args = sys.argv[1], sys.argv[2:]\n"
     "if op == 'events':\n"
     "    print(json.dumps(agent_events.read_events(%r, since=int(args[0]))))\n"

@@ -76,7 +76,7 @@ class HostSampler:
         }
         stats.update(host_stats.memory_usage(after['meminfo']))
         stats['network'] = host_stats.net_rates(before['net'] if before else None, after['net'],
-                                          elapsed if elapsed and elapsed > 0 else None)
+                                                elapsed if elapsed and elapsed > 0 else None)
         stats['uptime_seconds'] = after['uptime']
         stats['boot_time'] = after['btime']
         return stats

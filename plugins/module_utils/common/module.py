@@ -50,4 +50,5 @@ def call(module, work, *args, **kwargs):
 
 def run(module, work, *args, **kwargs):
     """Run ``work(module, *args, **kwargs)`` and exit with its result, or fail with the one shape."""
-    module.exit_json(**call(module, work, module, *args, **kwargs))
+    work_args = (module,) + args
+    module.exit_json(**call(module, work, *work_args, **kwargs))

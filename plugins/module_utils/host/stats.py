@@ -18,6 +18,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import (
     available_kib, host_path, list_dir, mib, read_int, read_meminfo, read_optional_text,
 )
 
+
 def read_proc_stat(root='/'):
     """Aggregate CPU jiffies and boot time from /proc/stat."""
     result = {'cpu': None, 'btime': None}

@@ -22,7 +22,6 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 
 
-
 def describe(sp_uuid, master_md):
     """The pool as its master domain's metadata describes it."""
     return {'pool_uuid': sp_uuid, 'master_sd_uuid': master_md.sd_uuid, 'description': master_md.pool_description or '',

@@ -92,7 +92,8 @@ def test_volume_changes_need_a_pool(server):
                   parent_volume_uuid=None, clone_from=None, description='', disk_type='DATA', state='present')
     with pytest.raises(VirtnodeError, match='not attached to a pool'):
         volume_state.run_module(fake_module(**params))
-    absent = volume_state.run_module(fake_module(**dict(params, volume_uuid=None, state='absent')))
+    params.update(volume_uuid=None, state='absent')
+    absent = volume_state.run_module(fake_module(**params))
     assert absent == {'changed': False, 'actions': [], 'volume': None, 'chain': [],
                       'diff': {'before': {}, 'after': {}}}
 

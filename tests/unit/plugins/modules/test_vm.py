@@ -79,7 +79,7 @@ def world(fake_libvirt, monkeypatch, tmp_path):
     monkeypatch.setattr(FakeConnection, 'createXML', create, raising=False)
     monkeypatch.setattr(vm_records, 'RECORDS_DIR', str(tmp_path / 'records'))
     monkeypatch.setattr(vm_converge, 'recommended_domain_type', lambda caps: 'qemu')
-    import ansible_collections.virtnode.kvm.plugins.module_utils.vm.lifecycle as lifecycle
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle
     monkeypatch.setattr(lifecycle.Lifecycle.__init__, '__defaults__',
                         (str(tmp_path / 'hooks'), False, 120, str(tmp_path / 'records'), None,
                          lambda s: None, lifecycle.time.monotonic))
