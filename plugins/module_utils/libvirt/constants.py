@@ -58,6 +58,8 @@ VALUES = {
     'VIR_DOMAIN_STATS_VCPU': 8,
     'VIR_DOMAIN_STATS_INTERFACE': 16,
     'VIR_DOMAIN_STATS_BLOCK': 32,
+    # bulk statistics flags: NOWAIT skips what needs a domain job another call holds
+    'VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT': 1 << 29,
     # events and listings
     'VIR_DOMAIN_EVENT_ID_LIFECYCLE': 0,
     'VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON': 6,

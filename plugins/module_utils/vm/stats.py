@@ -210,13 +210,21 @@ def stats_mask(libvirt_module=None):
     return constants.mask(*STATS_GROUPS, binding=libvirt_module)
 
 
+def sample_flags(libvirt_module=None):
+    """Flags of every bulk call: NOWAIT, so a domain whose job is held (a stuck QEMU monitor, a long
+    block job) gives the stats that need no job instead of stalling the sample of every VM for up
+    to libvirt's 30 s job wait."""
+    return constants.value('VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT', binding=libvirt_module)
+
+
 def sample(conn, domains=None, libvirt_module=None):
     """One bulk sample: ``{uuid: (domain, flat stats dict)}`` and the monotonic time it was taken."""
     mask = stats_mask(libvirt_module)
+    flags = sample_flags(libvirt_module)
     if domains is None:
-        result = conn.getAllDomainStats(mask, 0)
+        result = conn.getAllDomainStats(mask, flags)
     elif domains:
-        result = conn.domainListGetStats(domains, mask, 0)
+        result = conn.domainListGetStats(domains, mask, flags)
     else:
         result = []
     now = time.monotonic()

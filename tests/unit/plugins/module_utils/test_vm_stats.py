@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as s
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
@@ -110,3 +113,48 @@ def test_collect_counters_only():
 def test_sample_interval_bounds():
     with pytest.raises(VirtnodeError):
         validate.sample_interval(61)
+
+
+NOWAIT = 1 << 29
+
+
+class StuckJobConn(object):
+    """A domain whose QEMU job is stuck: a bulk call blocks for the job unless it passes NOWAIT."""
+
+    def __init__(self, doms, stuck_seconds=5.0):
+        self.doms = doms
+        self.stuck_seconds = stuck_seconds
+        self.flags = []
+
+    def _answer(self, flags):
+        self.flags.append(flags)
+        if not flags & NOWAIT:
+            time.sleep(self.stuck_seconds)   # libvirt waits up to 30 s for the job of every such domain
+        return [(dom, {'state.state': s.RUNNING, 'state.reason': 1, 'vcpu.current': 1}) for dom in self.doms]
+
+    def getAllDomainStats(self, mask, flags):
+        return self._answer(flags)
+
+    def domainListGetStats(self, doms, mask, flags):
+        return self._answer(flags)
+
+
+def test_nowait_flag_is_libvirts_value():
+    assert constants.VALUES['VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT'] == NOWAIT
+    assert constants.value('VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT', binding=None) == NOWAIT
+
+
+@pytest.mark.parametrize('domains', [None, 'list'], ids=['all-domains', 'domain-list'])
+@pytest.mark.parametrize('call', ['sample', 'collect'])
+def test_a_stuck_domain_job_does_not_stall_the_bulk_sample(domains, call):
+    doms = [Dom('stuck', 'u1'), Dom('fine', 'u2')]
+    conn = StuckJobConn(doms)
+    wanted = doms if domains == 'list' else None
+    started = time.monotonic()
+    if call == 'sample':
+        result, _ = s.sample(conn, wanted)
+        assert sorted(result) == ['u1', 'u2']
+    else:
+        assert [vm['name'] for vm in s.collect(conn, wanted, sample_interval=0)] == ['fine', 'stuck']
+    assert time.monotonic() - started < 1
+    assert conn.flags and all(flags & NOWAIT for flags in conn.flags)
