@@ -11,6 +11,7 @@ then makes sure the snapshot taken before holds again.
 from __future__ import annotations
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.network.plan import differences, plan_changes
 from ansible_collections.virtnode.kvm.plugins.module_utils.network.state import read_state
 
@@ -51,6 +52,7 @@ def apply_steps(ip, dhcp, steps, fail_at_step=None):
         except VirtnodeError as err:
             raise ApplyError('step %d (%s) failed: %s' % (index, step['description'], err), index, done)
         done.append(step)
+        crash_point('network_apply.step')
     return done
 
 

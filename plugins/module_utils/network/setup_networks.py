@@ -19,6 +19,7 @@ import uuid
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import apply
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import model
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import plan
@@ -225,6 +226,7 @@ def apply_change(params, ip, dhcp, transactions, change, result, save_needed):
         if isinstance(err, apply.ApplyError):
             done = err.done
         raise roll_back(ip, dhcp, transactions, change, done, err, result['plan'])
+    crash_point('network_apply.applied')
     store.write_running(change.config)
     result['after'] = view(change.config, after_state, change.names)
     if change.watched:

@@ -22,6 +22,7 @@ import socket
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
@@ -133,6 +134,7 @@ def init_leases(dom_dir, md, io_timeout):
     if not uses_sanlock(md.sd_type):
         return
     sanlock_lock.write_lockspace(md.sd_uuid, dom_md_file(dom_dir, 'ids'), io_timeout, md.alignment, md.block_size)
+    crash_point('domain_create.lockspace')
     path, offset = spm_lease(dom_dir, md)
     sanlock_lock.write_resource(md.sd_uuid, SPM_RESOURCE, path, offset, md.alignment, md.block_size)
     if md.version >= sd_layout.XLEASES_MIN_VERSION:
@@ -158,8 +160,10 @@ def create_domain(mount, sd_uuid, sd_type, domain_class, description, remote_pat
                                     block_size, alignment)
     pairs[sdm.IOOPTIMEOUTSEC] = str(io_timeout)
     dom_dir = sd_layout.create_domain_tree(mount, sd_uuid, pairs, sd_type)
+    crash_point('domain_create.renamed')
     try:
         init_leases(dom_dir, read_md(dom_dir), io_timeout)
+        crash_point('domain_create.leases')
     except VirtnodeError:
         _remove_tree(dom_dir)
         raise
@@ -354,9 +358,12 @@ def create_pool(sp_uuid, master_dir, description, host_id):
     if uses_sanlock(md.sd_type):
         fd = sanlock_lock.register()
         sanlock_lock.acquire(md.sd_uuid, SPM_RESOURCE, path, offset, fd, md.alignment, md.block_size)
+        crash_point('pool_create.spm_lease')
     try:
         ensure_master_tree(master_dir)
+        crash_point('pool_create.master_tree')
         update_md(master_dir, new_pool_changes(sp_uuid, md.sd_uuid, description, {md.sd_uuid: STATUS_ACTIVE}))
+        crash_point('pool_create.metadata')
     finally:
         if fd is not None:
             sanlock_lock.release(md.sd_uuid, SPM_RESOURCE, path, offset, fd)

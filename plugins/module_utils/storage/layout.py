@@ -20,6 +20,7 @@ import tempfile
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
@@ -171,7 +172,9 @@ def create_domain_tree(mount, sd_uuid, md_pairs, sd_type):
     try:
         staging = tempfile.mkdtemp(prefix='.%s.' % sd_uuid, suffix='.creating', dir=mount)
         os.chmod(staging, DOMAIN_DIR_MODE)
+        crash_point('domain_create.staging')
         _populate(staging, md_pairs, md.version, sd_type, md.domain_class == 'Iso')
+        crash_point('domain_create.populated')
         # Checked again right before the rename: renaming onto an existing
         # empty directory would silently replace it.
         if os.path.lexists(target):

@@ -36,6 +36,7 @@ import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import detached
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
@@ -212,6 +213,7 @@ def _acquire_spm_lease(sp_uuid, state, report):
         path, offset = storage.spm_lease(master_dir, md)
         fd = sanlock_lock.register()
         sanlock_lock.acquire(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd, md.alignment, md.block_size)
+        crash_point('spm_start.lease')
     except VirtnodeError as err:
         owner = err.details.get('owner_host_id')
         _remove_state(sp_uuid)
@@ -283,6 +285,7 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
     master_dir, md, path, offset, fd = lease
     try:
         lver = _claim_pool_metadata(master_dir, host_id)
+        crash_point('spm_start.metadata')
     except (VirtnodeError, OSError) as err:
         sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
         _remove_state(sp_uuid)

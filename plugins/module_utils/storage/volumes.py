@@ -19,6 +19,7 @@ import os
 import shutil
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
@@ -149,19 +150,24 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
             if parent_md and capacity > parent_md.capacity:
                 qemu_img.resize(data, capacity, volume_format)
         os.chmod(data, VOLUME_FILE_MODE)
+        crash_point('volume_create.data')
         md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
                                 allocation=allocation, role='LEAF', disk_type=disk_type,
                                 parent=parent_uuid or vmd.BLANK_UUID, description=description, legality='ILLEGAL')
         created.append(meta)
         _write_meta(dom_dir, md, domain_md.version, meta)
+        crash_point('volume_create.meta_illegal')
         if storage.uses_sanlock(domain_md.sd_type):
             created.append(lease)
             _create_lease(domain_md, vol_uuid, lease)
+            crash_point('volume_create.lease')
         if parent_md is not None and parent_md.role == 'LEAF':
             parent_md.role = 'INTERNAL'
             _write_meta(dom_dir, parent_md, domain_md.version, paths(dom_dir, img_uuid, parent_uuid)[1])
+            crash_point('volume_create.parent_internal')
         md.legality = 'LEGAL'
         _write_meta(dom_dir, md, domain_md.version, meta)
+        crash_point('volume_create.legal')
     except (VirtnodeError, OSError) as err:
         _discard(created)
         if created_dir:
