@@ -103,18 +103,30 @@ def make_restore(ip, dhcp):
 
 
 def handle_stale(transactions, ip, dhcp, warnings):
-    """A transaction whose watcher is gone: roll it back (same boot) or forget it (after a reboot)."""
+    """Finish what a crash left unfinished, before anything else is planned.
+
+    A transaction still pending with its watcher gone, or one whose rollback
+    was cut short (state ``rolling_back``, its roller dead), is rolled back
+    now (transaction.resume); after a reboot it is only closed, the change
+    being gone with the reboot. A transaction still waiting for its
+    confirmation stops this run.
+    """
     for record in transactions.unfinished():
-        if transaction.watcher_alive(record):
+        if record.get('state') == 'pending' and transaction.watcher_alive(record):
             raise VirtnodeError('network transaction %s is still waiting for its confirmation (until %s); '
                                 'try again once it is confirmed or rolled back' % (record['id'], record.get('deadline_at')))
-        if record.get('boot_id') == transaction.boot_id() and record.get('state') == 'pending':
-            record = transaction.expire(transactions, record['id'], make_restore(ip, dhcp), store.log)
-            warnings.append('network transaction %s was never confirmed and its watcher is gone: rolled back now (%s)' % (
+        interrupted = record.get('state') == 'rolling_back'
+        record = transaction.resume(transactions, record['id'], make_restore(ip, dhcp), store.log)
+        if record is None or record.get('state') in transaction.PENDING_STATES:
+            continue
+        if (record.get('result') or {}).get('reason'):
+            warnings.append('network transaction %s was left unfinished before a reboot: closed (%s)' % (record['id'], record['state']))
+        elif interrupted:
+            warnings.append('network transaction %s: its rollback was interrupted (crash?) and is rolled back now (%s)' % (
                 record['id'], record['state']))
         else:
-            transaction.finish(transactions, record['id'], 'abandoned', {'reason': 'host rebooted or rollback interrupted'})
-            warnings.append('network transaction %s was left unfinished (host rebooted?): forgotten' % record['id'])
+            warnings.append('network transaction %s was never confirmed and its watcher is gone: rolled back now (%s)' % (
+                record['id'], record['state']))
 
 
 def build_request(params, warnings):

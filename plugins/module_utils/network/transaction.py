@@ -153,22 +153,78 @@ def expire(store, txid, restore, log=None):
         record = store.load(txid)
         if record is None or record.get('state') != 'pending':
             return record
-        record['state'] = 'rolling_back'
-        record['rollback_started'] = time.time()
+        _mark_rolling_back(record)
         store.write(record)
-        try:
-            result = restore(record)
-        except Exception as err:  # the watcher must record any failure, whatever it is
-            result = {'restored': False, 'errors': ['%s: %s' % (type(err).__name__, err)],
-                      'traceback': traceback.format_exc()}
-        record['state'] = 'rolled_back' if result.get('restored') else 'rollback_failed'
-        record['result'] = result
-        record['finished'] = time.time()
-        record['finished_at'] = utc_text(record['finished'])
+        return _run_restore(store, record, restore, log)
+
+
+def _mark_rolling_back(record):
+    # Who rolls back is recorded, so a later run can tell a rollback in progress from one cut short by a crash.
+    pid = os.getpid()
+    record['state'] = 'rolling_back'
+    record['rollback_started'] = time.time()
+    record['rollback_pid'] = pid
+    record['rollback_start'] = process_start_time(pid)
+
+
+def roller_alive(record):
+    """True if the process that set the record ``rolling_back`` is still running (same boot, same process)."""
+    pid = record.get('rollback_pid')
+    if not pid or record.get('boot_id') != boot_id():
+        return False
+    start = process_start_time(pid)
+    return start is not None and start == record.get('rollback_start')
+
+
+def resume(store, txid, restore, log=None):
+    """Finish the rollback of a transaction that a crash left unfinished; returns the record.
+
+    On the boot the transaction was made, its snapshot is restored now (a
+    ``pending`` one whose watcher is gone, or a ``rolling_back`` one whose
+    roller died). After a reboot the kernel state and the running config of
+    the change are gone with it: the record is closed as rolled back without
+    touching anything.
+    """
+    with store.lock(txid):
+        record = store.load(txid)
+        if record is None or record.get('state') not in PENDING_STATES:
+            return record
+        if record.get('boot_id') != boot_id():
+            record['state'] = 'rolled_back'
+            record['result'] = {'restored': True, 'differences': [], 'errors': [],
+                                'reason': 'the host rebooted: the change was never saved and is gone with the reboot'}
+            _mark_finished(record)
+            store.write(record)
+            return record
+        if record.get('state') == 'rolling_back' and roller_alive(record):
+            raise VirtnodeError('network transaction %s is being rolled back by process %s; try again once it is done'
+                                % (txid, record['rollback_pid']), {'transaction': txid})
+        record['rollback_interrupted'] = record.get('state') == 'rolling_back'
+        _mark_rolling_back(record)
         store.write(record)
-        if log:
-            log('transaction %s not confirmed in %ss: %s' % (txid, record['timeout'], record['state']))
-        return record
+        return _run_restore(store, record, restore, log)
+
+
+def _mark_finished(record):
+    record['finished'] = time.time()
+    record['finished_at'] = utc_text(record['finished'])
+
+
+def _run_restore(store, record, restore, log):
+    """Restore ``record``'s snapshot (its lock held) and store the outcome."""
+    try:
+        result = restore(record)
+    except Exception as err:  # the watcher must record any failure, whatever it is
+        result = {'restored': False, 'errors': ['%s: %s' % (type(err).__name__, err)],
+                  'traceback': traceback.format_exc()}
+    record['state'] = 'rolled_back' if result.get('restored') else 'rollback_failed'
+    record['result'] = result
+    _mark_finished(record)
+    store.write(record)
+    if log:
+        log('transaction %s %s: %s' % (record['id'], 'rollback resumed after a crash' if record.get('rollback_interrupted')
+                                       else 'not confirmed in %ss' % record['timeout'], record['state']))
+    return record
 
 
 def watch(store, txid, restore, log=None, poll=POLL_INTERVAL):
@@ -236,7 +292,7 @@ def take_over(store, txid):
         record = store.load(txid)
         if record is None or record.get('state') != 'pending':
             return False
-        record['state'] = 'rolling_back'
+        _mark_rolling_back(record)
         store.write(record)
         return True
 

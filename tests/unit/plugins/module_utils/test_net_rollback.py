@@ -5,8 +5,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
+import pytest
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.detached import process_start_time
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.network import setup_networks
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import transaction as net_rollback
 
 
@@ -88,3 +94,87 @@ def test_prune_keeps_recent_finished(tmp_path):
         s.write(record)
     s.prune(keep=2)
     assert sorted(r['id'] for r in s.all()) == ['p3', 'p4']
+
+
+# ---- a rollback interrupted by a crash is finished by the next run (and the boot-time restore)
+
+def _stale_record(s, txid, state, **fields):
+    record = net_rollback.new_record(txid, 0, {'snapshot': {'devices': {}, 'routes': {}}, 'running_before': {'networks': {}, 'bonds': {}}})
+    record.update(state=state, **fields)
+    s.write(record)
+    return record
+
+
+def _dead_pid():
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize('who', ['module', 'watcher', 'nobody'])
+def test_interrupted_rollback_is_finished_before_anything_else(tmp_path, monkeypatch, who):
+    # The module (take_over) or the watcher (expire) died while restoring: the record says rolling_back.
+    s = store(tmp_path)
+    fields = {'module': {'rollback_pid': _dead_pid(), 'rollback_start': 1},
+              'watcher': {'watcher_pid': _dead_pid(), 'watcher_start': 1, 'rollback_pid': _dead_pid(), 'rollback_start': 1},
+              'nobody': {}}[who]
+    _stale_record(s, 'r1', 'rolling_back', **fields)
+    restored = []
+    monkeypatch.setattr(setup_networks, 'make_restore', lambda ip, dhcp: lambda rec: restored.append(rec['id']) or {'restored': True})
+    warnings = []
+    setup_networks.handle_stale(s, None, None, warnings)
+    assert restored == ['r1']
+    assert s.load('r1')['state'] == 'rolled_back'
+    assert s.unfinished() == []
+    assert 'interrupted' in warnings[0] and 'rolled back now' in warnings[0]
+
+
+def test_interrupted_rollback_with_a_live_watcher_is_finished_too(tmp_path, monkeypatch):
+    # The module took over and crashed; its watcher still polls until the deadline but will never act.
+    s = store(tmp_path)
+    _stale_record(s, 'r2', 'rolling_back', watcher_pid=os.getpid(), watcher_start=process_start_time(os.getpid()),
+                  rollback_pid=_dead_pid(), rollback_start=1)
+    monkeypatch.setattr(setup_networks, 'make_restore', lambda ip, dhcp: lambda rec: {'restored': True})
+    setup_networks.handle_stale(s, None, None, [])
+    assert s.load('r2')['state'] == 'rolled_back'
+
+
+def test_rollback_in_progress_elsewhere_is_not_run_twice(tmp_path, monkeypatch):
+    s = store(tmp_path)
+    _stale_record(s, 'r3', 'rolling_back', rollback_pid=os.getpid(), rollback_start=process_start_time(os.getpid()))
+    monkeypatch.setattr(setup_networks, 'make_restore', lambda ip, dhcp: lambda rec: 1 / 0)
+    with pytest.raises(VirtnodeError, match='being rolled back'):
+        setup_networks.handle_stale(s, None, None, [])
+    assert s.load('r3')['state'] == 'rolling_back'
+
+
+def test_failed_resumed_rollback_is_recorded_and_reported(tmp_path, monkeypatch):
+    s = store(tmp_path)
+    _stale_record(s, 'r4', 'rolling_back')
+    monkeypatch.setattr(setup_networks, 'make_restore', lambda ip, dhcp: lambda rec: {'restored': False, 'differences': ['x']})
+    warnings = []
+    setup_networks.handle_stale(s, None, None, warnings)
+    assert s.load('r4')['state'] == 'rollback_failed' and 'rollback_failed' in warnings[0]
+
+
+@pytest.mark.parametrize('state', ['pending', 'rolling_back'])
+def test_after_a_reboot_an_unfinished_transaction_is_closed_without_restoring(tmp_path, monkeypatch, state):
+    # The kernel state and the running config are gone with the reboot: nothing of the change is left to undo.
+    s = store(tmp_path)
+    _stale_record(s, 'r5', state, boot_id='another-boot')
+    monkeypatch.setattr(setup_networks, 'make_restore', lambda ip, dhcp: lambda rec: 1 / 0)
+    setup_networks.handle_stale(s, None, None, [])
+    record = s.load('r5')
+    assert record['state'] == 'rolled_back' and 'reboot' in record['result']['reason']
+
+
+def test_take_over_and_expire_record_who_rolls_back(tmp_path):
+    s = store(tmp_path)
+    s.write(net_rollback.new_record('r6', 0, {}))
+    assert net_rollback.take_over(s, 'r6')
+    record = s.load('r6')
+    assert record['rollback_pid'] == os.getpid() and record['rollback_start'] == process_start_time(os.getpid())
+    s.write(net_rollback.new_record('r7', 0, {}))
+    seen = []
+    net_rollback.expire(s, 'r7', lambda rec: seen.append(s.load('r7')['rollback_pid']) or {'restored': True})
+    assert seen == [os.getpid()]
