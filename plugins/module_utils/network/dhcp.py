@@ -1,15 +1,25 @@
 # -*- coding: utf-8 -*-
 # Copyright: virtnode.kvm contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""DHCP clients of the devices this collection manages: one per device and family."""
+"""DHCP clients of the devices this collection manages: one per device and family.
+
+A client's pid file outlives it (a crash, a kill, a reboot of the client
+only), and its pid may by then belong to another process, a VM's qemu say.
+A pid is trusted only if that process's command line is the one we started
+(it names this very pid file and device) and, when we recorded it at start,
+its start time is the recorded one; otherwise it is never signalled.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import time
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.detached import process_start_time
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.fileio import read_json, write_json
 from ansible_collections.virtnode.kvm.plugins.module_utils.network.store import RUN_DIR
 
 DHCP_DIR = RUN_DIR + '/dhcp'
@@ -36,20 +46,53 @@ class DhcpClients(object):
     def running(self, dev):
         return [family for family in (4, 6) if self._pid(dev, family)]
 
+    def _owner_file(self, dev, family):
+        return os.path.join(self.directory, '%s.%d.owner' % (dev, family))
+
     def _pid(self, dev, family):
+        """The pid of the DHCP client we started for ``dev``/``family``, if it still runs; else None."""
+        pidfile = self._pidfile(dev, family)
         try:
-            with open(self._pidfile(dev, family)) as handle:
-                pid = int(handle.read().split()[0])
-            os.kill(pid, 0)
-            return pid
+            with open(pidfile, 'rb') as handle:
+                pid = int(handle.read(64).split()[0])
         except (OSError, ValueError, IndexError):
             return None
+        if pid <= 1 or not self._is_our_client(pid, dev, pidfile):
+            return None
+        owner = read_json(self._owner_file(dev, family), lenient=True) or {}
+        if owner.get('pid') == pid and owner.get('start') != process_start_time(pid):
+            return None
+        return pid
+
+    @staticmethod
+    def _is_our_client(pid, dev, pidfile):
+        # Every client is started with its pid file and its device as arguments (dhclient -pf, udhcpc -p/-i).
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+                argv = handle.read(65536).split(b'\0')
+        except OSError:
+            return False
+        return process_start_time(pid) is not None and os.fsencode(pidfile) in argv and os.fsencode(dev) in argv
+
+    def _record_owner(self, dev, family, timeout=5.0):
+        """Remember the started client's pid and start time, to tell it from a later process with its pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self._pid(dev, family)
+            if pid:
+                write_json(self._owner_file(dev, family), {'pid': pid, 'start': process_start_time(pid)}, mode=0o600)
+                return
+            time.sleep(0.05)
 
     def start(self, dev, family):
         if self.client is None:
             raise VirtnodeError('no DHCP client (dhclient or busybox udhcpc) is installed')
         os.makedirs(self.directory, exist_ok=True)
         pidfile = self._pidfile(dev, family)
+        try:
+            os.unlink(self._owner_file(dev, family))
+        except OSError:
+            pass
         name = os.path.basename(self.client)
         if name == 'dhclient':
             argv = [self.client, '-%d' % family, '-nw', '-pf', pidfile, dev]
@@ -63,6 +106,7 @@ class DhcpClients(object):
                            timeout=30, check=True)
         except (OSError, subprocess.SubprocessError) as err:
             raise VirtnodeError('cannot start DHCPv%d client on %s: %s' % (family, dev, err))
+        self._record_owner(dev, family)
 
     def stop(self, dev, family):
         pid = self._pid(dev, family)
@@ -71,7 +115,8 @@ class DhcpClients(object):
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass
-        try:
-            os.unlink(self._pidfile(dev, family))
-        except OSError:
-            pass
+        for path in (self._pidfile(dev, family), self._owner_file(dev, family)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

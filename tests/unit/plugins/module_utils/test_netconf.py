@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,7 +18,9 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.network import model
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import plan as net_plan
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import state as kernel_state
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import store
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.detached import process_start_time
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.network.dhcp import DhcpClients
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_ip import FakeIp  # noqa: E402  pylint: disable=wrong-import-position
@@ -284,3 +289,87 @@ def test_read_state_ignores_link_local_and_dynamic():
     assert state['links']['eth0']['addresses'] == ['10.0.0.5/24']
     assert state['links']['eth0']['dynamic_addresses'] == ['10.0.0.6/24']
     assert state['routes'] == {4: [], 6: []}
+
+
+# ---- DHCP pid files: only the client this collection started is ever signalled
+
+FAKE_CLIENT = '''#!/usr/bin/python3
+# A stand-in for udhcpc -b -p PIDFILE -i DEV: forks into the background and writes its pid file.
+import os, sys, time
+pidfile = sys.argv[sys.argv.index('-p') + 1]
+if os.fork() == 0:
+    os.setsid()
+    with open(pidfile, 'w') as f:
+        f.write('%d\\n' % os.getpid())
+    time.sleep(60)
+    os._exit(0)
+'''
+
+
+@pytest.fixture
+def dhcp_clients(tmp_path):
+    client = tmp_path / 'bin' / 'udhcpc'
+    client.parent.mkdir()
+    client.write_text(FAKE_CLIENT)
+    client.chmod(0o755)
+    clients = DhcpClients(str(tmp_path / 'dhcp'), client=str(client))
+    started = []
+    yield clients, started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+    for name in os.listdir(clients.directory) if os.path.isdir(clients.directory) else []:
+        if name.endswith('.pid'):
+            with open(os.path.join(clients.directory, name)) as handle:
+                try:
+                    os.kill(int(handle.read().split()[0]), signal.SIGKILL)
+                except (OSError, ValueError, IndexError):
+                    pass
+
+
+def _bystander(started):
+    """A process that happens to get the pid a dead DHCP client had (say a VM's qemu)."""
+    proc = subprocess.Popen(['sleep', '60'])
+    started.append(proc)
+    return proc
+
+
+def _write_pidfile(clients, dev, family, pid):
+    os.makedirs(clients.directory, exist_ok=True)
+    with open(os.path.join(clients.directory, '%s.%d.pid' % (dev, family)), 'w') as handle:
+        handle.write('%d\n' % pid)
+
+
+def test_dhcp_client_started_is_tracked_and_stopped(dhcp_clients):
+    clients, _started = dhcp_clients
+    clients.start('net1', 4)
+    assert clients.running('net1') == [4]
+    pid = clients._pid('net1', 4)
+    clients.stop('net1', 4)
+    deadline = time.monotonic() + 5
+    while process_start_time(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_start_time(pid) is None
+    assert clients.running('net1') == []
+
+
+@pytest.mark.parametrize('how', ['foreign_pid', 'reused_after_our_client', 'other_device_client'])
+def test_dhcp_pid_file_naming_another_process_is_not_trusted(dhcp_clients, how):
+    clients, started = dhcp_clients
+    if how == 'foreign_pid':
+        victim = _bystander(started).pid
+    elif how == 'reused_after_our_client':
+        # Our client ran and died; its pid file stays and now names a new process.
+        clients.start('net1', 4)
+        os.kill(clients._pid('net1', 4), signal.SIGKILL)
+        victim = _bystander(started).pid
+    else:
+        # The DHCP client of another device is not the one of this device.
+        clients.start('net2', 4)
+        victim = clients._pid('net2', 4)
+    _write_pidfile(clients, 'net1', 4, victim)
+    assert clients.running('net1') == []
+    clients.stop('net1', 4)
+    time.sleep(0.2)
+    assert process_start_time(victim) is not None, 'a process that is not our DHCP client was signalled'
+    assert not os.path.exists(os.path.join(clients.directory, 'net1.4.pid'))
