@@ -4,11 +4,17 @@
 """The one atomic writer, and its readers, for every file the collection keeps.
 
 Every metadata file of a storage domain (``dom_md/metadata``, volume
-``.meta`` files) is replaced as a whole: the new content goes to
-``<path>.new`` in the same directory, is flushed to stable storage and is
-then renamed over the target. A crash at any moment leaves either the old
-or the new file, never a mix. VDSM uses the same ``.new`` name, so a
-leftover from either side is recognised and simply overwritten next time.
+``.meta`` files) is replaced as a whole: the new content goes to a hidden
+temp file of that one write in the same directory, is flushed to stable
+storage and is then renamed over the target. A crash at any moment leaves
+either the old or the new file, never a mix; concurrent writers never share
+a temp file. VDSM's writer uses ``<path>.new``; a leftover of it is removed
+after our next write, and readers skip both kinds of temp name
+(:func:`is_temp_name`).
+
+Shared storage is written by other hosts, so nothing on it is trusted: no
+link below the domain directory is followed, only regular files are read,
+and every read is bounded in size and time (:func:`read_bounded`).
 
 Local state files (pool and SPM state, network configuration and
 transactions, VM exit records) are JSON written through :func:`write_json`,
@@ -19,12 +25,31 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 import threading
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 TEMP_SUFFIX = '.new'
+# Our own temp files are hidden (VDSM's globs and scans skip dot files) and unique per write.
+TEMP_PREFIX = '.'
+OWN_TEMP_SUFFIX = '.tmp'
 _ENOENT = 2
+# Anything read from shared storage is bounded: a link to /dev/zero or a huge file must not
+# exhaust memory. Callers pass a limit that fits what they read; this is the default.
+DEFAULT_READ_LIMIT = 1024 ** 2
+# Local JSON state is larger (network transactions) but still bounded.
+JSON_READ_LIMIT = 64 * 1024 ** 2
+# A read abandoned after its timeout leaves a thread stuck in the kernel (hung NFS): at most
+# this many may be pending before further reads are refused instead of leaking more threads.
+MAX_PENDING_READS = 16
+_PENDING_READS = threading.BoundedSemaphore(MAX_PENDING_READS)
+
+
+def is_temp_name(name):
+    """True for temp files of any atomic writer (ours and VDSM's ``.new``): readers skip them."""
+    return name.endswith(TEMP_SUFFIX) or (name.startswith(TEMP_PREFIX) and name.endswith(OWN_TEMP_SUFFIX))
 
 
 def fsync_directory(directory):
@@ -36,25 +61,136 @@ def fsync_directory(directory):
         os.close(fd)
 
 
-def _discard(path):
+def _refuse(path, why, **details):
+    details.setdefault('path', path)
+    return VirtnodeError('refusing %s: %s' % (path, why), details)
+
+
+def _split_beneath(path, root):
+    """``(directory, [components below it], name)`` of ``path``; ``root`` defaults to its directory.
+
+    ``root`` is trusted as it is (a mount point, a pool link); every component
+    below it is opened without following links, so ``..`` is refused outright.
+    """
+    if not isinstance(path, str) or not path or '\0' in path:
+        raise _refuse(repr(path), 'not a valid path')
+    if '..' in path.split('/'):
+        raise _refuse(path, 'the path contains a ".." component')
+    if root is None:
+        root, name = os.path.split(path)
+        return root or '.', [], name
+    root = root.rstrip('/') or '/'
+    prefix = root if root == '/' else root + '/'
+    if not path.startswith(prefix):
+        raise _refuse(path, 'it is not inside %s' % root, root=root)
+    parts = path[len(prefix):].split('/')
+    if any(part in ('', '.') for part in parts):
+        raise _refuse(path, 'empty or "." component below %s' % root, root=root)
+    return root, parts[:-1], parts[-1]
+
+
+def _link_error(path, name, dir_fd, err, action):
+    """The clear error for an open that failed on ``name`` inside ``dir_fd``."""
     try:
-        os.unlink(path)
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        return _refuse(path, '%s is a symbolic link (links on shared storage are never followed)' % name,
+                       errno=err.errno)
+    return VirtnodeError('cannot %s %s: %s' % (action, path, err.strerror or err), {'path': path, 'errno': err.errno})
+
+
+def _open_directory(path, root, parts, action):
+    """A file descriptor of ``root``/``parts``, each part opened without following links."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise VirtnodeError('cannot %s %s: %s' % (action, path, err.strerror or err), {'path': path, 'errno': err.errno}) from err
+    for part in parts:
+        try:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as err:
+            error = _link_error(path, part, fd, err, action)
+            os.close(fd)
+            raise error from err
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def open_beneath(path, flags, root=None, mode=0o600, regular=True, action='open'):
+    """Open ``path`` with no link followed below ``root`` (default: its directory); a file descriptor.
+
+    With ``regular`` anything but a regular file (device, FIFO, socket,
+    directory) is refused. Opens never block on a FIFO (O_NONBLOCK is used
+    for the open and cleared afterwards).
+    """
+    directory, parts, name = _split_beneath(path, root)
+    dir_fd = _open_directory(path, directory, parts, action)
+    try:
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        except OSError as err:
+            raise _link_error(path, name, dir_fd, err, action) from err
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if regular and not stat.S_ISREG(st.st_mode):
+            raise _refuse(path, 'it is not a regular file (mode %o)' % st.st_mode)
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def stat_beneath(path, root=None):
+    """``os.stat_result`` of the regular file ``path`` reached without following links below ``root``."""
+    fd = open_beneath(path, os.O_RDONLY, root)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(name, dir_fd):
+    try:
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
 
 
-def write_atomic(path, data, mode=0o660):
+def write_atomic(path, data, mode=0o660, root=None):
     """Replace ``path`` with ``data`` (bytes) so readers see old or new, never half.
 
-    The file gets exactly ``mode`` whatever the umask, because other hosts
-    (vdsm, qemu) rely on group access to domain metadata.
+    The new content goes to a temp file of this write's own (created with
+    O_EXCL|O_NOFOLLOW, so neither a planted link nor a concurrent writer is
+    ever written through), is synced and renamed over the target, and the
+    directory is synced. Nothing below ``root`` (default: the file's
+    directory) is followed if it is a link, and a target that is a link or
+    not a regular file is refused. The file gets exactly ``mode`` whatever
+    the umask, because other hosts (vdsm, qemu) rely on group access to
+    domain metadata.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise VirtnodeError('refusing to write %s: data must be bytes, got %s' % (path, type(data).__name__))
-    temp_path = path + TEMP_SUFFIX
-    directory = os.path.dirname(os.path.abspath(path))
+    directory, parts, name = _split_beneath(path, root)
+    dir_fd = _open_directory(path, directory, parts, 'write')
+    temp = None
     try:
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise _refuse(path, 'it is a symbolic link (links on shared storage are never followed)')
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise _refuse(path, 'it is not a regular file (mode %o)' % st.st_mode)
+        temp = '%s%s.%s%s' % (TEMP_PREFIX, name, secrets.token_hex(8), OWN_TEMP_SUFFIX)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         try:
             os.fchmod(fd, mode)
             view = memoryview(data)
@@ -63,44 +199,75 @@ def write_atomic(path, data, mode=0o660):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp_path, path)
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        temp = None
+        # A leftover of VDSM's writer (or of an older version of this one) is garbage from a crash;
+        # unlink never follows a link, and whatever else is there must not fail a write that is done.
+        try:
+            _discard(name + TEMP_SUFFIX, dir_fd)
+        except OSError:
+            pass
         # The rename itself is only durable once the directory is synced.
-        fsync_directory(directory)
+        os.fsync(dir_fd)
     except OSError as err:
-        _discard(temp_path)
         raise VirtnodeError('cannot write %s: %s' % (path, err.strerror or err),
                             {'path': path, 'errno': err.errno}) from err
+    finally:
+        if temp is not None:
+            try:
+                _discard(temp, dir_fd)
+            except OSError:
+                pass
+        os.close(dir_fd)
 
 
-def _read_text(path):
+def _read_limited(path, limit, root):
+    fd = open_beneath(path, os.O_RDONLY, root, action='read')
     try:
-        with open(path, 'rb') as stream:
-            raw = stream.read()
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
     except OSError as err:
         raise VirtnodeError('cannot read %s: %s' % (path, err.strerror or err),
                             {'path': path, 'errno': err.errno}) from err
-    try:
-        return raw.decode('utf-8')
-    except UnicodeDecodeError as err:
-        raise VirtnodeError('%s is not valid UTF-8 text: %s' % (path, err), {'path': path}) from err
+    finally:
+        os.close(fd)
+    data = b''.join(chunks)
+    if len(data) > limit:
+        raise _refuse(path, 'it is larger than the %d bytes such a file may have' % limit, limit=limit)
+    return data
 
 
-def read_text(path, timeout=None):
-    """Return the content of ``path`` decoded as UTF-8.
+def read_bounded(path, limit=DEFAULT_READ_LIMIT, timeout=None, root=None):
+    """The bytes of the regular file ``path``: the one reader of anything on shared storage.
 
-    With ``timeout`` (seconds) the read runs in a daemon thread so a hung
-    NFS server costs the caller at most ``timeout`` instead of blocking it
-    forever; the stuck thread is abandoned.
+    Refuses links (below ``root``, default the file's directory), FIFOs,
+    devices and files larger than ``limit`` bytes without reading more than
+    ``limit + 1``. With ``timeout`` (seconds) the read runs in a daemon
+    thread so a hung NFS server costs the caller at most ``timeout``; the
+    stuck thread is abandoned, and once MAX_PENDING_READS are stuck further
+    reads fail at once instead of piling up threads.
     """
     if timeout is None:
-        return _read_text(path)
+        return _read_limited(path, limit, root)
+    pending = _PENDING_READS
+    if not pending.acquire(blocking=False):  # pylint: disable=consider-using-with
+        raise VirtnodeError('refusing to read %s: %d earlier reads are still stuck (storage not responding?)'
+                            % (path, MAX_PENDING_READS), {'path': path, 'timeout': timeout})
     outcome = {}
 
     def reader():
         try:
-            outcome['text'] = _read_text(path)
+            outcome['data'] = _read_limited(path, limit, root)
         except VirtnodeError as err:
             outcome['error'] = err
+        finally:
+            pending.release()
 
     thread = threading.Thread(target=reader, name='read %s' % path, daemon=True)
     thread.start()
@@ -110,7 +277,19 @@ def read_text(path, timeout=None):
                             {'path': path, 'timeout': timeout})
     if 'error' in outcome:
         raise outcome['error']
-    return outcome['text']
+    return outcome['data']
+
+
+def _decode(path, raw):
+    try:
+        return raw.decode('utf-8')
+    except UnicodeDecodeError as err:
+        raise VirtnodeError('%s is not valid UTF-8 text: %s' % (path, err), {'path': path}) from err
+
+
+def read_text(path, timeout=None, limit=DEFAULT_READ_LIMIT, root=None):
+    """Return the content of ``path`` decoded as UTF-8 (see :func:`read_bounded`)."""
+    return _decode(path, read_bounded(path, limit, timeout, root))
 
 
 def write_json(path, data, mode=0o644, dir_mode=0o755, indent=None):
@@ -131,7 +310,7 @@ def read_json(path, default=None, lenient=False):
     with ``lenient`` (for caches and records that are rebuilt when lost).
     """
     try:
-        return json.loads(_read_text(path))
+        return json.loads(_decode(path, read_bounded(path, JSON_READ_LIMIT)))
     except VirtnodeError as err:
         if lenient or err.details.get('errno') == _ENOENT:
             return default
