@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import capabilities as host_caps
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
@@ -230,9 +231,18 @@ def run(module, conn, spec):
     result = {'changed': False, 'pending_restart': [], 'actions': lc.actions, 'hooks': lc.hook_results}
     dom = lookup(conn, spec['name'], spec['uuid'])
     vm_uuid = dom.UUIDString() if dom is not None else spec['uuid']
-    # Hooks see the custom properties asked for, else the ones the VM already has.
+    # Hooks see the custom properties asked for, else the ones the VM already has (those that are
+    # safe as environment variables: the metadata may have been edited outside this module).
     env = spec['custom_properties'] or {}
-    lc.env = domxml.parse_live(dom.XMLDesc(0))['custom_properties'] if dom is not None and not env else env
+    if dom is not None and not env:
+        live = domxml.parse_live(dom.XMLDesc(0))
+        env = live['custom_properties']
+        if live['refused_custom_properties']:
+            lc.warnings.append('custom properties of VM %s not given to hooks (not usable as environment variables): %s'
+                               % (spec['name'], ', '.join(sorted(repr(n) for n in live['refused_custom_properties']))))
+    lc.env = env
+    graphics = spec.get('graphics') or {}
+    lc.secrets = [graphics['password']] if graphics.get('password') else []
     uri = params['uri']
     before_status = vm_view(dom, uri, spec['name'])['status'] if dom is not None else 'absent'
     try:
@@ -263,6 +273,8 @@ def converge(module):
     if params['migrate_to'] and params['state'] != 'running':
         raise VirtnodeError('migrate_to needs state=running', {'field': 'migrate_to'})
     spec = vm_volumes.normalize_on_host(params, check_mode=module.check_mode)
+    # Hooks run as root with the custom properties in their environment: no PATH, LD_PRELOAD, ...
+    hooks_utils.check_env(spec['custom_properties'])
     libvirt_conn.require_libvirt(module)
     with libvirt_conn.connect(params['uri']) as conn:
         result = run(module, conn, spec)

@@ -15,8 +15,11 @@ lives in the domain's ``<metadata>`` under :data:`METADATA_NS`.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.spec import (
     CPU_MODES, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics)
@@ -234,6 +237,7 @@ def _parse_metadata(root, live):
     live['balloon_target'] = None
     live['requested_machine'] = None
     live['custom_properties'] = {}
+    live['refused_custom_properties'] = []
     meta = root.find('metadata/{%s}vm' % METADATA_NS)
     if meta is None:
         return
@@ -242,8 +246,27 @@ def _parse_metadata(root, live):
         live['balloon_target'] = int(target.text)
         live['memory'] = live['balloon_target']
     live['requested_machine'] = meta.findtext('{%s}machine' % METADATA_NS)
-    for prop in meta.findall('{%s}custom_properties/{%s}property' % (METADATA_NS, METADATA_NS)):
-        live['custom_properties'][prop.get('name')] = prop.text or ''
+    # Anyone with access to libvirt can edit the metadata: names are checked as when they were set,
+    # and the ones hooks must not get are left out (the caller warns about them).
+    props = dict((prop.get('name'), prop.text or '')
+                 for prop in meta.findall('{%s}custom_properties/{%s}property' % (METADATA_NS, METADATA_NS)))
+    live['custom_properties'], live['refused_custom_properties'] = hooks_utils.split_env(props)
+
+
+_PASSWD_RE = re.compile(r'''\bpasswd\s*=\s*(?:"([^"]*)"|'([^']*)')''')
+
+
+def graphics_passwords(xml_text):
+    """Console passwords in a domain XML (as written and as decoded), to keep them out of hook output.
+
+    Read from the text, not parsed: hooks may have rewritten it into something that does not parse.
+    """
+    found = set()
+    for double, single in _PASSWD_RE.findall(xml_text or ''):
+        raw = double or single
+        if raw:
+            found.update((raw, html.unescape(raw)))
+    return sorted(found)
 
 
 def _parse_cpu(root, live):

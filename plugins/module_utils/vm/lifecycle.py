@@ -26,6 +26,9 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import is_no_domain
 
+# Lifecycle.hook's ``domxml`` argument hides the module's name there.
+_graphics_passwords = domxml.graphics_passwords
+
 POLL = 0.2
 MIGRATION_TRANSPORTS = ('tcp', 'tls')
 
@@ -71,6 +74,8 @@ class Lifecycle(object):
         self.timeout = timeout
         self.records_dir = records_dir
         self.env = dict(env or {})
+        # Secrets hooks may print (the console password asked for): kept out of the results.
+        self.secrets = []
         self.actions = []
         self.warnings = []
         self.hook_results = []
@@ -88,7 +93,9 @@ class Lifecycle(object):
         if vm_uuid:
             env['vmId'] = vm_uuid
         env['vmName'] = self.name
-        result = hooks_utils.run_hook_point(self.hooks_dir, point, data=domxml, data_env='_hook_domxml', env=env)
+        # The domain XML hooks get can hold console passwords (VIR_DOMAIN_XML_SECURE): never returned.
+        secrets = list(self.secrets) + _graphics_passwords(domxml)
+        result = hooks_utils.run_hook_point(self.hooks_dir, point, data=domxml, data_env='_hook_domxml', env=env, secrets=secrets)
         if result.scripts:
             self.hook_results.append(result.to_dict())
         if result.failed:

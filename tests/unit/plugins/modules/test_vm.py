@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -131,3 +132,83 @@ def test_returned_keys_are_documented(world, capsys):
     rc, out = run(capsys, {'name': 'vm1'})
     keys = set(out) - {'changed', 'failed', 'invocation', 'warnings', 'diff', 'msg'}
     assert keys <= documented
+
+
+def run_with_hooks(capsys, args):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as info:
+            vm.main()
+    return info.value.code, json.loads(capsys.readouterr().out)
+
+
+def make_hooks(tmp_path, point, body):
+    directory = tmp_path / 'hooks' / point
+    directory.mkdir(parents=True, mode=0o755)
+    os.chmod(str(tmp_path / 'hooks'), 0o755)
+    script = directory / '10-hook'
+    script.write_text('#!/bin/sh\n' + body)
+    os.chmod(str(script), 0o755)
+    return str(tmp_path / 'hooks')
+
+
+@pytest.mark.parametrize('name', ['PATH', 'LD_PRELOAD', 'PYTHONPATH', 'BASH_ENV', 'IFS', 'ENV', 'SHELLOPTS', 'PS4', 'HOME',
+                                  'LD_LIBRARY_PATH', 'PYTHONSTARTUP', 'PERL5OPT', 'LC_ALL', '_hook_domxml'])
+def test_custom_property_a_loader_or_shell_reads_is_refused_before_connecting(world, fake_libvirt, capsys, name):
+    rc, out = run(capsys, {'name': 'vm1', 'custom_properties': {name: '/tmp/evil', 'sap_agent': 'true'}})
+    assert rc == 1 and repr(name) in out['msg'] and 'refused' in out['msg'], out
+    assert fake_libvirt.connections == [] and world['created'] == []
+
+
+@pytest.mark.parametrize('bad', ['A=B', 'LD_PRELOAD', '1X', 'A B', ''])
+def test_custom_properties_read_back_from_the_domain_are_validated(world, capsys, tmp_path, bad):
+    hooks_dir = make_hooks(tmp_path, 'before_vm_pause', 'env > "%s"\n' % (tmp_path / 'env'))
+    rc, out = run_with_hooks(capsys, {'name': 'vm1', 'custom_properties': {'sap_agent': 'true'}, 'hooks_dir': hooks_dir})
+    assert rc == 0, out
+    dom = world['domains']['vm1']
+    # Someone edited the live domain's metadata by hand (virsh metadata): a name no hook may get.
+    dom.xml = dom.xml.replace('name="sap_agent">true<', 'name="sap_agent">true</virtnode:property>'
+                                                        '<virtnode:property name="%s">/tmp/evil<' % bad)
+    assert '/tmp/evil' in dom.xml
+    rc, out = run_with_hooks(capsys, {'name': 'vm1', 'state': 'paused', 'hooks_dir': hooks_dir})
+    assert rc == 0 and out['vm']['status'] == 'Paused', out
+    warnings = json.dumps(out['warnings'])  # ansible-core 2.19 returns them as structured events
+    assert 'custom properties of VM vm1 not given to hooks' in warnings and repr(bad) in warnings, warnings
+    env = (tmp_path / 'env').read_text()
+    assert 'sap_agent=true' in env and '/tmp/evil' not in env
+
+
+def test_parse_live_skips_and_reports_bad_custom_property_names():
+    xml = ('<domain type="qemu"><name>vm1</name><memory unit="KiB">131072</memory><currentMemory unit="KiB">131072</currentMemory>'
+           '<vcpu>1</vcpu><os><type>hvm</type></os><metadata><virtnode:vm xmlns:virtnode="%s"><virtnode:custom_properties>'
+           '<virtnode:property name="A=B">1</virtnode:property><virtnode:property>2</virtnode:property>'
+           '<virtnode:property name="PATH">/tmp</virtnode:property><virtnode:property name="good">3</virtnode:property>'
+           '</virtnode:custom_properties></virtnode:vm></metadata></domain>' % domxml.METADATA_NS)
+    live = domxml.parse_live(xml)
+    assert live['custom_properties'] == {'good': '3'}
+    assert sorted(live['refused_custom_properties'], key=str) == sorted(['A=B', None, 'PATH'], key=str)
+
+
+SECRET = 'pw&"<1>'
+SECRET_XML = ("<domain><name>vm1</name><devices><graphics type='vnc' port='5900' passwd='pw&amp;&quot;&lt;1&gt;'/>"
+              "<graphics type='spice' passwd='other-secret'/></devices></domain>")
+
+
+@pytest.mark.parametrize('fail', [True, False])
+def test_console_password_never_comes_back_from_hooks(tmp_path, fail):
+    from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle
+    hooks_dir = make_hooks(tmp_path, 'before_vm_migrate_source',
+                           'cat "$_hook_domxml"; python3 -c "import re,sys,html; '
+                           'print(html.unescape(re.findall(chr(112)+\'asswd=.(.*?).[ /]\', open(sys.argv[1]).read())[0]))"'
+                           ' "$_hook_domxml" >&2; exit 1\n')
+    lc = lifecycle.Lifecycle(None, 'vm1', hooks_dir=hooks_dir, records_dir=str(tmp_path / 'records'))
+    lc.secrets = ['spec-password']
+    text = ''
+    try:
+        lc.hook('before_vm_migrate_source', SECRET_XML + '<!-- spec-password -->', 'uuid-1', fail=fail)
+    except VirtnodeError as exc:
+        text += str(exc) + json.dumps(exc.args[1:], default=str) + json.dumps(getattr(exc, 'details', {}), default=str)
+    text += json.dumps(lc.hook_results) + json.dumps(lc.warnings)
+    assert 'asswd' in text  # the hook's output is there, with the secrets masked
+    for secret in (SECRET, 'pw&amp;&quot;&lt;1&gt;', 'other-secret', 'spec-password'):
+        assert secret not in text, secret
