@@ -109,10 +109,11 @@ def handle_stale(transactions, ip, dhcp, warnings):
     was cut short (state ``rolling_back``, its roller dead), is rolled back
     now (transaction.resume); after a reboot it is only closed, the change
     being gone with the reboot. A transaction still waiting for its
-    confirmation stops this run.
+    confirmation stops this run, unless the module that applied it died
+    before handing it over: then no confirmation can ever come.
     """
     for record in transactions.unfinished():
-        if record.get('state') == 'pending' and transaction.watcher_alive(record):
+        if record.get('state') == 'pending' and transaction.watcher_alive(record) and not transaction.orphaned(record):
             raise VirtnodeError('network transaction %s is still waiting for its confirmation (until %s); '
                                 'try again once it is confirmed or rolled back' % (record['id'], record.get('deadline_at')))
         interrupted = record.get('state') == 'rolling_back'
@@ -242,6 +243,7 @@ def apply_change(params, ip, dhcp, transactions, change, result, save_needed):
     store.write_running(change.config)
     result['after'] = view(change.config, after_state, change.names)
     if change.watched:
+        transaction.hand_over(transactions, change.txid)
         result['transaction'] = {'id': change.txid, 'state': 'pending', 'timeout': params['connectivity_timeout']}
         return result
     if params['save'] and save_needed:

@@ -142,6 +142,11 @@ def new_record(txid, timeout, payload):
         'watcher_pid': None,
         'watcher_start': None,
         'result': None,
+        # The module applying the change; it hands the change over (to the controller's confirmation)
+        # only once it is applied. One that died before that can never be confirmed.
+        'applier_pid': os.getpid(),
+        'applier_start': process_start_time(os.getpid()),
+        'handed_over': False,
     }
     record.update(payload)
     return record
@@ -225,6 +230,23 @@ def _run_restore(store, record, restore, log):
         log('transaction %s %s: %s' % (record['id'], 'rollback resumed after a crash' if record.get('rollback_interrupted')
                                        else 'not confirmed in %ss' % record['timeout'], record['state']))
     return record
+
+
+def hand_over(store, txid):
+    """The change is applied and returned to the controller: from now on only its confirmation or deadline counts."""
+    with store.lock(txid):
+        record = store.load(txid)
+        if record is not None and record.get('state') == 'pending':
+            record['handed_over'] = True
+            store.write(record)
+
+
+def orphaned(record):
+    """True if the module applying ``record``'s change died before handing it over: no confirmation can come."""
+    if record.get('state') != 'pending' or record.get('handed_over', True) or record.get('boot_id') != boot_id():
+        return False
+    start = process_start_time(record.get('applier_pid'))
+    return start is None or start != record.get('applier_start')
 
 
 def watch(store, txid, restore, log=None, poll=POLL_INTERVAL):

@@ -178,3 +178,29 @@ def test_take_over_and_expire_record_who_rolls_back(tmp_path):
     seen = []
     net_rollback.expire(s, 'r7', lambda rec: seen.append(s.load('r7')['rollback_pid']) or {'restored': True})
     assert seen == [os.getpid()]
+
+
+@pytest.mark.parametrize('handed_over', [False, True])
+def test_change_whose_module_died_before_handing_it_over_is_rolled_back_at_once(tmp_path, monkeypatch, handed_over):
+    # The module was killed while applying: the controller never got a transaction id to confirm,
+    # so waiting for the deadline only keeps the host half-changed and the next run refused.
+    s = store(tmp_path)
+    _stale_record(s, 'r8', 'pending', watcher_pid=os.getpid(), watcher_start=process_start_time(os.getpid()),
+                  applier_pid=_dead_pid(), applier_start=1, handed_over=handed_over)
+    monkeypatch.setattr(setup_networks, 'make_restore', lambda ip, dhcp: lambda rec: {'restored': True})
+    if handed_over:
+        with pytest.raises(VirtnodeError, match='still waiting for its confirmation'):
+            setup_networks.handle_stale(s, None, None, [])
+        assert s.load('r8')['state'] == 'pending'
+    else:
+        setup_networks.handle_stale(s, None, None, [])
+        assert s.load('r8')['state'] == 'rolled_back'
+
+
+def test_new_record_names_its_applier_and_hand_over_marks_it(tmp_path):
+    s = store(tmp_path)
+    s.write(net_rollback.new_record('r9', 5, {}))
+    record = s.load('r9')
+    assert record['applier_pid'] == os.getpid() and not record['handed_over'] and not net_rollback.orphaned(record)
+    net_rollback.hand_over(s, 'r9')
+    assert s.load('r9')['handed_over']
