@@ -554,7 +554,20 @@ def cmd_crash(args) -> None:
     if args.host not in state["hosts"]:
         raise SystemExit(f"lab: no host {args.host}")
     ns = netns_name(args.host)
-    for pid in netns_pids(ns):
+    # Freeze first, then kill: no process of the host (sanlock, libvirtd, qemu, sshd, a module) gets to
+    # react to another's death, fork, write or release anything; all of them stop at the same moment.
+    stopped: set[int] = set()
+    for _round in range(20):
+        fresh = [pid for pid in netns_pids(ns) if pid not in stopped]
+        if not fresh:
+            break
+        for pid in fresh:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+            stopped.add(pid)
+    for pid in stopped:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -22,6 +22,8 @@ import os
 import signal
 
 CRASH_ENV = 'VIRTNODE_CRASH_AT'
+# With VIRTNODE_CRASH_HOW=stop the process stops (SIGSTOP) instead, so a test can kill the whole host there.
+HOW_ENV = 'VIRTNODE_CRASH_HOW'
 
 # name -> (file under plugins/module_utils that calls it, what has happened when it fires)
 CRASH_POINTS = {
@@ -48,4 +50,4 @@ CRASH_POINTS = {
 def crash_point(name):
     """SIGKILL this process if :data:`CRASH_ENV` names ``name`` (a test hook; otherwise nothing happens)."""
     if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if os.environ.get(HOW_ENV) == 'stop' else signal.SIGKILL)
