@@ -1,0 +1,330 @@
+"""Crash consistency: a task killed at any step converges when it is run again, and leaves nothing half-written.
+
+Every crash point of plugins/module_utils/common/faults.py (domain create, volume create, snapshot and
+clone, pool create, SPM start, network apply) is hit in turn: the task runs with VIRTNODE_CRASH_AT set
+and dies there (SIGKILL, no clean-up), then runs again without it and must report a change, then a
+third time and must report none. After each, the shared storage is checked: no temp or staging
+files, every metadata file parses (sealed domain metadata, complete .meta files), no ILLEGAL volume,
+and every file the task had no business touching is byte-identical to before.
+
+A host crash (`lab.py crash`, every process of the host killed at once) in the middle of a volume
+create is covered too: after `lab.py up` the re-run converges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import LAB, REPO, ansible_env, lab_exec, run_playbook, wait_for
+
+sys.path.insert(0, str(REPO))
+from plugins.module_utils.common.faults import CRASH_POINTS  # noqa: E402  pylint: disable=wrong-import-position
+
+EXPORT_NAME = "crash-consistency"
+SP = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e01"
+SD = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e02"
+BASE_IMG = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e03"
+BASE_VOL = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e04"
+IO_TIMEOUT = 1
+SERVER = {"type": "posixfs", "path": "{{ export }}", "vfstype": "none", "options": "bind"}
+# Files sanlock and the SPM rewrite on their own (lease renewals, mailboxes): never compared.
+LIVE_FILES = {"ids", "leases", "xleases", "inbox", "outbox"}
+
+
+def uid(point: str, what: str) -> str:
+    """A stable UUID for the object ``what`` of crash point ``point`` (each point works on its own objects)."""
+    digest = hashlib.sha1(f"{point}/{what}".encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-8{digest[17:20]}-{digest[20:32]}"
+
+
+def shared_dir() -> Path:
+    inventory = json.loads((LAB / "inventory.yml").read_text())
+    return Path(inventory["all"]["children"]["lab"]["vars"]["virtnode_lab_shared_dir"])
+
+
+def play(tmp_path: Path, name: str, host: str, tasks: list, check: bool = True) -> str:
+    playbook = tmp_path / f"{name}.yml"
+    playbook.write_text(json.dumps([{"name": name, "hosts": host, "gather_facts": False,
+                                     "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT_NAME, "sp": SP, "sd": SD},
+                                     "tasks": tasks}]))
+    proc = run_playbook(playbook, timeout=600)
+    if check:
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-20000:]}"
+    return proc.stdout
+
+
+def volume(img: str, vol: str, **extra) -> dict:
+    return {"virtnode.kvm.volume": {"sd_uuid": "{{ sd }}", "image_uuid": img, "volume_uuid": vol, **extra}}
+
+
+def cleanup_tasks() -> list:
+    return [
+        {"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
+        {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
+         "failed_when": False},
+        {"name": "Leave every lockspace of the export (pools created by the crash cases)",
+         "ansible.builtin.command": {"argv": [
+             "/usr/bin/python3", "-c",
+             "import sanlock,sys\nfor ls in sanlock.get_lockspaces():\n"
+             "    if sys.argv[1] in ls['path']:\n"
+             "        sanlock.rem_lockspace(ls['lockspace'], ls['host_id'], ls['path'], wait=True)",
+             "/" + EXPORT_NAME + "/"]},
+         "failed_when": False, "changed_when": False},
+        {"name": "Disconnect server", "virtnode.kvm.storage_server": dict(SERVER, state="disconnected"), "failed_when": False},
+        {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}},
+    ]
+
+
+def setup_tasks() -> list:
+    return [
+        {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"}},
+        {"name": "Connect server", "virtnode.kvm.storage_server": SERVER},
+        {"name": "Domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}", "io_timeout": IO_TIMEOUT}},
+        {"name": "Pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}", "host_id": 1,
+                                                       "state": "present"}},
+        {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": 1}},
+        {"name": "SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}},
+        {"name": "Base volume for snapshots and clones", **volume(BASE_IMG, BASE_VOL, size="16MiB", format="RAW")},
+    ]
+
+
+@pytest.fixture(scope="module")
+def storage(lab_hosts, tmp_path_factory):
+    host = list(lab_hosts)[0]
+    tmp = tmp_path_factory.mktemp("crash")
+    play(tmp, "cleanup-before", host, cleanup_tasks())
+    play(tmp, "setup", host, setup_tasks())
+    yield host, shared_dir() / EXPORT_NAME
+    play(tmp, "cleanup-after", host, cleanup_tasks())
+
+
+# ------------------------------------------------------------------ what each crash point runs
+
+def case(point: str) -> tuple[list, list, set]:
+    """``(preparation tasks, crashed tasks, names of objects they create)`` for crash ``point``."""
+    if point.startswith("domain_create."):
+        sd = uid(point, "sd")
+        return [], [{"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}], {sd}
+    if point.startswith("volume_create."):
+        parent_img, parent, snap = uid(point, "parent-img"), uid(point, "parent"), uid(point, "snap")
+        prep = [volume(parent_img, parent, size="16MiB", format="COW")]
+        crashed = [volume(parent_img, snap, parent_volume_uuid=parent)]
+        made = {parent_img}
+        if point != "volume_create.parent_internal":
+            img, vol, clone_img, clone = uid(point, "img"), uid(point, "vol"), uid(point, "clone-img"), uid(point, "clone")
+            crashed += [volume(img, vol, size="16MiB", format="RAW"),
+                        volume(clone_img, clone, clone_from={"image_uuid": BASE_IMG, "volume_uuid": BASE_VOL})]
+            made |= {img, clone_img}
+        return prep, crashed, made
+    if point.startswith("pool_create."):
+        sd, sp = uid(point, "sd"), uid(point, "sp")
+        prep = [{"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}]
+        return prep, [{"virtnode.kvm.storage_pool": {"pool_uuid": sp, "master_sd_uuid": sd, "host_id": 1, "state": "present"}}], {sd}
+    if point.startswith("spm_start."):
+        prep = [{"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}}]
+        return prep, [{"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}}], {"dom_md/metadata"}
+    if point.startswith("network_apply."):
+        # One change without and one with a connectivity check (a watched transaction the controller never
+        # got to confirm: the next run must roll it back at once rather than wait for its deadline).
+        nics = network_nics(point)
+        prep = [{"ansible.builtin.shell": "; ".join(f"ip link del {nic} 2>/dev/null; ip link add {nic} type veth peer name {nic}p"
+                                                    for nic in nics)}]
+        crashed = [{"virtnode.kvm.network": {"networks": [{"name": nic + "n", "nic": nic, "ipv4": {"addresses": [f"198.51.100.{7 + 16 * i}/28"]}}],
+                                             "connectivity_check": bool(i), "connectivity_timeout": 60}}
+                   for i, nic in enumerate(nics)]
+        return prep, crashed, set()
+    raise AssertionError(f"no test case for crash point {point}: add one")
+
+
+def network_nics(point: str) -> list:
+    tag = "s" if point.endswith(".step") else "a"
+    return [f"vncr{tag}{i}" for i in range(2)]
+
+
+def network_cleanup(point: str) -> list:
+    return [{"virtnode.kvm.network": {"purge": True, "connectivity_check": False}, "failed_when": False},
+            {"ansible.builtin.shell": "; ".join(f"ip link del {nic} 2>/dev/null" for nic in network_nics(point)) + "; true"}]
+
+
+def three_runs(point: str, crashed: list) -> list:
+    """The crashed tasks with the crash point set, again without it, and a third time; then the assertions."""
+    tasks = []
+    for run, env in (("crash", {"VIRTNODE_CRASH_AT": point}), ("rerun", {}), ("third", {})):
+        for index, task in enumerate(crashed):
+            entry = dict(task, name=f"{run} {index}", register=f"{run}{index}", environment=env)
+            if run == "crash":
+                entry["ignore_errors"] = True
+            tasks.append(entry)
+    that = []
+    for index in range(len(crashed)):
+        that += [f"crash{index} is failed", f"rerun{index} is changed", f"third{index} is not changed"]
+    tasks.append({"name": "Died, then converged", "ansible.builtin.assert": {"that": that}})
+    return tasks
+
+
+# ------------------------------------------------------------------ what is on the shared storage
+
+def checksum(pairs: dict) -> str:
+    digest = hashlib.sha1()
+    for key in sorted(pairs):
+        digest.update(f"{key}={pairs[key]}".encode("ascii", "xmlcharrefreplace"))
+    return digest.hexdigest()
+
+
+def pairs_of(text: str) -> dict:
+    return dict(line.split("=", 1) for line in text.split("\n") if "=" in line)
+
+
+def fingerprint(root: Path) -> dict:
+    """sha256 of every regular file under ``root`` except the ones sanlock and the SPM keep rewriting."""
+    result = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path.name not in LIVE_FILES:
+            result[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return result
+
+
+def half_written(root: Path) -> list:
+    """Everything on the export that a crash must never leave behind."""
+    problems = []
+    for path in sorted(root.rglob("*")):
+        name, rel = path.name, str(path.relative_to(root))
+        if name.endswith((".new", ".tmp", ".creating")) or name.startswith(("_remove_me_", ".")):
+            problems.append(f"leftover {rel}")
+        if name == "metadata" and path.parent.name == "dom_md":
+            text = path.read_text()
+            pairs = pairs_of(text)
+            declared = pairs.pop("_SHA_CKSUM", None)
+            if declared is None or declared.strip() != checksum({k: v.strip() for k, v in pairs.items()}):
+                problems.append(f"{rel}: no valid seal")
+        if name.endswith(".meta"):
+            text = path.read_text()
+            if not text.rstrip("\0").endswith("EOF\n"):
+                problems.append(f"{rel}: no EOF line")
+            legality = pairs_of(text).get("LEGALITY")
+            if legality != "LEGAL":
+                problems.append(f"{rel}: LEGALITY={legality}")
+            if not path.with_suffix("").exists():
+                problems.append(f"{rel}: no data file")
+    return problems
+
+
+def touched_by(rel: str, made: set) -> bool:
+    return any(part in made for part in rel.split("/")) or any(rel.endswith(m) for m in made)
+
+
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
+def test_crash_at_every_step_converges(storage, tmp_path, point):
+    host, export = storage
+    prep, crashed, made = case(point)
+    network = point.startswith("network_apply.")
+    if prep:
+        play(tmp_path, "prepare", host, prep)
+    before = fingerprint(export)
+    try:
+        play(tmp_path, point, host, three_runs(point, crashed))
+    finally:
+        if network:
+            play(tmp_path, "network-cleanup", host, network_cleanup(point), check=False)
+    assert half_written(export) == []
+    after = fingerprint(export)
+    changed = sorted(rel for rel in set(before) | set(after) if before.get(rel) != after.get(rel) and not touched_by(rel, made))
+    assert changed == [], f"the crash or the re-run changed files it had no business with: {changed}"
+    if network:
+        records = lab_exec(host, "sh", "-c", "cat /var/lib/virtnode/network/transactions/*.json 2>/dev/null || true").stdout
+        assert '"rolling_back"' not in records and '"pending"' not in records
+
+
+# ------------------------------------------------------------------ the whole host dies
+
+LOCAL = {"sp": "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e11", "sd": "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e12",
+         "export": "{{ virtnode_lab_shared_dir }}/" + EXPORT_NAME + "-local"}
+LOCAL_SERVER = {"type": "localfs", "path": "{{ export }}"}
+
+
+def local_play(tmp_path: Path, name: str, host: str, tasks: list) -> str:
+    playbook = tmp_path / f"{name}.yml"
+    playbook.write_text(json.dumps([{"name": name, "hosts": host, "gather_facts": False, "vars": LOCAL, "tasks": tasks}]))
+    proc = run_playbook(playbook, timeout=600)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-20000:]}"
+    return proc.stdout
+
+
+def local_cleanup() -> list:
+    return [{"name": "Stop SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}, "failed_when": False},
+            {"name": "Disconnect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"},
+             "failed_when": False},
+            {"name": "Disconnect", "virtnode.kvm.storage_server": dict(LOCAL_SERVER, state="disconnected"), "failed_when": False},
+            {"name": "Remove export", "ansible.builtin.file": {"path": "{{ export }}", "state": "absent"}}]
+
+
+def local_connect() -> list:
+    return [{"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"}},
+            {"name": "Connect", "virtnode.kvm.storage_server": LOCAL_SERVER},
+            {"name": "Domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}", "type": "localfs"}},
+            {"name": "Pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}", "host_id": 1,
+                                                           "state": "present"}},
+            {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": 1}},
+            {"name": "SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}}]
+
+
+def test_host_crash_in_the_middle_of_a_volume_create(lab_hosts, tmp_path):
+    """Every process of the host (sanlock, libvirtd, sshd, the module) dies at once, as in a power cut.
+
+    A local domain keeps this fast: a host that died in a sanlock lockspace may rejoin it only once
+    sanlock calls it dead (about 70 s); the crash points above cover the shared-storage steps.
+    """
+    host = list(lab_hosts)[0]
+    img, vol = uid("host-crash", "img"), uid("host-crash", "vol")
+    create = {"virtnode.kvm.volume": {"sd_uuid": "{{ sd }}", "image_uuid": img, "volume_uuid": vol, "size": "16MiB", "format": "RAW"}}
+    export = shared_dir() / (EXPORT_NAME + "-local")
+    local_play(tmp_path, "cleanup-before", host, local_cleanup())
+    local_play(tmp_path, "setup", host, local_connect())
+    before = fingerprint(export)
+    playbook = tmp_path / "host-crash.yml"
+    # The module stops itself at the step (VIRTNODE_CRASH_HOW=stop), so the host dies exactly there.
+    playbook.write_text(json.dumps([{"name": "crash", "hosts": host, "gather_facts": False, "vars": LOCAL,
+                                     "tasks": [dict(create, environment={"VIRTNODE_CRASH_AT": "volume_create.meta_illegal",
+                                                                         "VIRTNODE_CRASH_HOW": "stop"})]}]))
+    cmd = ["ansible-playbook", "-i", str(LAB / "inventory.yml"), str(playbook)]
+    running = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the module to stop at the crash point", lambda: lab_exec(
+            host, "sh", "-c", "for f in $(grep -l VIRTNODE_CRASH_HOW=stop /proc/[0-9]*/environ 2>/dev/null); do "
+            "grep -q '^State:.*T' ${f%/environ}/status && echo stopped; done; true", check=False).stdout.strip(), timeout=120)
+        assert "ILLEGAL" in (export / sd_images(LOCAL["sd"]) / img / (vol + ".meta")).read_text()
+        crash = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "crash", host],
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert crash.returncode == 0, crash.stderr
+    finally:
+        running.communicate(timeout=300)
+        up = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "up", "--hosts", str(len(lab_hosts))],
+                            capture_output=True, text=True, timeout=600, check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+    assert running.returncode != 0
+    # Back from the dead: storage, pool and SPM again, then the same task.
+    local_play(tmp_path, "after-crash", host, local_connect()[1:] + [
+        {"name": "Re-run", **create, "register": "rerun"},
+        {"name": "Third", **create, "register": "third"},
+        {"name": "Converged", "ansible.builtin.assert": {"that": ["rerun is changed", "third is not changed"]}},
+    ])
+    assert half_written(export) == []
+    after = fingerprint(export)
+    made = {img, "dom_md/metadata"}
+    assert sorted(r for r in set(before) | set(after) if before.get(r) != after.get(r) and not touched_by(r, made)) == []
+    local_play(tmp_path, "cleanup-after", host, local_cleanup())
+
+
+def sd_images(sd: str) -> str:
+    return f"{sd}/images"
+
+
+def test_crash_points_all_have_a_case():
+    for point in CRASH_POINTS:
+        assert case(point)[1], point
