@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 IFNAMSIZ = 16
@@ -43,7 +44,8 @@ def valid_ifname(name):
     """The kernel's rule (dev_valid_name): 1..15 chars, not . or .., no '/', ':' or whitespace."""
     if not isinstance(name, str) or not name or len(name) >= IFNAMSIZ or name in ('.', '..'):
         return False
-    return not any(c == '/' or c == ':' or c.isspace() for c in name)
+    # Also no controls, bidi or invisible characters, lone surrogates (common/validate.char_problem).
+    return not any(c == '/' or c == ':' or c.isspace() for c in name) and validate.char_problem(name, spaces=False) is None
 
 
 def ifname_problem(what, name):
@@ -52,7 +54,7 @@ def ifname_problem(what, name):
     if len(name) >= IFNAMSIZ:
         return "%s '%s': too long for a Linux interface name (%d characters, at most %d)" % (what, name, len(name), IFNAMSIZ - 1)
     if not valid_ifname(name):
-        return "%s '%s': not a valid Linux interface name (no '/', ':', whitespace, '.' or '..')" % (what, name)
+        return "%s %s: not a valid Linux interface name (no '/', ':', whitespace, control characters, '.' or '..')" % (what, ascii(name))
     return None
 
 
@@ -163,9 +165,9 @@ def desired_config(running, request):
 def _check_int(problems, what, value, low, high):
     if isinstance(value, bool) or not isinstance(value, int):
         try:
-            value = int(value)
-        except (TypeError, ValueError):
-            problems.append('%s: %r is not an integer' % (what, value))
+            value = validate.integer(value, what)  # ASCII digits only, as int() also reads other scripts'
+        except VirtnodeError:
+            problems.append('%s: %s is not an integer' % (what, ascii(value)))
             return None
     if not low <= value <= high:
         problems.append('%s: %d is out of range %d..%d' % (what, value, low, high))

@@ -83,7 +83,7 @@ def mount_point(remote):
     if not isinstance(remote, str) or not remote or '\0' in remote:
         raise VirtnodeError('storage path is not valid: %r' % (remote,), {'field': 'remote'})
     name = _normalize_remote(remote).replace('_', '__').replace('/', '_')
-    return os.path.join(MOUNT_ROOT, validate.safe_name(name, 'mount point name of %s' % remote))
+    return os.path.join(MOUNT_ROOT, validate.safe_name(name, 'mount point name of %s' % ascii(remote)))
 
 
 def domain_dir(mount, sd_uuid):

@@ -29,7 +29,7 @@ import re
 import stat
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import safe_name, size_bytes, uuid_str
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import abs_path, safe_name, size_bytes, uuid_str
 
 DISK_BUSES = ('virtio', 'sata', 'scsi', 'ide')
 DISK_FORMATS = ('raw', 'qcow2')
@@ -153,6 +153,7 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
         raise VirtnodeError('%s needs a path (or domain_id/image_id/volume_id)' % what, {'field': what})
     if not os.path.isabs(path) or '\0' in path:
         raise VirtnodeError('%s path must be absolute: %r' % (what, path), {'field': what})
+    abs_path(path, what)
     kind = 'block' if planned_block else _path_kind(path, stat_fn)
     if disk.get('type') and disk['type'] != kind:
         raise VirtnodeError('%s: %s is a %s, not a %s' % (what, path, kind, disk['type']), {'field': what})
@@ -299,6 +300,7 @@ def _normalize_boot(params, spec, stat_fn):
         if value:
             if not os.path.isabs(value):
                 raise VirtnodeError('%s must be an absolute path: %s' % (key, value), {'field': key})
+            abs_path(value, key)
             _path_kind(value, stat_fn)
     spec['kernel'] = kernel or None
     spec['initrd'] = params.get('initrd') or None
@@ -336,6 +338,7 @@ def _normalize_cdrom(cdrom, stat_fn):
     if cdrom:
         if not os.path.isabs(cdrom):
             raise VirtnodeError('cdrom must be an absolute path or "" for an empty drive: %s' % cdrom, {'field': 'cdrom'})
+        abs_path(cdrom, 'cdrom')
         _path_kind(cdrom, stat_fn)
     return cdrom
 
