@@ -16,6 +16,7 @@ import os
 import re
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -46,8 +47,12 @@ def validate_spec(conn_type, spec):
     """Check a connection's spec: a local absolute path, or ``server:/export`` for NFS/posixfs."""
     if conn_type not in TYPES:
         raise VirtnodeError('storage server type must be one of %s, got %r' % (', '.join(TYPES), conn_type), {'field': 'type'})
-    if not isinstance(spec, str) or not spec or '\0' in spec or '\n' in spec:
+    if not isinstance(spec, str) or not spec or '\0' in spec:
         raise VirtnodeError('storage server path is not valid: %r' % (spec,), {'field': 'path'})
+    problem = validate.char_problem(spec, spaces=False)
+    if problem:
+        # Controls, bidi and invisible characters end up in /proc/mounts, logs and the mount point's name.
+        raise VirtnodeError('storage server path %s: %s' % (problem, ascii(spec)), {'field': 'path'})
     if conn_type == 'localfs' and not spec.startswith('/'):
         raise VirtnodeError('a localfs path must be absolute: %s' % spec, {'field': 'path'})
     if conn_type == 'nfs' and (':/' not in spec or spec.startswith('/')):
