@@ -336,10 +336,7 @@ class Agent:
         if self.thin is not None:
             self.thin.stop()
         self.session.close()
-        try:
-            os.unlink(self.config['socket_path'])
-        except OSError:
-            pass
+        # The query socket's server_close removed the socket file, and only if it was still its own.
         self.record('agent_stopped', kind='agent', pid=os.getpid())
 
 
@@ -382,19 +379,47 @@ def _daemonize():
 
 
 def _lock_pidfile(path):
-    """Write our pid to ``path`` holding an exclusive lock for the process lifetime."""
+    """Open ``path`` holding an exclusive lock for the process lifetime (the pid is written by ``_write_pid``).
+
+    The lock is taken before the daemon detaches, so the caller sees a refusal
+    as the exit status; it is inherited by the detached process. A lock won on
+    a file that was unlinked meanwhile (the previous agent exiting) is retried
+    on the file now at the path, so two agents never each hold "the" pidfile.
+    """
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _attempt in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise VirtnodeError('another virtnode-agent holds %s' % path)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
         os.close(fd)
-        raise VirtnodeError('another virtnode-agent holds %s' % path)
+    raise VirtnodeError('the pidfile %s keeps being replaced' % path)
+
+
+def _write_pid(fd):
     os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, ('%d\n' % os.getpid()).encode())
-    return fd
+
+
+def _release_pidfile(path, fd):
+    """Remove the pidfile (while still holding its lock, and only if it is still ours) and unlock it."""
+    try:
+        if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+            os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
 
 
 def main(argv=None):
@@ -414,16 +439,23 @@ def main(argv=None):
     if not libvirt_conn.HAS_LIBVIRT:
         sys.stderr.write('virtnode-agent: %s is required\n' % libvirt_conn.LIBVIRT_REQUIREMENT)
         return 2
+    # Refuse before detaching, so whoever started a second agent sees it fail (a live agent's
+    # socket and pidfile are never touched).
+    pid_fd = None
+    try:
+        if args.pidfile:
+            pid_fd = _lock_pidfile(args.pidfile)
+        agent_server.check_free(config['socket_path'])
+    except VirtnodeError as err:
+        sys.stderr.write('virtnode-agent: %s\n' % err)
+        if pid_fd is not None:
+            os.close(pid_fd)
+        return 1
     if args.daemon:
         _daemonize()
+    if pid_fd is not None:
+        _write_pid(pid_fd)
     _setup_logging(config, foreground=not args.daemon)
-    pid_fd = None
-    if args.pidfile:
-        try:
-            pid_fd = _lock_pidfile(args.pidfile)
-        except VirtnodeError as err:
-            LOG.error('%s', err)
-            return 1
     agent = Agent(config)
 
     def on_signal(signum, frame):  # pylint: disable=unused-argument
@@ -436,16 +468,16 @@ def main(argv=None):
     try:
         agent.start()
         agent.run()
+    except VirtnodeError as err:
+        # Lost a race for the socket to an agent started at the same moment.
+        LOG.error('virtnode-agent cannot start: %s', err)
+        return 1
     except Exception:  # pylint: disable=broad-except
         LOG.exception('virtnode-agent failed')
         return 1
     finally:
         agent.stop()
         if pid_fd is not None:
-            try:
-                os.unlink(args.pidfile)
-            except OSError:
-                pass
-            os.close(pid_fd)
+            _release_pidfile(args.pidfile, pid_fd)
         LOG.info('virtnode-agent stopped')
     return 0

@@ -18,7 +18,9 @@ import collections
 import logging
 import threading
 import traceback
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import server as agent_server
 
 try:
     from prometheus_client import CollectorRegistry
@@ -32,6 +34,8 @@ else:
     PROMETHEUS_CLIENT_IMPORT_ERROR = None
 
 LOG = logging.getLogger('virtnode.agent.metrics')
+# Scrapers are few (Prometheus, an operator's curl): a small cap keeps a flood from costing threads.
+MAX_CONNECTIONS = 8
 Family = collections.namedtuple('Family', 'name kind help labels samples')
 
 _VM_DISK = (
@@ -217,12 +221,18 @@ class SnapshotCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self):
+        self.timeout = self.server.connection_timeout
+        super().setup()
+
     def log_message(self, format, *args):  # pylint: disable=redefined-builtin
         LOG.debug('metrics: ' + format, *args)
 
 
-class _Server(WSGIServer):
-    daemon_threads = True
+class _Server(agent_server.BoundedThreadingMixIn, WSGIServer):
+    # Threaded and bounded: an idle client (a bare TCP connect) must not hold scrapes or a stopping agent.
+    busy_reply = (b'HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n'
+                  b'Connection: close\r\n\r\nbusy\n')
 
 
 def _fallback_app(get_snapshot):
@@ -237,8 +247,9 @@ def _fallback_app(get_snapshot):
     return app
 
 
-def serve(address, port, get_snapshot):
-    """Start the metrics HTTP endpoint in a daemon thread; returns the server (``shutdown()`` stops it)."""
+def serve(address, port, get_snapshot, max_connections=MAX_CONNECTIONS, connection_timeout=agent_server.CONNECTION_TIMEOUT):
+    """Start the metrics HTTP endpoint in a daemon thread; returns the server (``shutdown()`` and
+    ``server_close()`` stop it without waiting for the clients still connected)."""
     if HAS_PROMETHEUS_CLIENT:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(SnapshotCollector(get_snapshot))
@@ -246,7 +257,9 @@ def serve(address, port, get_snapshot):
     else:
         LOG.warning('prometheus_client is not installed; serving metrics with the built-in renderer')
         app = _fallback_app(get_snapshot)
-    server = make_server(address, port, app, server_class=_Server, handler_class=_QuietHandler)
+    server = _Server((address, port), _QuietHandler, max_connections=max_connections,
+                     connection_timeout=connection_timeout)
+    server.set_app(app)
     thread = threading.Thread(target=server.serve_forever, name='metrics-http', daemon=True)
     thread.start()
     return server
