@@ -173,6 +173,7 @@ class Agent:
             'samples': self.counters['samples'],
             'sample_errors': self.counters['sample_errors'],
             'vm_errors': self.vm_sampler.errors,
+            'vm_samples_stuck': self.vm_sampler.stuck,
             'sample_duration': self.counters.get('sample_duration'),
             'sampled_at': self.counters.get('sampled_at'),
             'event_seq': self.events.seq,
@@ -231,8 +232,10 @@ class Agent:
         conn = self.session.ensure()
         if conn is not None:
             try:
-                self.vm_sampler.take(conn)
-                vms_part = {'sampled_at': round(time.time(), 3), 'vms': self.vm_sampler.entries()}
+                # Bounded: a QEMU monitor that stopped answering holds its call, not the agent.
+                entries = self.vm_sampler.sample_bounded(conn, max(0.5, self.config['interval'] / 2))
+                if entries is not None:
+                    vms_part = {'sampled_at': round(time.time(), 3), 'vms': entries}
             except libvirt_conn.LibvirtError as err:
                 self.counters['sample_errors'] += 1
                 LOG.warning('VM sample failed: %s', libvirt_conn.error_text(err))

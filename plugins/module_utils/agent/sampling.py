@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers as host_readers
@@ -26,6 +27,9 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connec
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 
 LOG = logging.getLogger('virtnode.agent.sampling')
+# Bulk calls still waiting for libvirt (a QEMU monitor that stopped answering holds the first call
+# that took the domain's job; NOWAIT lets later calls through): beyond this many, wait for them.
+MAX_STUCK_SAMPLES = 2
 CPU_MODES = ('user', 'nice', 'system', 'idle', 'iowait', 'irq', 'softirq', 'steal')
 
 
@@ -118,6 +122,8 @@ class VmSampler:
         self.previous = None   # ({uuid: (dom, stats)}, monotonic)
         self.last = None
         self.errors = 0
+        self.stuck = 0
+        self._inflight = []
 
     def reset(self):
         """Forget samples (after a reconnect the domain objects belong to a dead connection)."""
@@ -131,10 +137,13 @@ class VmSampler:
 
     def entries(self):
         """VM entries (as ``vm_stats.vm_entry`` builds them) sorted by name; errors counted, not raised."""
-        if self.last is None:
+        return self._entries(self.previous, self.last)
+
+    def _entries(self, previous, last_sample):
+        if last_sample is None:
             return []
-        last, t1 = self.last
-        first, t0 = self.previous if self.previous else ({}, None)
+        last, t1 = last_sample
+        first, t0 = previous if previous else ({}, None)
         elapsed = (t1 - t0) if t0 is not None else None
         entries = []
         for vm_uuid, (dom, stats) in last.items():
@@ -147,3 +156,42 @@ class VmSampler:
                 LOG.warning('cannot build the statistics of VM %s: %s', vm_uuid, detail)
         entries.sort(key=lambda entry: (entry.get('name') or '', entry['uuid']))
         return entries
+
+    def sample_bounded(self, conn, timeout):
+        """``take`` and ``entries`` in a worker thread, waited for at most ``timeout`` seconds.
+
+        Returns the entries, or None when libvirt has not answered in time:
+        the worker is left to finish and its late result is dropped, so a
+        newer sample is never replaced by an older one. The bulk call passes
+        NOWAIT, so the next sample is not held by the stuck one. libvirt
+        errors propagate as from ``take``.
+        """
+        self._inflight = [thread for thread in self._inflight if thread.is_alive()]
+        if len(self._inflight) >= MAX_STUCK_SAMPLES:
+            self.stuck += 1
+            LOG.warning('%d VM samples still wait for libvirt; not starting another', len(self._inflight))
+            return None
+        previous = self.last
+        box = {}
+
+        def work():
+            try:
+                sample = vm_stats.sample(conn, None, self.libvirt_module)
+                box['entries'] = self._entries(previous, sample)
+                box['sample'] = sample
+            except BaseException as err:  # pylint: disable=broad-except  # handed to the waiting thread
+                box['error'] = err
+
+        thread = threading.Thread(target=work, name='vm-sample', daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            self._inflight.append(thread)
+            self.stuck += 1
+            LOG.warning('VM sample did not complete within %.1fs (a QEMU monitor not answering?); '
+                        'keeping the previous one', timeout)
+            return None
+        if 'error' in box:
+            raise box['error']
+        self.previous, self.last = previous, box['sample']
+        return box['entries']

@@ -20,6 +20,7 @@ released by sanlock at once when that process exits.
 from __future__ import annotations
 
 import errno
+import threading
 import traceback
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
@@ -288,3 +289,27 @@ def held_resources(fd=None, pid=None):
             return []
         raise to_error(exc, 'asking sanlock which leases process %s holds' % (pid or 'self')) from exc
     return [(_s(entry['lockspace']), _s(entry['resource'])) for entry in found]
+
+
+def held_resources_within(timeout, fd=None, pid=None):
+    """:func:`held_resources`, but a daemon that does not answer within ``timeout`` seconds raises.
+
+    A stopped (frozen) sanlock daemon accepts connections and never replies;
+    a caller deciding whether it may still write must not wait for it.
+    """
+    outcome = {}
+
+    def ask():
+        try:
+            outcome['held'] = held_resources(fd=fd, pid=pid)
+        except VirtnodeError as err:
+            outcome['error'] = err
+
+    thread = threading.Thread(target=ask, name='sanlock inquire', daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise VirtnodeError('the sanlock daemon did not answer within %ss' % timeout, {'timeout': timeout})
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome['held']

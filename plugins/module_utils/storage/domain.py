@@ -24,6 +24,7 @@ import time
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
@@ -94,6 +95,11 @@ def read_md(dom_dir):
 
 def update_md(dom_dir, changes):
     """Apply ``{key: value or None}`` to the domain metadata; return True if it changed."""
+    with domain_lock.dir_lock(dom_dir):  # read-modify-write: one writer per domain
+        return _update_md(dom_dir, changes)
+
+
+def _update_md(dom_dir, changes):
     pairs = read_raw(dom_dir)
     new = dict(pairs)
     for key, value in changes.items():

@@ -33,6 +33,7 @@ import os
 import select
 import signal
 import time
+import uuid
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import detached
@@ -40,6 +41,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -50,6 +52,8 @@ MIN_CHECK_INTERVAL = 0.1
 MAX_CHECK_INTERVAL = 300.0
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_STOP_TIMEOUT = 60.0
+TASKS_DIR = os.path.join(STATE_DIR, 'tasks')
+INQUIRE_TIMEOUT = 5.0
 
 SPM = 'SPM'
 CONTEND = 'Contend'
@@ -230,6 +234,11 @@ def _acquire_spm_lease(sp_uuid, state, report):
 
 def _claim_pool_metadata(master_dir, host_id):
     """Write this host as the pool's SPM with the next POOL_SPM_LVER; returns that lver."""
+    with domain_lock.dir_lock(master_dir):  # read, bump, write: no other writer in between
+        return _claim_locked(master_dir, host_id)
+
+
+def _claim_locked(master_dir, host_id):
     raw = storage.read_raw(master_dir)
     try:
         old_lver = int(raw.get(sdm.POOL_SPM_LVER, sdm.SPM_LVER_INVALID))
@@ -376,6 +385,10 @@ def start(sp_uuid, check_interval=DEFAULT_CHECK_INTERVAL, timeout=DEFAULT_START_
     if local and local.get('alive'):
         raise VirtnodeError('an SPM holder (pid %s) for pool %s is already running in state %s'
                             % (local['pid'], sp_uuid, local.get('status')), {'sp_uuid': sp_uuid})
+    try:
+        os.unlink(_stopping_path(sp_uuid))  # left by a stop that was itself interrupted
+    except FileNotFoundError:
+        pass
     outcome = spawn_holder(sp_uuid, host_id, check_interval, timeout)
     if not outcome.get('ok'):
         raise VirtnodeError(outcome.get('msg') or 'cannot become SPM', {'owner_host_id': outcome.get('owner_host_id')})
@@ -391,6 +404,20 @@ def stop(sp_uuid, timeout=DEFAULT_STOP_TIMEOUT):
         _remove_state(sp_uuid)
         return False
     pid = local['pid']
+    # No new task may begin, and tasks in flight finish (or are killed) while the lease is still ours.
+    fileio.write_json(_stopping_path(sp_uuid), {'pid': os.getpid(), 'since': time.time()})
+    try:
+        _wait_for_tasks(sp_uuid, timeout / 2.0)
+        _stop_holder(sp_uuid, local, pid, timeout / 2.0)
+    finally:
+        try:
+            os.unlink(_stopping_path(sp_uuid))
+        except FileNotFoundError:
+            pass
+    return True
+
+
+def _stop_holder(sp_uuid, local, pid, timeout):
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -401,7 +428,184 @@ def stop(sp_uuid, timeout=DEFAULT_STOP_TIMEOUT):
         if time.monotonic() > deadline:
             raise VirtnodeError('the SPM holder (pid %d) did not stop within %ss' % (pid, timeout), {'pid': pid})
         time.sleep(0.1)
-    return True
+
+
+# ------------------------------------------------------------------ SPM tasks, fenced
+
+def _tasks_dir(sp_uuid):
+    return os.path.join(TASKS_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID'))
+
+
+def _stopping_path(sp_uuid):
+    return os.path.join(STATE_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID') + '.stopping')
+
+
+def running_tasks(sp_uuid):
+    """The SPM tasks of this host still running in the pool (stale records are removed)."""
+    directory = _tasks_dir(sp_uuid)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(directory, name)
+        record = fileio.read_json(path, lenient=True) if name.endswith('.json') else None
+        pid = record.get('pid') if isinstance(record, dict) else None
+        if isinstance(pid, int) and pid > 0 and detached.process_start_time(pid) == record.get('start_time'):
+            found.append(record)
+        elif name.endswith('.json'):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def _fenced(sp_uuid, why):
+    return VirtnodeError('no longer allowed to change the storage of pool %s: %s; nothing more was written' % (sp_uuid, why),
+                         {'sp_uuid': sp_uuid, 'fenced': True})
+
+
+class SpmTask:
+    """A metadata-changing task of this host's SPM, fenced by the SPM lease.
+
+    Entering it (the SPM must be running here):
+
+    * records the task under ``/run/virtnode/spm/tasks/<spUUID>/`` so that
+      ``spm state=stopped`` waits for it, or kills it, before giving up the lease;
+    * on sanlock domains registers this process with sanlock and acquires a
+      lease of its own in the master domain's lockspace (resource ``<task
+      UUID>`` in ``master/tasks/<task UUID>.lease``): when this host loses
+      the lockspace, sanlock kills this process, as it kills every holder of
+      a lease there, before another host can take the SDM lease.
+
+    :meth:`check` is called before every metadata write and after each long
+    qemu-img step; it raises (details ``fenced``) unless the SPM holder still
+    runs, still holds ``SDM`` according to sanlock (asked with a timeout: a
+    frozen daemon is a lost lease), our own task lease is still held, the
+    pool is not being stopped, and storage still names this host as SPM with
+    the same ``POOL_SPM_LVER`` as when the task began.
+    """
+
+    def __init__(self, sp_uuid, what):
+        self.sp_uuid = sp_uuid
+        self.what = what
+        self.task_id = str(uuid.uuid4())
+        self.lver = self.holder = self.master_dir = self.md = None
+        self.fd = self.lease_path = None
+        self.record = None
+
+    def __enter__(self):
+        try:
+            self._begin()
+        except BaseException:
+            self._end()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self._end()
+        return False
+
+    def _begin(self):
+        if os.path.exists(_stopping_path(self.sp_uuid)):
+            raise _fenced(self.sp_uuid, 'the SPM is stopping')
+        require_spm(self.sp_uuid)
+        self.holder = read_state(self.sp_uuid)
+        if not self.holder or not self.holder.get('alive') or self.holder.get('status') != SPM:
+            raise _fenced(self.sp_uuid, 'this host is not the SPM')
+        self.lver = self.holder.get('lver')
+        self.master_dir, self.md = storage.find_master(self.sp_uuid)
+        pid = os.getpid()
+        self.record = os.path.join(_tasks_dir(self.sp_uuid), '%d.json' % pid)
+        fileio.write_json(self.record, {'pid': pid, 'start_time': detached.process_start_time(pid), 'what': self.what,
+                                        'task_id': self.task_id, 'since': time.time()}, dir_mode=0o700)
+        if storage.uses_sanlock(self.md.sd_type):
+            self._acquire_task_lease()
+        self.check()
+
+    def _acquire_task_lease(self):
+        tasks = os.path.join(self.master_dir, 'master', 'tasks')
+        os.makedirs(tasks, exist_ok=True)
+        path = os.path.join(tasks, self.task_id + '.lease')
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
+        os.close(fd)
+        self.lease_path = path
+        sanlock_lock.write_resource(self.md.sd_uuid, self.task_id, path, 0, self.md.alignment, self.md.block_size)
+        self.fd = sanlock_lock.register()
+        sanlock_lock.acquire(self.md.sd_uuid, self.task_id, path, 0, self.fd, self.md.alignment, self.md.block_size)
+
+    def check(self):
+        """Raise (details ``fenced``) unless this host is still the SPM that began the task."""
+        sp_uuid = self.sp_uuid
+        if os.path.exists(_stopping_path(sp_uuid)):
+            raise _fenced(sp_uuid, 'the SPM is stopping')
+        now = read_state(sp_uuid)
+        if not now or not now.get('alive') or now.get('pid') != self.holder.get('pid'):
+            raise _fenced(sp_uuid, 'the SPM holder is gone')
+        if now.get('status') != SPM or now.get('lver') != self.lver:
+            raise _fenced(sp_uuid, 'the SPM holder is %s (lver %s, the task began with %s)' % (now.get('status'), now.get('lver'), self.lver))
+        if storage.uses_sanlock(self.md.sd_type):
+            try:
+                held = sanlock_lock.held_resources_within(INQUIRE_TIMEOUT, pid=now['pid'])
+                own = sanlock_lock.held_resources_within(INQUIRE_TIMEOUT, fd=self.fd)
+            except VirtnodeError as err:
+                raise _fenced(sp_uuid, 'cannot confirm the SPM lease with sanlock (%s)' % err.message) from err
+            if (self.md.sd_uuid, storage.SPM_RESOURCE) not in held:
+                raise _fenced(sp_uuid, 'sanlock says the SPM lease is no longer held')
+            if (self.md.sd_uuid, self.task_id) not in own:
+                raise _fenced(sp_uuid, "sanlock says this task's lease is no longer held")
+        try:
+            md = storage.read_md(self.master_dir)
+        except VirtnodeError as err:
+            raise _fenced(sp_uuid, 'cannot read the master domain metadata (%s)' % err.message) from err
+        if md.pool_spm_lver != self.lver or md.pool_spm_id != now.get('host_id'):
+            raise _fenced(sp_uuid, 'the pool metadata names SPM host id %s with lver %s' % (md.pool_spm_id, md.pool_spm_lver))
+
+    def _end(self):
+        if self.fd is not None:
+            try:
+                sanlock_lock.release(self.md.sd_uuid, self.task_id, self.lease_path, 0, self.fd)
+            except VirtnodeError:
+                pass  # the lease goes with this process
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        for path in (self.lease_path, self.record):
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        self.lease_path = self.record = None
+
+
+def task(sp_uuid, what):
+    """``with task(sp_uuid, 'volume create') as t:`` run fenced SPM work; call ``t.check()`` before each write."""
+    return SpmTask(sp_uuid, what)
+
+
+def _wait_for_tasks(sp_uuid, timeout):
+    """Wait up to ``timeout`` for this host's SPM tasks; kill those still running. Returns their records."""
+    deadline = time.monotonic() + timeout
+    tasks = running_tasks(sp_uuid)
+    while tasks and time.monotonic() < deadline:
+        time.sleep(0.1)
+        tasks = running_tasks(sp_uuid)
+    for record in tasks:
+        # Every task is crash-safe (its leftover is ILLEGAL and healed by a re-run); a kill is fine.
+        if detached.process_start_time(record['pid']) == record.get('start_time'):
+            try:
+                os.kill(record['pid'], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    kill_deadline = time.monotonic() + 10
+    while running_tasks(sp_uuid) and time.monotonic() < kill_deadline:
+        time.sleep(0.05)
+    return tasks
 
 
 # ------------------------------------------------------------------ the spm module

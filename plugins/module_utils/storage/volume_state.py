@@ -6,15 +6,28 @@
 Creating (blank, snapshot or clone), extending and deleting volumes change
 storage metadata, so they run only on the SPM of the pool the domain is
 attached to; :func:`run_module` is the module's work.
+
+Each change runs as a fenced SPM task (:func:`spm.task`): every metadata
+write first checks that the SPM lease is still ours. The whole
+read-check-write runs under the domain's metadata lock, so what it sees
+of the volume is not a create in flight but the state of storage.
+
+An ILLEGAL volume left by an interrupted create (or a data file without
+``.meta``) is removed and created again by ``state=present``: its data
+cannot be trusted to be complete (a half-done ``qemu-img convert`` is a
+valid image), and nothing uses an ILLEGAL volume. An ILLEGAL volume with
+children is never reported as fine: that needs an operator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 
@@ -43,6 +56,35 @@ def require_spm(dom_md):
     spm.require_spm(dom_md.pool_uuids[0])
 
 
+class _Writer:
+    """Begins the fenced SPM task the first time a change is about to be written."""
+
+    def __init__(self, module, dom_md, stack):
+        self.module, self.dom_md, self.stack = module, dom_md, stack
+        self.started = False
+
+    def require(self, what):
+        require_spm(self.dom_md)
+        if self.module.check_mode or self.started:
+            return
+        spm_task = self.stack.enter_context(spm.task(self.dom_md.pool_uuids[0], 'volume %s' % what))
+        self.stack.enter_context(volumes.fenced(spm_task.check))
+        self.started = True
+
+
+def _leftover(dom_dir, img_uuid, vol_uuid, before):
+    """True if the volume is what an interrupted create leaves: ILLEGAL, or a data file without ``.meta``."""
+    if before is None:
+        return os.path.lexists(volumes.paths(dom_dir, img_uuid, vol_uuid)[0])
+    if before['legality'] == 'LEGAL':
+        return False
+    children = [v for v, m in volumes.image_volumes(dom_dir, img_uuid).items() if m and m.parent == vol_uuid]
+    if children:
+        raise VirtnodeError('volume %s is %s and has child volume(s) %s; it cannot be used or re-created'
+                            % (vol_uuid, before['legality'], ', '.join(children)), {'volume_uuid': vol_uuid, 'legality': before['legality']})
+    return True
+
+
 def _options(params):
     """The module's options, validated: ``(sd_uuid, img_uuid, vol_uuid, parent, size, clone_from)``."""
     sd_uuid = validate.uuid_str(params['sd_uuid'], 'sd_uuid')
@@ -62,9 +104,9 @@ def _options(params):
     return sd_uuid, img_uuid, vol_uuid, parent, size, clone
 
 
-def _create(module, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
+def _create(module, writer, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
     params = module.params
-    require_spm(dom_md)
+    writer.require('create')
     if clone:
         src_dir = storage.find_domain(clone['sd_uuid'] or sd_uuid)
         if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
@@ -83,7 +125,7 @@ def _create(module, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, 
                               params['description'], params['disk_type'], source)
 
 
-def _update(module, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions):
+def _update(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions):
     """An existing volume: check it matches the options and extend it if it should grow."""
     if parent and before['parent'] != parent:
         raise VirtnodeError('volume %s exists with parent %s, not %s' % (vol_uuid, before['parent'], parent))
@@ -91,7 +133,7 @@ def _update(module, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, a
         raise VirtnodeError('volume %s is %d bytes; shrinking to %d bytes is not supported'
                             % (vol_uuid, before['capacity'], size), {'field': 'size'})
     if size is not None and size > before['capacity']:
-        require_spm(dom_md)
+        writer.require('extend')
         if before['role'] != 'LEAF':
             raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, before['role']))
         actions.append('extend')
@@ -99,11 +141,11 @@ def _update(module, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, a
             volumes.extend_volume(dom_dir, dom_md, img_uuid, vol_uuid, size)
 
 
-def _delete(module, dom_dir, dom_md, img_uuid, vol_uuid, before, actions):
+def _delete(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, before, actions):
     """Delete the volume (refused while it has children) or, without ``vol_uuid``, the whole image."""
     if vol_uuid is not None:
         if before is not None or os.path.lexists(volumes.paths(dom_dir, img_uuid, vol_uuid)[0]):
-            require_spm(dom_md)
+            writer.require('delete')
             children = [v for v, m in volumes.image_volumes(dom_dir, img_uuid).items() if m.parent == vol_uuid]
             if children:
                 raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)))
@@ -111,7 +153,7 @@ def _delete(module, dom_dir, dom_md, img_uuid, vol_uuid, before, actions):
             if not module.check_mode:
                 volumes.delete_volume(dom_dir, dom_md, img_uuid, vol_uuid)
     elif os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
-        require_spm(dom_md)
+        writer.require('delete image')
         actions.append('delete_image')
         if not module.check_mode:
             volumes.delete_image(dom_dir, img_uuid)
@@ -123,16 +165,25 @@ def run_module(module):
     dom_dir = storage.find_domain(sd_uuid)
     dom_md = storage.read_md(dom_dir)
     actions = []
-    before = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
-    if module.params['state'] == 'present':
-        if vol_uuid is None:
-            raise VirtnodeError('volume_uuid is required for state=present', {'field': 'volume_uuid'})
-        if before is None:
-            _create(module, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions)
+    if module.params['state'] == 'present' and vol_uuid is None:
+        raise VirtnodeError('volume_uuid is required for state=present', {'field': 'volume_uuid'})
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(domain_lock.dir_lock(dom_dir))
+        writer = _Writer(module, dom_md, stack)
+        before = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
+        if module.params['state'] == 'present':
+            if _leftover(dom_dir, img_uuid, vol_uuid, before):
+                writer.require('create')
+                actions.append('remove_leftover')
+                if not module.check_mode:
+                    volumes.delete_volume(dom_dir, dom_md, img_uuid, vol_uuid)
+                before = None
+            if before is None:
+                _create(module, writer, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions)
+            else:
+                _update(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions)
         else:
-            _update(module, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions)
-    else:
-        _delete(module, dom_dir, dom_md, img_uuid, vol_uuid, before, actions)
+            _delete(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, before, actions)
 
     after = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
     result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': chain(dom_dir, img_uuid)}

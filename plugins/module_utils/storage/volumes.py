@@ -11,12 +11,21 @@ backing file is its parent's UUID (a name relative to the image directory),
 ``qemu-img create -b <parent> -F <parent format>``. A clone is a full copy
 (``qemu-img convert``) of another volume into a new image.
 Deleting an image first renames its directory ``_remove_me_<imgUUID>``.
+
+Every change runs under the domain's metadata lock (:mod:`domain_lock`), so
+the checks it makes (no children, not existing) still hold when it writes.
+Under :func:`fenced` every metadata write, and the step after each qemu-img
+run, first asks the fence whether this process may still write (the SPM
+lease is still ours); when it may not, nothing more is written or removed,
+not even the half-made volume: that is the new SPM's to clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
@@ -24,11 +33,13 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_i
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 VOLUME_FILE_MODE = 0o660
 MIN_CAPACITY = 1024 ** 2
+_FENCES = threading.local()
 _PREALLOCATION = {('RAW', 'SPARSE'): None, ('RAW', 'PREALLOCATED'): 'falloc',
                   ('COW', 'SPARSE'): None, ('COW', 'PREALLOCATED'): 'falloc'}
 
@@ -65,7 +76,34 @@ def check_capacity(capacity):
     return capacity
 
 
+@contextlib.contextmanager
+def fenced(check):
+    """Run the ``with`` body with ``check()`` called before every metadata write or removal.
+
+    ``check`` raises VirtnodeError (details ``fenced``: True) once this
+    process may no longer write, e.g. when the SPM lease is lost.
+    """
+    stack = getattr(_FENCES, 'stack', None)
+    if stack is None:
+        stack = _FENCES.stack = []
+    stack.append(check)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _fence():
+    for check in getattr(_FENCES, 'stack', None) or ():
+        check()
+
+
+def is_fenced(err):
+    return isinstance(err, VirtnodeError) and bool(err.details.get('fenced'))
+
+
 def _write_meta(dom_dir, md, domain_version, path):
+    _fence()
     vmd.write_volume_metadata(path, md, domain_version)
 
 
@@ -123,6 +161,14 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
 
     ``clone_source`` is ``(dom_dir, img_uuid, vol_uuid)`` of a volume to copy (its chain flattened).
     """
+    with domain_lock.dir_lock(dom_dir):
+        return _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
+                              description, disk_type, clone_source)
+
+
+def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
+                   description, disk_type, clone_source):
+    _fence()
     data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
     img_dir = os.path.dirname(data)
     if os.path.lexists(data) or os.path.lexists(meta):
@@ -149,6 +195,7 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
                             parent_md.volume_format if parent_md else None, _PREALLOCATION[(volume_format, allocation)])
             if parent_md and capacity > parent_md.capacity:
                 qemu_img.resize(data, capacity, volume_format)
+        _fence()  # qemu-img may have run for long: is the lease still ours?
         os.chmod(data, VOLUME_FILE_MODE)
         crash_point('volume_create.data')
         md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
@@ -169,6 +216,8 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
         _write_meta(dom_dir, md, domain_md.version, meta)
         crash_point('volume_create.legal')
     except (VirtnodeError, OSError) as err:
+        if is_fenced(err):
+            raise  # no longer the writer: leave the ILLEGAL leftover to the SPM
         _discard(created)
         if created_dir:
             shutil.rmtree(img_dir, ignore_errors=True)
@@ -181,6 +230,12 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
 
 def extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
     """Grow a volume to ``capacity`` bytes; shrinking is refused. Returns True if it grew."""
+    with domain_lock.dir_lock(dom_dir):
+        return _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity)
+
+
+def _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
+    _fence()
     md = read_volume(dom_dir, img_uuid, vol_uuid)
     if md is None:
         raise VirtnodeError('volume %s not found in image %s' % (vol_uuid, img_uuid), {'vol_uuid': vol_uuid})
@@ -194,6 +249,7 @@ def extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
         raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, md.role), {'field': 'size'})
     data, meta, _lease = paths(dom_dir, img_uuid, vol_uuid)
     qemu_img.resize(data, capacity, md.volume_format)
+    _fence()
     md.capacity = capacity
     md.generation = vmd.next_generation(md.generation)
     _write_meta(dom_dir, md, domain_md.version, meta)
@@ -202,6 +258,12 @@ def extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
 
 def delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
     """Delete a volume that has no children; the parent becomes the leaf again."""
+    with domain_lock.dir_lock(dom_dir):
+        return _delete_volume(dom_dir, domain_md, img_uuid, vol_uuid)
+
+
+def _delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
+    _fence()
     md = read_volume(dom_dir, img_uuid, vol_uuid)
     data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
     if md is None:
@@ -239,6 +301,11 @@ def sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain):
     volume whose parent was removed gets the nearest kept ancestor as its parent.
     Returns the removed volume UUIDs.
     """
+    with domain_lock.dir_lock(dom_dir):
+        return _sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain)
+
+
+def _sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain):
     volumes = image_volumes(dom_dir, img_uuid)
     chain, current = [], top_uuid
     while current in volumes and current not in chain:
@@ -265,6 +332,12 @@ def sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain):
 
 def delete_image(dom_dir, img_uuid):
     """Delete a whole image: rename it ``_remove_me_<img>``, then purge it."""
+    with domain_lock.dir_lock(dom_dir):
+        _fence()
+        return _delete_image(dom_dir, img_uuid)
+
+
+def _delete_image(dom_dir, img_uuid):
     img_dir = image_path(dom_dir, img_uuid)
     if not os.path.isdir(img_dir):
         return False

@@ -145,3 +145,79 @@ def test_config_validation(tmp_path):
     with pytest.raises(VirtnodeError, match='positive'):
         agent_daemon.load_config(str(path))
     assert agent_daemon.load_config(str(tmp_path / 'missing.conf'))['interval'] == 15.0
+
+
+NOWAIT = 1 << 29
+
+
+class StuckMonitorConn(FakeConn):
+    """QEMU of domain 'a' stopped answering its monitor: the call that takes the domain's job hangs
+    (until ``release``), later calls pass NOWAIT and skip what needs the job."""
+
+    def __init__(self, backend, hang_all=False):
+        super().__init__(backend)
+        self.release = backend.release
+        self.hang_all = hang_all
+        self.calls = []
+
+    def getAllDomainStats(self, mask, flags):
+        self.calls.append(flags)
+        if len(self.calls) == 2 or self.hang_all or not flags & NOWAIT:
+            self.release.wait(10)
+        return super().getAllDomainStats(mask, flags)
+
+
+@pytest.fixture
+def stuck_agent(fake_libvirt, tmp_path):
+    import threading
+    fake_libvirt.domains = [FakeDomain('a', 'u-a'), FakeDomain('c', 'u-c')]
+    fake_libvirt.alive = True
+    fake_libvirt.tick = 0
+    fake_libvirt.release = threading.Event()
+    fake_libvirt.conn = None
+
+    def open_conn(uri=None):
+        fake_libvirt._open(uri, False)
+        fake_libvirt.conn = StuckMonitorConn(fake_libvirt, hang_all=getattr(fake_libvirt, 'hang_all', False))
+        return fake_libvirt.conn
+
+    fake_libvirt.module.open = open_conn
+    config = agent_daemon.load_config(None, {
+        'interval': 1, 'socket_path': str(tmp_path / 'agent.sock'), 'events_file': str(tmp_path / 'events.jsonl'),
+        'storage_root': str(tmp_path / 'mnt'), 'log_file': '', 'reconnect_min': 0.01, 'reconnect_max': 0.01})
+    agent = agent_daemon.Agent(config, libvirt_module=fake_libvirt.module)
+    yield agent
+    fake_libvirt.release.set()
+
+
+def test_a_stuck_monitor_does_not_stall_sampling(stuck_agent, fake_libvirt):
+    import time
+    stuck_agent.sample_once()                      # first sample: answers
+    first = stuck_agent.answer({'query': 'vms'})['sampled_at']
+    started = time.monotonic()
+    stuck_agent.sample_once()                      # second: its call took the job and hangs on the monitor
+    assert time.monotonic() - started < 1.5, 'the sample waited for a stuck QEMU monitor'
+    assert stuck_agent.answer({'query': 'host'})['ok']
+    time.sleep(0.05)
+    stuck_agent.sample_once()                      # third: NOWAIT, answers although the job is held
+    third = stuck_agent.answer({'query': 'vms'})
+    assert third['sampled_at'] > first and [vm['name'] for vm in third['data']['vms']] == ['a', 'c']
+    assert stuck_agent.snapshot()['agent']['vm_samples_stuck'] == 1
+    # The stuck call returns late: its old result does not replace the newer one.
+    fake_libvirt.release.set()
+    time.sleep(0.2)
+    assert stuck_agent.answer({'query': 'vms'})['sampled_at'] == third['sampled_at']
+    assert all(flags & NOWAIT for flags in fake_libvirt.conn.calls)
+
+
+def test_stuck_samples_do_not_pile_up_threads(stuck_agent, fake_libvirt):
+    import threading
+    import time
+    fake_libvirt.hang_all = True                   # libvirtd itself stopped answering
+    before = threading.active_count()
+    started = time.monotonic()
+    for _ in range(6):
+        stuck_agent.sample_once()
+    assert time.monotonic() - started < 6 * 0.5 + 2
+    assert threading.active_count() - before <= 2
+    assert stuck_agent.answer({'query': 'host'})['ok']
