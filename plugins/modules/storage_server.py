@@ -15,6 +15,10 @@ description:
     C(/rhev/data-center/mnt/<name>) where the name is the path with C(_) doubled and C(/) replaced by C(_).
   - V(localfs) links a local directory there; V(posixfs) mounts O(path) with O(vfstype) and O(options);
     V(nfs) mounts with C(soft,nosharecache), O(timeo), O(retrans) and O(nfs_version).
+  - Every V(posixfs) and V(nfs) mount, bind mounts included, is made C(nosuid,nodev): the storage is written by
+    other hosts and clients, so a set-uid program or a device node found there must not work on this host.
+    There is no override; O(options) cannot turn them off (C(suid) and C(dev) are refused). A connection
+    already mounted without them is remounted with them (the task reports a change and RV(remounted)).
 options:
   type:
     description: Kind of storage server.
@@ -30,7 +34,9 @@ options:
     description: File system type for V(posixfs), for example V(xfs), V(ext4), V(none) for a bind mount.
     type: str
   options:
-    description: Extra mount options, comma separated (for example V(bind)).
+    description:
+      - Extra mount options, comma separated (for example V(bind)).
+      - C(nosuid,nodev) are always added after them; V(suid) and V(dev) are refused.
     type: str
   nfs_version:
     description: NFS protocol version; V(auto) lets the client negotiate.
@@ -67,6 +73,8 @@ attributes:
       - virtnode.kvm.all
 notes:
   - Mounts are made in the mount namespace the module runs in.
+  - A V(localfs) connection is a symbolic link, not a mount; the flags of the file system holding the directory apply
+    (mount it C(nosuid,nodev) yourself).
   - Disconnecting does not check whether domains on the server are still in use.
 seealso:
   - module: virtnode.kvm.storage_domain
@@ -116,7 +124,14 @@ command:
   type: list
   elements: str
   returned: when O(type) is not V(localfs)
-  sample: [mount, -t, nfs, -o, "soft,nosharecache,timeo=600,retrans=6", "nfs.example.com:/exports/data", "/rhev/data-center/mnt/nfs.example.com:_exports_data"]
+  sample: [mount, -t, nfs, -o, "soft,nosharecache,timeo=600,retrans=6", -o, "nosuid,nodev", "nfs.example.com:/exports/data",
+           "/rhev/data-center/mnt/nfs.example.com:_exports_data"]
+remounted:
+  description: The options (of C(nosuid), C(nodev)) that an existing mount lacked and were added by a remount.
+  type: list
+  elements: str
+  returned: when a connected server's mount lacked them
+  sample: [nosuid, nodev]
 """
 
 from ansible.module_utils.basic import AnsibleModule

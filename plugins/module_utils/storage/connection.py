@@ -8,6 +8,12 @@
 * ``nfs``: ``mount -t nfs -o soft,nosharecache,timeo=..,retrans=..[,vers=..]``.
 
 The mount point is always ``sd_layout.mount_point(spec)``.
+
+Every mount is ``nosuid,nodev``: the storage is written by other hosts and NFS
+clients, so a set-uid binary or a device node found there must not work on this
+host. The options are given last (mount(8) keeps the last word on an option) and
+user options that would undo them are refused. A mount made without them (by an
+older version, or by hand) is remounted with them.
 """
 
 from __future__ import annotations
@@ -28,19 +34,45 @@ DEFAULT_NFS_RETRANS = 6
 MOUNT_TIMEOUT = 180
 _OPTION_RE = re.compile(r'\A[A-Za-z0-9_.,=:/@+-]*\Z')
 _VFSTYPE_RE = re.compile(r'\A[A-Za-z0-9_.+-]+\Z')
+MOUNTINFO = '/proc/self/mountinfo'
+# Always applied to a storage mount; see the module docstring.
+ENFORCED_OPTIONS = ('nosuid', 'nodev')
+# User options that would turn them off again.
+_UNDOING_OPTIONS = {'suid': 'nosuid', 'dev': 'nodev'}
 
 
 def _decode_mountinfo(field):
     return re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mounted_targets(mountinfo='/proc/self/mountinfo'):
-    """Return the set of mount targets of this mount namespace."""
+def _mountinfo_lines(mountinfo):
+    mountinfo = mountinfo or MOUNTINFO
     try:
         with open(mountinfo) as stream:
-            return {_decode_mountinfo(line.split()[4]) for line in stream if len(line.split()) > 4}
+            return [line.split() for line in stream]
     except OSError as err:
         raise VirtnodeError('cannot read %s: %s' % (mountinfo, err.strerror), {'path': mountinfo}) from err
+
+
+def mounted_targets(mountinfo=None):
+    """Return the set of mount targets of this mount namespace."""
+    return {_decode_mountinfo(fields[4]) for fields in _mountinfo_lines(mountinfo) if len(fields) > 4}
+
+
+def missing_options(target, mountinfo=None):
+    """The ENFORCED_OPTIONS that the mount on ``target`` lacks (of the topmost mount there)."""
+    options = None
+    for fields in _mountinfo_lines(mountinfo):
+        if len(fields) > 5 and _decode_mountinfo(fields[4]) == target:
+            options = fields[5].split(',')  # per-mount options; later lines are mounted on top
+    if options is None:
+        return []
+    return [opt for opt in ENFORCED_OPTIONS if opt not in options]
+
+
+def remount_argv(target):
+    """Add ENFORCED_OPTIONS to the mount on ``target``; 'bind' changes only the per-mount flags."""
+    return ['mount', '-o', 'remount,bind,' + ','.join(ENFORCED_OPTIONS), target]
 
 
 def validate_spec(conn_type, spec):
@@ -67,6 +99,10 @@ def mount_options(conn_type, options=None, nfs_version=None, timeo=None, retrans
     if options is not None and not _OPTION_RE.match(options):
         raise VirtnodeError('mount options contain unexpected characters: %r' % (options,), {'field': 'options'})
     parts = [opt for opt in (options or '').split(',') if opt]
+    undoing = [opt for opt in parts if opt in _UNDOING_OPTIONS]
+    if undoing:
+        raise VirtnodeError('storage mounts are always %s: option %s is refused (files on shared storage are written by '
+                            'other hosts)' % (','.join(ENFORCED_OPTIONS), ','.join(undoing)), {'field': 'options'})
     if conn_type == 'nfs':
         for value, what in ((timeo, 'timeo'), (retrans, 'retrans')):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 100000):
@@ -96,6 +132,8 @@ def mount_argv(conn_type, spec, target, vfstype=None, options=None, nfs_version=
     opts = mount_options(conn_type, options, nfs_version, timeo, retrans)
     if opts:
         argv += ['-o', opts]
+    # A second -o: mount(8) joins them in order, so these come after (and win over) 'defaults' and the like.
+    argv += ['-o', ','.join(ENFORCED_OPTIONS)]
     return argv + [spec, target]
 
 
@@ -172,6 +210,14 @@ def run_module(module):
             connect(conn_type, spec, *mount_args)
         else:
             disconnect(conn_type, spec)
+    if before and wanted and conn_type != 'localfs':
+        missing = missing_options(target)
+        if missing:
+            # Mounted earlier without nosuid,nodev (by hand or an older version): add them in place.
+            result['remounted'] = missing
+            changed = True
+            if not module.check_mode:
+                _run(remount_argv(target))
     result.update(changed=changed, connected=wanted if changed else before)
     if module._diff:
         result['diff'] = {'before': {'connected': before}, 'after': {'connected': result['connected']},
