@@ -301,6 +301,8 @@ options:
         the CA in C(/etc/pki/CA/cacert.pem) and the client certificate in C(/etc/pki/libvirt/), as the
         C(virtnode.kvm.bootstrap) role sets up by default. V(tcp) is the plain listener (port 16509),
         for labs (C(bootstrap_libvirt_listen=tcp)).
+      - With V(tls), the guest's memory is encrypted too (C(VIR_MIGRATE_TLS), also with O(migrate_uri)), with the
+        credentials C(virtnode.kvm.bootstrap) gives QEMU; with V(tcp) it crosses the network in clear.
     type: str
     choices: [tcp, tls]
     default: tls

@@ -7,7 +7,11 @@ address, libvirtd listening on 16514 only, and the firewall opened for the liste
 migration ports and the console ports. libvirt on each host must answer the other over
 qemu+tls with certificate verification, a second run must change nothing (after the ruleset
 was reloaded from its file, as at boot), and the tiny guest must live-migrate over TLS with
-the vm module, its heartbeat going on at the destination.
+the vm module, its heartbeat going on at the destination. QEMU's stream is encrypted too
+(VIR_MIGRATE_TLS with the credentials the role gives QEMU): the guest holds a known string in
+RAM, and the migration captured on the lab bridge must not carry it (test_vm_migration.py's
+capture test is the control that finds it in a plain TCP migration); a migration without TLS
+is refused.
 
 The lab is put back as it was found, whatever happened: libvirtd.conf and qemu.conf, /etc/pki,
 /etc/virtnode, an empty ruleset, libvirtd restarted on its plain TCP listener.
@@ -23,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (LAB, LAST_HEARTBEAT, REPO, START_HEARTBEAT_GUEST, heartbeats, lab_exec, remove_guest_everywhere,
-                      run_playbook)
+from conftest import LAB, LAST_HEARTBEAT, REPO, heartbeats, lab_exec, remove_guest_everywhere, run_playbook
+from test_vm_migration import MARKER_MB, START_MARKER_GUEST, capture_between, marker_bytes, marker_tag
 
 GUEST = "vmtest-tls-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
@@ -72,7 +76,7 @@ MIGRATE = """
   hosts: lab[0]
   gather_facts: false
   tasks:
-""" + START_HEARTBEAT_GUEST + LAST_HEARTBEAT + """    - name: Migrate to the second host over TLS
+""" + START_MARKER_GUEST + LAST_HEARTBEAT + """    - name: Migrate to the second host over TLS
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: "{{ groups['lab'][1] }}"
@@ -91,6 +95,24 @@ MIGRATE = """
           - out.vm.status == 'Up'
           - out.vm.host == 'qemu+tls://' + groups['lab'][1] + '/system'
           - out.migration.destination_uri == out.vm.host
+
+- name: A migration without TLS for the memory is refused (qemu.conf migrate_tls_force)
+  hosts: lab[1]
+  gather_facts: false
+  tasks:
+    - name: Migrate back without VIR_MIGRATE_TLS
+      virtnode.kvm.vm:
+        name: %(guest)s
+        migrate_uri: "qemu+tls://{{ groups['lab'][0] }}/system"
+        migrate_transport: tcp
+        migrate_unsafe: true
+      register: plain
+      ignore_errors: true
+    - name: Refused, the VM stays
+      ansible.builtin.assert:
+        that:
+          - plain is failed
+          - "'TLS' in plain.msg"
 """
 
 
@@ -209,6 +231,23 @@ def test_default_tls_listener_firewall_and_migration(tls_lab, lab_hosts, tmp_pat
         assert "16509" not in chain and "policy drop" in chain, chain
         assert f'include "{NFT_RULES}"' in (host_root(host) / "etc_virtnode" / "lab" / "nftables.conf").read_text()
     assert (tmp_path / "pki" / "ca-key.pem").stat().st_mode & 0o077 == 0
+    for host in hosts:
+        # QEMU's credentials for the migration stream: the names QEMU reads, keys for root and QEMU's group.
+        qemu_conf = (host_root(host) / "etc_libvirt" / "qemu.conf").read_text()
+        for line in ('migrate_tls_x509_cert_dir = "/etc/pki/libvirt-migrate"', "migrate_tls_x509_verify = 1",
+                     "migrate_tls_force = 1"):
+            assert re.search(rf"^{re.escape(line)}$", qemu_conf, re.M), (line, qemu_conf[-800:])
+        names = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
+        modes = lab_exec(host, "stat", "-c", "%a %U %G %n", "/etc/pki/libvirt-migrate",
+                         *(f"/etc/pki/libvirt-migrate/{name}" for name in names)).stdout.split("\n")
+        assert modes[:6] == ["750 root libvirt-qemu /etc/pki/libvirt-migrate",
+                             "644 root libvirt-qemu /etc/pki/libvirt-migrate/ca-cert.pem",
+                             "644 root libvirt-qemu /etc/pki/libvirt-migrate/server-cert.pem",
+                             "640 root libvirt-qemu /etc/pki/libvirt-migrate/server-key.pem",
+                             "644 root libvirt-qemu /etc/pki/libvirt-migrate/client-cert.pem",
+                             "640 root libvirt-qemu /etc/pki/libvirt-migrate/client-key.pem"], modes
+        lab_exec(host, "openssl", "verify", "-CAfile", "/etc/pki/libvirt-migrate/ca-cert.pem",
+                 "/etc/pki/libvirt-migrate/server-cert.pem", "/etc/pki/libvirt-migrate/client-cert.pem")
 
     # libvirt answers over TLS from the other host, certificates checked both ways.
     for src, dest in ((hosts[0], hosts[1]), (hosts[1], hosts[0])):
@@ -231,11 +270,19 @@ def test_default_tls_listener_firewall_and_migration(tls_lab, lab_hosts, tmp_pat
     t_second = time.monotonic()
 
     # Live migration over TLS through both firewalls: the listener and QEMU's migration port are the role's.
+    tag = marker_tag()
     playbook = tmp_path / "migrate.yml"
-    playbook.write_text(MIGRATE % {"guest": GUEST, "log": LOG})
-    proc = run_playbook(playbook)
+    playbook.write_text(MIGRATE % {"guest": GUEST, "log": LOG, "mb": MARKER_MB, "tag": tag})
+    pcap = tmp_path / "tls.pcap"
+    with capture_between(addresses[hosts[0]], addresses[hosts[1]], pcap):
+        proc = run_playbook(playbook)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-20000:]
+    # The memory went over the wire (more bytes than the marked RAM alone), none of it readable.
+    data = pcap.read_bytes()
+    print(f"CAPTURE {len(data)} bytes, marker seen {data.count(marker_bytes(tag))} times")
+    assert len(data) > MARKER_MB * 1024 * 1024, len(data)
+    assert marker_bytes(tag) not in data and b"virtnode-ram-marker" not in data
     print(re.search(r"MIGRATION [^\"\n]*", proc.stdout).group(0))
     before = heartbeats(re.search(r"heartbeat before: (heartbeat \d+)", proc.stdout).group(1))[0]
     deadline = time.monotonic() + 30

@@ -3,16 +3,26 @@
 The heartbeat counter on the serial console must go on across the migration
 (no reboot), the VM must leave the source, migrating back must work, and a
 migration to a host that does not exist must leave the VM running where it is.
+
+The capture test is the control for test_bootstrap_tls.py's: a guest holds a
+known string in RAM, and a plain TCP migration captured on the source host's
+port of the lab bridge carries it in clear; the TLS migration must not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import secrets
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import LAST_HEARTBEAT, START_HEARTBEAT_GUEST, heartbeats, lab_exec, remove_guest_everywhere, run_playbook
+from conftest import (LAB_ID, LAST_HEARTBEAT, START_HEARTBEAT_GUEST, heartbeats, lab_exec, remove_guest_everywhere,
+                      run_playbook)
 
 GUEST = "vmtest-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
@@ -121,3 +131,105 @@ def test_live_migration_keeps_the_guest_running(lab_hosts, tmp_path: Path, clean
     assert lab_exec(hosts[0], "virsh", "domstate", GUEST).stdout.strip() == "running"
     back = heartbeats(lab_exec(hosts[0], "cat", LOG).stdout)
     assert back and min(back) > before, (before, back)
+
+
+# ---------------------------------------------------------------- what crosses the network
+
+MARKER_GUEST = "vmtest-migrate-marker"
+MARKER_LOG = f"/var/log/libvirt/qemu/{MARKER_GUEST}-console.log"
+MARKER_MB = 16
+# The guest fills MARKER_MB MiB of its RAM with "virtnode-ram-marker <tag>" (tests/lab/guest.py);
+# only the tag is on its command line, so the whole string can only come from its memory.
+START_MARKER_GUEST = """    - name: Start a guest with a known string in its RAM
+      virtnode.kvm.vm:
+        name: %(guest)s
+        memory: 128MiB
+        kernel: "{{ virtnode_lab_guest_kernel }}"
+        initrd: "{{ virtnode_lab_guest_initrd }}"
+        cmdline: "{{ virtnode_lab_guest_cmdline }} workload=memory_marker memory_mb=%(mb)d memory_tag=%(tag)s"
+    - name: Wait until the memory is marked and the guest ticks
+      ansible.builtin.wait_for:
+        path: %(log)s
+        search_regex: heartbeat 2
+        timeout: 120
+    - name: Marked
+      ansible.builtin.command: grep -c "memory marked %(mb)d" %(log)s
+      changed_when: false
+"""
+
+MARKER_PLAYBOOK = """
+- name: Plain TCP migration of a guest with a known string in RAM
+  hosts: lab[0]
+  gather_facts: false
+  tasks:
+""" + START_MARKER_GUEST + """    - name: Migrate to the second host over plain TCP
+      virtnode.kvm.vm:
+        name: %(guest)s
+        migrate_to: "{{ groups['lab'][1] }}"
+        migrate_transport: tcp
+        migrate_unsafe: true
+        migrate_options:
+          timeout: 120
+      register: out
+    - name: Migrated
+      ansible.builtin.assert:
+        that:
+          - out is changed
+          - out.vm.status == 'Up'
+"""
+
+
+def marker_tag() -> str:
+    return "m" + secrets.token_hex(8)
+
+
+def marker_bytes(tag: str) -> bytes:
+    return f"virtnode-ram-marker {tag}".encode()
+
+
+@contextlib.contextmanager
+def capture_between(src_ip: str, dest_ip: str, pcap: Path):
+    """tcpdump, whole packets, of the TCP traffic between two lab hosts but SSH, on the source's
+    port of the lab bridge (tests/lab/lab.py host_nics: vnlab<N>-h<index>, address .<10+index>)."""
+    port = f"vnlab{LAB_ID}-h{int(src_ip.rsplit('.', 1)[1]) - 10}"
+    assert Path("/sys/class/net", port).exists(), f"no bridge port {port} for {src_ip}"
+    proc = subprocess.Popen(["tcpdump", "-i", port, "-n", "-s", "0", "-U", "-w", str(pcap),
+                             f"tcp and host {src_ip} and host {dest_ip} and not port 22"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not pcap.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None, f"tcpdump exited: {proc.stderr.read()}"
+        yield
+    finally:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def marker_cleanup(tmp_path):
+    yield
+    remove_guest_everywhere(tmp_path, MARKER_GUEST)
+
+
+def test_plain_tcp_migration_carries_guest_memory_in_clear(lab_hosts, tmp_path: Path, marker_cleanup) -> None:
+    """The control: the capture can see guest memory, so its absence over TLS means something."""
+    hosts = list(lab_hosts)[:2]
+    assert len(hosts) == 2, "migration needs two lab hosts"
+    tag = marker_tag()
+    playbook = tmp_path / "marker.yml"
+    playbook.write_text(MARKER_PLAYBOOK % {"guest": MARKER_GUEST, "log": MARKER_LOG, "mb": MARKER_MB, "tag": tag})
+    pcap = tmp_path / "plain.pcap"
+    with capture_between(lab_hosts[hosts[0]]["ansible_host"], lab_hosts[hosts[1]]["ansible_host"], pcap):
+        proc = run_playbook(playbook)
+    assert proc.returncode == 0, proc.stdout[-20000:]
+    data = pcap.read_bytes()
+    print(f"CAPTURE {len(data)} bytes, marker seen {data.count(marker_bytes(tag))} times")
+    assert data.count(marker_bytes(tag)) > 1000, len(data)

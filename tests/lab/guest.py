@@ -27,6 +27,12 @@ the serial console (console=ttyS0):
                             (64-byte lines naming pattern_tag=T, default
                             "virtnode", and their MiB's index): "pattern written N"
     workload=pattern_check  reads it back: "pattern ok N" or "pattern bad ..."
+    workload=memory_marker  fills memory_mb=N MiB (default 16) of the guest's RAM
+                            (files in its RAM-backed root) with 64-byte lines
+                            "virtnode-ram-marker T", T = memory_tag (default
+                            "virtnode"): "memory marked N", then heartbeats;
+                            the full marker is only in RAM, never in the
+                            command line, so a capture that holds it saw RAM
     workload=idle           "idle", then silence
     disk=NAME               the disk the disk workloads use (default vda)
 
@@ -305,6 +311,8 @@ workload=heartbeat
 writer_mb=
 pattern_mb=16
 pattern_tag=virtnode
+memory_mb=16
+memory_tag=virtnode
 disk=vda
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -312,6 +320,8 @@ for arg in $(cat /proc/cmdline); do
         writer_mb=*) writer_mb=${arg#*=} ;;
         pattern_mb=*) pattern_mb=${arg#*=} ;;
         pattern_tag=*) pattern_tag=${arg#*=} ;;
+        memory_mb=*) memory_mb=${arg#*=} ;;
+        memory_tag=*) memory_tag=${arg#*=} ;;
         disk=*) disk=${arg#*=} ;;
     esac
 done
@@ -460,8 +470,34 @@ pattern_check() {
     echo "pattern ok $pattern_mb"
 }
 
+# memory_mb MiB of "virtnode-ram-marker <memory_tag>" lines in files of the
+# RAM-backed root: a known pattern in guest memory, for migration captures.
+memory_marker() {
+    if ! is_number "$memory_mb" || [ "$memory_mb" -lt 1 ]; then
+        echo "memory bad memory_mb=$memory_mb"
+        return 1
+    fi
+    case "$memory_tag" in
+        ''|*[!A-Za-z0-9_.-]*) echo "memory bad memory_tag=$memory_tag"; return 1 ;;
+    esac
+    line=$(printf '%-63s' "virtnode-ram-marker $memory_tag")
+    unit="$line
+"
+    for _ in 1 2 3 4 5 6; do unit="$unit$unit"; done
+    printf '%s' "$unit" >/tmp/pattern.unit
+    mkdir -p /tmp/ram
+    i=0
+    while [ "$i" -lt "$memory_mb" ]; do
+        cat $pattern_units >"/tmp/ram/$i" || { echo "memory bad at mib $i"; return 1; }
+        i=$((i + 1))
+    done
+    rm -f /tmp/pattern.unit
+    echo "memory marked $memory_mb"
+}
+
 case "$workload" in
     heartbeat) heartbeat ;;
+    memory_marker) memory_marker; heartbeat ;;
     writer) writer; heartbeat ;;
     pattern_write) pattern_write; heartbeat ;;
     pattern_check) pattern_check; heartbeat ;;

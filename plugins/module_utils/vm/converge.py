@@ -144,6 +144,8 @@ def migration_options(params):
     options = dict(params['migrate_options'] or {})
     options['unsafe'] = params['migrate_unsafe']
     options['migrate_uri'] = options.pop('data_uri', None)
+    # The transport says how the memory travels too, whatever URI names the destination.
+    options['tls'] = params['migrate_transport'] == 'tls'
     return options
 
 

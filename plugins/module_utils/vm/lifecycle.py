@@ -41,8 +41,13 @@ def default_migration_uri(host, transport='tls'):
 
 
 def migration_flags(persistent, options):
-    """virDomainMigrateToURI3 flags: live, peer to peer, the definition moving with a persistent VM."""
+    """virDomainMigrateToURI3 flags: live, peer to peer, TLS for the data stream when ``options['tls']``,
+    the definition moving with a persistent VM."""
     names = ['VIR_MIGRATE_LIVE', 'VIR_MIGRATE_PEER2PEER', 'VIR_MIGRATE_ABORT_ON_ERROR']
+    if options.get('tls'):
+        # QEMU's own stream (the guest's memory) over TLS with the hosts' certificates; without it only
+        # libvirtd's control connection is encrypted and the memory crosses the network in clear.
+        names.append('VIR_MIGRATE_TLS')
     if persistent:
         names += ['VIR_MIGRATE_PERSIST_DEST', 'VIR_MIGRATE_UNDEFINE_SOURCE']
     for option, name in (('unsafe', 'VIR_MIGRATE_UNSAFE'), ('auto_converge', 'VIR_MIGRATE_AUTO_CONVERGE'),

@@ -28,3 +28,18 @@ def test_unknown_transport_is_refused():
 def test_module_option_matches_the_known_transports():
     spec = vm.argument_spec()['migrate_transport']
     assert spec['choices'] == list(vm_lifecycle.MIGRATION_TRANSPORTS) and spec['default'] == 'tls'
+
+
+@pytest.mark.parametrize('persistent', [True, False])
+def test_tls_transport_encrypts_the_migration_stream(persistent):
+    # migrate_transport=tls must protect the memory QEMU sends, not only libvirtd's control connection.
+    from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge
+    params = {'migrate_options': None, 'migrate_unsafe': True, 'migrate_transport': 'tls', 'migrate_uri': None}
+    flags = vm_lifecycle.migration_flags(persistent, converge.migration_options(params))
+    assert flags & constants.value('VIR_MIGRATE_TLS')
+    # The explicit URI does not switch encryption off: the transport says what the stream needs.
+    flags = vm_lifecycle.migration_flags(persistent, converge.migration_options(dict(params, migrate_uri='qemu+tcp://h/system')))
+    assert flags & constants.value('VIR_MIGRATE_TLS')
+    flags = vm_lifecycle.migration_flags(persistent, converge.migration_options(dict(params, migrate_transport='tcp')))
+    assert not flags & constants.value('VIR_MIGRATE_TLS')
