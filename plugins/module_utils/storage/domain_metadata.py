@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
@@ -62,6 +63,15 @@ SUPPORTED_BLOCK_SIZES = (512, 4096)
 # VDSM's limit for a domain description.
 MAX_DESCRIPTION_LENGTH = 50
 
+# A line ends at '\n' and nowhere else, for the writer and the reader alike. Every other
+# character some parser treats as a line end (str.splitlines, or bytes.splitlines for '\r')
+# is refused in keys and values, and in a file, so no value can start a line of its own.
+LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'
+FORBIDDEN_IN_VALUES = LINE_BREAKS + '\0'
+# The most a domain metadata file may hold (a pool of many domains is a few KiB).
+READ_LIMIT = 1024 ** 2
+DOM_MD_DIR = 'dom_md'
+
 SPM_ID_FREE = -1
 SPM_LVER_INVALID = -1
 
@@ -86,14 +96,23 @@ def checksum(pairs):
 def parse(text):
     """Return the raw ``{key: value}`` dict of metadata ``text``, seal checked.
 
-    Lines without ``=`` are skipped as VDSM does; values are stripped.
+    Lines end at ``\n`` only; a line holding any other line break character
+    or NUL is refused, as is a key given twice. Lines without ``=`` are
+    skipped as VDSM does; values are stripped.
     """
     pairs = {}
     declared = None
-    for line in text.splitlines():
+    for number, line in enumerate(text.split('\n'), 1):
+        odd = sorted(set(char for char in line if char in FORBIDDEN_IN_VALUES))
+        if odd:
+            # Another parser would split this line where this one does not: refuse rather than guess.
+            raise VirtnodeError('metadata line %d holds a line break or NUL character (%s): %r'
+                                % (number, ', '.join(repr(char) for char in odd), line), {'line': number})
         if '=' not in line:
             continue
         key, value = line.split('=', 1)
+        if key in pairs or (key == CHECKSUM_KEY and declared is not None):
+            raise VirtnodeError('metadata has %s twice (line %d)' % (key, number), {'field': key, 'line': number})
         if key == CHECKSUM_KEY:
             declared = value.strip()
         else:
@@ -110,8 +129,9 @@ def _line_value(key, value):
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise VirtnodeError('metadata value of %s must be a string or an integer, got %r' % (key, value), {'field': key})
     text = str(value)
-    if any(char in text for char in '\n\r\0'):
-        raise VirtnodeError('metadata value of %s must be a single line: %r' % (key, text), {'field': key})
+    if any(char in text for char in FORBIDDEN_IN_VALUES):
+        raise VirtnodeError('metadata value of %s must be a single line without line, record or paragraph '
+                            'separators or NUL: %r' % (key, text), {'field': key})
     # VDSM strips values when writing and reading; doing it here keeps the seal identical.
     return text.strip()
 
@@ -120,7 +140,7 @@ def serialize(pairs):
     """Return the file content (bytes) for the raw ``{key: value}`` dict."""
     lines = {}
     for key, value in pairs.items():
-        if not isinstance(key, str) or not key or '=' in key or key != key.strip() or any(c in key for c in '\n\r\0'):
+        if not isinstance(key, str) or not key or '=' in key or key != key.strip() or any(c in key for c in FORBIDDEN_IN_VALUES):
             raise VirtnodeError('invalid metadata key: %r' % (key,))
         if key == CHECKSUM_KEY:
             raise VirtnodeError('%s is computed on write and cannot be set' % CHECKSUM_KEY)
@@ -255,6 +275,14 @@ class DomainMetadata:
         elif (self.alignment, self.block_size) != (DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE):
             raise VirtnodeError('storage domain version %d supports only alignment %d and block size %d'
                                 % (self.version, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE), {'field': ALIGNMENT})
+        for key, value in ((DESCRIPTION, self.description), (POOL_DESCRIPTION, self.pool_description),
+                           (REMOTE_PATH, self.remote_path), (LOCKPOLICY, self.lock_policy)):
+            if value is not None and (not isinstance(value, str) or any(char in value for char in FORBIDDEN_IN_VALUES)):
+                raise VirtnodeError('domain %s must be a single line of text without line, record or paragraph '
+                                    'separators or NUL: %r' % (key, value), {'field': key})
+        for key in self.extra:
+            if not isinstance(key, str) or not key or '=' in key or any(char in key for char in FORBIDDEN_IN_VALUES):
+                raise VirtnodeError('invalid metadata key: %r' % (key,), {'field': key})
         for sd_uuid, status in (self.pool_domains or {}).items():
             validate.uuid_str(sd_uuid, POOL_DOMAINS)
             if not status:
@@ -311,16 +339,29 @@ def new_domain_metadata(sd_uuid, sd_type, domain_class, description, remote_path
     ).to_dict()
 
 
-def read_domain_metadata(path, timeout=None):
-    """Return the raw metadata dict stored at ``path`` (seal checked)."""
-    text = fileio.read_text(path, timeout)
+def domain_root(path):
+    """The domain directory of a ``<dom>/dom_md/<file>`` path, else None.
+
+    Nothing below it is followed if it is a link, so the path cannot leave its domain.
+    """
+    md_dir = os.path.dirname(path)
+    return os.path.dirname(md_dir) if os.path.basename(md_dir) == DOM_MD_DIR else None
+
+
+def read_domain_metadata(path, timeout=None, root=None):
+    """Return the raw metadata dict stored at ``path`` (seal checked).
+
+    The file is read without following links below its domain directory
+    (``root``, by default found from the path), bounded in size and time.
+    """
+    text = fileio.read_text(path, timeout, READ_LIMIT, root or domain_root(path))
     try:
         return parse(text)
     except VirtnodeError as err:
         raise VirtnodeError('%s: %s' % (path, err.message), dict(err.details, path=path)) from err
 
 
-def write_domain_metadata(path, pairs):
+def write_domain_metadata(path, pairs, root=None):
     """Replace the metadata file at ``path`` with the raw dict ``pairs``.
 
     The content is checked by reading it back as this module would, so
@@ -328,4 +369,4 @@ def write_domain_metadata(path, pairs):
     """
     data = serialize(pairs)
     DomainMetadata.from_dict(parse(data.decode('utf-8')))
-    fileio.write_atomic(path, data)
+    fileio.write_atomic(path, data, root=root or domain_root(path))

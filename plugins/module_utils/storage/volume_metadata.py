@@ -19,6 +19,7 @@ legality=LEGALITY, ctime=CTIME, generation=GEN, sequence=SEQ.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
@@ -41,6 +42,14 @@ LEGALITIES = ('LEGAL', 'ILLEGAL', 'FAKE')
 # "1" and "2" are disk types written by old engines and virt-v2v; VDSM still accepts them.
 DISK_TYPES = ('DATA', 'ISOF', 'MEMD', 'MEMM', 'OVFS', 'HEVD', 'HESD', 'HEMD', 'HECI', 'SCRD', '1', '2')
 WRITABLE_VERSIONS = (4, 5)
+# A line ends at '\n' and nowhere else, for the writer and the reader alike. Every other
+# character some parser treats as a line end (str.splitlines, or bytes.splitlines for '\r')
+# is refused in a value, and in a file, so no value can start a line of its own.
+LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'
+FORBIDDEN_IN_VALUES = LINE_BREAKS + '\0'
+# The most a .meta file may hold: 512 bytes, padded at most to a large sector by a copy from block storage.
+READ_LIMIT = 64 * 1024
+IMAGES_DIR = 'images'
 
 
 def next_generation(generation):
@@ -90,9 +99,9 @@ class VolumeMetadata:
         if domain_version < 5 and self.capacity % SECTOR_SIZE:
             raise VirtnodeError('volume capacity %d is not a multiple of %d bytes, which version 4 metadata needs'
                                 % (self.capacity, SECTOR_SIZE), {'field': 'CAP'})
-        if not isinstance(self.description, str) or any(char in self.description for char in '\n\r\0'):
-            raise VirtnodeError('volume DESCRIPTION must be a single line of text: %r' % (self.description,),
-                                {'field': 'DESCRIPTION'})
+        if not isinstance(self.description, str) or any(char in self.description for char in FORBIDDEN_IN_VALUES):
+            raise VirtnodeError('volume DESCRIPTION must be a single line of text without line, record or '
+                                'paragraph separators or NUL: %r' % (self.description,), {'field': 'DESCRIPTION'})
 
 
 def serialize(metadata, domain_version=5):
@@ -131,12 +140,20 @@ def _raw_pairs(data):
         raise VirtnodeError('volume metadata is not valid UTF-8: %s' % err) from err
     pairs = {}
     # Metadata copied from block storage is padded with NULs up to the sector size.
-    for line in text.rstrip('\0').splitlines():
+    for number, line in enumerate(text.rstrip('\0').split('\n'), 1):
         if line.startswith(END_MARKER):
             break
+        odd = sorted(set(char for char in line if char in FORBIDDEN_IN_VALUES))
+        if odd:
+            # Another parser would split this line where this one does not: refuse rather than guess.
+            raise VirtnodeError('volume metadata line %d holds a line break or NUL character (%s): %r'
+                                % (number, ', '.join(repr(char) for char in odd), line), {'line': number})
         if '=' in line:
             key, value = line.split('=', 1)
-            pairs[key.strip()] = value.strip()
+            key = key.strip()
+            if key in pairs:
+                raise VirtnodeError('volume metadata has %s twice (line %d)' % (key, number), {'field': key, 'line': number})
+            pairs[key] = value.strip()
     return pairs
 
 
@@ -186,15 +203,31 @@ def parse(data):
     )
 
 
-def read_volume_metadata(path, timeout=None):
-    """Return the VolumeMetadata stored in the ``.meta`` file at ``path``."""
-    text = fileio.read_text(path, timeout)
+def domain_root(path):
+    """The domain directory of a volume file or ``.meta`` path (``<dom>/images/<img>/<file>``), else None.
+
+    Nothing below it is followed if it is a link, so a volume path cannot leave its domain.
+    """
+    image_dir = os.path.dirname(path)
+    images = os.path.dirname(image_dir)
+    if os.path.basename(images) == IMAGES_DIR and os.path.basename(image_dir) not in ('', '.', '..'):
+        return os.path.dirname(images)
+    return None
+
+
+def read_volume_metadata(path, timeout=None, root=None):
+    """Return the VolumeMetadata stored in the ``.meta`` file at ``path``.
+
+    The file is read without following links below its domain directory
+    (``root``, by default found from the path), bounded in size and time.
+    """
+    text = fileio.read_text(path, timeout, READ_LIMIT, root or domain_root(path))
     try:
         return parse(text)
     except VirtnodeError as err:
         raise VirtnodeError('%s: %s' % (path, err.message), dict(err.details, path=path)) from err
 
 
-def write_volume_metadata(path, metadata, domain_version=5):
-    """Replace the ``.meta`` file at ``path`` with ``metadata``."""
-    fileio.write_atomic(path, serialize(metadata, domain_version))
+def write_volume_metadata(path, metadata, domain_version=5, root=None):
+    """Replace the ``.meta`` file at ``path`` with ``metadata`` (no link below the domain followed)."""
+    fileio.write_atomic(path, serialize(metadata, domain_version), root=root or domain_root(path))

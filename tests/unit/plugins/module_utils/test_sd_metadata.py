@@ -245,3 +245,86 @@ def test_v4_with_foreign_alignment_is_refused():
     with pytest.raises(VirtnodeError, match='version 4 supports only'):
         sd_metadata.DomainMetadata.from_dict(dict(V4_NFS, ALIGNMENT='2097152'))
     assert sd_metadata.DomainMetadata.from_dict(dict(V4_NFS, BLOCK_SIZE='512')).block_size == 512
+
+
+# ------------------------------------------------------------------ shared storage is written by other hosts
+
+# Every character str.splitlines() ends a line at, and NUL; '\r' is also a line end for bytes.splitlines().
+SPLITTERS = ['\n', '\r', '\r\n', '\x0b', '\x0c', '\x1c', '\x1d', '\x1e', '\x85', '\u2028', '\u2029', '\0']
+
+
+@pytest.mark.parametrize('char', SPLITTERS)
+@pytest.mark.parametrize('key', ['DESCRIPTION', 'POOL_DESCRIPTION', 'REMOTE_PATH', 'FUTURE_KEY'])
+def test_no_value_can_start_a_line_of_its_own(tmp_path, key, char):
+    evil = 'x%sROLE=Master%sMASTER_VERSION=99' % (char, char)
+    with pytest.raises(VirtnodeError, match='single line') as info:
+        sd_metadata.serialize(dict(example_pairs(), **{key: evil}))
+    assert info.value.details == {'field': key}
+    path = tmp_path / 'metadata'
+    path.write_text(EXAMPLE)
+    with pytest.raises(VirtnodeError):
+        sd_metadata.write_domain_metadata(str(path), dict(example_pairs(), **{key: evil}))
+    assert path.read_text() == EXAMPLE
+
+
+@pytest.mark.parametrize('char', SPLITTERS)
+def test_typed_pool_and_domain_descriptions_are_single_lines(char):
+    md = sd_metadata.DomainMetadata.from_dict(example_pairs())
+    for field, key in (('description', 'DESCRIPTION'), ('pool_description', 'POOL_DESCRIPTION')):
+        bad = sd_metadata.DomainMetadata.from_dict(example_pairs())
+        setattr(bad, field, 'pool%sPOOL_SPM_ID=7' % char)
+        with pytest.raises(VirtnodeError, match='single line') as info:
+            bad.to_dict()
+        assert info.value.details == {'field': key}
+    assert md.to_dict() == example_pairs()
+    with pytest.raises(VirtnodeError, match='single line'):
+        sd_metadata.new_domain_metadata(SD_UUID, 'NFS', 'Data', 'd%sROLE=Master' % char, 'server:/path')
+
+
+@pytest.mark.parametrize('char', SPLITTERS[1:-1])
+def test_a_file_with_ambiguous_line_breaks_is_refused(char):
+    # Without a seal the file is trusted as it is: its lines must be the same for every parser.
+    unsealed = ''.join(line + '\n' for line in EXAMPLE.splitlines()[:-1])
+    text = unsealed.replace('DESCRIPTION=storage domain', 'DESCRIPTION=x%sROLE=Master' % char)
+    with pytest.raises(VirtnodeError, match='line break'):
+        sd_metadata.parse(text)
+
+
+@pytest.mark.parametrize('key', ['ROLE', '_SHA_CKSUM'])
+def test_a_key_given_twice_is_refused(key):
+    with pytest.raises(VirtnodeError, match='twice'):
+        sd_metadata.parse(EXAMPLE + '%s=Master\n' % key)
+
+
+@pytest.mark.parametrize('variant', ['metadata-link', 'dom-md-link', 'dev-zero', 'fifo', 'too-large'])
+def test_domain_metadata_is_read_and_written_only_inside_its_domain(tmp_path, variant):
+    dom = tmp_path / SD_UUID
+    md_dir = dom / 'dom_md'
+    md_dir.mkdir(parents=True)
+    path = md_dir / 'metadata'
+    path.write_text(EXAMPLE)
+    outside = tmp_path / 'etc'
+    outside.mkdir()
+    (outside / 'metadata').write_text(EXAMPLE)
+    if variant == 'metadata-link':
+        path.unlink()
+        path.symlink_to(outside / 'metadata')
+    elif variant == 'dom-md-link':
+        path.unlink()
+        md_dir.rmdir()
+        md_dir.symlink_to(outside)
+    elif variant == 'dev-zero':
+        path.unlink()
+        path.symlink_to('/dev/zero')
+    elif variant == 'fifo':
+        path.unlink()
+        os.mkfifo(str(path))
+    elif variant == 'too-large':
+        path.write_text(EXAMPLE + 'PAD=%s\n' % ('x' * sd_metadata.READ_LIMIT))
+    with pytest.raises(VirtnodeError, match='refusing|larger'):
+        sd_metadata.read_domain_metadata(str(path), timeout=5)
+    if variant in ('fifo', 'too-large'):
+        return
+    with pytest.raises(VirtnodeError, match='refusing'):
+        sd_metadata.write_domain_metadata(str(path), dict(example_pairs(), DESCRIPTION='overwritten'))
+    assert (outside / 'metadata').read_text() == EXAMPLE

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 
 import pytest
@@ -181,3 +182,94 @@ def test_read_names_the_file(tmp_path):
     path.write_text('EOF\n')
     with pytest.raises(VirtnodeError, match='x.meta: volume metadata lacks'):
         vm.read_volume_metadata(str(path))
+
+
+# ------------------------------------------------------------------ shared storage is written by other hosts
+
+# Every character str.splitlines() ends a line at, and NUL; '\r' is also a line end for bytes.splitlines().
+SPLITTERS = ['\n', '\r', '\r\n', '\x0b', '\x0c', '\x1c', '\x1d', '\x1e', '\x85', '\u2028', '\u2029', '\0']
+
+
+@pytest.mark.parametrize('char', SPLITTERS)
+def test_a_description_can_never_rewrite_other_keys(tmp_path, char):
+    # The description of an ILLEGAL RAW volume tries to make it a LEGAL COW child of another volume.
+    evil = 'x%sLEGALITY=LEGAL%sFORMAT=COW%sPUUID=%s' % (char, char, char, PARENT)
+    md = make(legality='ILLEGAL', volume_format='RAW', description=evil)
+    with pytest.raises(VirtnodeError, match='single line') as info:
+        vm.serialize(md)
+    assert info.value.details == {'field': 'DESCRIPTION'}
+    path = tmp_path / 'vol.meta'
+    path.write_bytes(vm.serialize(make()))
+    with pytest.raises(VirtnodeError):
+        vm.write_volume_metadata(str(path), md)
+    assert path.read_bytes() == V5_TEXT.encode('ascii')
+
+
+@pytest.mark.parametrize('char', SPLITTERS[1:-1])
+def test_a_file_written_elsewhere_with_ambiguous_line_breaks_is_refused(char):
+    # Written by another host (or an older writer): this parser and VDSM's must never disagree on the lines.
+    text = V5_TEXT.replace('DESCRIPTION={"DiskAlias":"vm1_Disk1","DiskDescription":""}',
+                           'DESCRIPTION=x%sLEGALITY=ILLEGAL' % char)
+    with pytest.raises(VirtnodeError, match='line break'):
+        vm.parse(text.encode('utf-8'))
+    with pytest.raises(VirtnodeError, match='line break'):
+        vm.parse(text)
+
+
+def test_a_key_given_twice_is_refused():
+    text = V5_TEXT.replace('EOF\n', 'LEGALITY=ILLEGAL\nEOF\n')
+    with pytest.raises(VirtnodeError, match='LEGALITY twice'):
+        vm.parse(text)
+
+
+def test_reader_and_writer_agree_on_every_writable_description():
+    for description in ('plain', 'tab\there', 'caf\u00e9 \u2603', '{"DiskAlias":"a=b"}'):
+        assert vm.parse(vm.serialize(make(description=description))).description == description.strip()
+
+
+def _volume_tree(tmp_path):
+    dom = tmp_path / 'mnt' / SD
+    img_dir = dom / 'images' / IMG
+    img_dir.mkdir(parents=True)
+    meta = img_dir / (PARENT + '.meta')
+    meta.write_bytes(V5_TEXT.encode('ascii'))
+    outside = tmp_path / 'etc'
+    outside.mkdir()
+    (outside / 'motd').write_bytes(V5_TEXT.encode('ascii'))
+    (outside / (PARENT + '.meta')).write_bytes(V5_TEXT.encode('ascii'))
+    return dom, img_dir, meta, outside
+
+
+@pytest.mark.parametrize('variant', ['meta-link', 'image-dir-link', 'images-link', 'dev-zero', 'fifo', 'too-large'])
+def test_meta_files_are_read_and_written_only_inside_their_domain(tmp_path, variant):
+    dom, img_dir, meta, outside = _volume_tree(tmp_path)
+    if variant == 'meta-link':
+        meta.unlink()
+        meta.symlink_to(outside / 'motd')
+    elif variant == 'image-dir-link':
+        meta.unlink()
+        img_dir.rmdir()
+        img_dir.symlink_to(outside)
+    elif variant == 'images-link':
+        meta.unlink()
+        img_dir.rmdir()
+        (dom / 'images').rmdir()
+        (dom / 'images').symlink_to(outside.parent)
+        (outside.parent / IMG).mkdir()
+        (outside.parent / IMG / (PARENT + '.meta')).write_bytes(V5_TEXT.encode('ascii'))
+    elif variant == 'dev-zero':
+        meta.unlink()
+        meta.symlink_to('/dev/zero')
+    elif variant == 'fifo':
+        meta.unlink()
+        os.mkfifo(str(meta))
+    elif variant == 'too-large':
+        meta.write_bytes(V5_TEXT.encode('ascii') + b'\0' * (vm.READ_LIMIT + 1))
+    with pytest.raises(VirtnodeError, match='refusing|larger'):
+        vm.read_volume_metadata(str(meta), timeout=5)
+    if variant in ('fifo', 'too-large'):
+        return
+    with pytest.raises(VirtnodeError, match='refusing'):
+        vm.write_volume_metadata(str(meta), make(description='overwritten'))
+    assert (outside / 'motd').read_bytes() == V5_TEXT.encode('ascii')
+    assert (outside / (PARENT + '.meta')).read_bytes() == V5_TEXT.encode('ascii')
