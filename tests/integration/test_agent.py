@@ -7,8 +7,10 @@ does it; the module fixture applies node_agent again, which is idempotent).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -244,3 +246,140 @@ def test_storage_that_hangs_never_blocks_the_agent(storage_domain):
     wait_for("the domain valid again", lambda: (domain_status() or {}).get("valid"))
     assert agent("status")["data"]["storage_stuck"] == 0
     assert agent_pid() == pid
+
+
+# ---------------------------------------------------------------- stuck QEMU, idle clients, a second agent
+
+def agent_status() -> dict:
+    return agent("status")["data"]
+
+
+def fresh_vms_after(moment: float):
+    """The agent's VM answer when it was sampled after ``moment`` (epoch seconds), else None."""
+    answer = agent("vms")
+    return answer if answer and answer["sampled_at"] > moment else None
+
+
+DIRECT_SAMPLE = (
+    "import json, sys, time; sys.path.insert(0, %r)\n"
+    "import libvirt\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats\n"
+    "conn = libvirt.open('qemu:///system')\n"
+    "started = time.monotonic()\n"
+    "entries = stats.collect(conn, [conn.lookupByName(sys.argv[1])], sample_interval=0)\n"
+    "print(json.dumps({'seconds': time.monotonic() - started, 'names': [e['name'] for e in entries]}))\n" % AGENT_PATH
+)
+
+
+def test_a_stuck_qemu_monitor_does_not_stall_sampling(guest):
+    """QEMU stopped (SIGSTOP): its monitor never answers and a domain job stays held by the call that
+    asked it. The agent keeps sampling every VM within its interval, and vm_info answers."""
+    if virsh("domstate", GUEST, check=False).stdout.strip() != "running":
+        virsh("create", f"/run/{GUEST}.xml")
+    wait_for("the guest in the cache", vm_entry)
+    qemu = int(lab_exec(HOST, "cat", f"/run/libvirt/qemu/{GUEST}.pid").stdout.split()[0])
+    interval = agent_status()["interval"]
+    lab_exec(HOST, "kill", "-STOP", str(qemu))
+    try:
+        # Another client holds the domain's job on the stuck monitor, as a stuck block job or a
+        # monitor query of a management tool would.
+        lab_exec(HOST, "sh", "-c", f"timeout 90 virsh -c qemu:///system domstats {GUEST} >/dev/null 2>&1 </dev/null &")
+        stopped_at = float(lab_exec(HOST, "date", "+%s.%N").stdout)
+        time.sleep(interval)
+        for round_ in range(3):
+            moment = float(lab_exec(HOST, "date", "+%s.%N").stdout)
+            answer = wait_for(f"a sample after {round_ + 1} interval(s) of a stuck QEMU",
+                              lambda: fresh_vms_after(moment), timeout=3 * interval + 2, step=0.2)
+            assert GUEST in [vm["name"] for vm in answer["data"]["vms"]]
+        assert answer["sampled_at"] > stopped_at + interval
+        # vm_info's own path (no agent): the same bulk call, straight to libvirt.
+        direct = json.loads(lab_exec(HOST, PY, "-c", DIRECT_SAMPLE, GUEST).stdout)
+        assert direct["names"] == [GUEST] and direct["seconds"] < 10, direct
+        started = time.monotonic()
+        proc = run_playbook_text(
+            "- name: vm_info with a stuck guest\n  hosts: vnhost1\n  gather_facts: false\n  tasks:\n"
+            f"    - name: Read\n      virtnode.kvm.vm_info:\n        name: {GUEST}\n      register: info\n"
+            "    - name: Check\n      ansible.builtin.assert:\n        that:\n"
+            f"          - info.vms | map(attribute='name') | list == ['{GUEST}']\n", timeout=120)
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        assert time.monotonic() - started < 90
+    finally:
+        lab_exec(HOST, "kill", "-CONT", str(qemu), check=False)
+        lab_exec(HOST, "pkill", "-f", f"virsh -c qemu:///system domstats {GUEST}", check=False)
+    # After QEMU answers again, full statistics come back.
+    moment = float(lab_exec(HOST, "date", "+%s.%N").stdout)
+    wait_for("full statistics again", when(lambda v: v["cpu"] and v["cpu"]["time_ns"],
+                                           lambda: next((vm for vm in (fresh_vms_after(moment) or {"data": {"vms": []}})
+                                                         ["data"]["vms"] if vm["name"] == GUEST), None)), timeout=60)
+    assert agent_status()["libvirt_connected"]
+
+
+def run_playbook_text(text: str, timeout: int = 300):
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", dir=REPO / "tests" / "integration", delete=False) as handle:
+        handle.write(text)
+    try:
+        return run_playbook(Path(handle.name), timeout=timeout)
+    finally:
+        os.unlink(handle.name)
+
+
+IDLE_CLIENTS = (
+    "import json, os, socket, sys, time, urllib.request\n"
+    "pid, sock_path = int(sys.argv[1]), sys.argv[2]\n"
+    "idle = [socket.create_connection(('127.0.0.1', 9177), timeout=5) for _ in range(5)]\n"
+    "for _ in range(5):\n"
+    "    s = socket.socket(socket.AF_UNIX); s.connect(sock_path); idle.append(s)\n"
+    "time.sleep(1)\n"
+    "t = time.monotonic()\n"
+    "scrape = urllib.request.urlopen('http://127.0.0.1:9177/metrics', timeout=5).read().decode()\n"
+    "scrape_s = time.monotonic() - t\n"
+    "sys.path.insert(0, %r)\n"
+    "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client\n"
+    "t = time.monotonic()\n"
+    "status = client.request({'query': 'status'}, timeout=5, path=sock_path)\n"
+    "query_s = time.monotonic() - t\n"
+    "os.kill(pid, 15)\n"
+    "t = time.monotonic()\n"
+    "while os.path.exists('/proc/%%d' %% pid) and time.monotonic() - t < 30:\n"
+    "    time.sleep(0.05)\n"
+    "print(json.dumps({'scrape_s': scrape_s, 'scraped': 'virtnode_agent_samples_total' in scrape, 'query_s': query_s,\n"
+    "                  'status_ok': status.get('ok'), 'stop_s': time.monotonic() - t,\n"
+    "                  'gone': not os.path.exists('/proc/%%d' %% pid), 'socket_left': os.path.exists(sock_path)}))\n"
+    % AGENT_PATH
+)
+AGENT_ARGV = (PY, f"{AGENT_PATH}/virtnode-agent", "--config", "/etc/virtnode/agent.conf")
+SOCKET = "/run/virtnode/agent.sock"
+
+
+def start_agent_again():
+    lab_exec(HOST, *AGENT_ARGV, "--daemon", "--pidfile", "/run/virtnode-agent.pid")
+    wait_for("the agent to answer", lambda: agent("status"), timeout=60)
+
+
+def test_idle_clients_block_neither_scrapes_nor_sigterm(deployed):
+    pid = agent_pid()
+    try:
+        result = json.loads(lab_exec(HOST, PY, "-c", IDLE_CLIENTS, str(pid), SOCKET).stdout)
+        assert result["scraped"] and result["scrape_s"] < 3, result
+        assert result["status_ok"] and result["query_s"] < 3, result
+        assert result["gone"] and result["stop_s"] < 10, result
+        assert not result["socket_left"], result
+    finally:
+        if lab_exec(HOST, "kill", "-0", str(pid), check=False).returncode != 0:
+            start_agent_again()
+
+
+@pytest.mark.parametrize("extra", [(), ("--pidfile", "/run/virtnode-agent-second.pid"),
+                                   ("--daemon", "--pidfile", "/run/virtnode-agent.pid")],
+                         ids=["foreground", "own-pidfile", "daemon-same-pidfile"])
+def test_a_second_agent_refuses_to_start(deployed, extra):
+    pid = agent_pid()
+    inode = lab_exec(HOST, "stat", "-c", "%i", SOCKET).stdout.strip()
+    # `timeout`: an agent that took the socket over would run on; it must exit by itself at once.
+    proc = lab_exec(HOST, "timeout", "20", *AGENT_ARGV, *extra, check=False)
+    assert proc.returncode not in (0, 124), (proc.returncode, proc.stderr)
+    assert "another virtnode-agent" in proc.stderr, proc.stderr
+    assert lab_exec(HOST, "stat", "-c", "%i", SOCKET).stdout.strip() == inode
+    assert agent_pid() == pid
+    assert agent("status")["data"]["pid"] == pid
