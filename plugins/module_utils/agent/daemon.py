@@ -404,6 +404,11 @@ def _lock_pidfile(path):
         except FileNotFoundError:
             same = False
         if same:
+            if fd <= 2:
+                # Kept above stdio: detaching points 0-2 at /dev/null (the lock stays with the copy).
+                moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                os.close(fd)
+                fd = moved
             return fd
         os.close(fd)
     raise VirtnodeError('the pidfile %s keeps being replaced' % path)
