@@ -32,6 +32,7 @@ import json
 import os
 import select
 import signal
+import threading
 import time
 import uuid
 
@@ -495,6 +496,7 @@ class SpmTask:
         self.lver = self.holder = self.master_dir = self.md = None
         self.fd = self.lease_path = None
         self.record = None
+        self.fenced = False
 
     def __enter__(self):
         try:
@@ -538,6 +540,13 @@ class SpmTask:
 
     def check(self):
         """Raise (details ``fenced``) unless this host is still the SPM that began the task."""
+        try:
+            self._check()
+        except VirtnodeError:
+            self.fenced = True
+            raise
+
+    def _check(self):
         sp_uuid = self.sp_uuid
         if os.path.exists(_stopping_path(sp_uuid)):
             raise _fenced(sp_uuid, 'the SPM is stopping')
@@ -563,18 +572,25 @@ class SpmTask:
         if md.pool_spm_lver != self.lver or md.pool_spm_id != now.get('host_id'):
             raise _fenced(sp_uuid, 'the pool metadata names SPM host id %s with lver %s' % (md.pool_spm_id, md.pool_spm_lver))
 
+    def _release(self):
+        try:
+            sanlock_lock.release(self.md.sd_uuid, self.task_id, self.lease_path, 0, self.fd)
+        except VirtnodeError:
+            pass  # the lease goes with this process
+
     def _end(self):
         if self.fd is not None:
-            try:
-                sanlock_lock.release(self.md.sd_uuid, self.task_id, self.lease_path, 0, self.fd)
-            except VirtnodeError:
-                pass  # the lease goes with this process
+            # A frozen daemon must not hold the task forever: sanlock drops the lease when this process exits.
+            releaser = threading.Thread(target=self._release, name='sanlock release', daemon=True)
+            releaser.start()
+            releaser.join(INQUIRE_TIMEOUT)
             try:
                 os.close(self.fd)
             except OSError:
                 pass
             self.fd = None
-        for path in (self.lease_path, self.record):
+        # A fenced task leaves its lease file on storage: it may no longer write there.
+        for path in ((self.record,) if self.fenced else (self.lease_path, self.record)):
             if path:
                 try:
                     os.unlink(path)

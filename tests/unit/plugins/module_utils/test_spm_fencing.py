@@ -91,7 +91,7 @@ def test_a_task_may_write_only_while_the_spm_lease_is_ours(pool, loss):
             running.check()
         assert raised.value.details['fenced']
     assert spm.running_tasks(SP) == []
-    assert os.listdir(os.path.join(pool['dom_dir'], 'master', 'tasks')) == []
+    assert len(os.listdir(os.path.join(pool["dom_dir"], "master", "tasks"))) == 1, "a fenced task leaves its lease file alone"
 
 
 def test_no_task_begins_while_the_spm_stops(pool):
@@ -124,3 +124,11 @@ def test_stop_waits_for_tasks_then_stops_those_still_running(pool):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_task_that_ends_normally_releases_and_removes_its_lease(pool):
+    with spm.task(SP, 'volume delete') as running:
+        running.check()
+    assert pool['held'] == {(SD, 'SDM')}
+    assert os.listdir(os.path.join(pool['dom_dir'], 'master', 'tasks')) == []
+    assert spm.running_tasks(SP) == []
