@@ -40,6 +40,7 @@ and volume, so the node agent maps a drive back to its volume with
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -47,6 +48,7 @@ import re
 import threading
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
@@ -62,6 +64,7 @@ COMMAND_TIMEOUT = 60
 # ioctl of <linux/loop.h>: re-read the size of the backing file (what losetup --set-capacity does).
 LOOP_SET_CAPACITY = 0x4C07
 _UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+_IMAGE_NAME_RE = re.compile(r'\A%s\Z' % _UUID)
 _PATH_RE = re.compile(r'\A(?:%s|%s)/(%s)/(?:images/)?(%s)/(%s)\Z' % (
     re.escape(LOOP_LINK_ROOT), re.escape(LVM_LINK_ROOT), _UUID, _UUID, _UUID))
 
@@ -142,14 +145,26 @@ class LoopBackend:
     def link_path(self, sd_uuid, img_uuid, vol_uuid):
         return os.path.join(self.link_root, *_ids(sd_uuid, img_uuid, vol_uuid))
 
-    def volume_file(self, sd_uuid, img_uuid, vol_uuid):
+    def _volume_stat(self, sd_uuid, img_uuid, vol_uuid):
+        """``(path, stat)`` of the volume file, reached without following any link below its domain.
+
+        Shared storage is written by other hosts: a volume (or its image
+        directory) that is a link to /dev/sda or a host file must never reach
+        a loop device, so anything but a regular file inside the domain is refused.
+        """
         sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
         dom_dir = self.find_domain(sd_uuid)
         path = os.path.join(dom_dir, sd_layout.IMAGES, img_uuid, vol_uuid)
-        if not os.path.isfile(path):
-            raise VirtnodeError('volume %s not found in image %s of domain %s' % (vol_uuid, img_uuid, sd_uuid),
-                                {'path': path})
-        return path
+        try:
+            return path, fileio.stat_beneath(path, root=dom_dir)
+        except VirtnodeError as err:
+            if err.details.get('errno') in (errno.ENOENT, errno.ENOTDIR) and not err.message.startswith('refusing'):
+                raise VirtnodeError('volume %s not found in image %s of domain %s' % (vol_uuid, img_uuid, sd_uuid),
+                                    {'path': path}) from err
+            raise
+
+    def volume_file(self, sd_uuid, img_uuid, vol_uuid):
+        return self._volume_stat(sd_uuid, img_uuid, vol_uuid)[0]
 
     def image_of(self, sd_uuid, vol_uuid):
         vol_uuid = validate.uuid_str(vol_uuid, 'volume UUID')
@@ -159,8 +174,16 @@ class LoopBackend:
         except OSError as err:
             raise VirtnodeError('cannot list %s: %s' % (images, err.strerror or err), {'path': images}) from err
         for img in names:
-            if not img.startswith(sd_layout.REMOVED_IMAGE_PREFIX) and os.path.isfile(os.path.join(images, img, vol_uuid)):
-                return img
+            # Removed images and anything not named like an image (temp names, junk) are skipped.
+            if not _IMAGE_NAME_RE.match(img):
+                continue
+            try:
+                self._volume_stat(sd_uuid, img, vol_uuid)
+            except VirtnodeError as err:
+                if 'not found' in err.message:
+                    continue
+                raise
+            return img
         raise VirtnodeError('volume %s not found in domain %s' % (vol_uuid, sd_uuid), {'vol_uuid': vol_uuid})
 
     def devices(self, sd_uuid, img_uuid, vol_uuid):
@@ -176,7 +199,16 @@ class LoopBackend:
     def activate(self, sd_uuid, img_uuid, vol_uuid):
         path = self.volume_file(sd_uuid, img_uuid, vol_uuid)
         devices = self.devices(sd_uuid, img_uuid, vol_uuid)
-        device = devices[0] if devices else self.run(['losetup', '--find', '--show', path]).strip()
+        if devices:
+            device = devices[0]
+        else:
+            device = self.run(['losetup', '--find', '--show', path]).strip()
+            # losetup follows links: had the volume been swapped for one since it was checked, the new
+            # device is backed by another file. Such a device is detached and never given out.
+            if device not in self.devices(sd_uuid, img_uuid, vol_uuid):
+                self.run(['losetup', '--detach', device])
+                raise VirtnodeError('refusing %s: the loop device %s is not backed by the volume file (was it replaced '
+                                    'by a link?)' % (path, device), {'path': path, 'device': device})
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
         _set_link(link, device)
         return link
@@ -191,7 +223,7 @@ class LoopBackend:
         return _device_size(self.link_path(sd_uuid, img_uuid, vol_uuid))
 
     def storage_size(self, sd_uuid, img_uuid, vol_uuid):
-        return os.stat(self.volume_file(sd_uuid, img_uuid, vol_uuid)).st_size
+        return self._volume_stat(sd_uuid, img_uuid, vol_uuid)[1].st_size
 
     def capacity(self, sd_uuid, img_uuid, vol_uuid):
         meta = self.volume_file(sd_uuid, img_uuid, vol_uuid) + sd_layout.META_SUFFIX
@@ -199,8 +231,8 @@ class LoopBackend:
 
     def extend(self, sd_uuid, img_uuid, vol_uuid, size):
         path = self.volume_file(sd_uuid, img_uuid, vol_uuid)
+        fd = fileio.open_beneath(path, os.O_WRONLY, root=self.find_domain(sd_uuid))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 current = os.fstat(fd).st_size
                 if size > current:

@@ -9,16 +9,34 @@ volume is found under VDSM's mount root, or with ``type=block`` presented
 as a block device by the storage layer's block backend, which activates it
 (check mode only asks where it would appear). When the VM is gone, those
 block devices are given back (:func:`release_block_volume`).
+
+Shared storage is written by other hosts, so a volume is given to a guest
+only if it is a regular file inside its domain, reached without following
+any link below the mount point (a block domain's volume is this host's own
+link to its logical volume, nothing else), and only if neither it nor any
+volume of its chain is ILLEGAL (an interrupted create, a half-removed
+snapshot): QEMU would otherwise run a guest on inconsistent data.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
+
+IMAGES = 'images'
+META_SUFFIX = '.meta'
+BLOCK_MOUNT = 'blockSD'
+BLANK_UUID = '00000000-0000-0000-0000-000000000000'
+# VDSM limits a chain to well below this; a longer one is a loop written by someone else.
+MAX_CHAIN_LENGTH = 256
+METADATA_TIMEOUT = 30
 
 
 def _block_backend():
@@ -27,31 +45,128 @@ def _block_backend():
     return block
 
 
+def _volume_metadata():
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata  # pylint: disable=import-outside-toplevel
+    return volume_metadata
+
+
+def _ids(domain_id, image_id, volume_id):
+    # The ids become path components (and a glob pattern): only UUIDs, never "..", "*" or "/".
+    return (validate.uuid_str(domain_id, 'storage domain UUID'), validate.uuid_str(image_id, 'image UUID'),
+            validate.uuid_str(volume_id, 'volume UUID'))
+
+
 def volume_path_candidates(domain_id, image_id, volume_id, mount_root=None):
     """Paths a storage-domain volume may have under VDSM's mount root (file and block domains)."""
+    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
     mount_root = paths.MOUNT_ROOT if mount_root is None else mount_root
-    return sorted(glob.glob(os.path.join(glob.escape(mount_root), '*', domain_id, 'images', image_id, volume_id)))
+    return sorted(glob.glob(os.path.join(glob.escape(mount_root), '*', domain_id, IMAGES, image_id, volume_id)))
+
+
+def check_volume_chain_legal(dom_dir, image_id, volume_id, root=None):
+    """Raise VirtnodeError unless volume ``volume_id`` and every volume below it are usable.
+
+    Reads ``<dom_dir>/images/<image>/<vol>.meta`` up the PUUID chain, without
+    following links below ``root`` (default ``dom_dir``). A volume without
+    metadata, with unreadable metadata or marked ILLEGAL is refused.
+    """
+    vmd = _volume_metadata()
+    image_dir = os.path.join(dom_dir, IMAGES, validate.uuid_str(image_id, 'image UUID'))
+    current = validate.uuid_str(volume_id, 'volume UUID')
+    chain = []
+    while current != BLANK_UUID:
+        if current in chain or len(chain) >= MAX_CHAIN_LENGTH:
+            raise VirtnodeError('refusing volume %s: its chain loops or is longer than %d volumes (%s)'
+                                % (volume_id, MAX_CHAIN_LENGTH, ' <- '.join(chain + [current])),
+                                {'field': 'disks', 'volume_id': volume_id})
+        chain.append(current)
+        meta = os.path.join(image_dir, current + META_SUFFIX)
+        try:
+            md = vmd.read_volume_metadata(meta, timeout=METADATA_TIMEOUT, root=root or dom_dir)
+        except VirtnodeError as err:
+            raise VirtnodeError('refusing storage volume %s of image %s: the metadata of %s cannot be used: %s'
+                                % (volume_id, image_id, current, err.message),
+                                dict(err.details, field='disks', volume_id=current)) from err
+        if md.legality == 'ILLEGAL':
+            what = 'it is' if current == volume_id else 'volume %s of its chain is' % current
+            raise VirtnodeError('refusing storage volume %s of image %s: %s ILLEGAL (an interrupted create or '
+                                'a half-removed snapshot); repair or remove it first' % (volume_id, image_id, what),
+                                {'field': 'disks', 'volume_id': current, 'legality': md.legality})
+        try:
+            current = validate.uuid_str(md.parent, 'PUUID of volume %s' % current)
+        except VirtnodeError as err:
+            raise VirtnodeError('refusing storage volume %s of image %s: %s' % (volume_id, image_id, err.message),
+                                {'field': 'disks', 'volume_id': chain[-1]}) from err
+    return chain
+
+
+def _checked_block_link(path, domain_id, volume_id):
+    """A block domain's volume: this host's link to ``/dev/<sd>/<vol>``, a block device; nothing else."""
+    expected = '/dev/%s/%s' % (domain_id, volume_id)
+    try:
+        target = os.readlink(path)
+        st = os.stat(path)
+    except OSError as err:
+        raise VirtnodeError('refusing storage volume %s: %s' % (path, err.strerror or err),
+                            {'field': 'disks', 'path': path}) from err
+    if target != expected or not stat.S_ISBLK(st.st_mode):
+        raise VirtnodeError('refusing storage volume %s: it must be a link to the block device %s, it is %s'
+                            % (path, expected, target), {'field': 'disks', 'path': path})
+    return path
+
+
+def _checked_file_volume(path, domain_id, image_id, volume_id):
+    """A file domain's volume: a regular file inside its domain, legal with all of its chain."""
+    mount = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+    # Only the mount point itself may be a link (VDSM links local storage there); nothing below it.
+    fileio.stat_beneath(path, root=mount)
+    check_volume_chain_legal(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
+    return path
 
 
 def resolve_volume(domain_id, image_id, volume_id):
     """Path of a volume already prepared on this host (mounted file domain, or an active block
-    volume linked under the mount root), or VirtnodeError."""
+    volume linked under the mount root), or VirtnodeError.
+
+    The path is refused if anything below the mount point is a link (but a
+    block domain's own link to its logical volume), if the volume is not a
+    regular file, or if it or its chain is ILLEGAL.
+    """
+    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
     found = volume_path_candidates(domain_id, image_id, volume_id)
     if not found:
         raise VirtnodeError('storage volume %s/%s/%s is not prepared on this host (no %s/*/%s/images/%s/%s)'
                             % (domain_id, image_id, volume_id, paths.MOUNT_ROOT, domain_id, image_id, volume_id),
                             {'field': 'disks'})
-    return found[0]
+    path = found[0]
+    mount_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path)))))
+    if mount_name == BLOCK_MOUNT:
+        return _checked_block_link(path, domain_id, volume_id)
+    return _checked_file_volume(path, domain_id, image_id, volume_id)
+
+
+def _check_block_source(domain_id, image_id, volume_id):
+    """Before a volume is presented as a block device: a file domain's volume must be legal."""
+    block = _block_backend()
+    backend = block.backend_for(domain_id)
+    find_domain = getattr(backend, 'find_domain', None)
+    if find_domain is not None:
+        dom_dir = find_domain(domain_id)
+        backend.volume_file(domain_id, image_id, volume_id)
+        check_volume_chain_legal(dom_dir, image_id, volume_id)
+    return block
 
 
 def activate_block_volume(domain_id, image_id, volume_id):
     """The volume activated as a block device on this host; its stable path."""
-    return _block_backend().present_volume(domain_id, image_id, volume_id, activate=True)
+    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
+    return _check_block_source(domain_id, image_id, volume_id).present_volume(domain_id, image_id, volume_id, activate=True)
 
 
 def planned_block_volume(domain_id, image_id, volume_id):
     """For check mode: where the volume would appear as a block device, activating nothing."""
-    return _block_backend().present_volume(domain_id, image_id, volume_id, activate=False)
+    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
+    return _check_block_source(domain_id, image_id, volume_id).present_volume(domain_id, image_id, volume_id, activate=False)
 
 
 def normalize_on_host(params, check_mode=False):

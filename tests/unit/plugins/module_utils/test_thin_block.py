@@ -146,8 +146,26 @@ def test_loop_activate_reuses_an_attached_device_and_links_it(domain, tmp_path):
     assert not os.path.lexists(link) and not os.path.exists(str(tmp_path / 'block' / SD))
 
 
+def attaching_runner(back_file):
+    """losetup as the kernel sees it: --find attaches /dev/loop9 to ``back_file`` (the file it really opened)."""
+    attached = []
+
+    def listing(_argv):
+        return json.dumps({'loopdevices': [{'name': '/dev/loop9', 'back-file': back_file}] if attached else []})
+
+    def find(_argv):
+        attached.append('/dev/loop9')
+        return '/dev/loop9\n'
+
+    def detach(_argv):
+        attached.clear()
+        return ''
+
+    return FakeRunner({('losetup', '--list'): listing, ('losetup', '--find'): find, ('losetup', '--detach'): detach})
+
+
 def test_loop_activate_attaches_a_new_device(domain, tmp_path):
-    runner = FakeRunner({('losetup', '--list'): '{"loopdevices": []}', ('losetup', '--find'): '/dev/loop9\n'})
+    runner = attaching_runner(os.path.realpath(str(domain / 'images' / IMG / VOL)))
     backend = loop_backend(domain, tmp_path, runner)
     assert os.readlink(backend.activate(SD, IMG, VOL)) == '/dev/loop9'
     assert ['losetup', '--find', '--show', str(domain / 'images' / IMG / VOL)] in runner.calls
@@ -162,3 +180,65 @@ def test_extend_volume_on_spm_caps_at_capacity_plus_ten_percent(domain, tmp_path
         thin_block.extend_volume_on_spm(SD, VOL, 0, backend=backend)
     with pytest.raises(VirtnodeError, match='not found'):
         thin_block.extend_volume_on_spm(SD, '41111111-2222-4333-8444-555555555555', 1, backend=backend)
+
+
+# ------------------------------------------------------------------ shared storage is written by other hosts
+
+@pytest.mark.parametrize('variant', ['volume-to-device', 'volume-to-host-file', 'image-dir-to-etc', 'images-to-elsewhere',
+                                     'volume-fifo', 'volume-directory'])
+def test_a_volume_that_leaves_its_domain_never_reaches_a_loop_device(domain, tmp_path, variant):
+    img_dir = domain / 'images' / IMG
+    outside = tmp_path / 'etc'
+    outside.mkdir()
+    (outside / VOL).write_bytes(b'host file')
+    (outside / (VOL + '.meta')).write_bytes((img_dir / (VOL + '.meta')).read_bytes())
+    if variant == 'volume-to-device':
+        (img_dir / VOL).unlink()
+        (img_dir / VOL).symlink_to('/dev/null')
+    elif variant == 'volume-to-host-file':
+        (img_dir / VOL).unlink()
+        (img_dir / VOL).symlink_to(outside / VOL)
+    elif variant == 'image-dir-to-etc':
+        os.rename(str(img_dir), str(tmp_path / 'moved'))
+        img_dir.symlink_to(outside)
+    elif variant == 'images-to-elsewhere':
+        os.rename(str(domain / 'images'), str(tmp_path / 'images'))
+        (domain / 'images').symlink_to(tmp_path / 'images')
+    elif variant == 'volume-fifo':
+        (img_dir / VOL).unlink()
+        os.mkfifo(str(img_dir / VOL))
+    elif variant == 'volume-directory':
+        (img_dir / VOL).unlink()
+        (img_dir / VOL).mkdir()
+    runner = FakeRunner({('losetup', '--list'): '{"loopdevices": []}', ('losetup', '--find'): '/dev/loop9\n'})
+    backend = loop_backend(domain, tmp_path, runner)
+    for call in (lambda: backend.activate(SD, IMG, VOL), lambda: backend.extend(SD, IMG, VOL, 64 * MIB),
+                 lambda: backend.storage_size(SD, IMG, VOL), lambda: backend.capacity(SD, IMG, VOL),
+                 lambda: backend.volume_file(SD, IMG, VOL)):
+        with pytest.raises(VirtnodeError, match='refusing'):
+            call()
+    if variant not in ('volume-directory',):
+        with pytest.raises(VirtnodeError, match='refusing'):
+            backend.image_of(SD, VOL)
+    assert not [c for c in runner.calls if '--find' in c]
+    assert (outside / VOL).read_bytes() == b'host file'
+
+
+def test_a_volume_swapped_for_a_link_while_losetup_runs_is_detached_and_refused(domain, tmp_path):
+    # The check passed, then losetup opened /etc/shadow: the device it made must never be linked.
+    runner = attaching_runner('/etc/shadow')
+    backend = loop_backend(domain, tmp_path, runner)
+    with pytest.raises(VirtnodeError, match='not backed by the volume file'):
+        backend.activate(SD, IMG, VOL)
+    assert ['losetup', '--detach', '/dev/loop9'] in runner.calls
+    assert not os.path.lexists(backend.link_path(SD, IMG, VOL))
+
+
+def test_image_of_skips_temp_and_removed_names(domain):
+    images = domain / 'images'
+    (images / '.hidden.tmp').mkdir()
+    (images / ('_remove_me_' + IMG)).mkdir()
+    (images / 'junk').write_bytes(b'')
+    backend = thin_block.LoopBackend(runner=FakeRunner(), link_root='/nonexistent',
+                                     find_domain=lambda sd, required=True: str(domain))
+    assert backend.image_of(SD, VOL) == IMG
