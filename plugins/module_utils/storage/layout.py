@@ -112,6 +112,35 @@ def volume_paths(mount, sd_uuid, img_uuid, vol_uuid):
     return data, data + META_SUFFIX, data + LEASE_SUFFIX
 
 
+def domain_file(dom_dir, *parts):
+    """``<dom_dir>/<parts...>`` once it is known to be a regular file inside the domain; VirtnodeError otherwise.
+
+    For paths handed to something that follows links (sanlock for ``ids``,
+    ``leases``, ``xleases`` and volume ``.lease`` files, qemu, losetup):
+    shared storage is written by other hosts, and a link there to /dev/sda or
+    a host file would have that file overwritten. No component below
+    ``dom_dir`` may be a link, ``..`` or contain a ``/``.
+    """
+    for part in parts:
+        if not isinstance(part, str) or part in ('', '.', '..') or '/' in part or '\0' in part:
+            raise VirtnodeError('refusing %r as a name inside storage domain %s' % (part, dom_dir),
+                                {'path': dom_dir, 'name': part})
+    path = os.path.join(dom_dir, *parts)
+    fileio.stat_beneath(path, root=dom_dir)
+    return path
+
+
+def dom_md_file(dom_dir, name):
+    """The checked path of ``dom_md/<name>`` (see :func:`domain_file`)."""
+    return domain_file(dom_dir, DOM_MD, name)
+
+
+def volume_lease_file(dom_dir, img_uuid, vol_uuid):
+    """The checked path of a volume's ``.lease`` file (see :func:`domain_file`)."""
+    return domain_file(dom_dir, IMAGES, validate.uuid_str(img_uuid, 'image UUID'),
+                       validate.uuid_str(vol_uuid, 'volume UUID') + LEASE_SUFFIX)
+
+
 def removed_image_name(img_uuid):
     """Return the name an image directory is renamed to before it is purged."""
     return REMOVED_IMAGE_PREFIX + validate.uuid_str(img_uuid, 'image UUID')

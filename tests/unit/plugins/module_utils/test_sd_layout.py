@@ -176,3 +176,56 @@ def test_crash_leaves_only_a_hidden_directory(tmp_path, monkeypatch):
     leftovers = os.listdir(tmp_path)
     assert len(leftovers) == 1 and leftovers[0].startswith('.')
     assert not (tmp_path / SD).exists()
+
+
+# ------------------------------------------------------------------ shared storage is written by other hosts
+
+VOL = '9a3c1e55-2b7e-4d61-8f0e-5b1a7c3d2e4f'
+
+
+@pytest.mark.parametrize('variant', ['ids-to-device', 'leases-to-host-file', 'dom-md-to-etc', 'lease-link', 'images-to-etc',
+                                     'xleases-fifo', 'dot-dot'])
+def test_files_handed_to_sanlock_must_be_regular_files_inside_the_domain(tmp_path, variant):
+    dom = tmp_path / SD
+    (dom / 'dom_md').mkdir(parents=True)
+    img = dom / 'images' / IMG
+    img.mkdir(parents=True)
+    for name in ('ids', 'leases', 'xleases'):
+        (dom / 'dom_md' / name).write_bytes(b'')
+    (img / (VOL + '.lease')).write_bytes(b'')
+    outside = tmp_path / 'etc'
+    outside.mkdir()
+    for name in ('ids', 'leases', 'xleases', VOL + '.lease', 'shadow'):
+        (outside / name).write_bytes(b'host file')
+    (outside / IMG).mkdir()
+    (outside / IMG / (VOL + '.lease')).write_bytes(b'host file')
+    assert sd_layout.dom_md_file(str(dom), 'ids') == str(dom / 'dom_md' / 'ids')
+    assert sd_layout.volume_lease_file(str(dom), IMG, VOL) == str(img / (VOL + '.lease'))
+    if variant == 'ids-to-device':
+        (dom / 'dom_md' / 'ids').unlink()
+        (dom / 'dom_md' / 'ids').symlink_to('/dev/null')
+        call = (sd_layout.dom_md_file, str(dom), 'ids')
+    elif variant == 'leases-to-host-file':
+        (dom / 'dom_md' / 'leases').unlink()
+        (dom / 'dom_md' / 'leases').symlink_to(outside / 'shadow')
+        call = (sd_layout.dom_md_file, str(dom), 'leases')
+    elif variant == 'dom-md-to-etc':
+        os.rename(str(dom / 'dom_md'), str(tmp_path / 'moved'))
+        (dom / 'dom_md').symlink_to(outside)
+        call = (sd_layout.dom_md_file, str(dom), 'ids')
+    elif variant == 'lease-link':
+        (img / (VOL + '.lease')).unlink()
+        (img / (VOL + '.lease')).symlink_to(outside / 'shadow')
+        call = (sd_layout.volume_lease_file, str(dom), IMG, VOL)
+    elif variant == 'images-to-etc':
+        os.rename(str(dom / 'images'), str(tmp_path / 'images'))
+        (dom / 'images').symlink_to(outside.parent / 'etc')
+        call = (sd_layout.volume_lease_file, str(dom), IMG, VOL)
+    elif variant == 'xleases-fifo':
+        (dom / 'dom_md' / 'xleases').unlink()
+        os.mkfifo(str(dom / 'dom_md' / 'xleases'))
+        call = (sd_layout.dom_md_file, str(dom), 'xleases')
+    else:
+        call = (sd_layout.domain_file, str(dom), 'dom_md', '..', '..', 'etc', 'shadow')
+    with pytest.raises(VirtnodeError, match='refusing'):
+        call[0](*call[1:])
