@@ -32,7 +32,7 @@ options:
     type: str
     default: ''
   host_id:
-    description: sanlock host id of this host, unique in the pool, 1 to 2000. Required for V(present) and V(connected).
+    description: sanlock host id of this host, unique in the pool, 1 to 250 (one SPM mailbox each, as in VDSM). Required for V(present) and V(connected).
     type: int
   hostname:
     description: Name recorded for this host id; defaults to the host name.

@@ -79,7 +79,7 @@ POKE_CODE = b'1evnt'
 # A reply names the same domain and volume as its request: version, code, two packed UUIDs.
 REPLY_PREFIX = 1 + 4 + 16 + 16
 
-DEFAULT_MAX_HOSTS = 250          # VDSM's default maximum host id for spmStart
+DEFAULT_MAX_HOSTS = mailbox.MAX_HOST_ID   # every host id a pool accepts
 DEFAULT_INTERVAL = 2.0           # full read of every host's block (VDSM: 2 s)
 DEFAULT_EVENT_INTERVAL = 0.1     # block 0 check (VDSM: 0.5 s)
 DEFAULT_POLL_INTERVAL = 0.05     # a waiting host reads its outbox block

@@ -20,9 +20,11 @@ released by sanlock at once when that process exits.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import traceback
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 try:
@@ -151,13 +153,72 @@ def write_lockspace(lockspace, path, io_timeout=0, alignment=DEFAULT_ALIGNMENT, 
 
 
 def read_lockspace(path, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
-    """Return the lockspace written on ``path`` as a dict, or None if there is none."""
+    """Return the lockspace written on ``path`` as a dict, or None if what is there is no lockspace.
+
+    Any other failure (I/O error, timeout) raises: it says nothing about what
+    is on storage, so it must never be taken for an empty area.
+    """
     _need()
     try:
         found = sanlock.read_lockspace(path, align=alignment, sector=sector)
-    except SanlockException:
-        return None
+    except SanlockException as exc:
+        if error_errno(exc) == SANLK_LEADER_MAGIC:
+            return None
+        raise to_error(exc, 'reading lockspace on %s' % path) from exc
     return {'lockspace': _s(found.get('lockspace')), 'io_timeout': found.get('iotimeout')}
+
+
+AREA_READ_TIMEOUT = 30
+_AREA_CHUNK = 1024 ** 2
+
+
+def _area_blank(path, offset, length):
+    # No link is followed: a planted link to a blank file must not pass for this area.
+    fd = fileio.open_beneath(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < length:
+            try:
+                chunk = os.pread(fd, min(_AREA_CHUNK, length - done), offset + done)
+            except OSError as err:
+                raise VirtnodeError('cannot read %s at %d: %s' % (path, offset + done, err.strerror or err),
+                                    {'path': path, 'errno': err.errno}) from err
+            if not chunk:
+                return True           # past the end of the file: never written
+            if chunk.count(0) != len(chunk):
+                return False
+            done += len(chunk)
+        return True
+    finally:
+        os.close(fd)
+
+
+def area_is_blank(path, offset, length, timeout=AREA_READ_TIMEOUT):
+    """True if the ``length`` bytes at ``offset`` of ``path`` were provably never written.
+
+    Provably: every byte was read and is zero, or lies past the end of the
+    file. False as soon as one byte is set. Anything that prevents reading
+    the whole area (missing file, a link, not a regular file, I/O error,
+    ``timeout`` seconds without an answer) raises VirtnodeError, so a lease
+    area is never formatted because it could not be read.
+    """
+    outcome = {}
+
+    def reader():
+        try:
+            outcome['blank'] = _area_blank(path, offset, length)
+        except Exception as err:  # pylint: disable=broad-except
+            outcome['error'] = err      # raised in the caller's thread
+
+    thread = threading.Thread(target=reader, name='read %s' % path, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise VirtnodeError('timed out after %ss reading %s (storage not responding?)' % (timeout, path),
+                            {'path': path, 'timeout': timeout})
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome['blank']
 
 
 def write_resource(lockspace, resource, path, offset=0, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):

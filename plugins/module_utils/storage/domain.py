@@ -48,17 +48,41 @@ STATUS_ATTACHED = 'Attached'
 
 # ------------------------------------------------------------------ finding domains
 
+def _mounts(mount_root):
+    try:
+        names = sorted(os.listdir(mount_root))
+    except OSError:
+        return []
+    return [os.path.join(mount_root, name) for name in names]
+
+
+def domain_dirs(mount_root=None, mount=None):
+    """``[(sd_uuid, domain dir)]`` of every directory named like a domain that has metadata, duplicates included.
+
+    Only names that are UUIDs are looked into: nothing else on a mount is
+    stat'ed or read.
+    """
+    found = []
+    for mnt in [mount] if mount else _mounts(mount_root or sd_layout.MOUNT_ROOT):
+        try:
+            names = sorted(os.listdir(mnt))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                validate.uuid_str(name, 'storage domain UUID')
+            except VirtnodeError:
+                continue
+            dom_dir = os.path.join(mnt, name)
+            if os.path.lexists(md_path(dom_dir)):
+                found.append((name, dom_dir))
+    return found
+
+
 def scan_domains(mount_root=sd_layout.MOUNT_ROOT, mount=None):
     """Return ``{sd_uuid: domain dir}`` of every file domain under the mount root (or one mount)."""
-    pattern = os.path.join(mount if mount else os.path.join(mount_root, '*'), '*', sd_layout.DOM_MD, sd_layout.METADATA_FILE)
     found = {}
-    for path in sorted(glob.glob(pattern)):
-        dom_dir = os.path.dirname(os.path.dirname(path))
-        name = os.path.basename(dom_dir)
-        try:
-            validate.uuid_str(name, 'storage domain UUID')
-        except VirtnodeError:
-            continue
+    for name, dom_dir in domain_dirs(mount_root, mount):
         found.setdefault(name, dom_dir)
     return found
 
@@ -135,28 +159,73 @@ def spm_lease(dom_dir, md):
     return dom_md_file(dom_dir, 'leases'), SPM_LEASE_SLOT * md.alignment
 
 
-def init_leases(dom_dir, md, io_timeout):
-    """Initialise the lockspace on ids, the SDM lease and (v4+, non-local) the xleases index."""
+def lease_areas(dom_dir, md):
+    """``[(name, path, offset, length)]`` of the areas sanlock (and the xleases index) formats on a domain."""
     if not uses_sanlock(md.sd_type):
-        return
-    sanlock_lock.write_lockspace(md.sd_uuid, dom_md_file(dom_dir, 'ids'), io_timeout, md.alignment, md.block_size)
-    crash_point('domain_create.lockspace')
+        return []
     path, offset = spm_lease(dom_dir, md)
-    sanlock_lock.write_resource(md.sd_uuid, SPM_RESOURCE, path, offset, md.alignment, md.block_size)
-    if md.version >= sd_layout.XLEASES_MIN_VERSION:
-        xleases = dom_md_file(dom_dir, 'xleases')
-        if os.path.exists(xleases):
-            xlease.format_index(xleases, md.sd_uuid, md.block_size)
+    areas = [('ids', dom_md_file(dom_dir, 'ids'), 0, md.alignment), ('leases', path, offset, md.alignment)]
+    xleases = dom_md_file(dom_dir, 'xleases')
+    if md.version >= sd_layout.XLEASES_MIN_VERSION and os.path.lexists(xleases):
+        areas.append(('xleases', xleases, xlease.index_offset(md.block_size), xlease.INDEX_SIZE))
+    return areas
 
 
-def leases_initialised(dom_dir, md):
-    """True if the domain's lockspace and SPM lease exist on storage."""
-    if not uses_sanlock(md.sd_type):
-        return True
-    if sanlock_lock.read_lockspace(dom_md_file(dom_dir, 'ids'), md.alignment, md.block_size) is None:
-        return False
-    path, offset = spm_lease(dom_dir, md)
-    return sanlock_lock.read_resource(path, offset, md.alignment, md.block_size) is not None
+def init_leases(dom_dir, md, io_timeout, areas=None):
+    """Format the lockspace on ids, the SDM lease and (v4+, non-local) the xleases index.
+
+    ``areas`` (names from :func:`missing_leases`) limits the work to areas
+    proven blank; None formats all, which only the creator of a domain may do:
+    formatting a live lockspace or SDM lease fences hosts or makes two SPMs.
+    """
+    for name, path, offset, _length in lease_areas(dom_dir, md):
+        if areas is not None and name not in areas:
+            continue
+        if name == 'ids':
+            sanlock_lock.write_lockspace(md.sd_uuid, path, io_timeout, md.alignment, md.block_size)
+            crash_point('domain_create.lockspace')
+        elif name == 'leases':
+            sanlock_lock.write_resource(md.sd_uuid, SPM_RESOURCE, path, offset, md.alignment, md.block_size)
+        else:
+            xlease.format_index(path, md.sd_uuid, md.block_size)
+
+
+def _area_owner(name, path, offset, md):
+    """The lockspace a written area belongs to (None if it holds no lease sanlock recognises)."""
+    if name == 'ids':
+        found = sanlock_lock.read_lockspace(path, md.alignment, md.block_size)
+        return found and found['lockspace']
+    if name == 'leases':
+        found = sanlock_lock.read_resource(path, offset, md.alignment, md.block_size)
+        return found and found['resource'] == SPM_RESOURCE and found['lockspace']
+    try:
+        return xlease.read_index(path, md.block_size)[0]['lockspace']
+    except VirtnodeError:
+        return None
+
+
+def missing_leases(dom_dir, md):
+    """Names of the domain's lease areas that were never written, which only may be initialised.
+
+    Raises if an area cannot be read (I/O error, timeout, a link, a missing
+    file) or holds anything but this domain's own lease: such an area is left
+    alone whatever it holds.
+    """
+    missing = []
+    for name, path, offset, length in lease_areas(dom_dir, md):
+        try:
+            if sanlock_lock.area_is_blank(path, offset, length):
+                missing.append(name)
+                continue
+            owner = _area_owner(name, path, offset, md)
+        except VirtnodeError as err:
+            raise VirtnodeError('cannot tell whether the %s area of storage domain %s was ever written, so it is left alone: %s'
+                                % (name, md.sd_uuid, err.message), dict(err.details, sd_uuid=md.sd_uuid, area=name)) from err
+        if owner != md.sd_uuid:
+            raise VirtnodeError('the %s area of storage domain %s holds %s, not its lease: refusing to initialise it'
+                                % (name, md.sd_uuid, 'the lease of %s' % owner if owner else 'data sanlock does not recognise'),
+                                {'sd_uuid': md.sd_uuid, 'area': name, 'path': path})
+    return missing
 
 
 def create_domain(mount, sd_uuid, sd_type, domain_class, description, remote_path, version, io_timeout,
@@ -285,24 +354,95 @@ def domain_info(dom_dir, images=True):
 
 # ------------------------------------------------------------------ pools
 
-def find_master(sp_uuid, required=True):
-    """Return ``(dom_dir, DomainMetadata)`` of the pool's master domain."""
+MASTER_READ_TIMEOUT = 10
+
+
+def read_sealed_md(dom_dir, timeout=None):
+    """The DomainMetadata of a domain whose metadata is sealed and names the domain itself.
+
+    Bounded in size and time, no link followed. Raises on anything else:
+    unsealed, broken or copied metadata never decides who writes.
+    """
+    path = md_path(dom_dir)
+    text = fileio.read_text(path, timeout=timeout or MASTER_READ_TIMEOUT)
+    lines = text.rstrip('\n').split('\n')
+    if not lines[-1].startswith(sdm.CHECKSUM_KEY + '='):
+        raise VirtnodeError('%s is not sealed (no %s line)' % (path, sdm.CHECKSUM_KEY), {'path': path})
+    try:
+        md = sdm.DomainMetadata.from_dict(sdm.parse(text))
+    except VirtnodeError as err:
+        raise VirtnodeError('%s: %s' % (path, err.message), dict(err.details, path=path)) from err
+    if md.sd_uuid != os.path.basename(dom_dir):
+        raise VirtnodeError('%s names domain %s, not %s (a copy?)' % (path, md.sd_uuid, os.path.basename(dom_dir)), {'path': path})
+    return md
+
+
+def _pinned_master(sp_uuid, candidates):
+    """The candidate this host already knows as the pool's master (its mastersd link or its pool note), or None."""
+    try:
+        target = os.path.normpath(os.readlink(os.path.join(sd_layout.pool_dir(sp_uuid), MASTERSD_LINK)))
+    except OSError:
+        target = None
+    linked = [entry for entry in candidates if os.path.normpath(entry[0]) == target]
+    if len(linked) == 1:
+        return linked[0]
+    named = [entry for entry in candidates if entry[1].sd_uuid == (read_pool_state(sp_uuid) or {}).get('master_sd')]
+    return named[0] if len(named) == 1 else None
+
+
+def _is_former_master(entry, candidates):
+    """True if a newer master and this one list each other: a master move interrupted before the old one stepped down."""
+    _dom_dir, md = entry
+    for _other_dir, other in candidates:
+        if other.sd_uuid != md.sd_uuid and (other.master_version or 0) > (md.master_version or 0) \
+                and md.sd_uuid in (other.pool_domains or {}) and other.sd_uuid in (md.pool_domains or {}):
+            return True
+    return False
+
+
+def find_master(sp_uuid, required=True, unreadable_ok=False):
+    """Return ``(dom_dir, DomainMetadata)`` of the pool's master domain.
+
+    The master is a domain whose sealed metadata has ROLE=Master, the pool in
+    POOL_UUID and itself in POOL_DOMAINS. When several claim it, the one this
+    host is linked to decides; a master version alone never does (a copied
+    domain can carry any number), except between two masters that list each
+    other. Several claimants and nothing to choose by is an error.
+
+    A domain whose metadata cannot be read or trusted might be the master:
+    when no master is found and ``unreadable_ok`` is false that is an error
+    even if not ``required``, so a transient read error never passes for a
+    pool that does not exist.
+    """
     validate.uuid_str(sp_uuid, 'storage pool UUID')
-    found = []
-    for sd_uuid, dom_dir in scan_domains().items():
+    candidates, unreadable = [], {}
+    for sd_uuid, dom_dir in domain_dirs():
         try:
-            md = read_md(dom_dir)
-        except VirtnodeError:
+            md = read_sealed_md(dom_dir)
+        except VirtnodeError as err:
+            unreadable[dom_dir] = err.message
             continue
-        if md.role == 'Master' and sp_uuid in md.pool_uuids and md.pool_domains is not None:
-            found.append((md.master_version or 0, sd_uuid, dom_dir, md))
-    if not found:
-        if required:
-            raise VirtnodeError('no master domain of storage pool %s found under %s (storage server connected?)'
-                                % (sp_uuid, sd_layout.MOUNT_ROOT), {'sp_uuid': sp_uuid})
-        return None, None
-    found.sort()
-    return found[-1][2], found[-1][3]
+        domains = md.pool_domains or {}
+        if md.role == 'Master' and sp_uuid in md.pool_uuids and domains.get(sd_uuid) == STATUS_ACTIVE:
+            candidates.append((dom_dir, md))
+    if candidates:
+        chosen = _pinned_master(sp_uuid, candidates)
+        current = [entry for entry in candidates if not _is_former_master(entry, candidates)]
+        if chosen is None and len(current) == 1:
+            chosen = current[0]
+        if chosen is None:
+            raise VirtnodeError('%d domains claim to be the master of pool %s (%s) and this host has no link to one of them: '
+                                'refusing to choose' % (len(current), sp_uuid, ', '.join(entry[0] for entry in current)),
+                                {'sp_uuid': sp_uuid, 'candidates': [entry[0] for entry in current]})
+        return chosen
+    if unreadable and not unreadable_ok:
+        raise VirtnodeError('cannot tell whether pool %s has a master domain: the metadata of %d domain(s) could not be read or '
+                            'is not sealed (%s)' % (sp_uuid, len(unreadable), '; '.join(sorted(unreadable.values()))),
+                            {'sp_uuid': sp_uuid, 'unreadable': sorted(unreadable)})
+    if required:
+        raise VirtnodeError('no master domain of storage pool %s found under %s (storage server connected?)'
+                            % (sp_uuid, sd_layout.MOUNT_ROOT), {'sp_uuid': sp_uuid})
+    return None, None
 
 
 def pool_state_path(sp_uuid):
@@ -353,9 +493,12 @@ def create_pool(sp_uuid, master_dir, description, host_id):
     created under a running SPM.
     """
     md = read_md(master_dir)
-    if md.pool_uuids and md.pool_uuids != [sp_uuid]:
-        raise VirtnodeError('storage domain %s already belongs to pool %s' % (md.sd_uuid, ','.join(md.pool_uuids)),
-                            {'sd_uuid': md.sd_uuid})
+    # Reached only when no trusted master of the pool was found: a domain that
+    # already claims a pool (even this one, in metadata that could not be
+    # trusted) would lose its pool's keys.
+    if md.pool_uuids:
+        raise VirtnodeError('storage domain %s already claims pool %s: refusing to create a pool on it'
+                            % (md.sd_uuid, ','.join(md.pool_uuids)), {'sd_uuid': md.sd_uuid})
     if md.domain_class != 'Data':
         raise VirtnodeError('a pool master must be a Data domain; %s is %s' % (md.sd_uuid, md.domain_class))
     join_lockspace(master_dir, md, host_id)
@@ -484,7 +627,11 @@ def connect_pool(sp_uuid, host_id, hostname=None):
 
 def disconnect_pool(sp_uuid):
     """Leave the lockspaces of the pool's domains and remove its links and local state."""
-    _master_dir, master_md = find_master(sp_uuid, required=False)
+    # The pool's storage may be gone or unclear: what this host recorded is enough to leave it.
+    try:
+        _master_dir, master_md = find_master(sp_uuid, required=False, unreadable_ok=True)
+    except VirtnodeError:
+        master_md = None
     recorded = (read_pool_state(sp_uuid) or {}).get('lockspaces', [])
     members = set(recorded) | (set(pool_domains(master_md)) if master_md is not None else set())
     left = [sd_uuid for sd_uuid in sorted(members) if leave_lockspace(sd_uuid)]

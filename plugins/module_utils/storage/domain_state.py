@@ -52,6 +52,7 @@ def ensure_present(module, actions):
     sd_uuid = params['sd_uuid']
     dom_dir = storage.find_domain(sd_uuid, required=False)
     if dom_dir is not None:
+        repair_leases(module, dom_dir, actions)
         return dom_dir
     mount = _mount(params)
     storage.check_io_timeout(params['io_timeout'])
@@ -65,6 +66,25 @@ def ensure_present(module, actions):
     return storage.create_domain(mount, sd_uuid, TYPE_NAMES[params['type']], params['domain_class'], params['description'],
                                  params['server'], params['version'], params['io_timeout'], params['block_size'],
                                  params['alignment'])
+
+
+def repair_leases(module, dom_dir, actions):
+    """Initialise the lease areas of an existing domain that were provably never written.
+
+    A crash between the creation of a domain's directory and the formatting
+    of its leases leaves such a domain. Areas that cannot be read, or hold
+    anything, are never touched (``storage.missing_leases`` raises).
+    """
+    md = storage.read_md(dom_dir)
+    if not storage.uses_sanlock(md.sd_type):
+        return
+    sanlock_lock.require_sanlock(module)
+    missing = storage.missing_leases(dom_dir, md)
+    if not missing:
+        return
+    actions.append('init_leases')
+    if not module.check_mode:
+        storage.init_leases(dom_dir, md, md.io_op_timeout_sec, missing)
 
 
 def _chosen_domain(params, found):
@@ -81,7 +101,7 @@ def _chosen_domain(params, found):
 
 
 def import_domain(module, actions):
-    """Take over a domain found on the server: initialise blank leases, join the pool if one is named.
+    """Take over a domain found on the server: initialise never-written leases, join the pool if one is named.
 
     Returns the domain's directory and the UUIDs of every domain found.
     """
@@ -91,12 +111,15 @@ def import_domain(module, actions):
     md = storage.read_md(dom_dir)
     if storage.uses_sanlock(md.sd_type):
         sanlock_lock.require_sanlock(module)
-        if not storage.leases_initialised(dom_dir, md):
+        # Only areas proven never written are formatted: an area that could not
+        # be read may hold a live lockspace or SDM lease.
+        missing = storage.missing_leases(dom_dir, md)
+        if missing:
             if params['pool_uuid']:
                 spm.require_spm(params['pool_uuid'])
             actions.append('init_leases')
             if not module.check_mode:
-                storage.init_leases(dom_dir, md, md.io_op_timeout_sec)
+                storage.init_leases(dom_dir, md, md.io_op_timeout_sec, missing)
     if params['pool_uuid']:
         pool.set_membership(module, dom_dir, pool.required_uuid(params), storage.STATUS_ACTIVE, actions, params['force'])
     return dom_dir, sorted(found)

@@ -43,7 +43,9 @@ SLOTS_PER_MAILBOX = MAILBOX_SIZE // MESSAGE_SIZE
 MESSAGES_PER_MAILBOX = SLOTS_PER_MAILBOX - 1
 CHECKSUM_SIZE = 4
 CHECKSUM_OFFSET = MAILBOX_SIZE - CHECKSUM_SIZE
-MAX_HOST_ID = 2000
+# The highest host id a pool accepts (VDSM's MAX_HOST_ID): the SPM serves
+# and the pool module admits exactly these, one mailbox each.
+MAX_HOST_ID = 250
 
 MESSAGE_VERSION = b'1'
 EXTEND_CODE = b'xtnd'

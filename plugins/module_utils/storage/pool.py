@@ -19,6 +19,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 
 
@@ -97,7 +98,13 @@ def set_membership(module, dom_dir, sp_uuid, wanted, actions, force=False):
 def _host_id(params):
     if params['host_id'] is None:
         raise VirtnodeError('host_id is required for state=%s' % params['state'], {'field': 'host_id'})
-    return sanlock_lock.check_host_id(params['host_id'])
+    host_id = sanlock_lock.check_host_id(params['host_id'])
+    # sanlock takes ids up to 2000, but the SPM mailbox has one slot per host
+    # id up to 250 (VDSM's limit): a host above it could never get a volume extended.
+    if host_id > mailbox.MAX_HOST_ID:
+        raise VirtnodeError('host id must be an integer from 1 to %d (the SPM mailbox has a slot for each), got %d'
+                            % (mailbox.MAX_HOST_ID, host_id), {'field': 'host_id'})
+    return host_id
 
 
 def _disconnect(module, sp_uuid, actions):

@@ -143,3 +143,12 @@ def test_mailbox_offset():
     for bad in (0, -1, 2001, '1', True):
         with pytest.raises(VirtnodeError, match='host id'):
             mailbox.mailbox_offset(bad)
+
+
+def test_mailbox_serves_vdsm_s_250_host_ids():
+    # One 4 KiB mailbox per host id, as many as the pool module accepts.
+    assert mailbox.MAX_HOST_ID == 250
+    assert mailbox.mailbox_offset(250) == 250 * 4096
+    for host_id in (0, 251, 2000):
+        with pytest.raises(VirtnodeError, match='250'):
+            mailbox.mailbox_offset(host_id)

@@ -380,3 +380,12 @@ def test_agent_mailbox_configuration():
         agent_daemon.load_config(None, {'mailbox_interval': 0})
     with pytest.raises(VirtnodeError, match='mailbox_enabled must be true or false'):
         agent_daemon.load_config(None, {'mailbox_enabled': 'yes'})
+
+
+def test_server_and_requester_share_the_mailbox_host_id_limit(master):
+    assert ms.DEFAULT_MAX_HOSTS == mailbox.MAX_HOST_ID
+    ms.MailboxServer(master, FakeExtend(), max_hosts=mailbox.MAX_HOST_ID)
+    with pytest.raises(VirtnodeError, match='max_hosts'):
+        ms.MailboxServer(master, FakeExtend(), max_hosts=mailbox.MAX_HOST_ID + 1)
+    with pytest.raises(VirtnodeError, match='host id'):
+        ms.ExtendRequester(master, mailbox.MAX_HOST_ID + 1)
