@@ -115,13 +115,9 @@ def _checked_block_link(path, domain_id, volume_id):
     return path
 
 
-def _checked_file_volume(path, domain_id, image_id, volume_id):
-    """A file domain's volume: a regular file inside its domain, legal with all of its chain."""
-    mount = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path))))
-    # Only the mount point itself may be a link (VDSM links local storage there); nothing below it.
-    fileio.stat_beneath(path, root=mount)
-    check_volume_chain_legal(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
-    return path
+def _mount_of(path):
+    # <mount>/<sd>/images/<img>/<vol>
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path))))
 
 
 def resolve_volume(domain_id, image_id, volume_id):
@@ -129,8 +125,10 @@ def resolve_volume(domain_id, image_id, volume_id):
     volume linked under the mount root), or VirtnodeError.
 
     The path is refused if anything below the mount point is a link (but a
-    block domain's own link to its logical volume), if the volume is not a
-    regular file, or if it or its chain is ILLEGAL.
+    block domain's own link to its logical volume) or if the volume is not a
+    regular file. Its legality is not looked at (a merged-away ILLEGAL volume
+    is found to be deleted): what a guest is given goes through
+    :func:`resolve_legal_volume`.
     """
     domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
     found = volume_path_candidates(domain_id, image_id, volume_id)
@@ -139,10 +137,26 @@ def resolve_volume(domain_id, image_id, volume_id):
                             % (domain_id, image_id, volume_id, paths.MOUNT_ROOT, domain_id, image_id, volume_id),
                             {'field': 'disks'})
     path = found[0]
-    mount_name = os.path.basename(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path)))))
-    if mount_name == BLOCK_MOUNT:
+    mount = _mount_of(path)
+    if os.path.basename(mount) == BLOCK_MOUNT:
         return _checked_block_link(path, domain_id, volume_id)
-    return _checked_file_volume(path, domain_id, image_id, volume_id)
+    # Only the mount point itself may be a link (VDSM links local storage there); nothing below it.
+    fileio.stat_beneath(path, root=mount)
+    return path
+
+
+def resolve_legal_volume(domain_id, image_id, volume_id):
+    """:func:`resolve_volume` for a volume given to a guest: refused if it or its chain is ILLEGAL.
+
+    A block domain's chain lives in its metadata logical volume, which this
+    host does not read here: only file domain chains are checked.
+    """
+    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
+    path = resolve_volume(domain_id, image_id, volume_id)
+    mount = _mount_of(path)
+    if os.path.basename(mount) != BLOCK_MOUNT:
+        check_volume_chain_legal(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
+    return path
 
 
 def _check_block_source(domain_id, image_id, volume_id):
@@ -171,7 +185,7 @@ def planned_block_volume(domain_id, image_id, volume_id):
 
 def normalize_on_host(params, check_mode=False):
     """:func:`spec.normalize` of module options against this host's files and storage volumes."""
-    return vm_spec.normalize(params, stat_fn=os.stat, resolver=resolve_volume,
+    return vm_spec.normalize(params, stat_fn=os.stat, resolver=resolve_legal_volume,
                              block_resolver=planned_block_volume if check_mode else activate_block_volume,
                              lexists=os.path.lexists)
 

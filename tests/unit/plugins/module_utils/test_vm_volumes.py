@@ -53,6 +53,7 @@ def image_dir(mount_root):
 
 def test_a_legal_volume_in_its_domain_is_resolved(mount_root):
     assert vm_volumes.resolve_volume(SD, IMG, TOP) == str(image_dir(mount_root) / TOP)
+    assert vm_volumes.resolve_legal_volume(SD, IMG, TOP) == str(image_dir(mount_root) / TOP)
     assert vm_volumes.check_volume_chain_legal(str(mount_root / 'server:_export' / SD), IMG, TOP) == [TOP, BASE]
 
 
@@ -89,9 +90,12 @@ def test_a_volume_that_leaves_its_domain_is_never_given_to_a_guest(mount_root, t
     elif variant == 'volume-directory':
         (img_dir / TOP).unlink()
         (img_dir / TOP).mkdir()
-    with pytest.raises(VirtnodeError, match='refusing') as info:
-        vm_volumes.resolve_volume(SD, IMG, TOP)
-    assert 'symbolic link' in str(info.value) or 'not a regular file' in str(info.value)
+    # Metadata is read only for the chain check of what a guest is given.
+    resolvers = [vm_volumes.resolve_legal_volume] + ([] if 'meta' in variant else [vm_volumes.resolve_volume])
+    for resolve in resolvers:
+        with pytest.raises(VirtnodeError, match='refusing') as info:
+            resolve(SD, IMG, TOP)
+        assert 'symbolic link' in str(info.value) or 'not a regular file' in str(info.value)
 
 
 @pytest.mark.parametrize('ids', [(SD, '../../../etc', TOP), (SD, IMG, '..'), ('*', IMG, TOP), (SD, IMG + '/..', TOP),
@@ -125,9 +129,19 @@ def test_an_illegal_volume_or_chain_is_refused(mount_root, illegal):
     img_dir = image_dir(mount_root)
     write_volume(img_dir, illegal, parent=BASE if illegal == TOP else vmd.BLANK_UUID, legality='ILLEGAL')
     with pytest.raises(VirtnodeError, match='ILLEGAL') as info:
-        vm_volumes.resolve_volume(SD, IMG, TOP)
+        vm_volumes.resolve_legal_volume(SD, IMG, TOP)
     assert info.value.details['volume_id'] == illegal
     assert info.value.details['field'] == 'disks'
+    # What the vm module does with a disk given as a volume.
+    with pytest.raises(VirtnodeError, match='ILLEGAL'):
+        vm_volumes.normalize_on_host({'name': 'v', 'disks': [{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP}]})
+    # Finding the volume (to delete a merged-away one) still works.
+    assert vm_volumes.resolve_volume(SD, IMG, TOP) == str(image_dir(mount_root) / TOP)
+
+
+def test_the_vm_module_uses_a_legal_volume(mount_root):
+    spec = vm_volumes.normalize_on_host({'name': 'v', 'disks': [{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP}]})
+    assert spec['disks'][0]['path'] == str(image_dir(mount_root) / TOP)
 
 
 @pytest.mark.parametrize('damage', ['missing-meta', 'missing-parent-meta', 'cleared', 'loop', 'bad-parent'])
@@ -145,7 +159,7 @@ def test_a_volume_whose_chain_cannot_be_read_is_refused(mount_root, damage):
         text = (img_dir / (TOP + '.meta')).read_bytes().replace(BASE.encode(), b'../../../../etc/shadow')
         (img_dir / (TOP + '.meta')).write_bytes(text)
     with pytest.raises(VirtnodeError, match='refusing'):
-        vm_volumes.resolve_volume(SD, IMG, TOP)
+        vm_volumes.resolve_legal_volume(SD, IMG, TOP)
 
 
 class Runner:
