@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 
 import pytest
 
@@ -317,3 +318,16 @@ def test_stuck_reads_do_not_pile_up_threads(tmp_path, monkeypatch):
         assert threading.active_count() == before
     finally:
         release.set()
+
+
+def test_a_fifo_costs_no_thread_and_no_wait(tmp_path):
+    fifo = tmp_path / 'metadata'
+    os.mkfifo(str(fifo))
+    before = threading.active_count()
+    started = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(VirtnodeError, match='not a regular file'):
+            fileio.read_text(str(fifo), timeout=5)
+    assert time.monotonic() - started < 2
+    time.sleep(0.05)
+    assert threading.active_count() == before
