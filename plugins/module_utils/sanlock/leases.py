@@ -20,6 +20,7 @@ released by sanlock at once when that process exits.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 import traceback
@@ -170,26 +171,46 @@ def read_lockspace(path, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
 
 AREA_READ_TIMEOUT = 30
 _AREA_CHUNK = 1024 ** 2
+_PAGE = 4096
+_DIRECT = getattr(os, 'O_DIRECT', 0)
+
+
+def _open_area(path):
+    # No link is followed: a planted link to a blank file must not pass for
+    # the area. O_DIRECT reads what is on storage, not this host's page cache
+    # (another host may have just written it); tmpfs refuses it.
+    if _DIRECT:
+        try:
+            return fileio.open_beneath(path, os.O_RDONLY | _DIRECT)
+        except VirtnodeError as err:
+            if err.details.get('errno') != errno.EINVAL:
+                raise
+    return fileio.open_beneath(path, os.O_RDONLY)
 
 
 def _area_blank(path, offset, length):
-    # No link is followed: a planted link to a blank file must not pass for this area.
-    fd = fileio.open_beneath(path, os.O_RDONLY)
+    fd = _open_area(path)
+    # An anonymous mmap is page aligned, as O_DIRECT wants; reads are whole pages.
+    buf = mmap.mmap(-1, _AREA_CHUNK)
     try:
         done = 0
         while done < length:
+            want = min(_AREA_CHUNK, -(-(length - done) // _PAGE) * _PAGE)
             try:
-                chunk = os.pread(fd, min(_AREA_CHUNK, length - done), offset + done)
+                with memoryview(buf) as whole, whole[:want] as view:
+                    got = os.preadv(fd, [view], offset + done)
             except OSError as err:
                 raise VirtnodeError('cannot read %s at %d: %s' % (path, offset + done, err.strerror or err),
                                     {'path': path, 'errno': err.errno}) from err
-            if not chunk:
+            if got == 0:
                 return True           # past the end of the file: never written
-            if chunk.count(0) != len(chunk):
+            got = min(got, length - done)
+            if buf[:got].count(0) != got:
                 return False
-            done += len(chunk)
+            done += got
         return True
     finally:
+        buf.close()
         os.close(fd)
 
 

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import errno
+import os
+import time
 import types
 
 import pytest
@@ -77,3 +79,37 @@ def test_missing_bindings(monkeypatch):
     monkeypatch.setattr(sanlock_lock, 'HAS_SANLOCK', False)
     with pytest.raises(VirtnodeError, match='python3-sanlock'):
         sanlock_lock.lockspaces()
+
+
+def test_area_is_blank_only_when_every_byte_was_read_and_is_zero(tmp_path):
+    path = tmp_path / 'leases'
+    path.write_bytes(b'\0' * 5000)
+    assert sanlock_lock.area_is_blank(str(path), 0, 1048576)            # zeros, then past the end
+    assert sanlock_lock.area_is_blank(str(path), 1048576, 1048576)      # wholly past the end
+    path.write_bytes(b'\0' * 4999 + b'x')
+    assert not sanlock_lock.area_is_blank(str(path), 0, 5000)            # the last byte of the area counts
+    assert sanlock_lock.area_is_blank(str(path), 0, 4999)
+    assert not sanlock_lock.area_is_blank(str(path), 4096, 1048576)
+
+
+@pytest.mark.parametrize('kind', ['missing', 'link', 'fifo', 'directory'])
+def test_area_that_cannot_be_read_is_never_blank(tmp_path, kind):
+    blank = tmp_path / 'blank'
+    blank.write_bytes(b'')
+    path = tmp_path / 'ids'
+    if kind == 'link':
+        path.symlink_to(blank)
+    elif kind == 'fifo':
+        os.mkfifo(str(path))
+    elif kind == 'directory':
+        path.mkdir()
+    with pytest.raises(VirtnodeError):
+        sanlock_lock.area_is_blank(str(path), 0, 1048576, timeout=5)
+
+
+def test_area_read_that_hangs_times_out(tmp_path, monkeypatch):
+    path = tmp_path / 'ids'
+    path.write_bytes(b'')
+    monkeypatch.setattr(os, 'preadv', lambda *args: time.sleep(3))
+    with pytest.raises(VirtnodeError, match='timed out'):
+        sanlock_lock.area_is_blank(str(path), 0, 4096, timeout=0.5)

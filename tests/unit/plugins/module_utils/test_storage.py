@@ -234,13 +234,12 @@ def _planted_symlink(dom_dir, tmp_path):
 
 
 def _eio_on_area_reads(monkeypatch):
-    real = os.pread
-
-    def pread(fd, length, offset):
-        if os.path.basename(os.readlink('/proc/self/fd/%d' % fd)) in ('ids', 'leases'):
-            raise OSError(errno.EIO, 'Input/output error')
-        return real(fd, length, offset)
-    monkeypatch.setattr(os, 'pread', pread)
+    for name in ('pread', 'preadv', 'read'):
+        def failing(fd, *args, _real=getattr(os, name)):
+            if os.path.basename(os.readlink('/proc/self/fd/%d' % fd)) in ('ids', 'leases'):
+                raise OSError(errno.EIO, 'Input/output error')
+            return _real(fd, *args)
+        monkeypatch.setattr(os, name, failing)
 
 
 # Each way of failing to read a live domain's leases; none of them may lead to formatting.
