@@ -213,9 +213,9 @@ def test_a_task_that_outlives_the_spm_lease_writes_nothing(lab_hosts, tmp_path):
         image_dir = lab.SHARED_DIR / "spm-failover" / SD / "images" / img
         assert not (image_dir / f"{vol}.meta").exists(), "the stale clone wrote metadata after losing the lease"
         # The new SPM heals what the stale task left: a data file without metadata.
-        play(tmp_path, "heal", second, [{"name": "Clone again on the new SPM", **clone, "register": "healed"},
-                                              {"name": "Healed", "ansible.builtin.assert": {"that": [
-                                                  "healed.volume.legality == 'LEGAL'", "'remove_leftover' in healed.actions"]}}])
+        healed = {"name": "Healed", "ansible.builtin.assert": {"that": [
+            "healed.volume.legality == 'LEGAL'", "'remove_leftover' in healed.actions"]}}
+        play(tmp_path, "heal", second, [{"name": "Clone again on the new SPM", **clone, "register": "healed"}, healed])
     finally:
         if stale.poll() is None:
             stale.kill()
