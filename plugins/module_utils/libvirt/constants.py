@@ -60,6 +60,11 @@ VALUES = {
     'VIR_DOMAIN_STATS_BLOCK': 32,
     # bulk statistics flags: NOWAIT skips what needs a domain job another call holds
     'VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT': 1 << 29,
+    # virDomainControlState: whether a call holds the domain's job (controlInfo takes no job itself)
+    'VIR_DOMAIN_CONTROL_OK': 0,
+    'VIR_DOMAIN_CONTROL_JOB': 1,
+    'VIR_DOMAIN_CONTROL_OCCUPIED': 2,
+    'VIR_DOMAIN_CONTROL_ERROR': 3,
     # events and listings
     'VIR_DOMAIN_EVENT_ID_LIFECYCLE': 0,
     'VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON': 6,

@@ -301,14 +301,31 @@ def nic_stats(before, after, elapsed):
     return nics
 
 
+# virDomainControlState values under which a call would wait for the domain's job.
+_CONTROL_BUSY = (constants.VALUES['VIR_DOMAIN_CONTROL_OCCUPIED'], constants.VALUES['VIR_DOMAIN_CONTROL_ERROR'])
+
+
+def job_busy(dom):
+    """True when another call holds the domain's job or its monitor failed (``controlInfo`` takes no job).
+
+    jobStats and diskErrors wait up to 30 s for the job: a bulk sample that
+    passed NOWAIT must not then wait in them for such a domain.
+    """
+    try:
+        return dom.controlInfo()[0] in _CONTROL_BUSY
+    except Exception:  # pylint: disable=broad-except  # unknown: behave as before
+        return False
+
+
 def vm_entry(dom, before, after, elapsed, records_dir=RECORDS_DIR):
     """One VM's status and statistics, from two flat stats dicts (``before`` may be None)."""
     state = after.get('state.state', NOSTATE)
     reason = after.get('state.reason', 0)
     active = state in (RUNNING, BLOCKED, PAUSED, SHUTDOWN, PMSUSPENDED)
-    job_op = current_job_operation(dom) if active else None
+    busy = active and job_busy(dom)
+    job_op = current_job_operation(dom) if active and not busy else None
     disk_errors = None
-    if state == PAUSED and reason == PAUSED_IOERROR:
+    if state == PAUSED and reason == PAUSED_IOERROR and not busy:
         try:
             disk_errors = dom.diskErrors()
         except Exception:  # pylint: disable=broad-except

@@ -158,3 +158,48 @@ def test_a_stuck_domain_job_does_not_stall_the_bulk_sample(domains, call):
         assert [vm['name'] for vm in s.collect(conn, wanted, sample_interval=0)] == ['fine', 'stuck']
     assert time.monotonic() - started < 1
     assert conn.flags and all(flags & NOWAIT for flags in conn.flags)
+
+
+class BusyDom(Dom):
+    """A domain whose job another call holds: every call that needs the job waits for it."""
+
+    CONTROL_OCCUPIED = 2
+
+    def __init__(self, name, uuid, control=CONTROL_OCCUPIED):
+        super().__init__(name, uuid)
+        self.control = control
+        self.waited = []
+
+    def controlInfo(self):
+        return [self.control, 0, 5000]
+
+    def jobStats(self):
+        self.waited.append('jobStats')
+        time.sleep(3)             # libvirt: up to 30 s for the job, then an error
+        raise RuntimeError('cannot acquire state change lock')
+
+    def diskErrors(self):
+        self.waited.append('diskErrors')
+        time.sleep(3)
+        raise RuntimeError('cannot acquire state change lock')
+
+
+@pytest.mark.parametrize('state, reason', [(s.RUNNING, 1), (s.PAUSED, s.PAUSED_IOERROR), (s.PAUSED, 1)],
+                         ids=['running', 'paused-ioerror', 'paused'])
+def test_a_busy_domain_costs_no_job_wait_in_its_entry(state, reason):
+    """NOWAIT is worth nothing if the entry then waits for the job: per-VM calls that need it are skipped."""
+    dom = BusyDom('stuck', 'u1')
+    stats = {'state.state': state, 'state.reason': reason, 'vcpu.current': 1}
+    started = time.monotonic()
+    entry = s.vm_entry(dom, None, stats, None)
+    assert time.monotonic() - started < 1 and dom.waited == []
+    assert entry['status'] == ('Up' if state == s.RUNNING else 'Paused')
+    if reason == s.PAUSED_IOERROR:
+        assert entry['pause_code'] == 'EIO'       # the reason is known; ENOSPC needs the disk errors
+
+
+def test_an_idle_domain_still_reports_its_job():
+    dom = BusyDom('migrating', 'u1', control=1)   # VIR_DOMAIN_CONTROL_JOB: an async job, queries allowed
+    dom.jobStats = lambda: {'type': 2, 'operation': s.JOB_MIGRATION_OUT, 'data_total': 10, 'data_remaining': 5}
+    entry = s.vm_entry(dom, None, {'state.state': s.RUNNING, 'state.reason': 1}, None)
+    assert entry['status'] == 'Migration Source' and entry['migration']['progress_percent'] == 50
