@@ -279,11 +279,12 @@ def test_a_stuck_qemu_monitor_does_not_stall_sampling(guest):
     wait_for("the guest in the cache", vm_entry)
     qemu = int(lab_exec(HOST, "cat", f"/run/libvirt/qemu/{GUEST}.pid").stdout.split()[0])
     interval = agent_status()["interval"]
+    holder = None
     lab_exec(HOST, "kill", "-STOP", str(qemu))
     try:
         # Another client holds the domain's job on the stuck monitor, as a stuck block job or a
         # monitor query of a management tool would.
-        lab_exec(HOST, "sh", "-c", f"timeout 90 virsh -c qemu:///system domstats {GUEST} >/dev/null 2>&1 </dev/null &")
+        holder = lab_exec(HOST, "sh", "-c", f"timeout 90 virsh -c qemu:///system domstats {GUEST} >/dev/null 2>&1 </dev/null & echo $!")
         stopped_at = float(lab_exec(HOST, "date", "+%s.%N").stdout)
         time.sleep(interval)
         for round_ in range(3):
@@ -305,7 +306,8 @@ def test_a_stuck_qemu_monitor_does_not_stall_sampling(guest):
         assert time.monotonic() - started < 90
     finally:
         lab_exec(HOST, "kill", "-CONT", str(qemu), check=False)
-        lab_exec(HOST, "pkill", "-f", f"virsh -c qemu:///system domstats {GUEST}", check=False)
+        if holder is not None:
+            lab_exec(HOST, "kill", holder.stdout.strip(), check=False)
     # After QEMU answers again, full statistics come back.
     moment = float(lab_exec(HOST, "date", "+%s.%N").stdout)
     wait_for("full statistics again", when(lambda v: v["cpu"] and v["cpu"]["time_ns"],
