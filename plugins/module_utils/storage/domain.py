@@ -423,7 +423,7 @@ def find_master(sp_uuid, required=True, unreadable_ok=False):
             unreadable[dom_dir] = err.message
             continue
         domains = md.pool_domains or {}
-        if md.role == 'Master' and sp_uuid in md.pool_uuids and domains.get(sd_uuid) == STATUS_ACTIVE:
+        if md.role == 'Master' and sp_uuid in md.pool_uuids and sd_uuid in domains:
             candidates.append((dom_dir, md))
     if candidates:
         chosen = _pinned_master(sp_uuid, candidates)
