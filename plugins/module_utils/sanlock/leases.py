@@ -23,6 +23,7 @@ import errno
 import mmap
 import os
 import threading
+import time
 import traceback
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
@@ -49,6 +50,8 @@ DEFAULT_ALIGNMENT = 1024 ** 2
 DEFAULT_SECTOR = 512
 MIN_HOST_ID = 1
 MAX_HOST_ID = 2000
+# How long an inquire waits out a process that is busy with another sanlock command.
+INQUIRE_BUSY_WAIT = 2.0
 
 # sanlock's own return codes (sanlock_rv.h); the binding passes them as negative errno values.
 SANLK_LEADER_MAGIC = -223
@@ -364,12 +367,25 @@ def held_resources(fd=None, pid=None):
     """
     _need()
     kwargs = {'slkfd': fd} if fd is not None else {'pid': pid}
-    try:
-        found = sanlock.inquire(**kwargs)
-    except SanlockException as exc:
-        if error_errno(exc) in (errno.ESRCH, errno.ENOENT, errno.EINVAL, errno.ECHILD):
-            return []
-        raise to_error(exc, 'asking sanlock which leases process %s holds' % (pid or 'self')) from exc
+    # sanlock answers EBUSY while the process runs another command of its own (the SPM holder
+    # checks its lease while a module asks about it): that is a moment, not a lease held elsewhere.
+    deadline = time.monotonic() + INQUIRE_BUSY_WAIT
+    while True:
+        try:
+            found = sanlock.inquire(**kwargs)
+            break
+        except SanlockException as exc:
+            code = error_errno(exc)
+            if code in (errno.ESRCH, errno.ENOENT, errno.EINVAL, errno.ECHILD):
+                return []
+            if code == errno.EBUSY and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            what = 'asking sanlock which leases process %s holds' % (pid or 'self')
+            if code == errno.EBUSY:
+                raise VirtnodeError('%s failed: the process stayed busy with another sanlock command for %ss'
+                                    % (what, INQUIRE_BUSY_WAIT), {'errno': code}) from exc
+            raise to_error(exc, what) from exc
     return [(_s(entry['lockspace']), _s(entry['resource'])) for entry in found]
 
 

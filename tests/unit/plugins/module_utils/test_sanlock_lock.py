@@ -113,3 +113,29 @@ def test_area_read_that_hangs_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'preadv', lambda *args: time.sleep(3))
     with pytest.raises(VirtnodeError, match='timed out'):
         sanlock_lock.area_is_blank(str(path), 0, 4096, timeout=0.5)
+
+
+def test_inquire_waits_out_a_process_busy_with_another_command(fake_sanlock):
+    # The SPM holder checks its own lease while a module asks which leases it holds: sanlock
+    # answers EBUSY for that moment, which is not a lease held by another host.
+    answers = [FakeSanlockException(errno.EBUSY, 'Inquire error', 'Device or resource busy')] * 3
+    answers.append([{'lockspace': b'sd', 'resource': b'SDM'}])
+
+    def inquire(**kwargs):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    fake_sanlock.inquire = inquire
+    assert sanlock_lock.held_resources(pid=42) == [('sd', 'SDM')]
+
+
+def test_inquire_of_a_process_that_stays_busy_says_so(fake_sanlock, monkeypatch):
+    def inquire(**kwargs):
+        raise FakeSanlockException(errno.EBUSY, 'Inquire error', 'Device or resource busy')
+    fake_sanlock.inquire = inquire
+    monkeypatch.setattr(sanlock_lock, 'INQUIRE_BUSY_WAIT', 0.2)
+    with pytest.raises(VirtnodeError) as info:
+        sanlock_lock.held_resources(pid=42)
+    assert 'busy with another sanlock command' in str(info.value)
+    assert 'held by another host' not in str(info.value)
