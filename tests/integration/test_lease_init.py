@@ -1,0 +1,117 @@
+"""Lease areas on real sanlock: formatted only where provably never written.
+
+Two lab hosts share a posixfs domain. A domain whose leases a crash left blank is repaired by
+``storage_domain state=present``; a live pool's lockspace that another host cannot read (here a
+link planted in place of ``ids``) is never formatted by ``state=imported``: the SPM keeps its
+lease and the SDM lease bytes on storage do not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from conftest import LAB, POOL_SERVER, lab_exec, pool_cleanup_tasks, run_playbook
+
+SP = "8c9d0e1f-5a6b-4c7d-8e9f-4a5b6c7d8e94"
+SD = "9d0e1f2a-6b7c-4d8e-9fa0-5b6c7d8e9fa5"
+EXPORT = "lease-init"
+DOM_MD = LAB / "shared" / EXPORT / SD / "dom_md"
+ALIGNMENT = 1024 ** 2
+
+
+def play(tmp_path: Path, name: str, hosts: str, tasks: list, ok: bool = True) -> str:
+    playbook = tmp_path / f"{name}.yml"
+    playbook.write_text(json.dumps([{
+        "name": name, "hosts": hosts, "gather_facts": False,
+        "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT, "sp": SP, "sd": SD}, "tasks": tasks}]))
+    proc = run_playbook(playbook)
+    print(proc.stdout[-6000:])
+    assert (proc.returncode == 0) == ok, f"{name} {'failed' if ok else 'succeeded'}:\n{proc.stdout[-20000:]}"
+    return proc.stdout
+
+
+def sdm_lease_digest() -> str:
+    with open(DOM_MD / "leases", "rb") as stream:
+        stream.seek(ALIGNMENT)
+        return hashlib.sha256(stream.read(ALIGNMENT)).hexdigest()
+
+
+DOMAIN = {"virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}", "io_timeout": 1}}
+
+
+SETUP = [
+    {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
+     "run_once": True},
+    {"name": "Connect server", **POOL_SERVER},
+    {"name": "Create domain", **DOMAIN, "run_once": True},
+]
+POOL_AND_SPM = [
+    {"name": "Create pool", "virtnode.kvm.storage_pool": {
+        "pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}", "host_id": 1, "state": "present"}},
+    {"name": "First host becomes SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started"},
+     "register": "started"},
+    {"name": "It is SPM", "ansible.builtin.assert": {"that": ["started.spm.spm_status == 'SPM'"]}},
+]
+
+
+def test_blank_leases_left_by_a_crash_are_repaired_by_present(lab_hosts, tmp_path):
+    first = list(lab_hosts)[0]
+    play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
+    play(tmp_path, "setup", "lab", SETUP)
+    try:
+        # A crash between the directory rename and the lease formatting leaves the areas empty.
+        for name in ("ids", "leases", "xleases"):
+            os.truncate(DOM_MD / name, 0)
+        play(tmp_path, "repair", first, [
+            {"name": "Present repairs the never-written leases", **DOMAIN, "register": "repaired"},
+            {"name": "Repaired", "ansible.builtin.assert": {"that": ["repaired is changed",
+                                                                     "repaired.actions == ['init_leases']"]}},
+            {"name": "Present again changes nothing", **DOMAIN, "register": "again"},
+            {"name": "Nothing", "ansible.builtin.assert": {"that": ["again is not changed"]}},
+        ] + POOL_AND_SPM)
+    finally:
+        play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
+
+
+def test_live_leases_another_host_cannot_read_are_never_formatted(lab_hosts, tmp_path):
+    first, second = list(lab_hosts)[:2]
+    play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
+    play(tmp_path, "setup", "lab", SETUP)
+    try:
+        play(tmp_path, "pool", first, POOL_AND_SPM)
+        before = sdm_lease_digest()
+        # Another host cannot read the live lockspace: a link to a blank file stands where ids was
+        # (sanlock on the first host keeps renewing through the file it opened).
+        blank = DOM_MD.parent.parent / "blank-ids"
+        blank.write_bytes(b"")
+        os.rename(DOM_MD / "ids", DOM_MD / "ids.live")
+        os.symlink(blank, DOM_MD / "ids")
+        try:
+            out = play(tmp_path, "import-unreadable", second, [
+                {"name": "Import a domain whose lockspace cannot be read",
+                 "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}", "state": "imported"}},
+            ], ok=False)
+            assert "left alone" in out
+        finally:
+            os.unlink(DOM_MD / "ids")
+            os.rename(DOM_MD / "ids.live", DOM_MD / "ids")
+        assert sdm_lease_digest() == before, "the live SDM lease was formatted"
+        status = lab_exec(first, "sanlock", "client", "status").stdout
+        assert f"r {SD}:SDM" in status, status
+        play(tmp_path, "still-spm", first, [
+            {"name": "Status", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}"}, "register": "status"},
+            {"name": "Still the only SPM", "ansible.builtin.assert": {"that": ["status.spm.spm_status == 'SPM'",
+                                                                               "status.spm.spm_id == 1"]}},
+        ])
+        # The readable live domain imports without any formatting.
+        play(tmp_path, "import-live", second, [
+            {"name": "Import the live domain", "virtnode.kvm.storage_domain": {
+                "sd_uuid": "{{ sd }}", "server": "{{ export }}", "state": "imported"}, "register": "imported"},
+            {"name": "Nothing formatted", "ansible.builtin.assert": {"that": ["'init_leases' not in imported.actions"]}},
+        ])
+        assert sdm_lease_digest() == before
+    finally:
+        play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
