@@ -18,6 +18,7 @@ Only the standard library is used; it runs as root.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -440,13 +441,38 @@ def destroy_host(name: str) -> None:
             run(["ip", "link", "del", veth], check=False, capture=True)
 
 
-def remove_cgroup_tree(top: Path) -> None:
-    """Remove a cgroup and the ones its processes made below it, deepest first (all must be empty)."""
-    if not top.exists():
+def remove_cgroup_tree(top: Path, timeout: float = 20.0) -> None:
+    """Remove a cgroup and the ones its processes made below it, deepest first.
+
+    Processes of a host whose init just died are killed by the kernel but can take a moment to
+    leave their cgroups (more so on a loaded machine): until then rmdir says EBUSY. Whatever is
+    still inside is killed, and the removal retried until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while top.exists():
+        for group in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+            try:
+                group.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                _kill_cgroup_members(group)
+        if top.exists():
+            time.sleep(0.1)
+
+
+def _kill_cgroup_members(group: Path) -> None:
+    try:
+        members = (group / "cgroup.procs").read_text().split()
+    except FileNotFoundError:
         return
-    for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        sub.rmdir()
-    top.rmdir()
+    for pid in members:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def write_inventory(state: dict, guest: dict) -> None:
