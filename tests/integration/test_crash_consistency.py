@@ -231,16 +231,7 @@ def touched_by(rel: str, made: set) -> bool:
     return any(part in made for part in rel.split("/")) or any(rel.endswith(m) for m in made)
 
 
-# Known bugs, kept visible (strict: the test fails once they are fixed, so the mark goes).
-KNOWN_BUGS = {
-    "domain_create.staging": "storage/layout.py: a crash while the domain tree is staged leaves the hidden "
-                             ".<sdUUID>.<random>.creating directory on the export for good; nothing removes it",
-    "domain_create.populated": "storage/layout.py: same leftover staging directory",
-}
-
-
-@pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_BUGS[p], strict=True)) if p in KNOWN_BUGS
-                                   else p for p in sorted(CRASH_POINTS)])
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
 def test_crash_at_every_step_converges(storage, tmp_path, point):
     host, export = storage
     prep, crashed, made = case(point)

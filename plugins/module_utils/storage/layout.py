@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import stat
 import tempfile
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
@@ -180,6 +181,22 @@ def _populate(root, md_pairs, version, sd_type, is_iso):
         fileio.fsync_directory(path)
 
 
+def _remove_stale_staging(mount, sd_uuid):
+    """Remove the staging trees of ``sd_uuid`` that earlier, crashed creates left in ``mount``.
+
+    Once the domain exists, no other staging tree of it can ever be renamed
+    into place, so they are garbage wherever they came from. Only real
+    directories named exactly like a staging tree are touched.
+    """
+    prefix, suffix = '.%s.' % sd_uuid, '.creating'
+    for name in os.listdir(mount):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        path = os.path.join(mount, name)
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def create_domain_tree(mount, sd_uuid, md_pairs, sd_type):
     """Create the on-disk layout of a new file domain under ``mount``; return its directory.
 
@@ -211,6 +228,7 @@ def create_domain_tree(mount, sd_uuid, md_pairs, sd_type):
         os.rename(staging, target)
         staging = None
         fileio.fsync_directory(mount)
+        _remove_stale_staging(mount, sd_uuid)
     except OSError as err:
         raise VirtnodeError('cannot create storage domain %s in %s: %s' % (sd_uuid, mount, err.strerror or err),
                             {'path': err.filename or mount, 'errno': err.errno}) from err

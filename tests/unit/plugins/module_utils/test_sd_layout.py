@@ -229,3 +229,18 @@ def test_files_handed_to_sanlock_must_be_regular_files_inside_the_domain(tmp_pat
         call = (sd_layout.domain_file, str(dom), 'dom_md', '..', '..', 'etc', 'shadow')
     with pytest.raises(VirtnodeError, match='refusing'):
         call[0](*call[1:])
+
+
+def test_create_removes_staging_trees_a_crashed_create_left(tmp_path):
+    # A create killed while staging leaves a hidden tree; the next create of the domain clears it
+    # (and only it: another domain's staging tree, and a link named like one, stay).
+    other = '0f6f7b3c-1c2d-4e5f-8a9b-0c1d2e3f4a5b'
+    (tmp_path / ('.%s.x1y2z3.creating' % SD) / 'dom_md').mkdir(parents=True)
+    (tmp_path / ('.%s.a1b2c3.creating' % other)).mkdir()
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (outside / 'keep').write_text('kept')
+    os.symlink(str(outside), str(tmp_path / ('.%s.link.creating' % SD)))
+    sd_layout.create_domain_tree(str(tmp_path), SD, metadata(), 'NFS')
+    assert sorted(os.listdir(tmp_path)) == sorted([SD, '.%s.a1b2c3.creating' % other, 'outside', '.%s.link.creating' % SD])
+    assert (outside / 'keep').read_text() == 'kept'
