@@ -15,7 +15,7 @@ description:
     C(/rhev/data-center/mnt/<name>) where the name is the path with C(_) doubled and C(/) replaced by C(_).
   - V(localfs) links a local directory there; V(posixfs) mounts O(path) with O(vfstype) and O(options);
     V(nfs) mounts with C(soft,nosharecache), O(timeo), O(retrans) and O(nfs_version).
-  - Every V(posixfs) and V(nfs) mount, bind mounts included, is made C(nosuid,nodev): the storage is written by
+  - Every V(posixfs) and V(nfs) mount, bind mounts included, is made C(nosuid,nodev), because the storage is written by
     other hosts and clients, so a set-uid program or a device node found there must not work on this host.
     There is no override; O(options) cannot turn them off (C(suid) and C(dev) are refused). A connection
     already mounted without them is remounted with them (the task reports a change and RV(remounted)).

@@ -277,9 +277,12 @@ def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_host
     cmd = ["ansible-playbook", "-i", str(LAB / "inventory.yml"), str(playbook)]
     running = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_for("the module to stop at the crash point", lambda: lab_exec(
-            host, "sh", "-c", "for f in $(grep -l VIRTNODE_CRASH_HOW=stop /proc/[0-9]*/environ 2>/dev/null); do "
-            "grep -q '^State:.*T' ${f%/environ}/status && echo stopped; done; true", check=False).stdout.strip(), timeout=120)
+        stopped_probe = ("for f in $(grep -l VIRTNODE_CRASH_HOW=stop /proc/[0-9]*/environ 2>/dev/null); do "
+                         "grep -q '^State:.*T' ${f%/environ}/status && echo stopped; done; true")
+
+        def module_stopped():
+            return lab_exec(host, "sh", "-c", stopped_probe, check=False).stdout.strip()
+        wait_for("the module to stop at the crash point", module_stopped, timeout=120)
         assert "LEGALITY=ILLEGAL" in (export / SD / "images" / img / (vol + ".meta")).read_text()
         crash = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "crash", host],
                                capture_output=True, text=True, timeout=120, check=False)

@@ -207,7 +207,7 @@ def test_a_task_that_outlives_the_spm_lease_writes_nothing(lab_hosts, tmp_path):
             {"name": "Second host is SPM", "ansible.builtin.assert": {"that": ["takeover.spm.spm_id == 2"]}},
         ])
         lab_exec(first, "touch", f"{wrap}/go")
-        out, _ = stale.communicate(timeout=120)
+        out = stale.communicate(timeout=120)[0]
         print(out[-4000:])
         assert stale.returncode != 0 and "no longer allowed to change the storage of pool" in out, out[-4000:]
         image_dir = lab.SHARED_DIR / "spm-failover" / SD / "images" / img

@@ -216,7 +216,7 @@ def test_stuck_samples_do_not_pile_up_threads(stuck_agent, fake_libvirt):
     fake_libvirt.hang_all = True                   # libvirtd itself stopped answering
     before = threading.active_count()
     started = time.monotonic()
-    for _ in range(6):
+    for _attempt in range(6):
         stuck_agent.sample_once()
     assert time.monotonic() - started < 6 * 0.5 + 2
     assert threading.active_count() - before <= 2

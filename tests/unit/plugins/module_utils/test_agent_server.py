@@ -102,7 +102,7 @@ def _closed_by_server(sock, within):
 
 def test_idle_metrics_clients_do_not_block_a_scrape(sock_path):
     server, port = _metrics_server()
-    idle = [_connect_tcp(port) for _ in range(3)]
+    idle = [_connect_tcp(port) for _attempt in range(3)]
     try:
         started = time.monotonic()
         status, body = _scrape(port)
@@ -116,7 +116,7 @@ def test_idle_metrics_clients_do_not_block_a_scrape(sock_path):
 
 def test_metrics_shutdown_does_not_wait_for_idle_clients():
     server, port = _metrics_server()
-    idle = [_connect_tcp(port) for _ in range(3)]
+    idle = [_connect_tcp(port) for _attempt in range(3)]
     time.sleep(0.2)
     done = []
     stopper = threading.Thread(target=lambda: done.append(_stop(server)), daemon=True)
@@ -176,7 +176,7 @@ def test_a_flood_of_connections_is_capped(kind, sock_path):
     before = _handler_threads()
     flood = []
     try:
-        for _ in range(40):
+        for _attempt in range(40):
             flood.append(connect(address))
         time.sleep(0.5)
         assert _handler_threads() - before <= 4
@@ -200,7 +200,7 @@ def test_a_flood_of_connections_is_capped(kind, sock_path):
 
 def test_socket_shutdown_does_not_wait_for_idle_clients(sock_path):
     server = _unix_socket_server(sock_path)
-    idle = [_connect_unix(sock_path) for _ in range(3)]
+    idle = [_connect_unix(sock_path) for _attempt in range(3)]
     try:
         assert _stop(server) < 2
         assert all(_closed_by_server(sock, 2) for sock in idle)

@@ -208,7 +208,7 @@ def test_each_write_has_its_own_temp_file(tmp_path, monkeypatch):
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, 'open', recording_open)
-    for _ in range(3):
+    for _attempt in range(3):
         fileio.write_atomic(str(tmp_path / 'metadata'), b'x\n')
     names = [os.path.basename(path) for path, _flags in created]
     assert len(set(names)) == 3 and 'metadata.new' not in names
@@ -225,7 +225,7 @@ def test_concurrent_writers_never_tear_the_file(tmp_path):
     stop = threading.Event()
 
     def writer(data):
-        for _ in range(30):
+        for _attempt in range(30):
             try:
                 fileio.write_atomic(str(target), data)
             except VirtnodeError as err:
@@ -309,7 +309,7 @@ def test_stuck_reads_do_not_pile_up_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, '_PENDING_READS', threading.BoundedSemaphore(2))
     monkeypatch.setattr(os, 'open', hanging_open)
     try:
-        for _ in range(2):
+        for _attempt in range(2):
             with pytest.raises(VirtnodeError, match='timed out'):
                 fileio.read_bounded(str(tmp_path / 'f'), timeout=0.05)
         before = threading.active_count()
@@ -325,7 +325,7 @@ def test_a_fifo_costs_no_thread_and_no_wait(tmp_path):
     os.mkfifo(str(fifo))
     before = threading.active_count()
     started = time.monotonic()
-    for _ in range(20):
+    for _attempt in range(20):
         with pytest.raises(VirtnodeError, match='not a regular file'):
             fileio.read_text(str(fifo), timeout=5)
     assert time.monotonic() - started < 2
