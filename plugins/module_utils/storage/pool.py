@@ -18,6 +18,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import validat
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
@@ -60,6 +61,14 @@ def set_membership(module, dom_dir, sp_uuid, wanted, actions, force=False):
     Runs on the SPM only. Activating joins the domain's lockspace with this
     host's id in the pool. Returns True if anything changed (or would change).
     """
+    master_dir = storage.find_master(sp_uuid)[0]
+    # POOL_DOMAINS is read, decided on and written back: no other task of this host may
+    # change the master's metadata in between (only the SPM writes it, so a host lock is enough).
+    with domain_lock.dir_lock(master_dir):
+        return _set_membership_locked(module, dom_dir, sp_uuid, wanted, actions, force)
+
+
+def _set_membership_locked(module, dom_dir, sp_uuid, wanted, actions, force):
     md = storage.read_md(dom_dir)
     master_dir, master_md = storage.find_master(sp_uuid)
     current = storage.pool_domains(master_md).get(md.sd_uuid)

@@ -326,3 +326,39 @@ def test_a_writer_that_lost_the_lease_during_qemu_img_writes_no_metadata(domain,
     assert volumes.read_volume(domain, OTHER, BASE).role == 'LEAF'
     if kind in ('extend', 'delete'):
         assert volumes.read_volume(domain, IMG, TOP).capacity == 1024 ** 2
+
+
+# ------------------------------------------------------------------ pool membership race
+
+def test_concurrent_attaches_to_one_pool_both_land(domain, monkeypatch):
+    """Two domains attached at once: POOL_DOMAINS is read, changed and written back by each, and
+    neither may write back a list that misses the other's entry."""
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool  # pylint: disable=import-outside-toplevel
+    mount = os.path.dirname(domain)
+    storage.update_md(domain, {'ROLE': 'Master', 'POOL_DOMAINS': '%s:Active' % SD, 'MASTER_VERSION': 1})
+    others = ['6a1e1f0c-5a0e-4f57-9a52-1b7d1d0f7c11', '7b2f2a1d-6b1f-4a68-8b63-2c8e2e1a8d22']
+    dirs = [storage.create_domain(mount, sd, 'NFS', 'Data', 'data', 'server:/export', 5, 1) for sd in others]
+    monkeypatch.setattr(storage, 'find_master', lambda sp_uuid, **kwargs: (domain, storage.read_md(domain)))
+    monkeypatch.setattr(spm, 'require_spm', lambda sp_uuid: {'spm_status': 'SPM'})
+    monkeypatch.setattr(storage, 'refresh_links', lambda *args: None)
+    real_pool_domains = storage.pool_domains
+
+    def slow_pool_domains(master_md):
+        time.sleep(0.05)  # widen the window between reading POOL_DOMAINS and writing it back
+        return real_pool_domains(master_md)
+    monkeypatch.setattr(storage, 'pool_domains', slow_pool_domains)
+    module = types.SimpleNamespace(check_mode=False)
+    errors = []
+
+    def attach(dom_dir):
+        try:
+            pool.set_membership(module, dom_dir, SP, storage.STATUS_ATTACHED, [])
+        except Exception as err:  # pylint: disable=broad-except
+            errors.append(repr(err))
+    threads = [threading.Thread(target=attach, args=(dom_dir,)) for dom_dir in dirs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert storage.pool_domains(storage.read_md(domain)) == {SD: 'Active', others[0]: 'Attached', others[1]: 'Attached'}
