@@ -19,7 +19,12 @@ description:
   - A larger O(size) on an existing leaf volume extends it; shrinking is refused.
   - V(absent) deletes one volume (it must have no children) or, without O(volume_uuid), the whole image, renaming
     it C(_remove_me_<image>) first.
-  - Changes run only on the SPM of the domain's pool; elsewhere the task fails naming the SPM host.
+  - Changes run only on the SPM of the domain's pool; elsewhere the task fails naming the SPM host. Each change
+    runs as a fenced SPM task: it holds a sanlock lease of its own in the master domain's lockspace and checks before
+    every metadata write that this host still holds the SPM lease with the same LVER, so a task that outlives the
+    lease writes nothing more.
+  - A volume that an interrupted create left behind (still ILLEGAL, or a data file without C(.meta)) is removed and
+    created again by the next V(present) run (action V(remove_leftover)); an ILLEGAL volume with children fails.
 options:
   sd_uuid:
     description: Domain holding the image; it must be attached to a pool.
@@ -188,7 +193,9 @@ chain:
   returned: success
   sample: []
 actions:
-  description: What was done (or would be done in check mode).
+  description:
+    - What was done (or would be done in check mode), in order.
+    - One of V(create), V(snapshot), V(clone), V(extend), V(delete_volume), V(delete_image), V(remove_leftover).
   type: list
   elements: str
   returned: success
