@@ -29,6 +29,7 @@ import secrets
 import stat
 import threading
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadline
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 TEMP_SUFFIX = '.new'
@@ -259,25 +260,16 @@ def read_bounded(path, limit=DEFAULT_READ_LIMIT, timeout=None, root=None):
     if not pending.acquire(blocking=False):  # pylint: disable=consider-using-with
         raise VirtnodeError('refusing to read %s: %d earlier reads are still stuck (storage not responding?)'
                             % (path, MAX_PENDING_READS), {'path': path, 'timeout': timeout})
-    outcome = {}
 
-    def reader():
+    def read_and_release():
         try:
-            outcome['data'] = _read_limited(path, limit, root)
-        except VirtnodeError as err:
-            outcome['error'] = err
+            return _read_limited(path, limit, root)
         finally:
             pending.release()
 
-    thread = threading.Thread(target=reader, name='read %s' % path, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise VirtnodeError('timed out after %ss reading %s (storage not responding?)' % (timeout, path),
-                            {'path': path, 'timeout': timeout})
-    if 'error' in outcome:
-        raise outcome['error']
-    return outcome['data']
+    return deadline.call_within(timeout, read_and_release,
+                                'timed out after %ss reading %s (storage not responding?)' % (timeout, path),
+                                {'path': path, 'timeout': timeout}, name='read %s' % path)
 
 
 def _decode(path, raw):

@@ -22,10 +22,10 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import threading
 import time
 import traceback
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadline
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -226,23 +226,9 @@ def area_is_blank(path, offset, length, timeout=AREA_READ_TIMEOUT):
     ``timeout`` seconds without an answer) raises VirtnodeError, so a lease
     area is never formatted because it could not be read.
     """
-    outcome = {}
-
-    def reader():
-        try:
-            outcome['blank'] = _area_blank(path, offset, length)
-        except Exception as err:  # pylint: disable=broad-except
-            outcome['error'] = err      # raised in the caller's thread
-
-    thread = threading.Thread(target=reader, name='read %s' % path, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise VirtnodeError('timed out after %ss reading %s (storage not responding?)' % (timeout, path),
-                            {'path': path, 'timeout': timeout})
-    if 'error' in outcome:
-        raise outcome['error']
-    return outcome['blank']
+    return deadline.call_within(timeout, lambda: _area_blank(path, offset, length),
+                                'timed out after %ss reading %s (storage not responding?)' % (timeout, path),
+                                {'path': path, 'timeout': timeout}, name='read %s' % path)
 
 
 def write_resource(lockspace, resource, path, offset=0, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
@@ -395,19 +381,6 @@ def held_resources_within(timeout, fd=None, pid=None):
     A stopped (frozen) sanlock daemon accepts connections and never replies;
     a caller deciding whether it may still write must not wait for it.
     """
-    outcome = {}
-
-    def ask():
-        try:
-            outcome['held'] = held_resources(fd=fd, pid=pid)
-        except VirtnodeError as err:
-            outcome['error'] = err
-
-    thread = threading.Thread(target=ask, name='sanlock inquire', daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise VirtnodeError('the sanlock daemon did not answer within %ss' % timeout, {'timeout': timeout})
-    if 'error' in outcome:
-        raise outcome['error']
-    return outcome['held']
+    return deadline.call_within(timeout, lambda: held_resources(fd=fd, pid=pid),
+                                'the sanlock daemon did not answer within %ss' % timeout, {'timeout': timeout},
+                                name='sanlock inquire')
