@@ -36,25 +36,29 @@ def play(tmp_path: Path, name: str, hosts: str, tasks: list, timeout: int = 900)
 
 
 CONNECT = {"virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": "{{ groups.lab.index(inventory_hostname) + 1 }}"}}
+# A domain on the shared export, a pool on it that every host joins, and the first host as its SPM.
+POOL_WITH_SPM = [
+    {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
+     "run_once": True},
+    {"name": "Connect server", **POOL_SERVER},
+    {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
+                                                              "io_timeout": IO_TIMEOUT},
+     "run_once": True},
+    {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
+                                                          "host_id": 1, "state": "present"},
+     "when": "inventory_hostname == groups.lab[0]"},
+    {"name": "Connect pool", **CONNECT},
+    {"name": "First host becomes SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started",
+                                                            "check_interval": 0.5},
+     "when": "inventory_hostname == groups.lab[0]", "register": "started"},
+]
 
 
 def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
     first, second = list(lab_hosts)[:2]
     play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
     play(tmp_path, "setup", "lab", [
-        {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
-         "run_once": True},
-        {"name": "Connect server", **POOL_SERVER},
-        {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
-                                                                  "io_timeout": IO_TIMEOUT},
-         "run_once": True},
-        {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
-                                                              "host_id": 1, "state": "present"},
-         "when": "inventory_hostname == groups.lab[0]"},
-        {"name": "Connect pool", **CONNECT},
-        {"name": "First host becomes SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started",
-                                                                "check_interval": 0.5},
-         "when": "inventory_hostname == groups.lab[0]", "register": "started"},
+        *POOL_WITH_SPM,
         {"name": "It is SPM", "ansible.builtin.assert": {"that": ["started.spm.spm_status == 'SPM'"]},
          "when": "inventory_hostname == groups.lab[0]"},
     ])
@@ -156,19 +160,7 @@ def test_a_task_that_outlives_the_spm_lease_writes_nothing(lab_hosts, tmp_path):
                                      "clone_from": {"image_uuid": src_img, "volume_uuid": src_vol}}}
     play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
     play(tmp_path, "setup", "lab", [
-        {"name": "Export dir", "ansible.builtin.file": {"path": "{{ export }}", "state": "directory", "mode": "0755"},
-         "run_once": True},
-        {"name": "Connect server", **POOL_SERVER},
-        {"name": "Create domain", "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}",
-                                                                  "io_timeout": IO_TIMEOUT},
-         "run_once": True},
-        {"name": "Create pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "master_sd_uuid": "{{ sd }}",
-                                                              "host_id": 1, "state": "present"},
-         "when": "inventory_hostname == groups.lab[0]"},
-        {"name": "Connect pool", **CONNECT},
-        {"name": "First host becomes SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started",
-                                                                "check_interval": 0.5},
-         "when": "inventory_hostname == groups.lab[0]"},
+        *POOL_WITH_SPM,
         {"name": "Source volume", "virtnode.kvm.volume": {"sd_uuid": "{{ sd }}", "image_uuid": src_img,
                                                           "volume_uuid": src_vol, "format": "RAW", "size": "8M"},
          "when": "inventory_hostname == groups.lab[0]"},
