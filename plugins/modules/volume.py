@@ -20,7 +20,7 @@ description:
   - V(absent) deletes one volume (it must have no children) or, without O(volume_uuid), the whole image, renaming
     it C(_remove_me_<image>) first.
   - Changes run only on the SPM of the domain's pool; elsewhere the task fails naming the SPM host. Each change
-    runs as a fenced SPM task: it holds a sanlock lease of its own in the master domain's lockspace and checks before
+    runs as a fenced SPM task, which holds a sanlock lease of its own in the master domain's lockspace and checks before
     every metadata write that this host still holds the SPM lease with the same LVER, so a task that outlives the
     lease writes nothing more.
   - A volume that an interrupted create left behind (still ILLEGAL, or a data file without C(.meta)) is removed and
