@@ -16,6 +16,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), 'plugins', 'module_utils', 'f
 VIR_ERR_SYSTEM_ERROR = 38
 VIR_ERR_NO_CONNECT = 5
 VIR_FROM_RPC = 7
+# The storage domain of the nfs_domain fixture.
+NFS_SD = '275766cb-c7d8-43d6-a663-4e52160de620'
 
 
 def fixture_text(name):
@@ -140,3 +142,23 @@ def no_libvirt(monkeypatch):
     monkeypatch.setattr(libvirt_conn, 'libvirt', None)
     monkeypatch.setattr(libvirt_conn, 'HAS_LIBVIRT', False)
     monkeypatch.setattr(libvirt_conn, 'LIBVIRT_IMPORT_ERROR', "ModuleNotFoundError: No module named 'libvirt'")
+
+
+@pytest.fixture
+def nfs_domain(tmp_path, monkeypatch):
+    """An NFS-type storage domain under a private mount root and lock dir, sanlock's lease writes faked.
+
+    Returns its directory; the mount root is ``tmp_path / 'mnt'`` and the domain UUID ``NFS_SD``.
+    """
+    # pylint: disable=import-outside-toplevel  # as _libvirt_conn: the collection loads after this file
+    from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+    root = tmp_path / 'mnt'
+    (root / 'server:_export').mkdir(parents=True)
+    monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
+    monkeypatch.setattr(domain_lock, 'LOCK_DIR', str(tmp_path / 'locks'))
+    for name in ('write_lockspace', 'write_resource'):
+        monkeypatch.setattr(sanlock_lock, name, lambda *args, **kwargs: None)
+    return storage.create_domain(str(root / 'server:_export'), NFS_SD, 'NFS', 'Data', 'data', 'server:/export', 5, 1)

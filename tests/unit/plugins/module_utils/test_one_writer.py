@@ -16,10 +16,8 @@ import types
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
@@ -36,19 +34,13 @@ needs_qemu_img = pytest.mark.skipif(shutil.which('qemu-img') is None, reason='qe
 
 
 @pytest.fixture
-def domain(tmp_path, monkeypatch):
-    """An NFS-type domain in a private mount root, sanlock's lease writes faked; returns its directory."""
-    root = tmp_path / 'mnt'
-    (root / 'server:_export').mkdir(parents=True)
-    monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(domain_lock, 'LOCK_DIR', str(tmp_path / 'locks'))
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, _orig=storage.scan_domains:
-                        _orig(mount_root=str(root), mount=mount))
-    for name in ('write_lockspace', 'write_resource'):
-        monkeypatch.setattr(sanlock_lock, name, lambda *args, **kwargs: None)
-    dom_dir = storage.create_domain(str(root / 'server:_export'), SD, 'NFS', 'Data', 'data', 'server:/export', 5, 1)
-    storage.update_md(dom_dir, {'POOL_UUID': SP})
-    return dom_dir
+def domain(nfs_domain, tmp_path, monkeypatch):
+    """The NFS-type domain of ``nfs_domain``, in pool SP; returns its directory."""
+    root = str(tmp_path / 'mnt')
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=root, mount=None, _orig=storage.scan_domains:
+                        _orig(mount_root=root, mount=mount))
+    storage.update_md(nfs_domain, {'POOL_UUID': SP})
+    return nfs_domain
 
 
 # ------------------------------------------------------------------ concurrent metadata writers

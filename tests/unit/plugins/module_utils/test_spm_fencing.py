@@ -16,8 +16,6 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 
 SD = '275766cb-c7d8-43d6-a663-4e52160de620'
@@ -26,18 +24,12 @@ HOST_ID = 3
 
 
 @pytest.fixture
-def pool(tmp_path, monkeypatch):
+def pool(nfs_domain, tmp_path, monkeypatch):
     """This process plays the SPM holder of a pool whose master is an NFS-type domain; sanlock is a dict."""
-    root = tmp_path / 'mnt'
-    (root / 'server:_export').mkdir(parents=True)
-    monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(domain_lock, 'LOCK_DIR', str(tmp_path / 'locks'))
     monkeypatch.setattr(spm, 'STATE_DIR', str(tmp_path / 'spm'))
     monkeypatch.setattr(spm, 'TASKS_DIR', str(tmp_path / 'spm' / 'tasks'))
     monkeypatch.setattr(spm, 'INQUIRE_TIMEOUT', 0.3)
-    for name in ('write_lockspace', 'write_resource'):
-        monkeypatch.setattr(sanlock_lock, name, lambda *args, **kwargs: None)
-    dom_dir = storage.create_domain(str(root / 'server:_export'), SD, 'NFS', 'Data', 'data', 'server:/export', 5, 1)
+    dom_dir = nfs_domain
     storage.update_md(dom_dir, {'POOL_UUID': SP, 'POOL_SPM_ID': HOST_ID, 'POOL_SPM_LVER': 7})
     monkeypatch.setattr(storage, 'find_master', lambda sp_uuid, required=True: (dom_dir, storage.read_md(dom_dir)))
     monkeypatch.setattr(spm, 'require_spm', lambda sp_uuid: {'spm_status': spm.SPM})
