@@ -4,6 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 HOSTS ?= 2
+# User-mode Linux hosts with a kernel of their own (tests/lab/kernel_host.py); the first serves storage.
+KERNEL_HOSTS ?= 2
 VIRTNODE_LAB_ID ?= 0
 export VIRTNODE_LAB_ID
 LAB_DIR := $(if $(filter 0,$(VIRTNODE_LAB_ID)),.lab,.lab$(VIRTNODE_LAB_ID))
@@ -20,7 +22,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@echo "make demo       install, bring up a $(HOSTS)-host lab, run playbooks/demo.yml"
 	@echo "make test       install, run every test (unit, sanity, lint, integration on the lab)"
-	@echo "make lab-up HOSTS=N / make lab-down / make lab-status"
+	@echo "make lab-up HOSTS=N KERNEL_HOSTS=K / make lab-down / make lab-status"
 	@echo "make units | sanity | lint | integration   one part of the suite"
 
 # Debian packages: apt runs only when something is missing.
@@ -48,7 +50,7 @@ collection:
 	@cd $(COLLECTION) && git init -q && git add -A
 
 lab-up: deps
-	$(PYTHON) tests/lab/lab.py up --hosts $(HOSTS)
+	$(PYTHON) tests/lab/lab.py up --hosts $(HOSTS) --kernel-hosts $(KERNEL_HOSTS)
 
 lab-down:
 	$(PYTHON) tests/lab/lab.py down

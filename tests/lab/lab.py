@@ -6,11 +6,18 @@ machine-id), running its own sshd, virtlogd, libvirtd (TCP listener for
 migration) and sanlock daemon. A directory outside the namespaces is the
 shared storage, visible at the same path on every host.
 
-    lab.py up [--hosts N]     create or repair the lab (idempotent)
+    lab.py up [--hosts N] [--kernel-hosts K]
+                              create or repair the lab (idempotent)
     lab.py down               remove everything it created (idempotent)
     lab.py status             one line per host
-    lab.py exec HOST -- CMD   run CMD inside a host's namespaces
+    lab.py exec HOST -- CMD   run CMD inside a host (a kernel host: over SSH)
     lab.py crash HOST         kill a host outright (its sanlock stops renewing)
+    lab.py reboot HOST        reboot a kernel host and wait for the end of its boot
+
+Beside the namespace hosts (vnhostN) the lab has kernel hosts (vnkernN, tests/lab/kernel_host.py):
+User-mode Linux with a kernel of their own, for what the machine's kernel lacks (device-mapper,
+bonding, VLANs, NFS, iSCSI); the first of them is also the lab's storage server
+(tests/lab/storage_server.py).
 
 Only the standard library is used; it runs as root.
 """
@@ -31,6 +38,7 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
 # Several labs can coexist (e.g. a developer's and a test run's): each id has
 # its own directory, bridge, subnet and namespace names.
 LAB_ID = int(os.environ.get("VIRTNODE_LAB_ID", "0"))
@@ -476,23 +484,59 @@ def _kill_cgroup_members(group: Path) -> None:
 
 
 def write_inventory(state: dict, guest: dict) -> None:
+    """Groups by kind: lab (namespace hosts), kernel (kernel hosts), storage_server (its first)."""
     hosts = {name: {"ansible_host": h["ip"], "virtnode_lab_host_uuid": h["uuid"]}
              for name, h in sorted(state["hosts"].items(), key=lambda kv: kv[1]["index"])}
-    inv = {"all": {"children": {"lab": {
-        "hosts": hosts,
+    kernel = {name: {"ansible_host": h["ip"], "virtnode_lab_host_uuid": h["uuid"],
+                     "virtnode_lab_storage_ip": h["storage_ip"]}
+              for name, h in sorted(state.get("kernel_hosts", {}).items(), key=lambda kv: kv[1]["index"])}
+    children = {"lab": {"hosts": hosts, "vars": {"virtnode_lab_shared_dir": str(SHARED_DIR)}}}
+    if kernel:
+        import kernel_host
+        import storage_server
+        children["kernel"] = {"hosts": kernel, "vars": storage_server.inventory_vars()}
+        children["storage_server"] = {"hosts": {kernel_host.STORAGE_SERVER: {}}}
+    inv = {"all": {
         "vars": {
             "ansible_user": "root",
             "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_private_key_file": str(SSH_DIR / "id_ed25519"),
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
                                        "-o LogLevel=ERROR",
-            "virtnode_lab_shared_dir": str(SHARED_DIR),
             "virtnode_lab_guest_kernel": guest["kernel"],
             "virtnode_lab_guest_initrd": guest["initrd"],
             "virtnode_lab_guest_cmdline": guest["cmdline_base"],
-        }}}}}
+        },
+        "children": children}}
     # JSON is valid YAML; keeps the tool free of third-party modules.
     INVENTORY.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+
+
+def kernel_hosts_up(state: dict, count: int) -> None:
+    """Start (or keep) `count` kernel hosts, in parallel; the first one serves storage."""
+    import kernel_host
+    import storage_server
+    if count and not Path(kernel_host.UML).exists():
+        raise SystemExit("lab: user-mode-linux is not installed; run make deps")
+    kernel_host.ensure_storage_bridge()
+    hosts = state.setdefault("kernel_hosts", {})
+    for name in list(hosts):
+        if hosts[name]["index"] > count:
+            kernel_host.destroy(name)
+            del hosts[name]
+            log(f"{name}: removed")
+    started = {}
+    for index in range(1, count + 1):
+        name, fresh = kernel_host.ensure(state, index, count)
+        if fresh:
+            started[name] = time.monotonic()
+    save_state(state)
+    for name, t0 in started.items():
+        seconds = kernel_host.wait_ready(name, kernel_host.host_index(name), t0)
+        log(f"{name}: booted, ready at {kernel_host.host_ip(kernel_host.host_index(name))} in {seconds:.1f}s")
+    if count:
+        kernel_host.save_capability_cache(kernel_host.host_name(1))
+        storage_server.ensure(count)
 
 
 # ---------------------------------------------------------------- commands
@@ -524,8 +568,10 @@ def cmd_up(args) -> None:
     for index in range(1, args.hosts + 1):
         wait_ready(host_name(index), index, state["hosts"][host_name(index)]["holder"])
         log(f"{host_name(index)}: ready at {host_ip(index)}")
+    kernel_hosts_up(state, args.kernel_hosts)
     write_inventory(state, guest)
-    log(f"{args.hosts} host(s) ready in {time.monotonic() - t0:.1f}s; inventory {INVENTORY}")
+    log(f"{args.hosts} namespace host(s) and {args.kernel_hosts} kernel host(s) ready in "
+        f"{time.monotonic() - t0:.1f}s; inventory {INVENTORY}")
 
 
 def cmd_down(args) -> None:
@@ -536,7 +582,13 @@ def cmd_down(args) -> None:
     for name in sorted(names):
         destroy_host(name)
         log(f"{name}: removed")
-    for bridge in (BRIDGE, VM_BRIDGE):
+    import kernel_host
+    for name in sorted(set(state.get("kernel_hosts", {})) | set(kernel_host.known_hosts())):
+        kernel_host.destroy(name)
+        log(f"{name}: removed")
+    for tap in kernel_host.leftover_taps():
+        run(["ip", "link", "del", tap], check=False, capture=True)
+    for bridge in (BRIDGE, VM_BRIDGE, kernel_host.STORAGE_BRIDGE):
         if Path("/sys/class/net", bridge).exists():
             run(["ip", "link", "del", bridge], check=False)
             log(f"removed bridge {bridge}")
@@ -564,9 +616,13 @@ def cmd_down(args) -> None:
 
 def cmd_status(args) -> None:
     state = load_state()
-    if not state["hosts"]:
+    if not state["hosts"] and not state.get("kernel_hosts"):
         print("lab: no hosts")
         return
+    import kernel_host
+    for name, h in sorted(state.get("kernel_hosts", {}).items(), key=lambda kv: kv[1]["index"]):
+        pid = kernel_host.init_pid(name)
+        print(f"{name} {h['ip']} kernel={'up (pid %d, %d processes)' % (pid, len(kernel_host.process_tree(name))) if pid else 'DOWN'}")
     for name, h in sorted(state["hosts"].items(), key=lambda kv: kv[1]["index"]):
         parts = [f"{name} {h['ip']} holder={'up' if pid_alive(h['holder']) else 'DOWN'}"]
         for label, pidfile, _cmd, _env in daemons(False):
@@ -577,6 +633,11 @@ def cmd_status(args) -> None:
 def cmd_crash(args) -> None:
     """Kill a host outright (SIGKILL, no clean-up), as a power failure would."""
     state = load_state()
+    if args.host in state.get("kernel_hosts", {}):
+        import kernel_host
+        kernel_host.kill(args.host)
+        log(f"{args.host}: crashed (lab-up boots it again on the same disk)")
+        return
     if args.host not in state["hosts"]:
         raise SystemExit(f"lab: no host {args.host}")
     ns = netns_name(args.host)
@@ -602,11 +663,22 @@ def cmd_crash(args) -> None:
     log(f"{args.host}: crashed (lab-up brings it back)")
 
 
+def cmd_reboot(args) -> None:
+    state = load_state()
+    if args.host not in state.get("kernel_hosts", {}):
+        raise SystemExit(f"lab: {args.host} is not a kernel host")
+    import kernel_host
+    log(f"{args.host}: rebooted, ready in {kernel_host.reboot(args.host):.1f}s")
+
+
 def cmd_exec(args) -> None:
     state = load_state()
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.host in state.get("kernel_hosts", {}):
+        import kernel_host
+        os.execvp("ssh", kernel_host.ssh_argv(args.host, kernel_host.host_index(args.host), cmd))
     if args.host not in state["hosts"]:
         raise SystemExit(f"lab: no host {args.host}; hosts: {', '.join(sorted(state['hosts'])) or 'none'}")
-    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     os.execvp("nsenter", in_host(state["hosts"][args.host]["holder"], cmd))
 
 
@@ -615,12 +687,17 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command_name", required=True)
     up = sub.add_parser("up", help="create or repair the lab")
     up.add_argument("--hosts", type=int, default=2)
+    up.add_argument("--kernel-hosts", type=int, default=int(os.environ.get("KERNEL_HOSTS", "2")),
+                    help="User-mode Linux hosts (0-9); the first is the storage server")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="remove the lab").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show hosts").set_defaults(func=cmd_status)
     crash = sub.add_parser("crash", help="kill a host outright, as a power failure would")
     crash.add_argument("host")
     crash.set_defaults(func=cmd_crash)
+    reboot = sub.add_parser("reboot", help="reboot a kernel host and wait for its boot to end")
+    reboot.add_argument("host")
+    reboot.set_defaults(func=cmd_reboot)
     ex = sub.add_parser("exec", help="run a command inside a host")
     ex.add_argument("host")
     ex.add_argument("command", nargs=argparse.REMAINDER)
@@ -628,6 +705,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "hosts", 1) < 1 or getattr(args, "hosts", 1) > 50:
         parser.error("--hosts must be between 1 and 50")
+    if not 0 <= getattr(args, "kernel_hosts", 0) <= 9:
+        parser.error("--kernel-hosts must be between 0 and 9")
     args.func(args)
 
 
