@@ -29,6 +29,21 @@ def lab_hosts(inventory) -> dict:
     return inventory["all"]["children"]["lab"]["hosts"]
 
 
+@pytest.fixture(scope="session")
+def kernel_hosts(inventory) -> dict:
+    """The lab's kernel hosts (User-mode Linux, tests/lab/kernel_host.py); the first serves storage."""
+    hosts = inventory["all"]["children"].get("kernel", {}).get("hosts")
+    if not hosts:
+        pytest.fail(f"the lab at {LAB} has no kernel hosts: run `make lab-up` (KERNEL_HOSTS=2)")
+    return hosts
+
+
+@pytest.fixture(scope="session")
+def kernel_vars(inventory) -> dict:
+    """What the storage server serves: NFS exports, iSCSI target and portals, the DHCP subnet."""
+    return inventory["all"]["children"]["kernel"]["vars"]
+
+
 def ansible_env() -> dict:
     env = dict(os.environ)
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build"))
@@ -43,9 +58,10 @@ def run_playbook(playbook: Path, *extra: str, timeout: int = 900) -> subprocess.
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, check=False)
 
 
-def lab_exec(host: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+def lab_exec(host: str, *cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a command (an argv, no shell) on a lab host: in its namespaces, or over SSH on a kernel host."""
     proc = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "exec", host, "--", *cmd],
-                          text=True, capture_output=True, timeout=120, check=False)
+                          text=True, capture_output=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"{host}: {' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
     return proc
