@@ -321,8 +321,11 @@ def uml_argv(name: str, index: int) -> list[str]:
             f"init={host_dir(name) / 'init.sh'}", f"ubd0={disk_path(name)}",
             *([f"ubd1={data_disk_path(name)}"] if name == STORAGE_SERVER else []),
             "con=null", "con0=null,fd:1", "systemd.show_status=0", "quiet"]
+    # gro=1: the machine's TCP stack hands the tap segmentation-offloaded (GSO) frames; without it
+    # the vector driver drops them ("Incoming GSO frames and GRO disabled") and machine -> host TCP
+    # crawls at ~30 KB/s through retransmissions (a module payload took seconds, SSH keepalives gave up).
     for i, (tap, _nic, _br) in enumerate(nics(index)):
-        argv.append(f"vec{i}:transport=tap,ifname={tap},mac={mac(index, i)}")
+        argv.append(f"vec{i}:transport=tap,ifname={tap},mac={mac(index, i)},gro=1")
     return argv
 
 
