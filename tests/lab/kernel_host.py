@@ -252,7 +252,9 @@ def stage_files(name: str, index: int, count: int) -> Path:
         (stage / "upper" / "srv" / "virtnode").mkdir(parents=True)
     write_upper(stage, "etc/fstab", fstab)
     # sanlock without a watchdog device: the roles run with bootstrap_sanlock_use_watchdog false.
-    write_upper(stage, "etc/default/sanlock", "SANLOCKOPTS=\"-w 0\"\n")
+    # Debian's unit passes $sanlock_opts (SANLOCKOPTS is EL's name): with the watchdog on and no
+    # wdmd, every add_lockspace fails with -203.
+    write_upper(stage, "etc/default/sanlock", "sanlock_opts=\"-w 0\"\n")
     # LVM on a host whose udev does not manage dm nodes for it (UML has no udev rules run for dm).
     write_upper(stage, "etc/lvm/lvmlocal.conf",
                 "# virtnode lab\nactivation {\n  udev_sync = 0\n  udev_rules = 0\n}\n"
