@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 import time
 import traceback
 
@@ -139,6 +140,85 @@ def to_error(exc, what, owner_host_id=None):
     return VirtnodeError('%s failed: %s' % (what, text), details)
 
 
+# ------------------------------------------------------------------ the daemon's access to lease files
+
+SANLOCK_PIDFILE = '/run/sanlock/sanlock.pid'
+
+
+def daemon_credentials(pidfile=None, proc='/proc'):
+    """``(uid, gid, groups)`` the sanlock daemon runs with (effective ids), or None if root or unknown."""
+    try:
+        with open(pidfile or SANLOCK_PIDFILE) as stream:
+            pid = int(stream.read().split()[0])
+        with open(os.path.join(proc, str(pid), 'status')) as stream:
+            fields = dict(line.split(':', 1) for line in stream if ':' in line)
+        uid, gid = int(fields['Uid'].split()[1]), int(fields['Gid'].split()[1])
+        groups = {int(group) for group in fields.get('Groups', '').split()}
+    except (OSError, ValueError, IndexError, KeyError):
+        return None
+    return None if uid == 0 else (uid, gid, groups | {gid})
+
+
+def _may_read_write(st, creds):
+    uid, _gid, groups = creds
+    if st.st_uid == uid:
+        return st.st_mode & 0o600 == 0o600
+    if st.st_gid in groups:
+        return st.st_mode & 0o060 == 0o060
+    return st.st_mode & 0o006 == 0o006
+
+
+def _access_problem(path, creds):
+    """Why the daemon with ``creds`` cannot open ``path`` read-write (None if it can, or cannot be told)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if _may_read_write(st, creds):
+        return None
+    return ('the sanlock daemon (uid %d, groups %s) cannot read and write %s (owner %d:%d, mode %04o)'
+            % (creds[0], ','.join(str(g) for g in sorted(creds[2])), path, st.st_uid, st.st_gid,
+               stat.S_IMODE(st.st_mode)))
+
+
+def give_to_daemon(path, creds=None):
+    """Let the sanlock daemon read and write the lease file ``path`` before it is handed to the daemon.
+
+    Packaged sanlock runs as its own user (sanlock:sanlock on Debian and EL),
+    and lease files made by root with mode 0660 are closed to it: sanlock then
+    fails with ENODEV. A regular file gets the daemon's group and g+rw, as
+    VDSM's vdsm:kvm files are opened by a sanlock that is a member of kvm.
+    The group is numeric on shared storage: every host needs the same gid for it.
+    """
+    creds = creds or daemon_credentials()
+    if creds is None:
+        return
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # sanlock reports the missing file itself
+    if _may_read_write(st, creds):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise VirtnodeError(_access_problem(path, creds), {'path': path})
+    try:
+        os.chown(path, -1, creds[1])
+        os.chmod(path, stat.S_IMODE(st.st_mode) | 0o060)
+    except OSError as err:
+        raise VirtnodeError('%s, and its group cannot be changed: %s' % (_access_problem(path, creds), err.strerror),
+                            {'path': path, 'errno': err.errno}) from err
+
+
+def _failed(exc, what, path, owner_host_id=None):
+    """to_error, saying so when the daemon cannot open ``path`` (sanlock itself only says ENODEV)."""
+    error = to_error(exc, what, owner_host_id)
+    creds = daemon_credentials() if error_errno(exc) in (errno.ENODEV, errno.EACCES, errno.EPERM) else None
+    problem = _access_problem(path, creds) if creds else None
+    if problem:
+        return VirtnodeError('%s (%s)' % (error.message, problem), dict(error.details, path=path))
+    return error
+
+
 def check_host_id(host_id):
     """Return ``host_id`` if it is a valid sanlock host id (1..2000)."""
     if isinstance(host_id, bool) or not isinstance(host_id, int) or not MIN_HOST_ID <= host_id <= MAX_HOST_ID:
@@ -150,10 +230,11 @@ def check_host_id(host_id):
 def write_lockspace(lockspace, path, io_timeout=0, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
     """Initialise the lockspace ``lockspace`` on ``path`` (offset 0)."""
     _need()
+    give_to_daemon(path)
     try:
         sanlock.write_lockspace(_b(lockspace), path, iotimeout=io_timeout, align=alignment, sector=sector)
     except SanlockException as exc:
-        raise to_error(exc, 'initialising lockspace %s on %s' % (lockspace, path)) from exc
+        raise _failed(exc, 'initialising lockspace %s on %s' % (lockspace, path), path) from exc
 
 
 def read_lockspace(path, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
@@ -168,7 +249,7 @@ def read_lockspace(path, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
     except SanlockException as exc:
         if error_errno(exc) == SANLK_LEADER_MAGIC:
             return None
-        raise to_error(exc, 'reading lockspace on %s' % path) from exc
+        raise _failed(exc, 'reading lockspace on %s' % path, path) from exc
     return {'lockspace': _s(found.get('lockspace')), 'io_timeout': found.get('iotimeout')}
 
 
@@ -234,10 +315,11 @@ def area_is_blank(path, offset, length, timeout=AREA_READ_TIMEOUT):
 def write_resource(lockspace, resource, path, offset=0, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
     """Initialise resource lease ``resource`` at ``offset`` of ``path``."""
     _need()
+    give_to_daemon(path)
     try:
         sanlock.write_resource(_b(lockspace), _b(resource), [(path, offset)], align=alignment, sector=sector)
     except SanlockException as exc:
-        raise to_error(exc, 'initialising lease %s on %s:%d' % (resource, path, offset)) from exc
+        raise _failed(exc, 'initialising lease %s on %s:%d' % (resource, path, offset), path) from exc
 
 
 def read_resource(path, offset=0, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
@@ -248,7 +330,7 @@ def read_resource(path, offset=0, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SE
     except SanlockException as exc:
         if error_errno(exc) in (SANLK_LEADER_MAGIC, errno.EINVAL, errno.ENODATA):
             return None
-        raise to_error(exc, 'reading lease at %s:%d' % (path, offset)) from exc
+        raise _failed(exc, 'reading lease at %s:%d' % (path, offset), path) from exc
     if not found.get('resource'):
         return None
     return {'lockspace': _s(found['lockspace']), 'resource': _s(found['resource']), 'version': found.get('version')}
@@ -260,7 +342,7 @@ def resource_owners(lockspace, resource, path, offset=0, alignment=DEFAULT_ALIGN
     try:
         owners = sanlock.read_resource_owners(_b(lockspace), _b(resource), [(path, offset)], align=alignment, sector=sector)
     except SanlockException as exc:
-        raise to_error(exc, 'reading owners of lease %s' % resource) from exc
+        raise _failed(exc, 'reading owners of lease %s' % resource, path) from exc
     return sorted(owner['host_id'] for owner in owners)
 
 
@@ -268,12 +350,13 @@ def add_lockspace(lockspace, host_id, path, io_timeout=0, wait=True):
     """Join ``lockspace`` with ``host_id``; returns False if it was already joined."""
     _need()
     check_host_id(host_id)
+    give_to_daemon(path)
     try:
         sanlock.add_lockspace(_b(lockspace), host_id, path, iotimeout=io_timeout, wait=wait)
     except SanlockException as exc:
         if error_errno(exc) == errno.EEXIST:
             return False
-        raise to_error(exc, 'joining lockspace %s as host %d' % (lockspace, host_id)) from exc
+        raise _failed(exc, 'joining lockspace %s as host %d' % (lockspace, host_id), path) from exc
     return True
 
 
@@ -324,6 +407,7 @@ def acquire(lockspace, resource, path, offset, fd, alignment=DEFAULT_ALIGNMENT, 
     On failure the error names the host holding the lease when it can be read.
     """
     _need()
+    give_to_daemon(path)
     try:
         sanlock.acquire(_b(lockspace), _b(resource), [(path, offset)], slkfd=fd)
     except SanlockException as exc:
@@ -334,7 +418,7 @@ def acquire(lockspace, resource, path, offset, fd, alignment=DEFAULT_ALIGNMENT, 
             except VirtnodeError:
                 owners = []
             owner = owners[0] if owners else None
-        raise to_error(exc, 'acquiring lease %s in lockspace %s' % (resource, lockspace), owner) from exc
+        raise _failed(exc, 'acquiring lease %s in lockspace %s' % (resource, lockspace), path, owner) from exc
 
 
 def release(lockspace, resource, path, offset, fd):

@@ -28,6 +28,8 @@ def fake_sanlock(monkeypatch):
     monkeypatch.setattr(sanlock_lock, 'sanlock', module)
     monkeypatch.setattr(sanlock_lock, 'HAS_SANLOCK', True)
     monkeypatch.setattr(sanlock_lock, 'SanlockException', FakeSanlockException)
+    # No daemon to ask: lease files are left as they are.
+    monkeypatch.setattr(sanlock_lock, 'SANLOCK_PIDFILE', '/nonexistent/sanlock.pid')
     module.calls = calls
     return module
 
@@ -139,3 +141,59 @@ def test_inquire_of_a_process_that_stays_busy_says_so(fake_sanlock, monkeypatch)
         sanlock_lock.held_resources(pid=42)
     assert 'busy with another sanlock command' in str(info.value)
     assert 'held by another host' not in str(info.value)
+
+
+def _daemon(tmp_path, uid, gid, groups):
+    (tmp_path / 'proc' / '4242').mkdir(parents=True)
+    (tmp_path / 'proc' / '4242' / 'status').write_text(
+        'Name:\tsanlock\nUid:\t%d\t%d\t%d\t%d\nGid:\t%d\t%d\t%d\t%d\nGroups:\t%s\n'
+        % (uid, uid, uid, uid, gid, gid, gid, gid, ' '.join(str(g) for g in groups)))
+    (tmp_path / 'sanlock.pid').write_text('4242\n')
+    return sanlock_lock.daemon_credentials(str(tmp_path / 'sanlock.pid'), str(tmp_path / 'proc'))
+
+
+def test_daemon_credentials_of_a_packaged_sanlock(tmp_path):
+    assert _daemon(tmp_path, 103, 109, [6, 109]) == (103, 109, {6, 109})
+
+
+def test_a_root_or_unknown_daemon_needs_nothing(tmp_path):
+    assert _daemon(tmp_path, 0, 0, []) is None
+    assert sanlock_lock.daemon_credentials(str(tmp_path / 'missing.pid')) is None
+
+
+def test_a_lease_file_closed_to_the_daemon_gets_its_group(tmp_path):
+    lease = tmp_path / 'ids'
+    lease.write_bytes(b'')
+    os.chmod(lease, 0o600)
+    # Root may hand the file to any group; anyone else only to a group of their own.
+    gid = os.getgid() + 1 if os.getuid() == 0 else os.getgid()
+    sanlock_lock.give_to_daemon(str(lease), (os.getuid() + 1, gid, {gid}))
+    st = os.stat(lease)
+    assert st.st_gid == gid and st.st_mode & 0o777 == 0o660
+
+
+def test_an_open_lease_file_is_left_alone_and_a_directory_is_refused(tmp_path):
+    lease = tmp_path / 'leases'
+    lease.write_bytes(b'')
+    os.chmod(lease, 0o666)
+    before = os.stat(lease)
+    sanlock_lock.give_to_daemon(str(lease), (65000, 65000, {65000}))
+    assert os.stat(lease) == before
+    os.chmod(tmp_path, 0o700)
+    with pytest.raises(VirtnodeError, match='cannot read and write .* mode 0700'):
+        sanlock_lock.give_to_daemon(str(tmp_path), (65000, 65000, {65000}))
+
+
+def test_enodev_from_sanlock_says_the_daemon_cannot_open_the_file(fake_sanlock, tmp_path, monkeypatch):
+    lease = tmp_path / 'ids'
+    lease.write_bytes(b'')
+    os.chmod(lease, 0o600)
+    monkeypatch.setattr(sanlock_lock, 'daemon_credentials', lambda: (65000, 65000, {65000}))
+    monkeypatch.setattr(sanlock_lock, 'give_to_daemon', lambda path: None)
+
+    def write_lockspace(*args, **kwargs):
+        raise FakeSanlockException(errno.ENODEV, 'Sanlock lockspace write failure', 'No such device')
+    fake_sanlock.write_lockspace = write_lockspace
+    with pytest.raises(VirtnodeError, match=r'ENODEV \(the sanlock daemon \(uid 65000, groups 65000\) cannot read '
+                                            r'and write .*ids \(owner \d+:\d+, mode 0600\)\)'):
+        sanlock_lock.write_lockspace('ls', str(lease))
