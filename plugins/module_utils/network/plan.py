@@ -196,6 +196,9 @@ class Planner(object):
         old = link['master']
         do = ['link', 'set', 'dev', name] + (['master', master] if master else ['nomaster'])
         undo = [['link', 'set', 'dev', name] + (['master', old] if old else ['nomaster'])]
+        if old and (self.links.get(old) or {}).get('kind') == 'bond':
+            # The kernel refuses to enslave a device that is up; the bond brings it up again.
+            undo.insert(0, ['link', 'set', 'dev', name, 'down'])
         desc = 'attach %s to %s' % (name, master) if master else 'detach %s from %s' % (name, old)
         self.step(desc, do, undo, lambda: link.update(master=master))
 
@@ -247,6 +250,10 @@ class Planner(object):
 
     def delete(self, name):
         link = self.links[name]
+        # The kernel deletes a device's VLANs with it (a bond re-created for a new mode, say):
+        # delete them first, as steps of their own with their undo, so the plan knows they are gone.
+        for upper in sorted(n for n, l in self.links.items() if (l.get('vlan') or {}).get('parent') == name):
+            self.delete(upper)
         for port in sorted(n for n, l in self.links.items() if l['master'] == name):
             self.set_master(port, None)
         for family in (4, 6):

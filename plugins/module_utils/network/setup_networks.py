@@ -219,7 +219,10 @@ def apply_change(params, ip, dhcp, transactions, change, result, save_needed):
     """
     change.watched = bool(change.steps) and params['connectivity_check']
     change.txid = params['_transaction_id'] or str(uuid.uuid4())
-    change.snapshot = kernel_state.snapshot_state(change.state, change.names)
+    bond_options = dict((name, set((change.running['bonds'].get(name) or {}).get('options') or {}) |
+                             set((change.config['bonds'].get(name) or {}).get('options') or {}))
+                        for name in set(change.running['bonds']) | set(change.config['bonds']))
+    change.snapshot = kernel_state.snapshot_state(change.state, change.names, bond_options)
     if change.steps:
         apply.check_kernel_support(ip, change.state, change.steps)
     if change.watched:

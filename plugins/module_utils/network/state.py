@@ -85,8 +85,13 @@ def route_text(route):
     return 'via %s dev %s' % (route['gateway'], route['dev']) + (' metric %s' % route['metric'] if route.get('metric') else '')
 
 
-def snapshot_state(state, names):
-    """The full state of ``names`` (absent ones included) and all default routes."""
+def snapshot_state(state, names, bond_options=None):
+    """The full state of ``names`` (absent ones included) and all default routes.
+
+    ``bond_options`` names, per bond, the options whose current values are kept
+    (those the configurations involved set): a bond re-created on rollback
+    gets them back. Other options are left to the kernel's defaults.
+    """
     devices = {}
     for name in sorted(names):
         link = state['links'].get(name)
@@ -100,7 +105,9 @@ def snapshot_state(state, names):
         if link['kind'] == 'vlan':
             record['vlan'] = dict(link['vlan'])
         if link['kind'] == 'bond':
-            record['bond'] = {'mode': link['bond']['mode'], 'options': {}}
+            current = link['bond']['options']
+            record['bond'] = {'mode': link['bond']['mode'],
+                              'options': dict((k, current[k]) for k in sorted((bond_options or {}).get(name) or ()) if k in current)}
         devices[name] = record
     routes = dict((family, {'scope': 'all', 'routes': [dict(r) for r in state['routes'][family]]}) for family in (4, 6))
     return {'devices': devices, 'routes': routes}

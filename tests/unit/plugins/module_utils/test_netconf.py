@@ -188,6 +188,30 @@ def test_bond_with_bridged_vlan_network_plan(kernel):
     assert kernel.devs['nic2']['master'] is None
 
 
+def test_bond_mode_change_rebuilds_the_vlan_on_it_and_rolls_back(kernel):
+    # A real kernel deletes a bond's VLANs with the bond: the plan deletes and re-creates them itself.
+    net = {'name': 'vmnet', 'bond': 'bond0', 'vlan': 100, 'ipv4': {'addresses': ['192.0.2.10/24']}}
+    config, dummy = apply(kernel, model.empty_config(), request([net], [BOND]))
+    before = kernel.snapshot()
+    xor = dict(BOND, mode='balance-xor')
+    state, new_config, targets, routes, steps = plan(kernel, config, request([net], [xor]))
+    assert commands(steps)[:7] == [
+        'ip link set dev bond0.100 nomaster', 'ip link set dev bond0.100 down', 'ip link del dev bond0.100',
+        'ip link set dev nic2 nomaster', 'ip link set dev nic3 nomaster', 'ip link set dev bond0 down',
+        'ip link del dev bond0']
+    # Every step undone (re-enslaving a NIC needs it down), and the bond's options come back from the snapshot.
+    snapshot = kernel_state.snapshot_state(state, set(targets), {'bond0': ['miimon']})
+    done = net_apply.apply_steps(kernel, None, steps)
+    assert net_apply.undo_steps(kernel, None, done) == []
+    assert kernel.devs['bond0']['data'] == {'mode': 'active-backup'}
+    report = net_apply.rollback(kernel, None, [], snapshot)
+    assert report['restored'] and not report['errors'], report
+    assert kernel.snapshot() == before
+    config, steps = apply(kernel, config, request([net], [xor]))
+    assert kernel.devs['bond0']['data']['mode'] == 'balance-xor'
+    assert kernel.devs['bond0.100']['master'] == 'vmnet' and kernel.devs['vmnet']['addresses'] == ['192.0.2.10/24']
+
+
 def test_vlan_on_nic_plan(kernel):
     net = {'name': 'v200', 'bridged': False, 'nic': 'nic1', 'vlan': 200, 'ipv6': {'addresses': ['2001:db8::5/64']}}
     config, steps = apply(kernel, model.empty_config(), request([net]))
