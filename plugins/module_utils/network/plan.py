@@ -254,13 +254,13 @@ class Planner(object):
         # delete them first, as steps of their own with their undo, so the plan knows they are gone.
         for upper in sorted(n for n, l in self.links.items() if (l.get('vlan') or {}).get('parent') == name):
             self.delete(upper)
+        for family in sorted(link.get('dhcp') or []):
+            self.dhcp(name, family, False)
         for port in sorted(n for n, l in self.links.items() if l['master'] == name):
             self.set_master(port, None)
         for family in (4, 6):
             for route in [r for r in self.state['routes'][family] if r['dev'] == name]:
                 self.del_route(route)
-        for family in sorted(link.get('dhcp') or []):
-            self.dhcp(name, family, False)
         for address in list(link['addresses']):
             self.del_addr(name, address)
         if link['master']:
@@ -343,6 +343,23 @@ def _check_reachable(links, targets):
             problems.append("'%s' is a NIC; it cannot become a %s" % (name, target['kind']))
     if problems:
         raise VirtnodeError('; '.join(problems), {'problems': problems})
+
+
+def _stop_dhcp(planner, targets, route_targets, order):
+    """DHCP clients that go, first of all: each releases its lease while its device still reaches the server."""
+    for name in order.down:
+        link = planner.links.get(name)
+        target = targets[name]
+        if not link:
+            continue
+        if target.get('present') is False or _needs_recreate(link, target):
+            wanted = set()
+        elif target.get('dhcp') is not None:
+            wanted = set(target['dhcp'])
+        else:
+            continue
+        for family in sorted(set(link.get('dhcp') or []) - wanted):
+            planner.dhcp(name, family, False)
 
 
 def _remove_default_routes(planner, targets, route_targets, order):
@@ -485,6 +502,7 @@ def _add_default_routes(planner, targets, route_targets, order):
 
 # Each phase adds its steps to the planner and sees the effect of the phases before it.
 PHASES = (
+    _stop_dhcp,
     _remove_default_routes,
     _remove_devices,
     _detach_ports,

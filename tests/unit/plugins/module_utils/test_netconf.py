@@ -212,6 +212,31 @@ def test_bond_mode_change_rebuilds_the_vlan_on_it_and_rolls_back(kernel):
     assert kernel.devs['bond0.100']['master'] == 'vmnet' and kernel.devs['vmnet']['addresses'] == ['192.0.2.10/24']
 
 
+class RunningDhcp(object):
+    """DHCP clients as read_state sees them: an IPv4 client runs on each of ``devices``."""
+    client = '/usr/sbin/udhcpc'
+
+    def __init__(self, devices):
+        self.devices = devices
+
+    def running(self, dev):
+        return [4] if dev in self.devices else []
+
+
+def test_dhcp_client_stops_first_so_that_its_release_reaches_the_server(kernel):
+    net = {'name': 'net1', 'nic': 'nic1', 'ipv4': {'method': 'dhcp'}}
+    for args in (['link', 'add', 'name', 'net1', 'type', 'bridge'], ['link', 'set', 'dev', 'nic1', 'master', 'net1'],
+                 ['link', 'set', 'dev', 'nic1', 'up'], ['link', 'set', 'dev', 'net1', 'up']):
+        kernel.run(args)
+    running, problems = model.desired_config(model.empty_config(), request([net]))
+    state = kernel_state.read_state(kernel, RunningDhcp({'net1'}))
+    for req in (request([{'name': 'net1', 'state': 'absent'}]), request([dict(net, ipv4={'method': 'none'})])):
+        config, problems = model.desired_config(running, req)
+        targets, routes = net_plan.compute_targets(config, running, state['links'])
+        steps = net_plan.plan_changes(state, targets, routes)
+        assert commands(steps)[0] == 'dhcp stop net1 IPv4', commands(steps)
+
+
 def test_vlan_on_nic_plan(kernel):
     net = {'name': 'v200', 'bridged': False, 'nic': 'nic1', 'vlan': 200, 'ipv6': {'addresses': ['2001:db8::5/64']}}
     config, steps = apply(kernel, model.empty_config(), request([net]))
@@ -336,7 +361,7 @@ def dhcp_clients(tmp_path):
     client.parent.mkdir()
     client.write_text(FAKE_CLIENT)
     client.chmod(0o755)
-    clients = DhcpClients(str(tmp_path / 'dhcp'), client=str(client))
+    clients = DhcpClients(str(tmp_path / 'dhcp'), client=str(client), script=str(tmp_path / 'lib' / 'udhcpc.script'))
     started = []
     yield clients, started
     for proc in started:
@@ -369,10 +394,12 @@ def test_dhcp_client_started_is_tracked_and_stopped(dhcp_clients):
     clients.start('net1', 4)
     assert clients.running('net1') == [4]
     pid = clients._pid('net1', 4)
+    # udhcpc applies a lease only through a script; it releases the lease when stopped (-R).
+    with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+        argv = handle.read().split(b'\0')
+    assert b'-R' in argv and os.fsencode(clients.script) in argv and os.access(clients.script, os.X_OK)
     clients.stop('net1', 4)
-    deadline = time.monotonic() + 5
-    while process_start_time(pid) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # stop() waits for the client to be gone (it releases its lease on the way out).
     assert process_start_time(pid) is None
     assert clients.running('net1') == []
 
