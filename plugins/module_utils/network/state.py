@@ -52,8 +52,7 @@ def read_state(ip, dhcp=None):
             record['vlan'] = {'parent': link.get('link'), 'id': data.get('id')}
         if kind == 'bond':
             data = dict(info.get('info_data') or {})
-            record['bond'] = {'mode': data.pop('mode', None),
-                              'options': dict((str(k), str(v)) for k, v in data.items() if not isinstance(v, (list, dict)))}
+            record['bond'] = {'mode': data.pop('mode', None), 'options': _bond_options(data)}
         if dhcp is not None:
             record['dhcp'] = dhcp.running(link['ifname'])
         links[link['ifname']] = record
@@ -72,6 +71,19 @@ def read_state(ip, dhcp=None):
         routes[family] = [_route(family, r) for r in ip.routes(family)
                           if r.get('dst') == 'default' and r.get('protocol') not in ('ra', 'dhcp', 'kernel') and r.get('gateway')]
     return {'links': links, 'routes': routes}
+
+
+def _bond_options(data):
+    """Bond options as ``ip link ... type bond`` takes them: a list (arp_ip_target) is comma separated."""
+    options = {}
+    for key, value in data.items():
+        if value is None:
+            continue  # ip -j prints null for some unset options (arp_validate without ARP monitoring)
+        if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+            options[str(key)] = ','.join(str(v) for v in value)
+        elif not isinstance(value, (list, dict)):
+            options[str(key)] = str(value)
+    return options
 
 
 def _route(family, raw):
@@ -107,7 +119,9 @@ def snapshot_state(state, names, bond_options=None):
         if link['kind'] == 'bond':
             current = link['bond']['options']
             record['bond'] = {'mode': link['bond']['mode'],
-                              'options': dict((k, current[k]) for k in sorted((bond_options or {}).get(name) or ()) if k in current)}
+                              # An empty value (no arp_ip_target) cannot be given back to ip.
+                              'options': dict((k, current[k]) for k in sorted((bond_options or {}).get(name) or ())
+                                              if current.get(k) not in (None, ''))}
         devices[name] = record
     routes = dict((family, {'scope': 'all', 'routes': [dict(r) for r in state['routes'][family]]}) for family in (4, 6))
     return {'devices': devices, 'routes': routes}

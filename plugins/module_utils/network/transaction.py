@@ -267,6 +267,9 @@ def confirm(store, txid, on_confirm=None):
     the watcher cannot roll back in between; what it returns is stored in
     ``record['confirm_result']``.
     """
+    if not os.path.exists(store.path(txid)):
+        # Checked before locking, so that asking about an unknown id leaves no lock file behind.
+        raise VirtnodeError('unknown network transaction %s' % txid)
     with store.lock(txid):
         record = store.load(txid)
         if record is None:

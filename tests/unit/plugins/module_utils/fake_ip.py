@@ -148,7 +148,9 @@ class FakeIp(object):
                         info['info_data'] = {'protocol': '802.1Q', 'id': int(link['data']['id'])}
                         item['link'] = link['parent']
                     if link['kind'] == 'bond':
-                        info['info_data'] = dict(link['data'])
+                        # As the kernel reports them: ARP targets are a list, numbers are numbers.
+                        info['info_data'] = dict((k, v.split(',') if k == 'arp_ip_target' else int(v) if v.isdigit() else v)
+                                                 for k, v in link['data'].items())
                     item['linkinfo'] = info
                 else:
                     item['linkinfo'] = {'info_kind': 'veth'}

@@ -212,6 +212,19 @@ def test_bond_mode_change_rebuilds_the_vlan_on_it_and_rolls_back(kernel):
     assert kernel.devs['bond0.100']['master'] == 'vmnet' and kernel.devs['vmnet']['addresses'] == ['192.0.2.10/24']
 
 
+def test_bond_with_arp_monitoring_converges(kernel):
+    # ip -j reports arp_ip_target as a list: it must read back as the comma separated option it was set with.
+    arp = dict(BOND, options={'arp_interval': '100', 'arp_ip_target': '192.0.2.9,192.0.2.8', 'arp_validate': 'all'})
+    config, steps = apply(kernel, model.empty_config(), request([], [arp]))
+    assert commands(steps)[0] == ('ip link add name bond0 type bond mode active-backup arp_interval 100 '
+                                  'arp_ip_target 192.0.2.9,192.0.2.8 arp_validate all')
+    state = kernel_state.read_state(kernel)
+    assert state['links']['bond0']['bond']['options']['arp_ip_target'] == '192.0.2.9,192.0.2.8'
+    assert plan(kernel, config, request([], [arp]))[-1] == []
+    snapshot = kernel_state.snapshot_state(state, {'bond0'}, {'bond0': ['arp_ip_target', 'miimon']})
+    assert snapshot['devices']['bond0']['bond']['options'] == {'arp_ip_target': '192.0.2.9,192.0.2.8'}
+
+
 class RunningDhcp(object):
     """DHCP clients as read_state sees them: an IPv4 client runs on each of ``devices``."""
     client = '/usr/sbin/udhcpc'

@@ -121,6 +121,7 @@ def test_restored_refuses_networks(kernel, capsys):
 def test_confirm_unknown_transaction(kernel, capsys):
     rc, result = run_module(network, capsys, {'_confirm': 'nope'})
     assert rc == 1 and 'unknown network transaction nope' in result['msg']
+    assert not os.path.exists(os.path.join(net_rollback.TRANSACTION_DIR, 'nope.lock'))
 
 
 def test_connectivity_timeout_out_of_range_names_the_option(kernel, capsys):
