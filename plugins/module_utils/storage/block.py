@@ -11,6 +11,7 @@ VDSM does it on block storage domains). Every backend offers:
     activate(sd, img, vol)        -> stable device path (a symlink)
     deactivate(sd, img, vol)
     physical_size(sd, img, vol)   -> bytes, as this host sees the device
+    storage_size(sd, img, vol)    -> bytes, as the shared storage has it
     capacity(sd, img, vol)        -> virtual size in bytes
     extend(sd, img, vol, bytes)   -> bytes (SPM side: grow the storage)
     refresh(sd, img, vol)         -> bytes (every host using it: see the new size)
@@ -21,7 +22,8 @@ Two implementations:
 * :class:`LvmBackend` is the production path on block storage domains: the
   volume group is named after the domain, the logical volume after the
   volume; ``lvextend`` on the SPM, ``lvchange --refresh`` on the host running
-  the VM, ``lvs`` for sizes and the ``IU_<image>`` tag. The stable path is
+  the VM, ``lvs`` for the size on storage and the ``IU_<image>`` tag, the
+  active device itself for the size this host sees. The stable path is
   VDSM's ``/rhev/data-center/mnt/blockSD/<sd>/images/<img>/<vol>``.
 * :class:`LoopBackend` presents a volume of a *file* storage domain through
   a loop device over the volume file: extend grows the file on the shared
@@ -265,13 +267,22 @@ class LoopBackend:
 
 
 class LvmBackend:
-    """The production path: a logical volume ``<sd>/<vol>`` of a block storage domain."""
+    """The production path: a logical volume ``<sd>/<vol>`` of a block storage domain.
+
+    Two sizes differ on a host that did not run the ``lvextend``: the LV's size
+    in the VG metadata (:meth:`storage_size`, what every host's ``lvs`` reads
+    from the shared PV) and the size of this host's device-mapper table
+    (:meth:`physical_size`, what QEMU here can write), which only follows
+    after ``lvchange --refresh``. The thin provisioning monitor must compare
+    the guest's allocation with the latter.
+    """
 
     name = 'lvm'
 
-    def __init__(self, runner=run_checked, link_root=LVM_LINK_ROOT):
+    def __init__(self, runner=run_checked, link_root=LVM_LINK_ROOT, dev_root='/dev'):
         self.run = runner
         self.link_root = link_root
+        self.dev_root = dev_root
 
     def link_path(self, sd_uuid, img_uuid, vol_uuid):
         sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
@@ -280,6 +291,10 @@ class LvmBackend:
     @staticmethod
     def lv_name(sd_uuid, vol_uuid):
         return '%s/%s' % (validate.uuid_str(sd_uuid, 'storage domain UUID'), validate.uuid_str(vol_uuid, 'volume UUID'))
+
+    def device(self, sd_uuid, vol_uuid):
+        """The LV's device node (a link LVM keeps only while the LV is active on this host)."""
+        return os.path.join(self.dev_root, self.lv_name(sd_uuid, vol_uuid))
 
     def _lvs(self, sd_uuid, vol_uuid, fields):
         out = self.run(['lvs', '--noheadings', '--nosuffix', '--units', 'b', '--separator', '|',
@@ -297,7 +312,7 @@ class LvmBackend:
         name = self.lv_name(sd_uuid, vol_uuid)
         self.run(['lvchange', '--activate', 'y', name])
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
-        _set_link(link, '/dev/' + name)
+        _set_link(link, self.device(sd_uuid, vol_uuid))
         return link
 
     def deactivate(self, sd_uuid, img_uuid, vol_uuid):
@@ -305,23 +320,49 @@ class LvmBackend:
         _remove_link(self.link_path(sd_uuid, img_uuid, vol_uuid))
 
     def physical_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
+        """Bytes of the LV's device on this host (no command: one seek)."""
+        device = self.device(sd_uuid, vol_uuid)
+        if not os.path.exists(device):
+            raise VirtnodeError('volume %s is not active on this host (%s does not exist)' % (vol_uuid, device),
+                                {'path': device})
+        return _device_size(device)
+
+    def storage_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
+        """Bytes of the LV in the VG metadata on the shared storage (``lvs``)."""
         return int(self._lvs(sd_uuid, vol_uuid, 'lv_size')[0])
 
-    storage_size = physical_size
-
     def capacity(self, sd_uuid, img_uuid, vol_uuid):
+        """Virtual size from the volume's qcow2 header.
+
+        The SPM caps extensions of volumes that run on other hosts, where the
+        LV is usually not active: it is activated for the read and deactivated
+        again (left active if something on this host opened it meanwhile).
+        """
         from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img  # pylint: disable=import-outside-toplevel
-        return qemu_img.virtual_size('/dev/' + self.lv_name(sd_uuid, vol_uuid))
+        device = self.device(sd_uuid, vol_uuid)
+        if os.path.exists(device):
+            return qemu_img.virtual_size(device, 'COW')
+        name = self.lv_name(sd_uuid, vol_uuid)
+        self.run(['lvchange', '--activate', 'y', name])
+        try:
+            return qemu_img.virtual_size(device, 'COW')
+        finally:
+            try:
+                self.run(['lvchange', '--activate', 'n', name])
+            except VirtnodeError:
+                pass
 
     def extend(self, sd_uuid, img_uuid, vol_uuid, size):
-        current = self.physical_size(sd_uuid, img_uuid, vol_uuid)
+        # The SPM's part: the size on storage, whether or not the LV is active here.
+        current = self.storage_size(sd_uuid, img_uuid, vol_uuid)
         if size <= current:
             return current
         self.run(['lvextend', '--autobackup', 'n', '--size', '%dm' % (round_up_mib(size) // MIB),
                   self.lv_name(sd_uuid, vol_uuid)])
-        return self.physical_size(sd_uuid, img_uuid, vol_uuid)
+        return self.storage_size(sd_uuid, img_uuid, vol_uuid)
 
     def refresh(self, sd_uuid, img_uuid, vol_uuid):
+        # Reloads this host's table from the VG metadata the SPM wrote; the result is what QEMU now sees.
         self.run(['lvchange', '--refresh', self.lv_name(sd_uuid, vol_uuid)])
         return self.physical_size(sd_uuid, img_uuid, vol_uuid)
 

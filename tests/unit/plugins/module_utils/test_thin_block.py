@@ -49,8 +49,14 @@ def test_volume_of_path_knows_both_stable_paths():
 
 # ------------------------------------------------------------------ LVM (production path)
 
-def lvm(size_mib=128, tags='IU_%s,MD_4,PU_00000000-0000-0000-0000-000000000000' % IMG):
+def lvm(size_mib=128, tags='IU_%s,MD_4,PU_00000000-0000-0000-0000-000000000000' % IMG, dev_root='/nonexistent'):
+    """An LvmBackend whose commands are faked: ``state['size']`` is the LV's size in the VG metadata.
+
+    With a ``dev_root`` directory, a file ``<dev_root>/<sd>/<vol>`` stands for the LV's device on this
+    host: ``lvchange --activate y``/``--refresh`` size it as the metadata says, ``--activate n`` removes it.
+    """
     state = {'size': size_mib * MIB}
+    device = os.path.join(str(dev_root), SD, VOL)
 
     def lvs(argv):
         return '  %s\n' % (tags if argv[-2] == 'lv_tags' else state['size'])
@@ -59,8 +65,17 @@ def lvm(size_mib=128, tags='IU_%s,MD_4,PU_00000000-0000-0000-0000-000000000000' 
         state['size'] = int(argv[argv.index('--size') + 1][:-1]) * MIB
         return ''
 
-    runner = FakeRunner({('lvs',): lvs, ('lvextend',): lvextend})
-    return thin_block.LvmBackend(runner=runner, link_root='/nonexistent'), runner, state
+    def lvchange(argv):
+        if argv[1:3] == ['--activate', 'n']:
+            os.unlink(device)
+        else:
+            os.makedirs(os.path.dirname(device), exist_ok=True)
+            with open(device, 'wb') as f:
+                f.truncate(state['size'])
+        return ''
+
+    runner = FakeRunner({('lvs',): lvs, ('lvextend',): lvextend, ('lvchange',): lvchange})
+    return thin_block.LvmBackend(runner=runner, link_root='/nonexistent', dev_root=str(dev_root)), runner, state
 
 
 def test_lvm_extend_runs_lvextend_in_mib_and_never_shrinks():
@@ -72,14 +87,51 @@ def test_lvm_extend_runs_lvextend_in_mib_and_never_shrinks():
     assert not [c for c in runner.calls if c[0] == 'lvextend']
 
 
-def test_lvm_refresh_and_image_tag():
-    backend, runner, _state = lvm()
-    assert backend.refresh(SD, IMG, VOL) == 128 * MIB
-    assert runner.calls[0] == ['lvchange', '--refresh', '%s/%s' % (SD, VOL)]
+def test_lvm_physical_size_is_this_hosts_device_until_refreshed(tmp_path):
+    # Another host (the SPM) grew the LV in the VG metadata; this host's device keeps its old size
+    # until lvchange --refresh reloads the table, and only that size is what QEMU here can write.
+    backend, runner, state = lvm(dev_root=tmp_path)
+    with pytest.raises(VirtnodeError, match='not active on this host'):
+        backend.physical_size(SD, IMG, VOL)
+    backend.run(['lvchange', '--activate', 'y', '%s/%s' % (SD, VOL)])
+    state['size'] = 384 * MIB
+    assert backend.storage_size(SD, IMG, VOL) == 384 * MIB
+    assert backend.physical_size(SD, IMG, VOL) == 128 * MIB
+    runner.calls.clear()
+    assert backend.refresh(SD, IMG, VOL) == 384 * MIB
+    assert runner.calls == [['lvchange', '--refresh', '%s/%s' % (SD, VOL)]]
+    assert backend.physical_size(SD, IMG, VOL) == 384 * MIB
+
+
+def test_lvm_image_tag():
+    backend, _runner, _state = lvm()
     assert backend.image_of(SD, VOL) == IMG
     backend, _runner, _state = lvm(tags='MD_4')
     with pytest.raises(VirtnodeError, match='IU_'):
         backend.image_of(SD, VOL)
+
+
+def test_lvm_capacity_of_an_inactive_lv_activates_it_for_the_read_only(tmp_path, monkeypatch):
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
+    device = str(tmp_path / SD / VOL)
+    reads = []
+
+    def virtual_size(path, volume_format=None):
+        assert os.path.exists(path)
+        reads.append((path, volume_format))
+        return 1024 * MIB
+    monkeypatch.setattr(qemu_img, 'virtual_size', virtual_size)
+    backend, runner, _state = lvm(dev_root=tmp_path)
+    assert backend.capacity(SD, IMG, VOL) == 1024 * MIB
+    assert reads == [(device, 'COW')]
+    lv = '%s/%s' % (SD, VOL)
+    assert runner.calls == [['lvchange', '--activate', 'y', lv], ['lvchange', '--activate', 'n', lv]]
+    assert not os.path.exists(device)
+    # Active here (a VM of this host uses it): read as it is, left active.
+    backend.run(['lvchange', '--activate', 'y', lv])
+    runner.calls.clear()
+    assert backend.capacity(SD, IMG, VOL) == 1024 * MIB
+    assert runner.calls == [] and os.path.exists(device)
 
 
 def test_lvm_activate_links_vdsm_block_path(tmp_path):
