@@ -14,7 +14,9 @@ description:
     facts VDSM reports as host capabilities and host statistics.
   - Host identity (a stable host UUID), CPU model and topology, hardware
     virtualization support and whether C(/dev/kvm) is usable, memory, NUMA
-    cells, network interfaces with their addresses, storage facts, versions of
+    cells, network interfaces with their addresses (bonds with their slaves,
+    VLANs, bridges), storage facts (iSCSI initiator name and sessions,
+    multipath devices with their paths), versions of
     libvirt, QEMU, qemu-img and sanlock, what libvirt offers (domain and
     machine types), and CPU, memory and NIC usage sampled over a short interval.
   - Never changes anything on the host.
@@ -367,7 +369,9 @@ host:
           sample: nic
           choices: [nic, bridge, bond, vlan, veth, loopback, tun, other]
         mac:
-          description: Hardware address.
+          description:
+            - Hardware address.
+            - For a bond slave its permanent address; the bond may have given it another one.
           type: str
           returned: always
           sample: "52:54:00:12:34:56"
@@ -425,6 +429,23 @@ host:
           type: str
           returned: when RV(host.network[].kind) is V(bond)
           sample: 802.3ad
+        active_slave:
+          description:
+            - The slave carrying the traffic in the active-backup mode.
+            - V(null) in other modes, or when no slave is up.
+          type: str
+          returned: when RV(host.network[].kind) is V(bond)
+          sample: eth2
+        miimon:
+          description: MII link monitoring interval in milliseconds (V(0) when off).
+          type: int
+          returned: when RV(host.network[].kind) is V(bond)
+          sample: 100
+        bond_slave_state:
+          description: V(active) or V(backup), as the bond sees this slave.
+          type: str
+          returned: when the interface is enslaved to a bond
+          sample: backup
         vlan_id:
           description: VLAN id.
           type: int
@@ -476,6 +497,43 @@ host:
           type: str
           returned: always
           sample: iqn.1993-08.org.debian:01:1a2b3c4d5e6f
+        iscsi_sessions:
+          description: iSCSI sessions of this host (from C(/sys/class/iscsi_session)), one per target portal logged in to.
+          type: list
+          elements: dict
+          returned: always
+          contains:
+            id:
+              description: Session name in sysfs.
+              type: str
+              returned: always
+              sample: session1
+            target:
+              description: Target IQN.
+              type: str
+              returned: always
+              sample: iqn.2003-01.org.linux-iscsi.storage:sn.1234
+            portal:
+              description: Portal address and port the session was made to.
+              type: str
+              returned: always
+              sample: 192.0.2.20:3260
+            iface:
+              description: open-iscsi interface of the session.
+              type: str
+              returned: always
+              sample: default
+            state:
+              description: Session state.
+              type: str
+              returned: always
+              sample: LOGGED_IN
+            devices:
+              description: SCSI disks that came through the session, sorted.
+              type: list
+              elements: str
+              returned: always
+              sample: [sda, sdb]
         images:
           description: Space of the file system holding C(/var/lib/libvirt/images).
           type: dict
@@ -526,6 +584,63 @@ host:
               type: bool
               returned: always
               sample: true
+            devices:
+              description: Multipath devices (device-mapper multipath maps), sorted by name.
+              type: list
+              elements: dict
+              returned: always
+              contains:
+                name:
+                  description: Map name, the name under C(/dev/mapper).
+                  type: str
+                  returned: always
+                  sample: 36001405504f17fb978d45d38a080137e
+                wwid:
+                  description: WWID of the LUN.
+                  type: str
+                  returned: always
+                  sample: 36001405504f17fb978d45d38a080137e
+                dm_device:
+                  description: Kernel name of the device-mapper device.
+                  type: str
+                  returned: always
+                  sample: dm-0
+                size_bytes:
+                  description: Size in bytes.
+                  type: int
+                  returned: always
+                  sample: 2147483648
+                vendor:
+                  description: SCSI vendor of the LUN, V(null) when unknown.
+                  type: str
+                  returned: always
+                  sample: LIO-ORG
+                model:
+                  description: SCSI model of the LUN, V(null) when unknown.
+                  type: str
+                  returned: always
+                  sample: FILEIO
+                paths:
+                  description: The SCSI disks the map runs over, sorted.
+                  type: list
+                  elements: dict
+                  returned: always
+                  contains:
+                    device:
+                      description: Disk name.
+                      type: str
+                      returned: always
+                      sample: sda
+                    hctl:
+                      description: SCSI host, channel, target and LUN.
+                      type: str
+                      returned: always
+                      sample: "0:0:0:1"
+                    state:
+                      description: SCSI device state (V(running), V(offline), V(transport-offline), ...).
+                      type: str
+                      returned: always
+                      sample: running
     versions:
       description: Versions of the virtualization stack; V(null) for what is not installed.
       returned: when O(gather) includes V(versions) or V(all)

@@ -223,10 +223,14 @@ def read_interface(root, name, ip_info=None):
         master = os.path.basename(os.readlink(os.path.join(sysdir, 'master')))
     except OSError:
         pass
+    # A bond gives its slaves its own address: a slave is known by its permanent one, as VDSM reports it.
+    slave_dir = os.path.join(sysdir, 'bonding_slave')
+    mac = (read_optional_text(os.path.join(slave_dir, 'perm_hwaddr'))
+           or read_optional_text(os.path.join(sysdir, 'address')))
     iface = {
         'name': name,
         'kind': kind,
-        'mac': read_optional_text(os.path.join(sysdir, 'address')) or None,
+        'mac': mac or None,
         'mtu': read_int(os.path.join(sysdir, 'mtu')),
         'operstate': read_optional_text(os.path.join(sysdir, 'operstate')),
         'speed': speed if speed is not None and speed > 0 else None,
@@ -234,6 +238,8 @@ def read_interface(root, name, ip_info=None):
         'ipv4': list(ip_info.get('ipv4', [])),
         'ipv6': list(ip_info.get('ipv6', [])),
     }
+    if os.path.isdir(slave_dir):
+        iface['bond_slave_state'] = read_optional_text(os.path.join(slave_dir, 'state'))
     if kind == 'bridge':
         iface['ports'] = list_dir(os.path.join(sysdir, 'brif'))
         stp = read_int(os.path.join(sysdir, 'bridge', 'stp_state'))
@@ -242,6 +248,8 @@ def read_interface(root, name, ip_info=None):
         iface['slaves'] = sorted((read_optional_text(os.path.join(sysdir, 'bonding', 'slaves')) or '').split())
         mode = read_optional_text(os.path.join(sysdir, 'bonding', 'mode'))
         iface['mode'] = mode.split()[0] if mode else None
+        iface['active_slave'] = read_optional_text(os.path.join(sysdir, 'bonding', 'active_slave')) or None
+        iface['miimon'] = read_int(os.path.join(sysdir, 'bonding', 'miimon'))
     elif kind == 'vlan':
         vlan_id, parent = ip_info.get('vlan_id'), ip_info.get('link')
         if vlan_id is None or parent is None:
@@ -307,6 +315,74 @@ def read_iscsi_initiator_name(root='/'):
     return None
 
 
+def _scsi_device(root, name):
+    """``(hctl, sysfs path)`` of block device ``name``'s SCSI device (its ``device`` link names it)."""
+    real = os.path.realpath(os.path.join(host_path(root, '/sys/block'), name, 'device'))
+    return os.path.basename(real), real
+
+
+def read_iscsi_sessions(root='/'):
+    """iSCSI sessions from /sys/class/iscsi_session: target, portal, state and the disks they carry."""
+    base = host_path(root, '/sys/class/iscsi_session')
+    block = host_path(root, '/sys/block')
+    disks = dict((name, _scsi_device(root, name)[1]) for name in list_dir(block) if name.startswith('sd'))
+    sessions = []
+    for name in list_dir(base):
+        session = os.path.join(base, name)
+        connection = None
+        for conn in list_dir(host_path(root, '/sys/class/iscsi_connection')):
+            # connection<session number>:<connection id>
+            if conn.startswith('connection%s:' % name[len('session'):]):
+                connection = os.path.join(host_path(root, '/sys/class/iscsi_connection'), conn)
+                break
+        address = port = None
+        if connection:
+            address = (read_optional_text(os.path.join(connection, 'persistent_address'))
+                       or read_optional_text(os.path.join(connection, 'address')))
+            port = (read_optional_text(os.path.join(connection, 'persistent_port'))
+                    or read_optional_text(os.path.join(connection, 'port')))
+        sessions.append({
+            'id': name,
+            'target': read_optional_text(os.path.join(session, 'targetname')),
+            'portal': '%s:%s' % (address, port) if address and port else None,
+            'iface': read_optional_text(os.path.join(session, 'ifacename')),
+            'state': read_optional_text(os.path.join(session, 'state')),
+            'devices': sorted(disk for disk, real in disks.items() if '/%s/' % name in real),
+        })
+    return sessions
+
+
+def read_multipath_devices(root='/'):
+    """Multipath devices: device-mapper devices whose uuid starts with ``mpath-``, with their paths."""
+    block = host_path(root, '/sys/block')
+    devices = []
+    for dm_name in list_dir(block):
+        sysdir = os.path.join(block, dm_name)
+        uuid = read_optional_text(os.path.join(sysdir, 'dm', 'uuid')) or ''
+        if not uuid.startswith('mpath-'):
+            continue
+        paths = []
+        for slave in list_dir(os.path.join(sysdir, 'slaves')):
+            device = os.path.join(block, slave, 'device')
+            paths.append({
+                'device': slave,
+                'hctl': _scsi_device(root, slave)[0] if os.path.exists(device) else None,
+                'state': read_optional_text(os.path.join(device, 'state')),
+            })
+        first = os.path.join(block, paths[0]['device'], 'device') if paths else None
+        sectors = read_int(os.path.join(sysdir, 'size'))
+        devices.append({
+            'name': read_optional_text(os.path.join(sysdir, 'dm', 'name')),
+            'wwid': uuid[len('mpath-'):],
+            'dm_device': dm_name,
+            'size_bytes': None if sectors is None else sectors * 512,
+            'vendor': read_optional_text(os.path.join(first, 'vendor')) if first else None,
+            'model': read_optional_text(os.path.join(first, 'model')) if first else None,
+            'paths': paths,
+        })
+    return sorted(devices, key=lambda d: d['name'] or '')
+
+
 def path_usage(path, root='/'):
     """Size and free space of the filesystem holding ``path`` (or its nearest existing parent)."""
     checked = path
@@ -328,12 +404,13 @@ def _pid_alive(root, pidfile):
 
 
 def multipath_info(root='/'):
-    """Whether multipath tools are installed, configured and running."""
+    """Whether multipath tools are installed, configured and running, and the multipath devices."""
     installed = any(os.path.exists(host_path(root, os.path.join(d, 'multipath'))) for d in ('/usr/sbin', '/sbin'))
     return {
         'installed': installed,
         'config_present': os.path.exists(host_path(root, '/etc/multipath.conf')),
         'daemon_running': _pid_alive(root, '/run/multipathd.pid') or _pid_alive(root, '/var/run/multipathd.pid'),
+        'devices': read_multipath_devices(root),
     }
 
 
@@ -343,6 +420,7 @@ def storage_info(root='/'):
         'vdsm_mount_root': VDSM_MOUNT_ROOT,
         'mounts': read_vdsm_mounts(root),
         'iscsi_initiator_name': read_iscsi_initiator_name(root),
+        'iscsi_sessions': read_iscsi_sessions(root),
         'images': path_usage(IMAGES_DIR, root),
         'device_mapper': os.path.exists(host_path(root, '/dev/mapper/control')),
         'multipath': multipath_info(root),

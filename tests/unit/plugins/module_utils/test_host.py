@@ -362,7 +362,11 @@ def make_net_sysfs(root):
     iface('eth2', 4, extra={'device/vendor': '0x1af4\n'})
     iface('br0', 5, extra={'bridge/stp_state': '0\n', 'brif/eth0': '', 'uevent': 'DEVTYPE=bridge\nINTERFACE=br0\n'})
     iface('bond0', 6, extra={'bonding/slaves': 'eth2 eth1\n', 'bonding/mode': '802.3ad 4\n',
-                             'uevent': 'DEVTYPE=bond\n'})
+                             'bonding/active_slave': '\n', 'bonding/miimon': '100\n', 'uevent': 'DEVTYPE=bond\n'})
+    # The bond gave its slaves its own address; eth2's own is still in bonding_slave.
+    for slave, perm, state in (('eth1', '52:54:00:00:00:01', 'active'), ('eth2', '52:54:00:00:00:02', 'backup')):
+        write(root, net + slave + '/bonding_slave/perm_hwaddr', perm + '\n')
+        write(root, net + slave + '/bonding_slave/state', state + '\n')
     iface('vlan100', 7, iflink=6, extra={'uevent': 'DEVTYPE=vlan\nINTERFACE=vlan100\n'})
     iface('eth1.200', 8, iflink=3, extra={'uevent': 'DEVTYPE=vlan\n'})
     write(root, '/proc/net/vlan/eth1.200',
@@ -424,6 +428,10 @@ def test_network_info(tmp_path):
     assert by_name['br0']['ipv6'] == ['fe80::1/64']
     assert by_name['bond0']['slaves'] == ['eth1', 'eth2']
     assert by_name['bond0']['mode'] == '802.3ad'
+    assert (by_name['bond0']['active_slave'], by_name['bond0']['miimon']) == (None, 100)
+    assert [(by_name[n]['mac'], by_name[n]['bond_slave_state']) for n in ('eth1', 'eth2')] == [
+        ('52:54:00:00:00:01', 'active'), ('52:54:00:00:00:02', 'backup')]
+    assert 'bond_slave_state' not in by_name['eth0']
     assert (by_name['vlan100']['vlan_id'], by_name['vlan100']['parent']) == (100, 'bond0')
     assert (by_name['eth1.200']['vlan_id'], by_name['eth1.200']['parent']) == (200, 'eth1')
     assert by_name['lo']['mtu'] == 65536
@@ -482,7 +490,8 @@ def test_storage_info(tmp_path):
     os.makedirs(str(tmp_path / 'proc' / '4242'))
     storage = host.storage_info(str(tmp_path))
     assert storage['device_mapper'] is True
-    assert storage['multipath'] == {'installed': True, 'config_present': True, 'daemon_running': True}
+    assert storage['multipath'] == {'installed': True, 'config_present': True, 'daemon_running': True, 'devices': []}
+    assert storage['iscsi_sessions'] == []
     assert storage['mounts'] == []
     assert storage['iscsi_initiator_name'] is None
     assert storage['vdsm_mount_root'] == '/rhev/data-center/mnt'
@@ -492,7 +501,50 @@ def test_storage_info(tmp_path):
 def test_storage_info_empty_root(tmp_path):
     storage = host.storage_info(str(tmp_path))
     assert storage['device_mapper'] is False
-    assert storage['multipath'] == {'installed': False, 'config_present': False, 'daemon_running': False}
+    assert storage['multipath'] == {'installed': False, 'config_present': False, 'daemon_running': False,
+                                    'devices': []}
+    assert storage['iscsi_sessions'] == []
+
+
+def make_san_sysfs(root):
+    """Two iSCSI sessions (one per portal) carrying one LUN each, under one multipath map, and an LV."""
+    root = str(root)
+    for session, host_no, disk, address in ((1, 0, 'sda', '192.0.2.1'), (2, 1, 'sdb', '198.51.100.1')):
+        scsi = 'sys/devices/platform/host%d/session%d/target%d:0:0/%d:0:0:2' % (host_no, session, host_no, host_no)
+        write(root, scsi + '/state', 'running\n' if session == 1 else 'transport-offline\n')
+        write(root, scsi + '/vendor', 'LIO-ORG \n')
+        write(root, scsi + '/model', 'FILEIO          \n')
+        os.makedirs(os.path.join(root, 'sys/block', disk))
+        os.symlink(os.path.join(root, scsi), os.path.join(root, 'sys/block', disk, 'device'))
+        write(root, '/sys/class/iscsi_session/session%d/targetname' % session, 'iqn.2026-12.example:storage\n')
+        write(root, '/sys/class/iscsi_session/session%d/state' % session, 'LOGGED_IN\n')
+        write(root, '/sys/class/iscsi_session/session%d/ifacename' % session, 'default\n')
+        write(root, '/sys/class/iscsi_connection/connection%d:0/persistent_address' % session, address + '\n')
+        write(root, '/sys/class/iscsi_connection/connection%d:0/persistent_port' % session, '3260\n')
+        write(root, '/sys/block/dm-0/slaves/' + disk)
+    write(root, '/sys/block/dm-0/dm/uuid', 'mpath-36001405aa\n')
+    write(root, '/sys/block/dm-0/dm/name', '36001405aa\n')
+    write(root, '/sys/block/dm-0/size', '4194304\n')
+    write(root, '/sys/block/dm-1/dm/uuid', 'LVM-abc\n')
+    write(root, '/sys/block/dm-1/dm/name', 'vg-lv\n')
+
+
+def test_iscsi_sessions_and_multipath_devices(tmp_path):
+    make_san_sysfs(tmp_path)
+    storage = host.storage_info(str(tmp_path))
+    assert storage['iscsi_sessions'] == [
+        {'id': 'session1', 'target': 'iqn.2026-12.example:storage', 'portal': '192.0.2.1:3260', 'iface': 'default',
+         'state': 'LOGGED_IN', 'devices': ['sda']},
+        {'id': 'session2', 'target': 'iqn.2026-12.example:storage', 'portal': '198.51.100.1:3260', 'iface': 'default',
+         'state': 'LOGGED_IN', 'devices': ['sdb']},
+    ]
+    # The LV (dm-1) is no multipath device.
+    assert storage['multipath']['devices'] == [{
+        'name': '36001405aa', 'wwid': '36001405aa', 'dm_device': 'dm-0', 'size_bytes': 2 * 1024 ** 3,
+        'vendor': 'LIO-ORG', 'model': 'FILEIO',
+        'paths': [{'device': 'sda', 'hctl': '0:0:0:2', 'state': 'running'},
+                  {'device': 'sdb', 'hctl': '1:0:0:2', 'state': 'transport-offline'}],
+    }]
 
 
 # --------------------------------------------------------------------------
