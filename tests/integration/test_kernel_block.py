@@ -1,0 +1,433 @@
+"""Block storage on the lab's kernel hosts: the LVM backend of thin block volumes, and host_info.
+
+Both kernel hosts log in to the lab's iSCSI target (vnkern1 serves it and logs in to itself) on
+its two portals, so each LUN has two paths, and dm-multipath makes one device per LUN. A volume
+group named after a storage domain sits on one LUN's multipath device, with a logical volume
+for a thin COW volume (qcow2, tagged ``IU_<image>`` as VDSM tags it). The product's
+``thin_block.LvmBackend`` then runs on the hosts, as the node agent runs it: the volume is
+activated on vnkern2 (the host running the VM), extended by the SPM's code on vnkern1 (where the
+LV is not active), and vnkern2 sees the new size only after its refresh; then it is deactivated.
+
+The backend runs from a copy of the collection's module_utils in each host's /run, sent over
+SSH, one Python process per list of steps (every fork costs 20-100 ms under User-mode Linux).
+
+Lab specifics stay here: systemd skips multipathd.service in User-mode Linux (its
+ConditionVirtualization), so multipathd is started by hand, and with DM_DISABLE_UDEV=1 because
+this kernel's udev never acknowledges device-mapper events (the lab's lvmlocal.conf does the
+same for LVM). A real host runs both through udev and systemd.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, lab_exec, run_playbook
+
+SD = "8a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c41"
+IMG = "8b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d52"
+VOL = "8c3d4e5f-6a7b-4c8d-8e9f-1a2b3c4d5e63"
+NO_PARENT = "00000000-0000-0000-0000-000000000000"
+MIB = 1024 ** 2
+CAPACITY = 1024 * MIB
+EXTENT_MIB = 128  # VDSM's extent size on block domains
+PY = "/usr/bin/python3"
+CODE = "/run/virtnode-kblock"
+BOND, VLAN_ID = "vnbond0", 42
+
+# Logs in to every portal of the target, waits for each LUN's path, starts multipathd, and prints
+# the multipath maps: {wwid: {"dm": "dm-N", "luns": [lun of each path], "paths": [sdX, ...]}}.
+SAN_UP = r"""
+import json, os, subprocess, sys, time
+cfg = json.loads(sys.argv[1])
+def run(*argv, check=True, env=None):
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **(env or {})))
+    if check and proc.returncode:
+        sys.exit('%s failed (%d): %s' % (' '.join(argv), proc.returncode, proc.stderr or proc.stdout))
+    return proc.stdout
+def sessions():
+    base = '/sys/class/iscsi_session'
+    names = os.listdir(base) if os.path.isdir(base) else []
+    return [s for s in names if open('%s/%s/targetname' % (base, s)).read().strip() == cfg['target']]
+def disks():
+    found = []
+    for dev in os.listdir('/sys/block'):
+        real = os.path.realpath('/sys/block/%s/device' % dev)
+        if dev.startswith('sd') and any('/%s/' % s in real for s in sessions()):
+            found.append((dev, int(os.path.basename(real).split(':')[3])))
+    return found
+def maps():
+    result = {}
+    for dm in os.listdir('/sys/block'):
+        try:
+            uuid = open('/sys/block/%s/dm/uuid' % dm).read().strip()
+        except OSError:
+            continue
+        if uuid.startswith('mpath-'):
+            paths = sorted(os.listdir('/sys/block/%s/slaves' % dm))
+            luns = sorted({int(os.path.basename(os.path.realpath('/sys/block/%s/device' % p)).split(':')[3])
+                           for p in paths})
+            result[uuid[6:]] = {'dm': dm, 'paths': paths, 'luns': luns}
+    return result
+def wait(what, probe, timeout=90):
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            sys.exit('timed out waiting for %s' % what)
+        time.sleep(0.5)
+run('modprobe', '-a', 'iscsi_tcp', 'dm_multipath')
+run('systemctl', 'start', 'iscsid.service')
+if not os.path.exists('/etc/multipath.conf'):
+    # VDSM's choices: every SCSI device is multipathed, devices are named by WWID.
+    with open('/etc/multipath.conf', 'w') as f:
+        f.write('# virtnode test_kernel_block\ndefaults {\n    user_friendly_names no\n    find_multipaths no\n}\n')
+for portal in cfg['portals']:
+    run('iscsiadm', '-m', 'discovery', '-t', 'sendtargets', '-p', portal)
+if len(sessions()) < len(cfg['portals']):
+    run('iscsiadm', '-m', 'node', '-T', cfg['target'], '--login', check=False)
+wait('a session per portal', lambda: len(sessions()) == len(cfg['portals']))
+wait('every LUN on every portal', lambda: len(disks()) == cfg['luns'] * len(cfg['portals']))
+run('udevadm', 'settle', '--timeout=60', check=False)  # multipath reads the WWIDs udev records
+env = {'DM_DISABLE_UDEV': '1'}
+def daemon_running():
+    try:
+        return os.path.exists('/proc/%d' % int(open('/run/multipathd.pid').read()))
+    except (OSError, ValueError):
+        return False
+if not daemon_running():
+    run('multipathd', env=env)
+def complete():
+    found = maps()
+    if len(found) == cfg['luns'] and all(len(m['paths']) == len(cfg['portals']) for m in found.values()):
+        return True
+    run('multipath', '-v0', check=False, env=env)  # a path udev had not finished with is added now
+    return False
+wait('a multipath device per LUN with every path', complete)
+# An interrupted run may have left the test's VG active here (udev can also autoactivate it).
+run('vgchange', '--activate', 'n', cfg['vg'], check=False)
+print(json.dumps(maps()))
+"""
+
+# Undoes SAN_UP and what the LVM test made on one host; each step runs whatever failed before.
+# Phase "lvm": the VG let go of (and, with remove_vg, removed with its PV); phase "san": the rest.
+SAN_DOWN = r"""
+import json, os, subprocess, sys, time
+cfg = json.loads(sys.argv[1])
+def run(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=dict(os.environ, DM_DISABLE_UDEV='1'))
+if cfg['phase'] == 'lvm':
+    run('vgchange', '--activate', 'n', cfg['vg'])
+    if cfg.get('remove_vg'):
+        run('vgremove', '--force', '--force', cfg['vg'])
+        if cfg.get('pv'):
+            run('pvremove', '--force', '--force', '--yes', cfg['pv'])
+    sys.exit(0)
+run('multipathd', 'shutdown')
+deadline = time.monotonic() + 30
+while os.path.exists('/run/multipathd.pid') and time.monotonic() < deadline:
+    time.sleep(0.2)
+def mpath_maps():
+    return [d for d in os.listdir('/sys/block') if d.startswith('dm-') and
+            open('/sys/block/%s/dm/uuid' % d).read().startswith('mpath-')]
+# A map a udev worker still has open is not flushed: tried again for a while.
+deadline = time.monotonic() + 30
+while mpath_maps() and time.monotonic() < deadline:
+    run('multipath', '-F')
+    if mpath_maps():
+        time.sleep(0.5)
+run('iscsiadm', '-m', 'node', '-T', cfg['target'], '--logout')
+run('iscsiadm', '-m', 'node', '-T', cfg['target'], '-o', 'delete')
+for portal in cfg['portals']:
+    run('iscsiadm', '-m', 'discoverydb', '-t', 'sendtargets', '-p', portal, '-o', 'delete')
+run('systemctl', 'stop', 'iscsid.service', 'iscsid.socket')
+try:
+    with open('/etc/multipath.conf') as f:
+        ours = f.readline().startswith('# virtnode test_kernel_block')
+    if ours:
+        os.unlink('/etc/multipath.conf')
+except OSError:
+    pass
+for leftover in ('/etc/multipath/wwids', '/etc/multipath/bindings'):
+    try:
+        os.unlink(leftover)
+    except OSError:
+        pass
+try:
+    os.rmdir('/etc/multipath')  # only when empty
+except OSError:
+    pass
+left = [d for d in os.listdir('/sys/block') if d.startswith(('sd', 'dm-'))]
+print(json.dumps({'left': left}))
+"""
+
+# The product's code on the host: steps [[name, args...], ...] -> [result, ...]; stops at the first error.
+STEPS = r"""
+import json, os, subprocess, sys, time
+sys.path.insert(0, %r)
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+backend = block.LvmBackend()
+special = {
+    'extend_on_spm': block.extend_volume_on_spm,
+    'backend_for': lambda sd: block.backend_for(sd).name,
+    'create_cow': lambda path, size: qemu_img.create(path, 'COW', size),
+    'exists': os.path.exists,
+    'readlink': os.readlink,
+    'run': lambda *argv: command.run_checked(argv),
+    'try_run': lambda *argv: subprocess.run(argv, capture_output=True, check=False).returncode,
+}
+results = []
+for step in json.loads(sys.argv[1]):
+    name, args = step[0], step[1:]
+    started = time.monotonic()
+    try:
+        results.append({'ok': special[name](*args) if name in special else getattr(backend, name)(*args)})
+    except VirtnodeError as err:
+        results.append({'error': '%%s: %%s' %% (name, err.message)})
+        break
+    finally:
+        results[-1]['seconds'] = round(time.monotonic() - started, 2)
+print(json.dumps(results))
+""" % CODE
+
+
+def on_hosts(calls):
+    """Run ``[(host, argv), ...]`` at the same time; their CompletedProcess, in order."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: lab_exec(call[0], *call[1], check=False, timeout=300), calls))
+
+
+def install_code(hosts: list):
+    """This collection's module_utils in each host's private CODE directory.
+
+    Sent over SSH as a tarball: a kernel host reads the machine's files through hostfs under an
+    overlay, which can keep serving a file's old contents after the collection is rebuilt.
+    """
+    collections = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build")))
+    plugins = "ansible_collections/virtnode/kvm/plugins"
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        tar.add(collections / plugins / "module_utils", arcname=f"{plugins}/module_utils",
+                filter=lambda info: None if info.name.endswith(".pyc") else info)
+
+    def send(host):
+        return subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "exec", host, "--", "sh", "-c",
+                               f"rm -rf {CODE} && mkdir -p {CODE} && tar -xzf - -C {CODE}"],
+                              input=data.getvalue(), capture_output=True, timeout=120, check=False)
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        for host, proc in zip(hosts, pool.map(send, hosts)):
+            assert proc.returncode == 0, f"{host}: cannot install the code: {proc.stderr.decode(errors='replace')}"
+
+
+def steps(host: str, *todo) -> list:
+    """The product's block code run on ``host``: the result of each step; fails on the first error."""
+    proc = lab_exec(host, PY, "-c", STEPS, json.dumps(todo), check=False, timeout=300)
+    assert proc.returncode == 0, f"{host}: {proc.stderr}{proc.stdout}"
+    results = json.loads(proc.stdout)
+    print(f"{host}: " + ", ".join(f"{step[0]} {r['seconds']}s" for step, r in zip(todo, results)))
+    errors = [r["error"] for r in results if "error" in r]
+    assert not errors, f"{host}: {errors[0]} (after {results[:-1]})"
+    return [r["ok"] for r in results]
+
+
+@pytest.fixture(scope="module")
+def san(kernel_hosts, kernel_vars):
+    """Both kernel hosts logged in to the lab's iSCSI target on both portals, with dm-multipath."""
+    hosts = list(kernel_hosts)[:2]
+    cfg = {"target": kernel_vars["virtnode_lab_iscsi_target"], "portals": kernel_vars["virtnode_lab_iscsi_portals"],
+           "luns": kernel_vars["virtnode_lab_iscsi_luns"], "vg": SD}
+    started = time.monotonic()
+    install_code(hosts)
+    up = on_hosts([(h, (PY, "-c", SAN_UP, json.dumps(cfg))) for h in hosts])
+    try:
+        for host, proc in zip(hosts, up):
+            assert proc.returncode == 0, f"{host}: iSCSI/multipath setup failed: {proc.stderr}{proc.stdout}"
+        maps = [json.loads(proc.stdout.strip().splitlines()[-1]) for proc in up]
+        print(f"san up on {', '.join(hosts)}: {time.monotonic() - started:.1f}s")
+        yield {"hosts": hosts, "maps": dict(zip(hosts, maps)), "cfg": cfg}
+    finally:
+        teardown(hosts, cfg)
+
+
+def teardown(hosts: list, cfg: dict):
+    # vnkern2 lets go of the VG before vnkern1 removes it; then both leave the target.
+    first, second = hosts
+    lab_exec(second, PY, "-c", SAN_DOWN, json.dumps(dict(cfg, phase="lvm")), check=False, timeout=300)
+    lab_exec(first, PY, "-c", SAN_DOWN, json.dumps(dict(cfg, phase="lvm", remove_vg=True)), check=False, timeout=300)
+    downs = on_hosts([(h, (PY, "-c", SAN_DOWN, json.dumps(dict(cfg, phase="san")))) for h in hosts])
+    for host, proc in zip(hosts, downs):
+        lab_exec(host, "rm", "-rf", CODE, check=False)
+        left = json.loads(proc.stdout)["left"] if proc.returncode == 0 else proc.stderr
+        assert not left, f"{host}: left after teardown: {left}"
+
+
+def test_multipath_gives_one_device_per_lun_with_a_path_per_portal(san):
+    cfg = san["cfg"]
+    first, second = san["hosts"]
+    for host, maps in san["maps"].items():
+        assert len(maps) == cfg["luns"], (host, maps)
+        for wwid, dev in maps.items():
+            assert len(dev["paths"]) == len(cfg["portals"]) and len(dev["luns"]) == 1, (host, wwid, dev)
+    # The same LUNs (by WWID) on both hosts, whatever names the paths got there.
+    assert set(san["maps"][first]) == set(san["maps"][second])
+
+
+def lun_device(san) -> str:
+    """The multipath device of the target's last LUN (the same WWID on both hosts)."""
+    lun = san["cfg"]["luns"] - 1
+    wwid = next(w for w, dev in san["maps"][san["hosts"][0]].items() if dev["luns"] == [lun])
+    return f"/dev/mapper/{wwid}"
+
+
+def test_lvm_backend_activate_extend_refresh_deactivate_across_two_hosts(san):
+    spm, runner = san["hosts"]  # vnkern1 plays the SPM, vnkern2 runs the VM
+    pv = lun_device(san)
+    san["cfg"]["pv"] = pv
+    lv = f"{SD}/{VOL}"
+    link = f"/rhev/data-center/mnt/blockSD/{SD}/images/{IMG}/{VOL}"
+    started = time.monotonic()
+    # The domain's VG (128 MiB extents and metadata area, as VDSM makes them) and the volume's LV,
+    # tagged as VDSM tags it; the qcow2 is written through the backend's own activation. What an
+    # interrupted run left goes first (the san fixture deactivated it on both hosts).
+    steps(spm,
+          ["try_run", "vgremove", "--force", "--force", SD],
+          ["try_run", "pvremove", "--force", "--force", "--yes", pv],
+          ["run", "pvcreate", "--metadatasize", "128m", pv],
+          ["run", "vgcreate", "--physicalextentsize", f"{EXTENT_MIB}m", SD, pv],
+          ["run", "lvcreate", "--autobackup", "n", "--contiguous", "n", "--size", f"{EXTENT_MIB}m",
+           "--addtag", f"IU_{IMG}", "--addtag", f"PU_{NO_PARENT}", "--addtag", "MD_1", "--name", VOL, SD],
+          ["activate", SD, IMG, VOL],
+          ["create_cow", link, CAPACITY],
+          ["deactivate", SD, IMG, VOL])
+    setup = time.monotonic()
+
+    # The host running the VM: activate, the stable VDSM path, sizes, the image tag.
+    (kind, path, target, physical, storage, capacity, image, pvs) = steps(
+        runner,
+        ["backend_for", SD],
+        ["activate", SD, IMG, VOL],
+        ["readlink", link],
+        ["physical_size", SD, IMG, VOL],
+        ["storage_size", SD, IMG, VOL],
+        ["capacity", SD, IMG, VOL],
+        ["image_of", SD, VOL],
+        ["run", "pvs", "--noheadings", "-o", "pv_name", "--select", f"vg_name={SD}"])
+    assert kind == "lvm"
+    assert (path, target) == (link, f"/dev/{lv}")
+    assert physical == storage == EXTENT_MIB * MIB
+    assert capacity == CAPACITY and image == IMG
+    # LVM on the host sees the VG through the multipath device, not through one of its paths.
+    assert pvs.split() == [pv], pvs
+
+    # The SPM grows the volume (rounded up to whole extents); the LV is not active there, and the
+    # capacity check that caps the request leaves it so.
+    grown, spm_storage, spm_active = steps(
+        spm,
+        ["extend_on_spm", SD, VOL, 300],
+        ["storage_size", SD, IMG, VOL],
+        ["exists", f"/dev/{lv}"])
+    assert grown == 3 * EXTENT_MIB and spm_storage == grown * MIB and spm_active is False
+
+    # The runner reads the new size from the shared metadata at once, but its device (what QEMU
+    # writes to) keeps the old size until the refresh.
+    # Then the volume is given back.
+    before, metadata, refreshed, after, check, _none, link_left, device_left = steps(
+        runner,
+        ["physical_size", SD, IMG, VOL],
+        ["storage_size", SD, IMG, VOL],
+        ["refresh", SD, IMG, VOL],
+        ["physical_size", SD, IMG, VOL],
+        ["try_run", "qemu-img", "check", "-f", "qcow2", link],
+        ["deactivate", SD, IMG, VOL],
+        ["exists", link],
+        ["exists", f"/dev/{lv}"])
+    assert before == EXTENT_MIB * MIB, "the device grew without a refresh"
+    assert metadata == refreshed == after == 3 * EXTENT_MIB * MIB
+    assert check == 0, "qemu-img check found the qcow2 damaged"
+    assert link_left is False and device_left is False
+
+    # Never shrinks; a request past capacity x 1.1 is capped there (then rounded up to an extent).
+    same, capped = steps(spm, ["extend_on_spm", SD, VOL, 200], ["extend_on_spm", SD, VOL, 100000])
+    assert same == 3 * EXTENT_MIB
+    assert capped == -(-1127 // EXTENT_MIB) * EXTENT_MIB  # 1127 MiB = 1 GiB x 1.1, MiB aligned
+    print(f"LVM on two hosts: setup {setup - started:.1f}s, backend steps {time.monotonic() - setup:.1f}s")
+
+
+HOST_INFO = """
+- name: host_info on a kernel host with a bond, a VLAN, iSCSI sessions and multipath devices
+  hosts: %(host)s
+  gather_facts: false
+  tasks:
+    - name: Gather
+      virtnode.kvm.host_info:
+        gather: [network, storage]
+      register: info
+    - name: Keep it for the test
+      ansible.builtin.copy:
+        content: "{{ info | to_json }}"
+        dest: %(dest)s
+        mode: "0600"
+      delegate_to: localhost
+"""
+
+
+def test_host_info_reports_bonds_vlans_iscsi_and_multipath(san, kernel_vars, tmp_path):
+    host = san["hosts"][1]
+    vlan = f"{BOND}.{VLAN_ID}"
+    cleanup = f"ip link del {vlan}; ip link del {BOND}; ip link set eth1 down; ip link set eth2 down"
+    lab_exec(host, "sh", "-c", cleanup + " 2>/dev/null", check=False)  # leftovers of an interrupted run
+    macs = dict(zip(("eth1", "eth2"), lab_exec(host, "cat", "/sys/class/net/eth1/address",
+                                               "/sys/class/net/eth2/address").stdout.split()))
+    lab_exec(host, "sh", "-c", f"ip link add {BOND} type bond mode active-backup miimon 100 && "
+             f"ip link set eth1 down && ip link set eth1 master {BOND} && "
+             f"ip link set eth2 down && ip link set eth2 master {BOND} && ip link set {BOND} up && "
+             f"ip link add link {BOND} name {vlan} type vlan id {VLAN_ID} && ip link set {vlan} up")
+    try:
+        playbook = tmp_path / "host_info.yml"
+        dest = tmp_path / "host_info.json"
+        playbook.write_text(HOST_INFO % {"host": host, "dest": dest})
+        proc = run_playbook(playbook, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-10000:]
+    finally:
+        lab_exec(host, "sh", "-c", cleanup, check=False)
+    facts = json.loads(dest.read_text())["host"]
+    nets = {n["name"]: n for n in facts["network"]}
+
+    bond = nets[BOND]
+    assert bond["kind"] == "bond" and bond["slaves"] == ["eth1", "eth2"] and bond["mode"] == "active-backup", bond
+    assert bond["active_slave"] in ("eth1", "eth2") and bond["miimon"] == 100, bond
+    for nic in ("eth1", "eth2"):
+        assert nets[nic]["kind"] == "nic" and nets[nic]["master"] == BOND, nets[nic]
+        # The bond gave both slaves its own address; each NIC is still reported by its own.
+        assert nets[nic]["mac"] == macs[nic], (nets[nic], macs)
+        assert nets[nic]["bond_slave_state"] == ("active" if nic == bond["active_slave"] else "backup"), nets[nic]
+    assert (nets[vlan]["kind"], nets[vlan]["vlan_id"], nets[vlan]["parent"]) == ("vlan", VLAN_ID, BOND), nets[vlan]
+
+    storage = facts["storage"]
+    assert storage["iscsi_initiator_name"] == f"iqn.2026-12.lab.virtnode:{host}"
+    cfg = san["cfg"]
+    sessions = storage["iscsi_sessions"]
+    assert sorted(s["portal"] for s in sessions) == sorted(cfg["portals"]), sessions
+    assert all(s["target"] == cfg["target"] and s["state"] == "LOGGED_IN" and len(s["devices"]) == cfg["luns"]
+               for s in sessions), sessions
+    multipath = storage["multipath"]
+    assert multipath["installed"] and multipath["config_present"] and multipath["daemon_running"], multipath
+    maps = san["maps"][host]
+    assert {d["wwid"]: sorted(p["device"] for p in d["paths"]) for d in multipath["devices"]} == \
+        {w: m["paths"] for w, m in maps.items()}, multipath["devices"]
+    session_devices = {dev for s in sessions for dev in s["devices"]}
+    for dev in multipath["devices"]:
+        assert dev["name"] == dev["wwid"] and dev["size_bytes"] == 2 * 1024 ** 3 and dev["vendor"] == "LIO-ORG", dev
+        assert all(p["state"] == "running" and p["device"] in session_devices for p in dev["paths"]), dev
+        assert len({p["hctl"].rsplit(":", 1)[1] for p in dev["paths"]}) == 1, dev  # one LUN
