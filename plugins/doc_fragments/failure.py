@@ -14,7 +14,8 @@ notes:
     changed) and, where they apply, these keys at the top level: C(field) (the option or value at
     fault), C(path) (the file or device concerned), C(uri), C(libvirt_error), C(code) and C(domain)
     (libvirt's error and its error code and domain), C(sd_uuid), C(sp_uuid), C(owner_host_id) (the
-    host holding a lease), C(hook) (the hook script that refused), C(problems), C(plan) and
+    host holding a lease), C(unreachable) (storage mount points that did not answer), C(hook) (the hook
+    script that refused), C(problems), C(plan) and
     C(rollback) (for network changes), C(output) (a helper command's output). A detail named like a
     key Ansible reserves (C(rc), C(changed), ...) is given as C(detail_<name>)."
 """

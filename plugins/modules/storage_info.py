@@ -117,6 +117,14 @@ spm:
   type: dict
   returned: always
   sample: {spm_status: SPM, spm_id: 1, lver: 2}
+unreachable:
+  description:
+    - Storage mounts that failed with an I/O error or did not answer within 10 seconds (a dead NFS server), each with
+      C(mount_point) and C(error). Their domains are missing from RV(domains).
+  type: list
+  elements: dict
+  returned: always
+  sample: [{mount_point: "/rhev/data-center/mnt/nfs.example.com:_exports_data", error: "no answer from ... within 10s"}]
 """
 
 from ansible.module_utils.basic import AnsibleModule

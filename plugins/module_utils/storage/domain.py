@@ -19,8 +19,10 @@ import glob
 import os
 import shutil
 import socket
+import threading
 import time
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadline
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
@@ -44,6 +46,9 @@ MIN_IO_TIMEOUT = 1
 MAX_IO_TIMEOUT = 300
 STATUS_ACTIVE = 'Active'
 STATUS_ATTACHED = 'Attached'
+# Seconds one mount may take to list its domains. A dead NFS server answers a soft mount only after
+# timeo x retrans (minutes with VDSM's defaults) and a hard mount never.
+SCAN_TIMEOUT = 10
 
 
 # ------------------------------------------------------------------ finding domains
@@ -56,41 +61,92 @@ def _mounts(mount_root):
     return [os.path.join(mount_root, name) for name in names]
 
 
-def domain_dirs(mount_root=None, mount=None):
+def _domains_in_mount(mnt):
+    found = []
+    for name in sorted(os.listdir(mnt)):
+        try:
+            validate.uuid_str(name, 'storage domain UUID')
+        except VirtnodeError:
+            continue
+        dom_dir = os.path.join(mnt, name)
+        try:
+            os.lstat(md_path(dom_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        found.append((name, dom_dir))
+    return found
+
+
+# Mount -> Event set when its latest listing returned. A listing still waiting on the server is not
+# started again: each try would leave one more thread stuck there and wait SCAN_TIMEOUT again.
+_SCANS = {}
+
+
+def _scan_mount(mnt):
+    pending = _SCANS.get(mnt)
+    if pending is not None and not pending.is_set():
+        raise VirtnodeError('no answer from %s: an earlier listing of it is still waiting (storage server not responding?)'
+                            % mnt, {'path': mnt})
+    done = threading.Event()
+    _SCANS[mnt] = done
+
+    def work():
+        try:
+            return _domains_in_mount(mnt)
+        finally:
+            done.set()
+
+    return deadline.call_within(SCAN_TIMEOUT, work, 'no answer from %s within %ss (storage server not responding?)'
+                                % (mnt, SCAN_TIMEOUT), {'path': mnt}, name='scan %s' % mnt)
+
+
+def domain_dirs(mount_root=None, mount=None, unreachable=None):
     """``[(sd_uuid, domain dir)]`` of every directory named like a domain that has metadata, duplicates included.
 
     Only names that are UUIDs are looked into: nothing else on a mount is
-    stat'ed or read.
+    stat'ed or read. A mount that fails with an I/O error or gives no answer
+    within SCAN_TIMEOUT is left out and, when ``unreachable`` (a dict) is
+    given, recorded there as ``{mount: reason}``: "no domain there" and
+    "cannot tell" must stay apart.
     """
     found = []
     for mnt in [mount] if mount else _mounts(mount_root or sd_layout.MOUNT_ROOT):
+        reason = None
         try:
-            names = sorted(os.listdir(mnt))
-        except OSError:
+            found += _scan_mount(mnt)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        for name in names:
-            try:
-                validate.uuid_str(name, 'storage domain UUID')
-            except VirtnodeError:
-                continue
-            dom_dir = os.path.join(mnt, name)
-            if os.path.lexists(md_path(dom_dir)):
-                found.append((name, dom_dir))
+        except OSError as err:
+            reason = 'cannot list %s: %s' % (mnt, err.strerror or err)
+        except VirtnodeError as err:
+            reason = err.message
+        if reason and unreachable is not None:
+            unreachable[mnt] = reason
     return found
 
 
-def scan_domains(mount_root=sd_layout.MOUNT_ROOT, mount=None):
+def scan_domains(mount_root=sd_layout.MOUNT_ROOT, mount=None, unreachable=None):
     """Return ``{sd_uuid: domain dir}`` of every file domain under the mount root (or one mount)."""
     found = {}
-    for name, dom_dir in domain_dirs(mount_root, mount):
+    for name, dom_dir in domain_dirs(mount_root, mount, unreachable):
         found.setdefault(name, dom_dir)
     return found
+
+
+def unreachable_error(what, unreachable, details=None):
+    """The error for ``what`` (a sentence start) that cannot be told because mounts did not answer."""
+    return VirtnodeError('%s: %d storage mount(s) did not answer (%s)' % (what, len(unreachable), '; '.join(
+        unreachable[mnt] for mnt in sorted(unreachable))), dict(details or {}, unreachable=sorted(unreachable)))
 
 
 def find_domain(sd_uuid, required=True):
     """Return the directory of domain ``sd_uuid`` on a connected server (None if absent and not required)."""
     validate.uuid_str(sd_uuid, 'storage domain UUID')
-    dom_dir = scan_domains().get(sd_uuid)
+    unreachable = {}
+    dom_dir = scan_domains(unreachable=unreachable).get(sd_uuid)
+    if dom_dir is None and unreachable:
+        # Even when not required: a domain on a mount that does not answer is not an absent one.
+        raise unreachable_error('cannot tell whether storage domain %s exists' % sd_uuid, unreachable, {'sd_uuid': sd_uuid})
     if dom_dir is None and required:
         raise VirtnodeError('storage domain %s not found under %s (is its storage server connected?)'
                             % (sd_uuid, sd_layout.MOUNT_ROOT), {'sd_uuid': sd_uuid})
@@ -416,7 +472,7 @@ def find_master(sp_uuid, required=True, unreadable_ok=False):
     """
     validate.uuid_str(sp_uuid, 'storage pool UUID')
     candidates, unreadable = [], {}
-    for sd_uuid, dom_dir in domain_dirs():
+    for sd_uuid, dom_dir in domain_dirs(unreachable=unreadable):
         try:
             md = read_sealed_md(dom_dir)
         except VirtnodeError as err:
@@ -436,8 +492,8 @@ def find_master(sp_uuid, required=True, unreadable_ok=False):
                                 {'sp_uuid': sp_uuid, 'candidates': [entry[0] for entry in current]})
         return chosen
     if unreadable and not unreadable_ok:
-        raise VirtnodeError('cannot tell whether pool %s has a master domain: the metadata of %d domain(s) could not be read or '
-                            'is not sealed (%s)' % (sp_uuid, len(unreadable), '; '.join(sorted(unreadable.values()))),
+        raise VirtnodeError('cannot tell whether pool %s has a master domain: %d mount(s) or domain metadata could not be read or '
+                            'are not sealed (%s)' % (sp_uuid, len(unreadable), '; '.join(sorted(unreadable.values()))),
                             {'sp_uuid': sp_uuid, 'unreadable': sorted(unreadable)})
     if required:
         raise VirtnodeError('no master domain of storage pool %s found under %s (storage server connected?)'

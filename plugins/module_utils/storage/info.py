@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadline
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
@@ -17,19 +18,29 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool a
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 
 
-def domains_info(sd_filter=None, members=None, images=True):
+# Seconds one domain's description (metadata, space, images) may take on storage that stopped answering.
+DOMAIN_INFO_TIMEOUT = 30
+
+
+def domains_info(sd_filter=None, members=None, images=True, unreachable=None):
     """The description of every domain found (one with ``sd_filter``; only pool ``members`` if given).
 
-    A domain that cannot be read is listed with its ``error`` instead of failing the rest.
+    A domain that cannot be read, or not within DOMAIN_INFO_TIMEOUT, is listed
+    with its ``error`` instead of failing the rest. Mounts that did not answer
+    go to ``unreachable`` (see ``storage.domain_dirs``).
     """
     domains = []
-    for sd_uuid, dom_dir in sorted(storage.scan_domains().items()):
+    for sd_uuid, dom_dir in sorted(storage.scan_domains(unreachable=unreachable).items()):
         if (sd_filter and sd_uuid != sd_filter) or (members is not None and sd_uuid not in members):
             continue
         try:
-            domains.append(storage.domain_info(dom_dir, images=images))
-        except VirtnodeError as err:
-            domains.append({'sd_uuid': sd_uuid, 'path': dom_dir, 'error': err.message})
+            domains.append(deadline.call_within(
+                DOMAIN_INFO_TIMEOUT, lambda dom_dir=dom_dir: storage.domain_info(dom_dir, images=images),
+                'no answer within %ds describing storage domain %s (storage server not responding?)'
+                % (DOMAIN_INFO_TIMEOUT, sd_uuid), name='describe %s' % sd_uuid))
+        except (VirtnodeError, OSError) as err:
+            domains.append({'sd_uuid': sd_uuid, 'path': dom_dir,
+                            'error': err.message if isinstance(err, VirtnodeError) else '%s: %s' % (dom_dir, err)})
     return domains
 
 
@@ -45,7 +56,11 @@ def run_module(module):
         pool = storage_pool.describe(sp_uuid, md)
         if sanlock_lock.HAS_SANLOCK:
             spm_status = spm.status(sp_uuid)
-    domains = domains_info(sd_filter, members, params['images'])
+    unreachable = {}
+    domains = domains_info(sd_filter, members, params['images'], unreachable)
+    if sd_filter and not domains and unreachable:
+        raise storage.unreachable_error('storage domain %s not found' % sd_filter, unreachable, {'sd_uuid': sd_filter})
     if sd_filter and not domains:
         raise VirtnodeError('storage domain %s not found under %s' % (sd_filter, sd_layout.MOUNT_ROOT), {'sd_uuid': sd_filter})
-    return {'changed': False, 'domains': domains, 'pool': pool, 'spm': spm_status}
+    return {'changed': False, 'domains': domains, 'pool': pool, 'spm': spm_status,
+            'unreachable': [{'mount_point': mnt, 'error': unreachable[mnt]} for mnt in sorted(unreachable)]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
 import types
 
@@ -16,6 +17,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_state
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import info as storage_info
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
@@ -35,8 +37,8 @@ def mount_root(tmp_path, monkeypatch):
     root = tmp_path / 'mnt'
     (root / 'server:_export').mkdir(parents=True)
     monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, _orig=storage.scan_domains:
-                        _orig(mount_root=str(root), mount=mount))
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, _orig=storage.scan_domains:
+                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable))
     calls = []
     for name in ('write_lockspace', 'write_resource'):
         monkeypatch.setattr(sanlock_lock, name, lambda *args, _name=name: calls.append((_name,) + args))
@@ -192,8 +194,8 @@ def lab_sanlock(tmp_path, monkeypatch):
     root = tmp_path / 'mnt'
     (root / 'server:_export').mkdir(parents=True)
     monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, _orig=storage.scan_domains:
-                        _orig(mount_root=str(root), mount=mount))
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, _orig=storage.scan_domains:
+                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable))
     monkeypatch.setattr(storage, 'POOL_STATE_DIR', str(tmp_path / 'pools'))
     monkeypatch.setattr(sd_layout, 'pool_dir', lambda sp_uuid: str(tmp_path / 'dc' / sp_uuid))
     fake = FakeSanlock()
@@ -490,3 +492,64 @@ def test_host_id_250_connects(lab_sanlock):
     result = pool.run_module(_module(pool_uuid=SP, master_sd_uuid=None, description='', host_id=250, hostname='h1',
                                      state='connected'))
     assert result['connected'] and result['host_id'] == 250
+
+
+# ---------------------------------------------------------------- mounts that stopped answering
+
+def _dead_mount(root, monkeypatch, how):
+    """A second mount whose listing fails with EIO or hangs (a dead NFS server); returns (its path, listings, release)."""
+    dead = os.path.join(str(root), 'dead:_export')
+    os.makedirs(dead)
+    real = storage._domains_in_mount
+    listings = []
+    release = threading.Event()
+
+    def listing(mnt):
+        if mnt != dead:
+            return real(mnt)
+        listings.append(mnt)
+        if how == 'eio':
+            raise OSError(errno.EIO, 'Input/output error')
+        release.wait(30)
+        return []
+    monkeypatch.setattr(storage, '_domains_in_mount', listing)
+    monkeypatch.setattr(storage, 'SCAN_TIMEOUT', 0.5)
+    monkeypatch.setattr(storage, '_SCANS', {})
+    return dead, listings, release
+
+
+@pytest.mark.parametrize('how', ['eio', 'hang'])
+def test_a_domain_behind_a_dead_mount_is_never_taken_for_absent(mount_root, monkeypatch, how):
+    root, _calls = mount_root
+    dom_dir = storage.create_domain(str(root / 'server:_export'), SD, 'NFS', 'Data', 'data', 'server:/export', 5, 1)
+    dead, listings, release = _dead_mount(root, monkeypatch, how)
+    try:
+        assert storage.find_domain(SD) == dom_dir  # found on a mount that answers
+        start = time.monotonic()
+        for _attempt in range(3):
+            with pytest.raises(VirtnodeError, match='cannot tell whether storage domain %s exists: 1 storage mount' % SD2) as err:
+                storage.find_domain(SD2, required=False)
+        assert time.monotonic() - start < 3
+        assert dead in err.value.message and err.value.details['unreachable'] == [dead]
+        assert ('Input/output error' if how == 'eio' else 'no answer from') in err.value.message
+        # A listing still waiting is not started again.
+        assert len(listings) == (4 if how == 'eio' else 1)
+        unreachable = {}
+        assert storage.scan_domains(str(root), unreachable=unreachable) == {SD: dom_dir} and list(unreachable) == [dead]
+    finally:
+        release.set()
+
+
+def test_storage_info_names_the_mount_that_does_not_answer(mount_root, monkeypatch):
+    root, _calls = mount_root
+    storage.create_domain(str(root / 'server:_export'), SD, 'NFS', 'Data', 'data', 'server:/export', 5, 1)
+    dead, _listings, release = _dead_mount(root, monkeypatch, 'hang')
+    try:
+        result = storage_info.run_module(types.SimpleNamespace(params=dict(sd_uuid=None, pool_uuid=None, images=True)))
+        assert [d['sd_uuid'] for d in result['domains']] == [SD]
+        assert result['unreachable'] == [{'mount_point': dead, 'error': 'no answer from %s within 0.5s (storage server '
+                                          'not responding?)' % dead}]
+        with pytest.raises(VirtnodeError, match='storage domain %s not found: 1 storage mount' % SD2):
+            storage_info.run_module(types.SimpleNamespace(params=dict(sd_uuid=SD2, pool_uuid=None, images=True)))
+    finally:
+        release.set()
