@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
@@ -40,6 +41,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.agent import sampling
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import server as agent_server
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import storage_monitor as agent_storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as mailbox_service
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import thin as thin_monitor
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
@@ -215,10 +217,56 @@ class Agent:
             LOG.info('storage domain %s is reachable again', sd_uuid)
             self.record('storage_domain_reachable', kind='storage', sd_uuid=sd_uuid, path=status['path'],
                         delay=status['delay'])
+            # In a thread of its own: a libvirt call never holds up the storage monitor.
+            threading.Thread(target=self.resume_paused_on, args=(sd_uuid,), name='resume-on-%s' % sd_uuid,
+                             daemon=True).start()
         else:
             LOG.warning('storage domain %s is unreachable: %s', sd_uuid, status['error'])
             self.record('storage_domain_unreachable', kind='storage', sd_uuid=sd_uuid, path=status['path'],
                         code=status['code'], reason=status['error'])
+
+    def resume_paused_on(self, sd_uuid):
+        """Resume the VMs that paused on an I/O error and have a disk on ``sd_uuid`` (VDSM's contEIOVms).
+
+        Called when the domain turned valid again. A VM with a disk on a domain
+        still invalid stays paused; so does one paused for any other reason.
+        Returns the names of the VMs resumed.
+        """
+        conn = self.session.ensure()
+        if conn is None:
+            return []
+
+        def const(name):
+            return constants.value(name, self.libvirt)
+
+        invalid = set(sd for sd, status in self.storage.stats().items() if not status['valid'])
+        resumed = []
+        try:
+            doms = conn.listAllDomains(const('VIR_CONNECT_LIST_DOMAINS_ACTIVE'))
+        except libvirt_conn.LibvirtError as err:
+            LOG.warning('cannot list VMs to resume after storage domain %s came back: %s', sd_uuid,
+                        libvirt_conn.error_text(err))
+            return resumed
+        for dom in doms:
+            try:
+                if tuple(dom.state()[:2]) != (const('VIR_DOMAIN_PAUSED'), const('VIR_DOMAIN_PAUSED_IOERROR')):
+                    continue
+                domains = storage_domains_of_disks(dom.XMLDesc(0))
+                if sd_uuid not in domains:
+                    continue
+                name = dom.name()
+                if domains & invalid:
+                    LOG.info('VM %s stays paused: storage domain(s) %s still unreachable', name,
+                             ', '.join(sorted(domains & invalid)))
+                    continue
+                dom.resume()
+            except libvirt_conn.LibvirtError as err:
+                LOG.warning('resuming a VM paused on storage domain %s failed: %s', sd_uuid, libvirt_conn.error_text(err))
+                continue
+            LOG.info('VM %s resumed: storage domain %s is reachable again', name, sd_uuid)
+            self.record('vm_resumed_after_storage', kind='storage', vm=name, uuid=dom.UUIDString(), sd_uuid=sd_uuid)
+            resumed.append(name)
+        return resumed
 
     # ------------------------------------------------------------ sampling
 
@@ -341,6 +389,21 @@ class Agent:
         self.session.close()
         # The query socket's server_close removed the socket file, and only if it was still its own.
         self.record('agent_stopped', kind='agent', pid=os.getpid())
+
+
+def storage_domains_of_disks(xml_text):
+    """The storage domain UUIDs the disks of a domain XML are on, from their paths.
+
+    A volume's path names its domain: ``.../<sd>/images/<img>/<vol>`` under the
+    mount root, a pool directory or ``blockSD``, or ``/run/virtnode/block/<sd>/...``.
+    """
+    found = set()
+    for source in ET.fromstring(xml_text).findall('devices/disk/source'):
+        parts = (source.get('file') or source.get('dev') or '').split('/')
+        for index, part in enumerate(parts[:-1]):
+            if agent_storage.is_uuid(part) and (parts[index + 1] == 'images' or parts[:index] == ['', 'run', 'virtnode', 'block']):
+                found.add(part.lower())
+    return found
 
 
 def _extend_on_spm(sd_uuid, vol_uuid, size_mib):

@@ -92,6 +92,10 @@ def wait_all(jobs, timeout, clock=None):
         job['done'].wait(remaining)
 
 
+def is_uuid(name):
+    return bool(_UUID_RE.match(name))
+
+
 def list_domains_in_mount(mount_dir):
     """``{sd_uuid: metadata_path}`` of the file domains in one mount directory."""
     found = {}

@@ -221,3 +221,62 @@ def test_stuck_samples_do_not_pile_up_threads(stuck_agent, fake_libvirt):
     assert time.monotonic() - started < 6 * 0.5 + 2
     assert threading.active_count() - before <= 2
     assert stuck_agent.answer({'query': 'host'})['ok']
+
+
+# ---------------------------------------------------------------- VMs paused on a storage domain that came back
+
+SD_A, SD_B, SD_C = ('11111111-2222-4333-8444-55555555555%d' % n for n in (1, 2, 3))
+PAUSED, RUNNING, PAUSED_USER, PAUSED_IOERROR = 3, 1, 1, 5
+
+
+def _xml(*paths):
+    disks = ''.join("<disk type='file' device='disk'><source file='%s'/></disk>" % path for path in paths)
+    return '<domain><devices>%s<disk type="file" device="cdrom"/></devices></domain>' % disks
+
+
+def _file_volume(sd_uuid):
+    return '/rhev/data-center/mnt/server:_export/%s/images/%s/%s' % (sd_uuid, SD_C, SD_C)
+
+
+class PausableDomain(FakeDomain):
+    def __init__(self, name, state, xml):
+        super().__init__(name, 'u-' + name)
+        self._state, self._xml, self.resumed = state, xml, False
+
+    def state(self):
+        return list(self._state)
+
+    def XMLDesc(self, flags):
+        return self._xml
+
+    def resume(self):
+        self.resumed = True
+        self._state = (RUNNING, 0)
+
+
+class ListingConn(FakeConn):
+    def listAllDomains(self, flags):
+        return list(self.backend.domains)
+
+
+def test_vms_paused_on_io_errors_of_a_domain_resume_when_it_is_valid_again(agent, fake_libvirt):
+    fake_libvirt.module.open = lambda uri=None: fake_libvirt._open(uri, False) and ListingConn(fake_libvirt)
+    fake_libvirt.domains = [
+        PausableDomain('on-a', (PAUSED, PAUSED_IOERROR), _xml(_file_volume(SD_A))),
+        PausableDomain('also-on-b', (PAUSED, PAUSED_IOERROR), _xml(_file_volume(SD_A), '/run/virtnode/block/%s/i/v' % SD_B)),
+        PausableDomain('paused-by-user', (PAUSED, PAUSED_USER), _xml(_file_volume(SD_A))),
+        PausableDomain('on-c', (PAUSED, PAUSED_IOERROR), _xml(_file_volume(SD_C))),
+        PausableDomain('running', (RUNNING, 1), _xml(_file_volume(SD_A))),
+    ]
+    agent.storage.stats = lambda: {SD_A: {'valid': True}, SD_B: {'valid': False}, SD_C: {'valid': False}}
+    assert agent.resume_paused_on(SD_A) == ['on-a']
+    assert [dom.name() for dom in fake_libvirt.domains if dom.resumed] == ['on-a']
+    events = [json.loads(line) for line in open(agent.config['events_file'])]
+    assert [(e['event'], e['vm'], e['sd_uuid']) for e in events if e['kind'] == 'storage'] == \
+        [('vm_resumed_after_storage', 'on-a', SD_A)]
+
+
+def test_storage_domains_of_disks_from_volume_paths():
+    xml = _xml(_file_volume(SD_A), '/rhev/data-center/%s/%s/images/i/v' % (SD_C, SD_B),
+               '/run/virtnode/block/%s/i/v' % SD_C.upper(), '/var/lib/libvirt/images/%s.img' % SD_C, '')
+    assert agent_daemon.storage_domains_of_disks(xml) == {SD_A, SD_B, SD_C}
