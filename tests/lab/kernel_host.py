@@ -18,9 +18,11 @@ Each host has:
 Host 1 is also the lab's storage server: NFS exports, an iSCSI target (LIO) with LUNs on both
 portals, and a DHCP server (dnsmasq) on the VM segment. storage_server.py sets those up.
 
-Reboot (`reboot` inside, or `lab.py reboot HOST`) restarts the kernel in the same process on the
-same disk: what was enabled starts again by itself. `lab.py crash HOST` kills the process tree
-with SIGKILL, as a power cut would; the disk keeps what was written to it.
+`lab.py reboot HOST` shuts the host down through systemd and boots its kernel again on the same
+disk: what was enabled starts again by itself. (Not UML's own restart, a `reboot` inside: UML
+re-executes itself with its tap descriptors still open, its NICs cannot attach again and init
+panics.) `lab.py crash HOST` kills the process tree with SIGKILL, as a power cut would; the disk
+keeps what was written to it.
 """
 
 from __future__ import annotations
@@ -479,23 +481,18 @@ def poweroff(name: str, timeout: float = 40) -> None:
 
 
 def reboot(name: str) -> float:
-    """Reboot through systemd: the kernel restarts in the same process on the same disk."""
+    """Reboot: a clean shutdown through systemd, then the kernel boots again on the same disk.
+
+    UML's own restart re-executes the kernel with the tap file descriptors of the old boot still
+    open, so the vector NICs cannot attach to their taps again ("uml_tap: failed to select tap
+    interface") and init panics; a new process is the reboot that works.
+    """
     index = host_index(name)
     if init_pid(name) is None:
         raise SystemExit(f"lab: {name} is not running")
-    boot_id = run_in(name, "cat /proc/sys/kernel/random/boot_id", timeout=20).stdout.strip()
     t0 = time.monotonic()
-    run_in(name, "systemctl --no-block reboot", timeout=20)
-    # Until the old boot is gone, SSH may still answer from it.
-    deadline = t0 + BOOT_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            now = run_in(name, "cat /proc/sys/kernel/random/boot_id", timeout=10).stdout.strip()
-        except subprocess.TimeoutExpired:
-            now = ""
-        if now and now != boot_id:
-            break
-        time.sleep(0.5)
+    poweroff(name, timeout=60)
+    start(name, index)
     return wait_ready(name, index, t0)
 
 
