@@ -25,6 +25,8 @@ MODULE_UTILS = os.path.join(PLUGINS, 'module_utils')
 MODULES = os.path.join(PLUGINS, 'modules')
 AGENT_ENTRY = os.path.join(REPO, 'roles', 'node_agent', 'files', 'virtnode-agent')
 AGENT_ROLE_VARS = os.path.join(REPO, 'roles', 'node_agent', 'vars', 'main.yml')
+NETWORK_RESTORE_ENTRY = os.path.join(REPO, 'roles', 'bootstrap', 'files', 'virtnode-network-restore')
+BOOTSTRAP_ROLE_VARS = os.path.join(REPO, 'roles', 'bootstrap', 'vars', 'main.yml')
 PREFIX = 'ansible_collections.virtnode.kvm.plugins.module_utils'
 
 # A package may import its own files and those of lower layers, never higher ones.
@@ -161,13 +163,17 @@ def test_modules_use_the_one_run_helper():
     assert not missing, missing
 
 
-def test_agent_role_installs_the_packages_its_entry_point_imports():
-    needed = sorted({f.split('/')[0] for f in closure(AGENT_ENTRY)})
-    with open(AGENT_ROLE_VARS) as handle:
-        match = re.search(r'^__node_agent_module_utils_packages:\s*\[([^\]]*)\]', handle.read(), re.M)
-    assert match, 'roles/node_agent/vars/main.yml lists no __node_agent_module_utils_packages'
+@pytest.mark.parametrize('entry, role_vars, variable', [
+    (AGENT_ENTRY, AGENT_ROLE_VARS, '__node_agent_module_utils_packages'),
+    (NETWORK_RESTORE_ENTRY, BOOTSTRAP_ROLE_VARS, '__bootstrap_network_restore_module_utils_packages'),
+], ids=['node_agent', 'bootstrap_network_restore'])
+def test_roles_install_the_packages_their_entry_points_import(entry, role_vars, variable):
+    needed = sorted({f.split('/')[0] for f in closure(entry)})
+    with open(role_vars) as handle:
+        match = re.search(r'^%s:\s*\[([^\]]*)\]' % variable, handle.read(), re.M)
+    assert match, '%s lists no %s' % (os.path.relpath(role_vars, REPO), variable)
     listed = sorted(p.strip() for p in match.group(1).split(','))
-    assert listed == needed, 'the role installs %s, the agent imports %s' % (listed, needed)
+    assert listed == needed, 'the role installs %s, %s imports %s' % (listed, os.path.basename(entry), needed)
 
 
 def test_architecture_page_names_what_each_module_ships():

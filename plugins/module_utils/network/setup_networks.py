@@ -45,7 +45,7 @@ def run_module(module):
             raise VirtnodeError('connectivity_timeout must be between %d and %d seconds, not %d' % (low, high, p['connectivity_timeout']),
                                 {'field': 'connectivity_timeout'})
         with store.HostLock():
-            result = setup(module, IpRoute(), DhcpClients(), transactions)
+            result = setup(p, module.check_mode, IpRoute(), DhcpClients(), transactions)
     for warning in result.pop('warnings', None) or []:
         module.warn(warning)
     if module._diff and 'after' in result:
@@ -183,16 +183,15 @@ def plan_change(ip, dhcp, running, request):
     return Change(running, request, config, state, targets, route_targets, steps, predicted)
 
 
-def setup(module, ip, dhcp, transactions):
-    """Plan the change the module's options ask for and, unless in check mode, apply it."""
-    p = module.params
+def setup(p, check_mode, ip, dhcp, transactions):
+    """Plan the change the module's options ``p`` ask for and, unless in check mode, apply it."""
     warnings = []
     running = store.read_running()
-    if not module.check_mode:
+    if not check_mode:
         handle_stale(transactions, ip, dhcp, warnings)
         running = store.read_running()
     request = build_request(p, warnings)
-    if not module.check_mode:
+    if not check_mode:
         request = run_before_hooks(p['hooks_dir'], request)
     change = plan_change(ip, dhcp, running, request)
     persistent_config = store.saved_config(store.read_persistent())
@@ -204,11 +203,37 @@ def setup(module, ip, dhcp, transactions):
         'saved': False,
         'warnings': warnings,
     }
-    if module.check_mode:
+    if check_mode:
         result['after'] = view(change.config, change.predicted, change.names)
         result['saved'] = save_needed
         return result
     return apply_change(p, ip, dhcp, transactions, change, result, save_needed)
+
+
+def restore_at_boot(hooks_dir=hooks.DEFAULT_HOOKS_DIR):
+    """The boot-time restore: the network module's ``state: restored`` without a controller; returns its result.
+
+    bootstrap installs this code with an entry script and a oneshot unit that
+    runs it at boot, before libvirtd starts VMs (roles/bootstrap/tasks/network_restore.yml).
+    """
+    params = {'networks': [], 'bonds': [], 'purge': False, 'state': 'restored', 'save': False,
+              'connectivity_check': False, 'connectivity_timeout': 30, 'hooks_dir': hooks_dir,
+              '_transaction_id': None, '_confirm': None, '_fail_at_step': None}
+    with store.HostLock():
+        result = setup(params, False, IpRoute(), DhcpClients(), transaction.Transactions())
+    store.log('boot-time restore: %d steps, networks %s, bonds %s' % (
+        len(result['plan']), ', '.join(sorted(result['after']['networks'])) or 'none',
+        ', '.join(sorted(result['after']['bonds'])) or 'none'))
+    return result
+
+
+def configured_bond_options(change):
+    """The bond options the configurations before and after set, per bond: those a rollback brings back."""
+    options = {}
+    for config in (change.running, change.config):
+        for name, bond in config['bonds'].items():
+            options.setdefault(name, set()).update(bond.get('options') or {})
+    return options
 
 
 def apply_change(params, ip, dhcp, transactions, change, result, save_needed):
@@ -219,10 +244,7 @@ def apply_change(params, ip, dhcp, transactions, change, result, save_needed):
     """
     change.watched = bool(change.steps) and params['connectivity_check']
     change.txid = params['_transaction_id'] or str(uuid.uuid4())
-    bond_options = dict((name, set((change.running['bonds'].get(name) or {}).get('options') or {}) |
-                             set((change.config['bonds'].get(name) or {}).get('options') or {}))
-                        for name in set(change.running['bonds']) | set(change.config['bonds']))
-    change.snapshot = kernel_state.snapshot_state(change.state, change.names, bond_options)
+    change.snapshot = kernel_state.snapshot_state(change.state, change.names, configured_bond_options(change))
     if change.steps:
         apply.check_kernel_support(ip, change.state, change.steps)
     if change.watched:

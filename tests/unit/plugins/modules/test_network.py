@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 
 import pytest
@@ -111,6 +112,23 @@ def test_restored_applies_saved_config(kernel, capsys):
     rc, result = run_module(network, capsys, base(state='restored'))
     assert rc == 0 and result['changed']
     assert set(store.read_running()['networks']) == {'net1'}
+
+
+def test_boot_time_restore_entry_script(kernel, capsys, monkeypatch):
+    # What bootstrap's virtnode-network-restore.service runs: the saved networks come back, unsaved ones go.
+    run_module(network, capsys, base(networks=[NET], save=True))
+    unsaved = {'name': 'net2', 'bridged': False, 'nic': 'eth0', 'ipv4': {'addresses': ['10.0.0.5/24']}}
+    run_module(network, capsys, base(networks=[{'name': 'net1', 'state': 'absent'}, unsaved]))
+    entry = os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', 'roles', 'bootstrap', 'files', 'virtnode-network-restore')
+    script = runpy.run_path(entry, run_name='virtnode_network_restore')
+    restore = setup_networks.restore_at_boot
+    monkeypatch.setattr(setup_networks, 'restore_at_boot', lambda: restore(hooks_dir='/nonexistent'))
+    assert script['main']() == 0
+    assert 'steps applied; networks: net1; bonds: none' in capsys.readouterr().out
+    assert set(store.read_running()['networks']) == {'net1'}
+    assert kernel.devs['nic1']['master'] == 'net1'
+    assert script['main']() == 0
+    assert 'nothing to change' in capsys.readouterr().out
 
 
 def test_restored_refuses_networks(kernel, capsys):
