@@ -1,6 +1,7 @@
 """lab-up and lab-down are idempotent both ways and leave nothing behind.
 
-Uses its own lab (id 9, one host) so the lab the other tests run on is untouched.
+Uses its own lab (id 9: one namespace host, one kernel host) so the lab the other tests run on is
+untouched.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def lab(*args: str) -> str:
     env = dict(os.environ, VIRTNODE_LAB_ID=LAB_ID)
     env.pop("VIRTNODE_LAB_DIR", None)
     proc = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), *args], env=env, text=True,
-                          capture_output=True, timeout=300, check=False)
+                          capture_output=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -28,7 +29,7 @@ def lab(*args: str) -> str:
 def footprint() -> dict:
     netns = [n.split()[0] for n in subprocess.run(["ip", "netns"], text=True, capture_output=True,
                                                   check=True).stdout.splitlines() if n.startswith(f"vnlab{LAB_ID}-")]
-    links = [n for n in os.listdir("/sys/class/net") if n.startswith(f"vnlab{LAB_ID}")]
+    links = [n for n in os.listdir("/sys/class/net") if n.startswith((f"vnlab{LAB_ID}", f"vk{LAB_ID}h"))]
     mounts, processes = 0, []
     for path in glob.glob("/proc/[0-9]*"):
         try:
@@ -57,19 +58,26 @@ def test_lab_up_twice_then_down_twice_leaves_nothing():
     before = settled_footprint()
     assert before == CLEAN, before
     try:
-        lab("up", "--hosts", "1")
+        lab("up", "--hosts", "1", "--kernel-hosts", "1")
         up = footprint()
-        # Two lab bridges (management, VM traffic) and the host's two veths.
-        assert len(up["netns"]) == 1 and len(up["links"]) == 4 and up["mounts"] > 0 and up["processes"], up
-        second = lab("up", "--hosts", "1")
-        assert "started" not in second and "recreating" not in second, second
-        assert footprint() == up, "a second lab-up must change nothing"
-        assert "vnhost1" in lab("status") and "DOWN" not in lab("status")
+        # Three lab bridges (management, VM traffic, storage), the namespace host's two veths and the
+        # kernel host's four taps.
+        assert len(up["netns"]) == 1 and len(up["links"]) == 9 and up["mounts"] > 0 and up["processes"], up
+        second = lab("up", "--hosts", "1", "--kernel-hosts", "1")
+        assert "started" not in second and "recreating" not in second and "booted" not in second, second
+        assert sorted(footprint()["links"]) == sorted(up["links"]), "a second lab-up must change nothing"
+        status = lab("status")
+        assert "vnhost1" in status and "vnkern1" in status and "DOWN" not in status, status
         # A crashed host comes back with lab-up, fresh but with its disks.
         lab("crash", "vnhost1")
         assert "DOWN" in lab("status")
-        lab("up", "--hosts", "1")
+        # A crashed kernel host boots again on the disk it had: what it wrote is still there.
+        lab("exec", "vnkern1", "--", "sh", "-c", "echo before-crash > /var/lib/virtnode-lab-mark && sync")
+        lab("crash", "vnkern1")
+        assert "vnkern1 10.251.9.101 kernel=DOWN" in lab("status")
+        assert "booted" in lab("up", "--hosts", "1", "--kernel-hosts", "1")
         assert "DOWN" not in lab("status")
+        assert lab("exec", "vnkern1", "--", "cat", "/var/lib/virtnode-lab-mark").strip() == "before-crash"
     finally:
         lab("down")
     lab("down")
