@@ -195,7 +195,8 @@ class Lab:
         data = json.loads(self.inventory.read_text())
         lab = data["all"]["children"]["lab"]
         self.host = sorted(lab["hosts"])[0]
-        self.vars = lab["vars"]
+        # The guest's kernel is in all.vars since the lab has kernel hosts too.
+        self.vars = {**data["all"].get("vars", {}), **lab.get("vars", {})}
 
     def host_python(self, *args: str, timeout: int = 300) -> str:
         """Runs this script's host-side subcommand inside the lab host."""

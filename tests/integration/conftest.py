@@ -29,6 +29,11 @@ def lab_hosts(inventory) -> dict:
     return inventory["all"]["children"]["lab"]["hosts"]
 
 
+def lab_vars(inventory: dict) -> dict:
+    """What every lab host sees (the guest's kernel, initrd, cmdline), with the namespace hosts' own."""
+    return {**inventory["all"].get("vars", {}), **inventory["all"]["children"]["lab"].get("vars", {})}
+
+
 @pytest.fixture(scope="session")
 def kernel_hosts(inventory) -> dict:
     """The lab's kernel hosts (User-mode Linux, tests/lab/kernel_host.py); the first serves storage."""

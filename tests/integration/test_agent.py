@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, lab_exec, run_playbook, wait_for
+from conftest import REPO, lab_exec, lab_vars, run_playbook, wait_for
 
 HOST = "vnhost1"
 GUEST = "agent-guest"
@@ -68,16 +68,16 @@ def deployed(lab_hosts):
 
 @pytest.fixture(scope="module")
 def guest(deployed, inventory):
-    lab_vars = inventory["all"]["children"]["lab"]["vars"]
+    lab_settings = lab_vars(inventory)
     xml = f"""<domain type='qemu'>
   <name>{GUEST}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{lab_vars['virtnode_lab_guest_kernel']}</kernel>
-    <initrd>{lab_vars['virtnode_lab_guest_initrd']}</initrd>
-    <cmdline>{lab_vars['virtnode_lab_guest_cmdline']} workload=heartbeat</cmdline>
+    <kernel>{lab_settings['virtnode_lab_guest_kernel']}</kernel>
+    <initrd>{lab_settings['virtnode_lab_guest_initrd']}</initrd>
+    <cmdline>{lab_settings['virtnode_lab_guest_cmdline']} workload=heartbeat</cmdline>
   </os>
   <on_crash>destroy</on_crash>
   <devices>

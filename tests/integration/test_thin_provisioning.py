@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POOL_SERVER, REPO, lab_exec, pool_cleanup_tasks, run_playbook, wait_for
+from conftest import POOL_SERVER, REPO, lab_exec, lab_vars, pool_cleanup_tasks, run_playbook, wait_for
 
 SP = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c40"
 SD = "7b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d51"
@@ -172,16 +172,16 @@ def pool(lab_hosts, tmp_path_factory):
 
 
 def guest_xml(inventory: dict, name: str, device: str, write_mib: int) -> str:
-    lab_vars = inventory["all"]["children"]["lab"]["vars"]
+    lab_settings = lab_vars(inventory)
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{lab_vars['virtnode_lab_guest_kernel']}</kernel>
-    <initrd>{lab_vars['virtnode_lab_guest_initrd']}</initrd>
-    <cmdline>{lab_vars['virtnode_lab_guest_cmdline']} workload=writer writer_mb={write_mib}</cmdline>
+    <kernel>{lab_settings['virtnode_lab_guest_kernel']}</kernel>
+    <initrd>{lab_settings['virtnode_lab_guest_initrd']}</initrd>
+    <cmdline>{lab_settings['virtnode_lab_guest_cmdline']} workload=writer writer_mb={write_mib}</cmdline>
   </os>
   <on_crash>destroy</on_crash>
   <devices>
