@@ -49,7 +49,18 @@ OVERLAYS = ("/etc", "/usr", "/var")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "kvm", "net/tun", "vhost-net")
 MASK_UNITS = ("postgresql.service", "postgresql@.service", "getty@.service", "console-getty.service",
               "e2scrub_reap.service", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
-              "fstrim.timer", "man-db.timer")
+              "fstrim.timer", "man-db.timer",
+              # The kernel hosts' storage server packages, installed on this machine: a container
+              # cannot mount nfsd or rpc_pipefs, and serves no NFS, iSCSI, DHCP or multipath.
+              "proc-fs-nfsd.mount", "run-rpc_pipefs.mount", "nfs-server.service", "nfs-kernel-server.service",
+              "nfs-mountd.service", "nfs-idmapd.service", "nfsdcld.service", "rpc-statd.service",
+              "rpc-svcgssd.service", "rpc-gssd.service", "rpcbind.service", "rpcbind.socket",
+              "iscsid.service", "iscsid.socket", "open-iscsi.service", "rtslib-fb-targetctl.service",
+              "rpc-statd-notify.service", "nfs-blkmap.service", "nfs-client.target", "rpc_pipefs.target",
+              "var-lib-nfs-rpc_pipefs.mount", "targetclid.service", "targetclid.socket",
+              "multipathd.service", "multipathd.socket", "multipath-tools.service", "dnsmasq.service",
+              # No device-mapper in a container: LVM's monitor and event daemon have nothing to watch.
+              "lvm2-monitor.service", "lvm2-lvmpolld.socket", "dm-event.socket", "dm-event.service")
 BOOT_TIMEOUT = 90
 
 
