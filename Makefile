@@ -100,6 +100,11 @@ bench-agent: collection
 bench-vm: lab-up collection
 	/usr/bin/python3 tests/bench/bench_vm_vs_community_libvirt.py --collections $(CURDIR)/$(BUILD) $(BENCH_ARGS)
 
+# Module run time on a kernel host (User-mode Linux) against a namespace host; not a test.
+.PHONY: bench-kernel
+bench-kernel: lab-up collection
+	$(VENV)/bin/python tests/bench/bench_kernel_hosts.py $(BENCH_KERNEL_ARGS)
+
 # Thin provisioning in the node agent: extension latency (local and mailbox paths) and the guest's
 # write rate with and without the agent, on a 2-host lab; not a test. BENCH_THIN_ARGS="--chunk-mib 128".
 .PHONY: bench-thin
