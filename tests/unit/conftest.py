@@ -162,3 +162,10 @@ def nfs_domain(tmp_path, monkeypatch):
     for name in ('write_lockspace', 'write_resource'):
         monkeypatch.setattr(sanlock_lock, name, lambda *args, **kwargs: None)
     return storage.create_domain(str(root / 'server:_export'), NFS_SD, 'NFS', 'Data', 'data', 'server:/export', 5, 1)
+
+
+@pytest.fixture(autouse=True)
+def network_log_in_tmp(monkeypatch, tmp_path):
+    """The network code logs to /var/log/virtnode/network.log; unit tests never write the machine's."""
+    from ansible_collections.virtnode.kvm.plugins.module_utils.network import store
+    monkeypatch.setattr(store, 'LOG_FILE', str(tmp_path / 'network.log'))
