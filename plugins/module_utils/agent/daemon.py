@@ -57,6 +57,11 @@ DEFAULTS = {
     'metrics_enabled': True,
     'metrics_address': '127.0.0.1',
     'metrics_port': 9177,
+    # Caps and the idle timeout of the agent's socket and metrics endpoint: what one slow or
+    # hostile client can hold (see agent/server.py).
+    'socket_max_connections': agent_server.MAX_CONNECTIONS,
+    'metrics_max_connections': agent_metrics.MAX_CONNECTIONS,
+    'connection_timeout': agent_server.CONNECTION_TIMEOUT,
     'events_file': agent_events.EVENTS_FILE,
     'events_max_bytes': agent_events.DEFAULT_MAX_BYTES,
     'storage_enabled': True,
@@ -79,8 +84,9 @@ DEFAULTS = {
 }
 _NUMBERS = ('interval', 'storage_interval', 'storage_timeout', 'reconnect_min', 'reconnect_max',
             'mailbox_check_interval', 'mailbox_interval', 'mailbox_event_interval',
-            'thin_check_interval', 'thin_extend_timeout')
+            'thin_check_interval', 'thin_extend_timeout', 'connection_timeout')
 _INTEGERS = ('metrics_port', 'events_max_bytes', 'thin_utilization', 'thin_chunk_mib')
+_POSITIVE_INTEGERS = ('socket_max_connections', 'metrics_max_connections')
 _BOOLEANS = ('metrics_enabled', 'storage_enabled', 'mailbox_enabled', 'thin_enabled')
 
 
@@ -106,6 +112,9 @@ def load_config(path=CONFIG_FILE, overrides=None):
     for key in _INTEGERS:
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 0:
             raise VirtnodeError('agent configuration: %s must be a non-negative integer, got %r' % (key, config[key]))
+    for key in _POSITIVE_INTEGERS:
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+            raise VirtnodeError('agent configuration: %s must be a positive integer, got %r' % (key, config[key]))
     for key in _BOOLEANS:
         if not isinstance(config[key], bool):
             raise VirtnodeError('agent configuration: %s must be true or false, got %r' % (key, config[key]))
@@ -348,10 +357,14 @@ class Agent:
             agent_libvirt.start_event_loop(self.libvirt)
         self.record('agent_started', kind='agent', pid=os.getpid())
         self._publish()
-        self._servers.append(agent_server.serve(self.config['socket_path'], self.answer))
+        self._servers.append(agent_server.serve(self.config['socket_path'], self.answer,
+                                                max_connections=self.config['socket_max_connections'],
+                                                connection_timeout=self.config['connection_timeout']))
         if self.config['metrics_enabled']:
             self._servers.append(agent_metrics.serve(self.config['metrics_address'], self.config['metrics_port'],
-                                                     self.snapshot))
+                                                     self.snapshot,
+                                                     max_connections=self.config['metrics_max_connections'],
+                                                     connection_timeout=self.config['connection_timeout']))
         if self.config['storage_enabled']:
             thread = threading.Thread(target=self._storage_loop, name='storage-monitor', daemon=True)
             thread.start()

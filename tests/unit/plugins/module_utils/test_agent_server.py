@@ -341,3 +341,37 @@ def test_a_pidfile_lock_won_on_a_removed_file_is_taken_again(tmp_path, monkeypat
             agent_daemon._lock_pidfile(pidfile)  # pylint: disable=protected-access
     finally:
         os.close(fd)
+
+
+def test_the_agent_applies_its_configured_caps_and_timeout(tmp_path, sock_path, monkeypatch, fake_libvirt):
+    """node_agent_socket_max_connections, _metrics_max_connections and _connection_timeout reach the listeners."""
+    config = agent_daemon.load_config(_write_config(tmp_path, sock_path), {
+        'metrics_enabled': True, 'metrics_port': _free_port(),
+        'socket_max_connections': 2, 'metrics_max_connections': 1, 'connection_timeout': 0.5})
+    monkeypatch.setattr(agent_daemon.agent_libvirt, 'start_event_loop', lambda module: None)
+    agent = agent_daemon.Agent(config, libvirt_module=fake_libvirt.module)
+    agent.start()
+    held = []
+    try:
+        held = [_connect_unix(sock_path) for _attempt in range(2)]
+        time.sleep(0.1)
+        third = _connect_unix(sock_path)
+        held.append(third)
+        assert _closed_by_server(third, 0.3), 'a third client was served beside two'
+        scrape = _connect_tcp(config['metrics_port'])
+        held.append(scrape)
+        time.sleep(0.1)
+        assert _closed_by_server(_connect_tcp(config['metrics_port']), 0.3), 'a second scrape was served beside one'
+        # The idle clients are dropped after the configured 0.5 s, not the default 10 s.
+        assert _closed_by_server(held[0], 2) and _closed_by_server(scrape, 2)
+    finally:
+        for sock in held:
+            sock.close()
+        agent.stop()
+
+
+@pytest.mark.parametrize('key, value', [('socket_max_connections', 0), ('metrics_max_connections', True),
+                                        ('socket_max_connections', 2.5), ('connection_timeout', 0)])
+def test_caps_and_timeout_must_be_positive(tmp_path, key, value):
+    with pytest.raises(VirtnodeError, match=key):
+        agent_daemon.load_config(None, {key: value})
