@@ -63,23 +63,58 @@ def volume_path_candidates(domain_id, image_id, volume_id, mount_root=None):
     return sorted(glob.glob(os.path.join(glob.escape(mount_root), '*', domain_id, IMAGES, image_id, volume_id)))
 
 
+def _qemu_img():
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img  # pylint: disable=import-outside-toplevel
+    return qemu_img
+
+
 def check_volume_chain_legal(dom_dir, image_id, volume_id, root=None):
     """Raise VirtnodeError unless volume ``volume_id`` and every volume below it are usable.
 
     Reads ``<dom_dir>/images/<image>/<vol>.meta`` up the PUUID chain, without
     following links below ``root`` (default ``dom_dir``). A volume without
-    metadata, with unreadable metadata or marked ILLEGAL is refused.
+    metadata, with unreadable metadata or marked ILLEGAL is refused. Returns
+    the volume UUIDs, top first.
     """
+    return [vol for vol, _fmt in _legal_chain(dom_dir, image_id, volume_id, root)]
+
+
+def check_headers_match_chain(path, image_id, volume_id, chain):
+    """Raise VirtnodeError unless the image headers from ``path`` down name exactly ``chain``.
+
+    ``chain`` is [(volume UUID, FORMAT)] from the volumes' metadata, top
+    first. Another host can rewrite a qcow2 header on shared storage; QEMU
+    and libvirt follow headers, so a volume whose headers name anything but
+    its metadata's parents, in their formats, is never given to a guest (the
+    header check itself never follows a name outside the image directory,
+    see qemu_img.backing_chain).
+    """
+    qemu_img = _qemu_img()
+    try:
+        layers = qemu_img.backing_chain(path, chain[0][1])
+    except VirtnodeError as err:
+        raise VirtnodeError('refusing storage volume %s of image %s: %s' % (volume_id, image_id, err.message),
+                            dict(err.details, field='disks', volume_id=volume_id)) from err
+    found = [(os.path.basename(layer), fmt) for layer, fmt in layers]
+    expected = [(vol, qemu_img.qemu_format(fmt)) for vol, fmt in chain]
+    if found != expected:
+        raise VirtnodeError('refusing storage volume %s of image %s: its image headers name the chain %s, its '
+                            'metadata %s' % (volume_id, image_id, ' <- '.join('%s (%s)' % pair for pair in found),
+                                             ' <- '.join('%s (%s)' % pair for pair in expected)),
+                            {'field': 'disks', 'volume_id': volume_id})
+
+
+def _legal_chain(dom_dir, image_id, volume_id, root=None):
+    """[(volume UUID, FORMAT)] of :func:`check_volume_chain_legal`."""
     vmd = _volume_metadata()
     image_dir = os.path.join(dom_dir, IMAGES, validate.uuid_str(image_id, 'image UUID'))
     current = validate.uuid_str(volume_id, 'volume UUID')
     chain = []
     while current != BLANK_UUID:
-        if current in chain or len(chain) >= MAX_CHAIN_LENGTH:
+        if current in [vol for vol, _fmt in chain] or len(chain) >= MAX_CHAIN_LENGTH:
             raise VirtnodeError('refusing volume %s: its chain loops or is longer than %d volumes (%s)'
-                                % (volume_id, MAX_CHAIN_LENGTH, ' <- '.join(chain + [current])),
+                                % (volume_id, MAX_CHAIN_LENGTH, ' <- '.join([vol for vol, _fmt in chain] + [current])),
                                 {'field': 'disks', 'volume_id': volume_id})
-        chain.append(current)
         meta = os.path.join(image_dir, current + META_SUFFIX)
         try:
             md = vmd.read_volume_metadata(meta, timeout=METADATA_TIMEOUT, root=root or dom_dir)
@@ -87,6 +122,7 @@ def check_volume_chain_legal(dom_dir, image_id, volume_id, root=None):
             raise VirtnodeError('refusing storage volume %s of image %s: the metadata of %s cannot be used: %s'
                                 % (volume_id, image_id, current, err.message),
                                 dict(err.details, field='disks', volume_id=current)) from err
+        chain.append((current, md.volume_format))
         if md.legality == 'ILLEGAL':
             what = 'it is' if current == volume_id else 'volume %s of its chain is' % current
             raise VirtnodeError('refusing storage volume %s of image %s: %s ILLEGAL (an interrupted create or '
@@ -96,7 +132,7 @@ def check_volume_chain_legal(dom_dir, image_id, volume_id, root=None):
             current = validate.uuid_str(md.parent, 'PUUID of volume %s' % current)
         except VirtnodeError as err:
             raise VirtnodeError('refusing storage volume %s of image %s: %s' % (volume_id, image_id, err.message),
-                                {'field': 'disks', 'volume_id': chain[-1]}) from err
+                                {'field': 'disks', 'volume_id': chain[-1][0]}) from err
     return chain
 
 
@@ -148,14 +184,17 @@ def resolve_volume(domain_id, image_id, volume_id):
 def resolve_legal_volume(domain_id, image_id, volume_id):
     """:func:`resolve_volume` for a volume given to a guest: refused if it or its chain is ILLEGAL.
 
-    A block domain's chain lives in its metadata logical volume, which this
-    host does not read here: only file domain chains are checked.
+    A file domain's chain is also checked in the images' headers: they must
+    name the metadata's chain (:func:`check_headers_match_chain`). A block
+    domain's chain lives in its metadata logical volume, which this host does
+    not read here: only file domain chains are checked.
     """
     domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
     path = resolve_volume(domain_id, image_id, volume_id)
     mount = _mount_of(path)
     if os.path.basename(mount) != BLOCK_MOUNT:
-        check_volume_chain_legal(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
+        chain = _legal_chain(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
+        check_headers_match_chain(path, image_id, volume_id, chain)
     return path
 
 

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
 
@@ -23,7 +25,12 @@ MIB = 1024 ** 2
 
 
 def write_volume(img_dir, vol, parent=vmd.BLANK_UUID, legality='LEGAL'):
-    (img_dir / vol).write_bytes(b'volume data')
+    # Real qcow2 images: their headers are checked against the metadata's chain.
+    if parent == vmd.BLANK_UUID:
+        qemu_img.create(str(img_dir / vol), 'COW', size=MIB)
+    else:
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-u', '-b', parent, '-F', 'qcow2', str(img_dir / vol), str(MIB)],
+                       check=True)
     md = vmd.VolumeMetadata(domain=SD, image=IMG, capacity=MIB, volume_format='COW', allocation='SPARSE',
                             role='LEAF', disk_type='DATA', parent=parent, legality=legality)
     vmd.write_volume_metadata(str(img_dir / (vol + '.meta')), md)
@@ -137,6 +144,34 @@ def test_an_illegal_volume_or_chain_is_refused(mount_root, illegal):
         vm_volumes.normalize_on_host({'name': 'v', 'disks': [{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP}]})
     # Finding the volume (to delete a merged-away one) still works.
     assert vm_volumes.resolve_volume(SD, IMG, TOP) == str(image_dir(mount_root) / TOP)
+
+
+def rebase_header(path, backing, backing_format):
+    """What another host with write access to the domain can do to a volume's qcow2 header."""
+    argv = ['qemu-img', 'rebase', '-q', '-u', '-f', 'qcow2', '-b', backing] + (['-F', backing_format] if backing_format else [])
+    subprocess.run(argv + [str(path)], check=True)
+
+
+@pytest.mark.parametrize('header', ['host-file', 'relative-escape', 'protocol', 'other-volume-of-the-image',
+                                    'base-as-raw', 'no-backing'])
+def test_a_header_that_is_not_the_metadata_chain_is_refused(mount_root, tmp_path, header):
+    img_dir = image_dir(mount_root)
+    other = '51111111-2222-4333-8444-555555555555'
+    write_volume(img_dir, other)
+    backing, fmt = {'host-file': (str(tmp_path / 'etc' / 'shadow'), 'raw'),
+                    'relative-escape': ('../../../../../etc/' + BASE, 'qcow2'),
+                    'protocol': ('nbd://10.0.0.1/export', 'raw'),
+                    'other-volume-of-the-image': (other, 'qcow2'),
+                    'base-as-raw': (BASE, 'raw'),
+                    'no-backing': ('', None)}[header]
+    rebase_header(img_dir / TOP, backing, fmt)
+    with pytest.raises(VirtnodeError, match='refusing storage volume %s' % TOP) as info:
+        vm_volumes.resolve_legal_volume(SD, IMG, TOP)
+    assert info.value.details['field'] == 'disks'
+    with pytest.raises(VirtnodeError, match='refusing'):
+        vm_volumes.normalize_on_host({'name': 'v', 'disks': [{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP}]})
+    # The volume named by its parent alone is still fine.
+    assert vm_volumes.resolve_legal_volume(SD, IMG, BASE) == str(img_dir / BASE)
 
 
 def test_the_vm_module_uses_a_legal_volume(mount_root):
