@@ -81,25 +81,36 @@ def _set_membership_locked(module, dom_dir, sp_uuid, wanted, actions, force):
                    .get(wanted, 'detach'))
     if module.check_mode:
         return True
+    # A fenced SPM task: every write first asks whether this host still holds the SPM lease, and
+    # losing the master lockspace kills this process (see spm.SpmTask), so an SPM that lost its
+    # lease mid-way never writes pool metadata beside the new SPM.
+    with spm.task(sp_uuid, 'domain %s' % actions[-1]) as spm_task:
+        _write_membership(spm_task.check, md, dom_dir, master_dir, master_md, sp_uuid, wanted, force and not in_pool)
+    return True
+
+
+def _write_membership(check, md, dom_dir, master_dir, master_md, sp_uuid, wanted, taken_over):
     domains = storage.pool_domains(master_md)
     if wanted is None:
         domains.pop(md.sd_uuid, None)
+        check()
         storage.update_md(dom_dir, {sdm.POOL_UUID: ''})
         storage.leave_lockspace(md.sd_uuid)
     else:
         changes = {sdm.POOL_UUID: sp_uuid}
-        if force and md.pool_uuids and not in_pool:
+        if taken_over and md.pool_uuids:
             # A domain taken over from another pool keeps none of that pool's keys.
             changes.update({sdm.ROLE: 'Regular', sdm.POOL_DOMAINS: None, sdm.POOL_SPM_ID: None, sdm.POOL_SPM_LVER: None,
                             sdm.MASTER_VERSION: None, sdm.POOL_DESCRIPTION: None})
+        check()
         storage.update_md(dom_dir, changes)
         domains[md.sd_uuid] = wanted
         if wanted == storage.STATUS_ACTIVE:
             pool_state = storage.read_pool_state(sp_uuid) or {}
             storage.join_lockspace(dom_dir, storage.read_md(dom_dir), pool_state.get('host_id'))
+    check()
     storage.update_md(master_dir, {sdm.POOL_DOMAINS: storage.encode_pool_domains(domains)})
     storage.refresh_links(sp_uuid, master_dir, storage.read_md(master_dir))
-    return True
 
 
 # ------------------------------------------------------------------ the storage_pool module

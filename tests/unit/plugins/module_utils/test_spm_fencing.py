@@ -124,3 +124,33 @@ def test_a_task_that_ends_normally_releases_and_removes_its_lease(pool):
     assert pool['held'] == {(SD, 'SDM')}
     assert os.listdir(os.path.join(pool['dom_dir'], 'master', 'tasks')) == []
     assert spm.running_tasks(SP) == []
+
+
+@pytest.mark.parametrize('when', ['before', 'after_the_domain_was_written'])
+@pytest.mark.parametrize('loss', ['holder_lost_the_lease', 'sanlock_says_sdm_not_held', 'another_spm_on_storage'])
+def test_attaching_a_domain_is_a_fenced_task(pool, monkeypatch, when, loss):
+    """POOL_DOMAINS of the master is never written by an SPM that lost its lease."""
+    import types
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool as storage_pool
+    monkeypatch.setattr(storage, 'refresh_links', lambda *args: None)
+    master = pool['dom_dir']
+    other = storage.create_domain(os.path.dirname(master), '6a1e1f0c-5a0e-4f57-9a52-1b7d1d0f7c11', 'NFS', 'Data', 'data',
+                                  'server:/export', 5, 1)
+    domains_before = storage.pool_domains(storage.read_md(master))
+    if when == 'before':
+        LOSSES[loss](pool)
+    else:
+        real_update = storage.update_md
+
+        def update_then_lose(dom_dir, changes):
+            real_update(dom_dir, changes)
+            if dom_dir == other:
+                LOSSES[loss](pool)
+        monkeypatch.setattr(storage, 'update_md', update_then_lose)
+    with pytest.raises(VirtnodeError, match='no longer allowed') as raised:
+        storage_pool.set_membership(types.SimpleNamespace(check_mode=False), other, SP, storage.STATUS_ATTACHED, [])
+    assert raised.value.details['fenced']
+    assert storage.pool_domains(storage.read_md(master)) == domains_before
+    if when == 'before':
+        assert storage.read_md(other).pool_uuids == []
+    assert spm.running_tasks(SP) == []
