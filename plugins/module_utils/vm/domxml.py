@@ -68,12 +68,28 @@ def disk_element(disk):
     if disk['error_policy'] in ('stop', 'enospace'):
         driver.set('rerror_policy', 'stop')
     _sub(elem, 'source', **{'file' if disk['type'] == 'file' else 'dev': disk['path']})
+    if disk.get('backing') is not None and disk['format'] == 'qcow2':
+        backing_store_elements(elem, disk['backing'])
     _sub(elem, 'target', dev=disk['target'], bus=disk['bus'])
     if disk['readonly']:
         _sub(elem, 'readonly')
     if disk['serial']:
         _sub(elem, 'serial', disk['serial'])
     return elem
+
+
+def backing_store_elements(disk_elem, layers):
+    """The backing chain ``[(path, format)]`` (top first) as nested ``<backingStore>``, closed by an empty one.
+
+    Named explicitly, the chain is what libvirt gives QEMU: neither reads a
+    backing file name from an image header, which another host can rewrite.
+    """
+    parent = disk_elem
+    for path, fmt in layers:
+        parent = _sub(parent, 'backingStore', type='block' if path.startswith('/dev/') else 'file')
+        _sub(parent, 'format', type=fmt)
+        _sub(parent, 'source', **{'dev' if path.startswith('/dev/') else 'file': path})
+    _sub(parent, 'backingStore')
 
 
 def cdrom_element(path, machine):

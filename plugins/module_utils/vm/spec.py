@@ -114,7 +114,11 @@ def _exists_by_stat(stat_fn):
 
 
 def _volume_disk_path(what, disk, vol_keys, resolver, block_resolver, lexists):
-    """``(path, ids, planned_block)`` of a disk given as a storage-domain volume."""
+    """``(path, ids, planned_block, backing)`` of a disk given as a storage-domain volume.
+
+    ``resolver`` returns the volume's path, or ``{'path', 'backing'}`` with
+    its checked backing chain (see vm/volumes.py).
+    """
     if len(vol_keys) != 3:
         raise VirtnodeError('%s: a storage volume needs domain_id, image_id and volume_id' % what, {'field': what})
     ids = [uuid_str(disk[k], '%s %s' % (what, k)) for k in ('domain_id', 'image_id', 'volume_id')]
@@ -123,8 +127,11 @@ def _volume_disk_path(what, disk, vol_keys, resolver, block_resolver, lexists):
     if disk.get('type') == 'block':
         path = (block_resolver or _missing_resolver)(*ids)
         # In check mode nothing is activated: the device that would appear is not there yet.
-        return path, ids, not lexists(path)
-    return (resolver or _missing_resolver)(*ids), ids, False
+        return path, ids, not lexists(path), None
+    resolved = (resolver or _missing_resolver)(*ids)
+    if isinstance(resolved, dict):
+        return resolved['path'], ids, False, resolved.get('backing')
+    return resolved, ids, False, None
 
 
 def _disk_target(what, disk, bus):
@@ -141,6 +148,7 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
     what = 'disks[%d]' % index
     planned_block = False
     ids = None
+    backing = None
     if not isinstance(disk, dict):
         raise VirtnodeError('%s must be a dict' % what, {'field': what})
     vol_keys = [k for k in ('domain_id', 'image_id', 'volume_id') if disk.get(k)]
@@ -148,7 +156,7 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
     if path and vol_keys:
         raise VirtnodeError('%s: give either path or domain_id/image_id/volume_id, not both' % what, {'field': what})
     if vol_keys:
-        path, ids, planned_block = _volume_disk_path(what, disk, vol_keys, resolver, block_resolver, lexists)
+        path, ids, planned_block, backing = _volume_disk_path(what, disk, vol_keys, resolver, block_resolver, lexists)
     if not path:
         raise VirtnodeError('%s needs a path (or domain_id/image_id/volume_id)' % what, {'field': what})
     if not os.path.isabs(path) or '\0' in path:
@@ -172,6 +180,8 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
         'readonly': bool(disk.get('readonly', False)),
         'serial': disk.get('serial') or None,
         'volume': dict(zip(('domain_id', 'image_id', 'volume_id'), ids)) if ids else None,
+        # The checked chain below a storage volume, named in the domain XML (None: not known here).
+        'backing': backing,
     }
 
 

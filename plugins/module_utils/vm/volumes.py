@@ -102,6 +102,7 @@ def check_headers_match_chain(path, image_id, volume_id, chain):
                             'metadata %s' % (volume_id, image_id, ' <- '.join('%s (%s)' % pair for pair in found),
                                              ' <- '.join('%s (%s)' % pair for pair in expected)),
                             {'field': 'disks', 'volume_id': volume_id})
+    return layers
 
 
 def _legal_chain(dom_dir, image_id, volume_id, root=None):
@@ -181,6 +182,24 @@ def resolve_volume(domain_id, image_id, volume_id):
     return path
 
 
+def legal_volume_source(domain_id, image_id, volume_id):
+    """What a guest's disk on a storage volume is made of: ``{'path', 'backing'}``.
+
+    ``path`` is :func:`resolve_legal_volume`'s. For a file domain ``backing``
+    is the checked chain below the volume, ``[(path, qemu format)]`` top
+    first, which the domain XML names explicitly so that libvirt and QEMU
+    never read a backing file from a header; ``None`` for a block domain.
+    """
+    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
+    path = resolve_volume(domain_id, image_id, volume_id)
+    mount = _mount_of(path)
+    if os.path.basename(mount) == BLOCK_MOUNT:
+        return {'path': path, 'backing': None}
+    chain = _legal_chain(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
+    layers = check_headers_match_chain(path, image_id, volume_id, chain)
+    return {'path': path, 'backing': [list(layer) for layer in layers[1:]]}
+
+
 def resolve_legal_volume(domain_id, image_id, volume_id):
     """:func:`resolve_volume` for a volume given to a guest: refused if it or its chain is ILLEGAL.
 
@@ -189,13 +208,7 @@ def resolve_legal_volume(domain_id, image_id, volume_id):
     domain's chain lives in its metadata logical volume, which this host does
     not read here: only file domain chains are checked.
     """
-    domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
-    path = resolve_volume(domain_id, image_id, volume_id)
-    mount = _mount_of(path)
-    if os.path.basename(mount) != BLOCK_MOUNT:
-        chain = _legal_chain(os.path.join(mount, domain_id), image_id, volume_id, root=mount)
-        check_headers_match_chain(path, image_id, volume_id, chain)
-    return path
+    return legal_volume_source(domain_id, image_id, volume_id)['path']
 
 
 def _check_block_source(domain_id, image_id, volume_id):
@@ -224,7 +237,7 @@ def planned_block_volume(domain_id, image_id, volume_id):
 
 def normalize_on_host(params, check_mode=False):
     """:func:`spec.normalize` of module options against this host's files and storage volumes."""
-    return vm_spec.normalize(params, stat_fn=os.stat, resolver=resolve_legal_volume,
+    return vm_spec.normalize(params, stat_fn=os.stat, resolver=legal_volume_source,
                              block_resolver=planned_block_volume if check_mode else activate_block_volume,
                              lexists=os.path.lexists)
 

@@ -179,6 +179,22 @@ def test_the_vm_module_uses_a_legal_volume(mount_root):
     assert spec['disks'][0]['path'] == str(image_dir(mount_root) / TOP)
 
 
+def test_the_checked_chain_is_named_in_the_domain_xml(mount_root):
+    """libvirt gets the chain from the XML, closed by an empty backingStore: it reads no header for it."""
+    from lxml import etree
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
+    spec = vm_volumes.normalize_on_host({'name': 'v', 'disks': [{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP,
+                                                                   'format': 'qcow2'}]})
+    assert spec['disks'][0]['backing'] == [[str(image_dir(mount_root) / BASE), 'qcow2']]
+    disk = etree.fromstring(domxml.build_xml(spec)).find('devices/disk')
+    assert disk.find('source').get('file') == str(image_dir(mount_root) / TOP)
+    base = disk.find('backingStore')
+    assert base.get('type') == 'file' and base.find('format').get('type') == 'qcow2'
+    assert base.find('source').get('file') == str(image_dir(mount_root) / BASE)
+    end = base.find('backingStore')
+    assert end is not None and len(end) == 0 and not end.attrib
+
+
 @pytest.mark.parametrize('damage', ['missing-meta', 'missing-parent-meta', 'cleared', 'loop', 'bad-parent'])
 def test_a_volume_whose_chain_cannot_be_read_is_refused(mount_root, damage):
     img_dir = image_dir(mount_root)
