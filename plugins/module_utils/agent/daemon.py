@@ -37,6 +37,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client a
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import libvirt_session as agent_libvirt
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import metrics as agent_metrics
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import spm_extend
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import sampling as agent_sampling
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import server as agent_server
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import storage_monitor as agent_storage
@@ -139,7 +140,8 @@ class Agent:
             self.thin = thin_monitor.ThinMonitor(
                 self._libvirt_connection, self.record, utilization=config['thin_utilization'],
                 chunk_mib=config['thin_chunk_mib'], check_interval=config['thin_check_interval'],
-                extender=thin_monitor.Extender(timeout=config['thin_extend_timeout']), libvirt_module=self.libvirt)
+                extender=thin_monitor.Extender(timeout=config['thin_extend_timeout'], spm_extend=self._extend_on_spm),
+                libvirt_module=self.libvirt)
         self.session = agent_libvirt.LibvirtSession(
             config['libvirt_uri'], self.libvirt, on_lifecycle=self._on_lifecycle, on_state=self._on_libvirt_state,
             backoff_min=config['reconnect_min'], backoff_max=config['reconnect_max'],
@@ -151,7 +153,7 @@ class Agent:
         self.counters = {'samples': 0, 'sample_errors': 0, 'vm_errors': 0}
         self.started_at = time.time()
         self.mailboxes = mailbox_service.SpmMailboxes(
-            _extend_on_spm, on_event=lambda event, **fields: self.record(event, kind='mailbox', **fields),
+            self._extend_on_spm, on_event=lambda event, **fields: self.record(event, kind='mailbox', **fields),
             interval=config['mailbox_interval'], event_interval=config['mailbox_event_interval'],
             io_timeout=config['storage_timeout'])
         self._servers = []
@@ -327,6 +329,10 @@ class Agent:
             self.stop_event.wait(self.config['mailbox_check_interval'])
         self.mailboxes.stop()
 
+    def _extend_on_spm(self, sd_uuid, vol_uuid, size_mib):
+        """What the SPM does for its own thin volumes and for a host's mailbox request: a fenced SPM task."""
+        return spm_extend.extend(sd_uuid, vol_uuid, size_mib, timeout=self.config['thin_extend_timeout'])
+
     # ------------------------------------------------------------ queries
 
     def answer(self, request):
@@ -419,10 +425,6 @@ def storage_domains_of_disks(xml_text):
     return found
 
 
-def _extend_on_spm(sd_uuid, vol_uuid, size_mib):
-    """What the SPM does for a host's extend request (the thin provisioning core)."""
-    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block  # pylint: disable=import-outside-toplevel
-    return thin_block.extend_volume_on_spm(sd_uuid, vol_uuid, size_mib)
 
 
 # ---------------------------------------------------------------- process

@@ -30,7 +30,8 @@ only mark the drive and queue it; worker threads extend:
 2. an allocation above the next size is *improbable* (a corrupted image
    asking for endless space): the VM is paused and an event says why;
 3. get the space: directly when this host is the pool's SPM
-   (``thin_block.extend_volume_on_spm``), otherwise through the master
+   (``thin_block.extend_volume_on_spm`` in a fenced SPM task, see
+   ``spm_extend``), otherwise through the master
    domain's mailbox (``mailbox_service.ExtendRequester``) and the SPM's reply;
 4. refresh the device on this host, set the next threshold, repeat while the
    allocation is still above it, and resume the VM if it was paused on ENOSPC.
@@ -57,6 +58,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import consta
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import spm_extend as spm_extend_task
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -178,7 +180,7 @@ class Extender:
 
     def __init__(self, timeout=DEFAULT_EXTEND_TIMEOUT, spm_extend=None, pool_of=None, is_spm=None, requester_for=None):
         self.timeout = timeout
-        self.spm_extend = spm_extend or thin_block.extend_volume_on_spm
+        self.spm_extend = spm_extend or spm_extend_task.extend
         self.pool_of = pool_of or pool_of_domain
         self.is_spm = is_spm or is_local_spm
         self.requester_for = requester_for or self._requester

@@ -401,13 +401,14 @@ def _volume_lock(vol_uuid):
         return _EXTEND_LOCKS.setdefault(vol_uuid, threading.Lock())
 
 
-def extend_volume_on_spm(sd_uuid, vol_uuid, new_size_mib, backend=None):
+def extend_volume_on_spm(sd_uuid, vol_uuid, new_size_mib, backend=None, check=None):
     """Grow volume ``vol_uuid`` of domain ``sd_uuid`` to ``new_size_mib`` MiB on storage; the SPM's part.
 
     The request is capped at the volume's capacity x 1.1 and never shrinks
     anything. Returns the volume's size in MiB afterwards (0 is never
     returned: failures raise VirtnodeError). The caller makes sure this host
-    is the SPM (the mailbox server only serves while it is).
+    is the SPM; ``check`` (an SPM task's, see agent/spm_extend.py) is called
+    right before storage is changed and raises once this host may no longer.
     """
     if isinstance(new_size_mib, bool) or not isinstance(new_size_mib, int) or new_size_mib < 1:
         raise VirtnodeError('extend size must be a positive number of MiB, got %r' % (new_size_mib,), {'field': 'size_mib'})
@@ -415,5 +416,7 @@ def extend_volume_on_spm(sd_uuid, vol_uuid, new_size_mib, backend=None):
     img_uuid = backend.image_of(sd_uuid, vol_uuid)
     with _volume_lock(vol_uuid):
         wanted = min(new_size_mib * MIB, max_physical(backend.capacity(sd_uuid, img_uuid, vol_uuid)))
+        if check is not None:
+            check()
         size = backend.extend(sd_uuid, img_uuid, vol_uuid, wanted)
     return size // MIB
