@@ -257,6 +257,9 @@ def stage_files(name: str, index: int, count: int) -> Path:
     # Debian's unit passes $sanlock_opts (SANLOCKOPTS is EL's name): with the watchdog on and no
     # wdmd, every add_lockspace fails with -203.
     write_upper(stage, "etc/default/sanlock", "sanlock_opts=\"-w 0\"\n")
+    # Debian empties /tmp at every boot (tmpfiles' "D /tmp"); on this root that would hide the
+    # machine's /tmp, where a checkout, its lab (the guest's kernel) and its collection may live.
+    write_upper(stage, "etc/tmpfiles.d/tmp.conf", "# virtnode lab: the machine's /tmp stays visible\nd /tmp 1777 root root -\n")
     # LVM on a host whose udev does not manage dm nodes for it (UML has no udev rules run for dm).
     write_upper(stage, "etc/lvm/lvmlocal.conf",
                 "# virtnode lab\nactivation {\n  udev_sync = 0\n  udev_rules = 0\n}\n"
