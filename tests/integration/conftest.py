@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,6 +106,27 @@ LAST_HEARTBEAT = """    - name: Last heartbeat before the migration
       register: before
       changed_when: false
 """
+
+
+
+def answers_ssh(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 22), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def bring_back_namespace_hosts(lab_hosts: dict) -> None:
+    """`lab.py up` after a test crashed a namespace host, then wait until every one answers on SSH.
+
+    No --kernel-hosts: the kernel hosts, which the other stream's tests are using, stay as they are.
+    """
+    up = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "up", "--hosts", str(len(lab_hosts))],
+                        capture_output=True, text=True, timeout=600, check=False)
+    assert up.returncode == 0, up.stdout + up.stderr
+    for address in [host["ansible_host"] for host in lab_hosts.values()]:
+        wait_for(f"{address} to answer on ssh", lambda address=address: answers_ssh(address), timeout=90, step=1)
 
 
 def heartbeats(text: str) -> list[int]:

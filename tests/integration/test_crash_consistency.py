@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import LAB, REPO, ansible_env, lab_exec, run_playbook, wait_for
+from conftest import LAB, REPO, ansible_env, bring_back_namespace_hosts, lab_exec, run_playbook, wait_for
 
 sys.path.insert(0, str(REPO))
 from plugins.module_utils.common.faults import CRASH_POINTS  # noqa: E402  pylint: disable=wrong-import-position
@@ -289,12 +288,8 @@ def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_host
         assert crash.returncode == 0, crash.stderr
     finally:
         running.communicate(timeout=300)
-        up = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "up", "--hosts", str(len(lab_hosts))],
-                            capture_output=True, text=True, timeout=600, check=False)
-        assert up.returncode == 0, up.stdout + up.stderr
+        bring_back_namespace_hosts(lab_hosts)
     assert running.returncode != 0
-    address = lab_hosts[host]["ansible_host"]
-    wait_for(f"{host} to answer on ssh", lambda: reachable(address), timeout=90, step=1)
     play(tmp_path, "after-crash", host, [
         {"name": "Connect server", "virtnode.kvm.storage_server": SERVER},
         {"name": "Forget the connection of before the crash", "failed_when": False,
@@ -310,14 +305,6 @@ def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_host
     after = fingerprint(export)
     made = {img, "dom_md/metadata", "master/hosts/2"}  # the pool records the host's new id
     assert sorted(r for r in set(before) | set(after) if before.get(r) != after.get(r) and not touched_by(r, made)) == []
-
-
-def reachable(address: str) -> bool:
-    try:
-        with socket.create_connection((address, 22), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def test_crash_points_all_have_a_case():

@@ -25,7 +25,9 @@ Only the standard library is used; it runs as root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -115,6 +117,16 @@ def load_state() -> dict:
     if STATE_FILE.exists():
         return json.loads(STATE_FILE.read_text())
     return {"hosts": {}, "created_mountpoints": []}
+
+
+@contextlib.contextmanager
+def lab_lock():
+    """Serializes the commands that change the lab: the suite's two streams (tests/run_integration.sh)
+    crash, reboot and bring back hosts of one lab at the same time."""
+    LAB.mkdir(parents=True, exist_ok=True)
+    with open(LAB / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def save_state(state: dict) -> None:
@@ -509,7 +521,10 @@ def write_inventory(state: dict, guest: dict) -> None:
         },
         "children": children}}
     # JSON is valid YAML; keeps the tool free of third-party modules.
-    INVENTORY.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+    # Replaced whole: ansible-playbook runs of the other stream read it at any moment.
+    tmp = INVENTORY.with_suffix(".tmp")
+    tmp.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, INVENTORY)
 
 
 def kernel_hosts_up(state: dict, count: int) -> None:
@@ -568,9 +583,12 @@ def cmd_up(args) -> None:
     for index in range(1, args.hosts + 1):
         wait_ready(host_name(index), index, state["hosts"][host_name(index)]["holder"])
         log(f"{host_name(index)}: ready at {host_ip(index)}")
-    kernel_hosts_up(state, args.kernel_hosts)
+    # Without --kernel-hosts the kernel hosts are left as they are: a test that brings back a
+    # crashed namespace host must not boot or reconfigure kernel hosts another test is using.
+    if args.kernel_hosts is not None:
+        kernel_hosts_up(state, args.kernel_hosts)
     write_inventory(state, guest)
-    log(f"{args.hosts} namespace host(s) and {args.kernel_hosts} kernel host(s) ready in "
+    log(f"{args.hosts} namespace host(s) and {len(state.get('kernel_hosts', {}))} kernel host(s) ready in "
         f"{time.monotonic() - t0:.1f}s; inventory {INVENTORY}")
 
 
@@ -687,8 +705,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command_name", required=True)
     up = sub.add_parser("up", help="create or repair the lab")
     up.add_argument("--hosts", type=int, default=2)
-    up.add_argument("--kernel-hosts", type=int, default=int(os.environ.get("KERNEL_HOSTS", "2")),
-                    help="User-mode Linux hosts (0-9); the first is the storage server")
+    up.add_argument("--kernel-hosts", type=int, default=None,
+                    help="User-mode Linux hosts (0-9); the first is the storage server. Without it the "
+                         "kernel hosts are left as they are (make lab-up gives KERNEL_HOSTS, default 2)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="remove the lab").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show hosts").set_defaults(func=cmd_status)
@@ -705,9 +724,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "hosts", 1) < 1 or getattr(args, "hosts", 1) > 50:
         parser.error("--hosts must be between 1 and 50")
-    if not 0 <= getattr(args, "kernel_hosts", 0) <= 9:
+    if not 0 <= (getattr(args, "kernel_hosts", 0) or 0) <= 9:
         parser.error("--kernel-hosts must be between 0 and 9")
-    args.func(args)
+    if args.command_name in ("up", "down", "crash", "reboot"):
+        with lab_lock():
+            args.func(args)
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":
