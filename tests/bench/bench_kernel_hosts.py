@@ -55,7 +55,7 @@ def main() -> None:
         figures = {}
         for host in [namespace_host, *kernel_hosts]:
             timed_run(host, module)  # warm-up: SSH connection, caches
-            times = [timed_run(host, module) for _ in range(args.rounds)]
+            times = [timed_run(host, module) for _round in range(args.rounds)]
             figures[host] = (statistics.median(times), max(times))
         base = figures[namespace_host][0]
         for host, (median, slowest) in figures.items():

@@ -108,7 +108,6 @@ LAST_HEARTBEAT = """    - name: Last heartbeat before the migration
 """
 
 
-
 def answers_ssh(address: str) -> bool:
     try:
         with socket.create_connection((address, 22), timeout=2):

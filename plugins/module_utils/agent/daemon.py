@@ -425,8 +425,6 @@ def storage_domains_of_disks(xml_text):
     return found
 
 
-
-
 # ---------------------------------------------------------------- process
 
 def _setup_logging(config, foreground):

@@ -79,9 +79,9 @@ def main(argv):
     except (VirtnodeError, ValueError) as err:
         outcome = {'ok': False, 'msg': getattr(err, 'message', str(err)),
                    'fenced': bool(getattr(err, 'details', {}).get('fenced'))}
-    print(json.dumps(outcome))
+    sys.stdout.write(json.dumps(outcome) + '\n')
     return 0 if outcome['ok'] else 1
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main(sys.argv[1:]))

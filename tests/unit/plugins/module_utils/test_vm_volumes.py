@@ -183,8 +183,8 @@ def test_the_checked_chain_is_named_in_the_domain_xml(mount_root):
     """libvirt gets the chain from the XML, closed by an empty backingStore: it reads no header for it."""
     from lxml import etree
     from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
-    spec = vm_volumes.normalize_on_host({'name': 'v', 'disks': [{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP,
-                                                                   'format': 'qcow2'}]})
+    disk_option = {'domain_id': SD, 'image_id': IMG, 'volume_id': TOP, 'format': 'qcow2'}
+    spec = vm_volumes.normalize_on_host({'name': 'v', 'disks': [disk_option]})
     assert spec['disks'][0]['backing'] == [[str(image_dir(mount_root) / BASE), 'qcow2']]
     disk = etree.fromstring(domxml.build_xml(spec)).find('devices/disk')
     assert disk.find('source').get('file') == str(image_dir(mount_root) / TOP)
