@@ -48,7 +48,7 @@ PLAYBOOK = """
       ansible.builtin.assert:
         that:
           - moved is changed
-          - here.vms | selectattr('state', 'equalto', 'running') | list | length == 0
+          - here.vms | selectattr('status', 'equalto', 'Up') | list | length == 0
 """
 
 CLEANUP = """
