@@ -19,19 +19,23 @@ made on vnkern2, and remove it at the end.
 - Boot: bootstrap's boot-time restore (its network_restore.yml, the tasks its systemd path runs),
   a saved configuration and an unsaved change, then a real reboot: the saved networks come back
   before libvirtd, the unsaved one does not.
+- A power cut in the middle of an apply (lab.py crash): after the next boot the saved networks are
+  back, no transaction is left pending, and the same task converges.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import LAB_ID, REPO, lab_exec, run_playbook, wait_for
+from conftest import INVENTORY, LAB_ID, REPO, ansible_env, lab_exec, run_playbook, wait_for
 
 PEER_VLAN_DEV = "eth1.10"
 PEER_IP = f"10.254.{LAB_ID}.1"
@@ -41,6 +45,7 @@ LEASES = "/var/lib/misc/dnsmasq.leases"
 RESTORE_FILES = ["/usr/lib/virtnode-network", "/etc/systemd/system/virtnode-network-restore.service",
                  "/etc/systemd/system/multi-user.target.wants/virtnode-network-restore.service"]
 PERSISTENT = "/var/lib/virtnode/network/persistent/netconf.json"
+TRANSACTIONS = "/var/lib/virtnode/network/transactions"
 
 AB = {"name": "vnbond0", "mode": "active-backup", "options": {"miimon": "100"}, "nics": ["eth1", "eth2"]}
 XOR = {"name": "vnbond0", "mode": "balance-xor", "options": {"miimon": "100", "xmit_hash_policy": "layer2+3"},
@@ -326,20 +331,78 @@ def test_saved_networks_come_back_at_boot_and_unsaved_ones_do_not(hosts, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print(proc.stdout.strip())
 
+    # Every part is read even when one is missing, so that a failure shows the unit's journal.
     state = lab_exec(host, "sh", "-c", "systemctl is-active virtnode-network-restore; "
-                     "journalctl -b -u virtnode-network-restore --no-pager -o cat; echo '@@'; "
+                     "journalctl -b -u virtnode-network-restore --no-pager -o cat; "
+                     "tail -n 20 /var/log/virtnode/network.log; echo '@@'; "
                      "cat /proc/net/bonding/vnbond0; echo '@@'; ip -j -d link show; echo '@@'; "
                      f"busybox ping -c 3 -W 2 {PEER_IP} | tail -n 2; echo '@@'; "
-                     "cat /run/virtnode/network/running.json").stdout
+                     "cat /run/virtnode/network/running.json 2>/dev/null || echo '{}'").stdout
     unit, bonding, links, ping, running = state.split("@@")
     assert unit.startswith("active") and "networks: vnvlan; bonds: vnbond0" in unit, unit
     bonding = bonding_info(bonding)
     links = {link["ifname"]: link for link in json.loads(links)}
-    assert bonding["Bonding Mode"] == "fault-tolerance (active-backup)" and set(bonding["slaves"]) == {"eth1", "eth2"}
-    assert links["vnbond0.10"]["master"] == "vnvlan" and "vnunsaved" not in links, sorted(links)
+    assert bonding.get("Bonding Mode") == "fault-tolerance (active-backup)" and set(bonding["slaves"]) == {"eth1", "eth2"}, unit
+    assert links["vnbond0.10"]["master"] == "vnvlan" and "vnunsaved" not in links, (sorted(links), unit)
     assert received(ping) >= 2, ping
-    assert set(json.loads(running)["networks"]) == {"vnvlan"}
+    assert set(json.loads(running).get("networks", {})) == {"vnvlan"}, (running, unit)
     # Before libvirtd (which autostarts VMs on these bridges), if libvirtd started at boot at all.
     restored = monotonic_us(host, "virtnode-network-restore", "ExecMainExitTimestampMonotonic")
     libvirtd = monotonic_us(host, "libvirtd", "ExecMainStartTimestampMonotonic")
     assert restored and (libvirtd == 0 or restored <= libvirtd), (restored, libvirtd)
+
+
+def kernel_address(host: str) -> str:
+    return json.loads(INVENTORY.read_text())["all"]["children"]["kernel"]["hosts"][host]["ansible_host"]
+
+
+def test_host_crash_in_the_middle_of_a_network_apply(hosts, tmp_path):
+    """The host dies (lab.py crash, a power cut) while the network module applies a change.
+
+    At the next boot the saved networks come back, the change's transaction is closed (its rollback
+    is moot: what it would undo died with the kernel), and the same task then converges.
+    """
+    host, _peer = hosts
+    run(tmp_path, "saved", [play(host, [
+        {"name": "What bootstrap's systemd path installs for the boot-time restore",
+         "ansible.builtin.include_role": {"name": "virtnode.kvm.bootstrap", "tasks_from": "network_restore.yml"}},
+        {"name": "Save the bond and its VLAN network", **network(bonds=[AB], networks=[VLAN_NET], save=True)},
+    ])])
+    change = {"name": "Change", **network(bonds=[AB], networks=[VLAN_NET, UNSAVED_NET])}
+    playbook = tmp_path / "crash.yml"
+    # The module stops itself after its first applied step, so the host dies exactly there.
+    playbook.write_text(json.dumps([play(host, [{**change, "environment": {
+        "VIRTNODE_CRASH_AT": "network_apply.step", "VIRTNODE_CRASH_HOW": "stop"}}])]))
+    lab_cmd = ["python3", str(REPO / "tests/lab/lab.py")]
+    running = subprocess.Popen(["ansible-playbook", "-i", str(INVENTORY), str(playbook)], cwd=REPO, env=ansible_env(),
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        probe = ("for f in $(grep -l VIRTNODE_CRASH_HOW=stop /proc/[0-9]*/environ 2>/dev/null); do "
+                 "grep -q '^State:.*T' ${f%/environ}/status && echo stopped; done; true")
+
+        def module_stopped() -> str:
+            return lab_exec(host, "sh", "-c", probe, check=False).stdout.strip()
+        wait_for("the module to stop at the crash point", module_stopped, timeout=180, step=1)
+        assert lab_exec(host, "test", "-d", "/sys/class/net/vnunsaved", check=False).returncode == 0
+        crash = subprocess.run(lab_cmd + ["crash", host], capture_output=True, text=True, timeout=120, check=False)
+        assert crash.returncode == 0, crash.stdout + crash.stderr
+    finally:
+        # A kernel that vanished sends no FIN: the controller's SSH connections to it (the run's and
+        # Ansible's persistent masters) would wait for hours. End them as their keepalives would.
+        os.killpg(running.pid, signal.SIGKILL)
+        running.communicate(timeout=60)
+        address = kernel_address(host)
+        subprocess.run(["pkill", "-f", f"ControlPersist=.* {address} "], check=False)
+    boot = subprocess.run(lab_cmd + ["reboot", host], capture_output=True, text=True, timeout=400, check=False)
+    assert boot.returncode == 0, boot.stdout + boot.stderr
+    print(boot.stdout.strip())
+    links = {link["ifname"] for link in json.loads(lab_exec(host, "ip", "-j", "link", "show").stdout)}
+    assert {"vnbond0", "vnbond0.10", "vnvlan"} <= links and "vnunsaved" not in links, sorted(links)
+    records = lab_exec(host, "sh", "-c", f"cat {TRANSACTIONS}/*.json 2>/dev/null; true").stdout
+    assert '"pending"' not in records and '"rolling_back"' not in records, records
+    results = run(tmp_path, "converge", [play(host, [
+        {**change, "register": "rerun"},
+        {**change, "register": "third"},
+        save(["rerun", "third"]),
+    ])])
+    assert results["rerun"]["changed"] and not results["third"]["changed"], results

@@ -474,7 +474,10 @@ def poweroff(name: str, timeout: float = 40) -> None:
     """A clean shutdown through systemd; a kill when it does not end in time."""
     if init_pid(name) is not None:
         try:
-            run_in(name, "systemctl --no-block poweroff", timeout=15)
+            # systemd takes these hosts for containers (the machine's /.dockerenv shows through the
+            # root) and so skips its final sync: what was written just before was lost (files came
+            # back empty after the reboot). Sync first, as a real host's shutdown does.
+            run_in(name, "sync; systemctl --no-block poweroff", timeout=30)
         except subprocess.TimeoutExpired:
             pass
         deadline = time.monotonic() + timeout
@@ -486,15 +489,17 @@ def poweroff(name: str, timeout: float = 40) -> None:
 def reboot(name: str) -> float:
     """Reboot: a clean shutdown through systemd, then the kernel boots again on the same disk.
 
+    A host that is down (after a crash) is only powered on.
+
     UML's own restart re-executes the kernel with the tap file descriptors of the old boot still
     open, so the vector NICs cannot attach to their taps again ("uml_tap: failed to select tap
     interface") and init panics; a new process is the reboot that works.
     """
     index = host_index(name)
-    if init_pid(name) is None:
-        raise SystemExit(f"lab: {name} is not running")
     t0 = time.monotonic()
-    poweroff(name, timeout=60)
+    # A host that is down (crashed: `lab.py crash`) is powered on.
+    if init_pid(name) is not None:
+        poweroff(name, timeout=60)
     start(name, index)
     return wait_ready(name, index, t0)
 
