@@ -12,7 +12,7 @@ shared storage, visible at the same path on every host.
     lab.py status             one line per host
     lab.py exec HOST -- CMD   run CMD inside a host (a kernel host: over SSH)
     lab.py crash HOST         kill a host outright (its sanlock stops renewing)
-    lab.py reboot HOST        reboot a kernel host and wait for the end of its boot
+    lab.py reboot HOST        reboot a kernel host (power on a crashed one), wait for the end of its boot
 
 Beside the namespace hosts (vnhostN) the lab has kernel hosts (vnkernN, tests/lab/kernel_host.py):
 User-mode Linux with a kernel of their own, for what the machine's kernel lacks (device-mapper,
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     crash = sub.add_parser("crash", help="kill a host outright, as a power failure would")
     crash.add_argument("host")
     crash.set_defaults(func=cmd_crash)
-    reboot = sub.add_parser("reboot", help="reboot a kernel host and wait for its boot to end")
+    reboot = sub.add_parser("reboot", help="reboot a kernel host (power on a crashed one) and wait for its boot to end")
     reboot.add_argument("host")
     reboot.set_defaults(func=cmd_reboot)
     ex = sub.add_parser("exec", help="run a command inside a host")
