@@ -256,23 +256,25 @@ def test_crash_at_every_step_converges(storage, tmp_path, point):
 
 # ------------------------------------------------------------------ the whole host dies
 
-def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_hosts):
-    """Every process of the host (sanlock, libvirtd, sshd, the module) dies at once, as in a power cut.
+def crash_host_in_the_middle(storage, tmp_path, lab_hosts, point: str, task: dict, new_host_id: int, made: set,
+                             at_crash=None) -> None:
+    """Every process of the host (sanlock, libvirtd, sshd, the module) dies at once at ``point`` of
+    ``task``, as in a power cut; the host comes back, rejoins the pool and the task converges.
 
-    The host comes back with another host id: rejoining the lockspace with its old one, like taking
-    the SDM lease the dead SPM held, waits until sanlock calls the old one dead (about 70 s).
+    The host comes back with another host id (``new_host_id``): rejoining the lockspace with its old
+    one, like taking the SDM lease the dead SPM held, waits until sanlock calls the old one dead
+    (about 70 s). Nothing on the export changes but what the task makes (``made``) and what the
+    pool records of the host's return.
     """
     host, export = storage
-    img, vol = uid("host-crash", "img"), uid("host-crash", "vol")
-    create = volume(img, vol, size="16MiB", format="RAW")
     before = fingerprint(export)
     known = set(half_written(export))
     playbook = tmp_path / "host-crash.yml"
     # The module stops itself at the step (VIRTNODE_CRASH_HOW=stop), so the host dies exactly there.
     playbook.write_text(json.dumps([{"name": "crash", "hosts": host, "gather_facts": False,
                                      "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT_NAME, "sd": SD},
-                                     "tasks": [dict(create, environment={"VIRTNODE_CRASH_AT": "volume_create.meta_illegal",
-                                                                         "VIRTNODE_CRASH_HOW": "stop"})]}]))
+                                     "tasks": [dict(task, environment={"VIRTNODE_CRASH_AT": point,
+                                                                       "VIRTNODE_CRASH_HOW": "stop"})]}]))
     cmd = ["ansible-playbook", "-i", str(LAB / "inventory.yml"), str(playbook)]
     running = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -282,7 +284,8 @@ def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_host
         def module_stopped():
             return lab_exec(host, "sh", "-c", stopped_probe, check=False).stdout.strip()
         wait_for("the module to stop at the crash point", module_stopped, timeout=120)
-        assert "LEGALITY=ILLEGAL" in (export / SD / "images" / img / (vol + ".meta")).read_text()
+        if at_crash is not None:
+            at_crash(export)
         crash = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "crash", host],
                                capture_output=True, text=True, timeout=120, check=False)
         assert crash.returncode == 0, crash.stderr
@@ -294,17 +297,36 @@ def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_host
         {"name": "Connect server", "virtnode.kvm.storage_server": SERVER},
         {"name": "Forget the connection of before the crash", "failed_when": False,
          "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"}},
-        {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": 2}},
+        {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": new_host_id}},
         {"name": "SPM once the dead host's lease expired", "register": "spm", "until": "spm is succeeded", "retries": 75, "delay": 2,
          "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}},
-        {"name": "Re-run", **create, "register": "rerun"},
-        {"name": "Third", **create, "register": "third"},
+        {"name": "Re-run", **task, "register": "rerun"},
+        {"name": "Third", **task, "register": "third"},
         {"name": "Converged", "ansible.builtin.assert": {"that": ["rerun is changed", "third is not changed"]}},
     ])
     assert [p for p in half_written(export) if p not in known] == []
     after = fingerprint(export)
-    made = {img, "dom_md/metadata", "master/hosts/2"}  # the pool records the host's new id
+    made = made | {"dom_md/metadata", f"master/hosts/{new_host_id}"}  # the pool records the host's new id
     assert sorted(r for r in set(before) | set(after) if before.get(r) != after.get(r) and not touched_by(r, made)) == []
+
+
+def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_hosts):
+    img, vol = uid("host-crash", "img"), uid("host-crash", "vol")
+
+    def illegal_on_storage(export):
+        assert "LEGALITY=ILLEGAL" in (export / SD / "images" / img / (vol + ".meta")).read_text()
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, "volume_create.meta_illegal",
+                             volume(img, vol, size="16MiB", format="RAW"), 2, {img}, illegal_on_storage)
+
+
+def test_host_crash_between_a_domain_rename_and_its_leases(storage, tmp_path, lab_hosts):
+    """The new domain is in place with no lockspace and no leases: `present` must give it both."""
+    sd = uid("host-crash", "sd")
+
+    def in_place_without_leases(export):
+        assert (export / sd / "dom_md" / "metadata").is_file()
+    create = {"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, "domain_create.renamed", create, 3, {sd}, in_place_without_leases)
 
 
 def test_crash_points_all_have_a_case():
