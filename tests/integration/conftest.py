@@ -86,6 +86,27 @@ def wait_for(what: str, probe, timeout: float = 60, step: float = 0.5):
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
+# Modules run with VIRTNODE_CRASH_HOW=stop stop themselves (SIGSTOP) at their crash point, so a test can
+# crash the whole host there, or let another host act before the module goes on.
+_STOPPED_AT_CRASH_POINT = ("for f in $(grep -l VIRTNODE_CRASH_HOW=stop /proc/[0-9]*/environ 2>/dev/null); do "
+                           "d=${f%/environ}; grep -q '^State:.*T' $d/status && echo ${d#/proc/}; done; true")
+
+
+def stopped_at_crash_point(host: str) -> list[str]:
+    """Pids of the modules on ``host`` stopped at their crash point."""
+    return lab_exec(host, "sh", "-c", _STOPPED_AT_CRASH_POINT, check=False).stdout.split()
+
+
+def wait_until_stopped_at_crash_point(host: str, timeout: float = 120) -> list[str]:
+    return wait_for(f"a module on {host} to stop at its crash point", lambda: stopped_at_crash_point(host), timeout=timeout)
+
+
+def play_in_background(playbook: Path) -> subprocess.Popen:
+    """``ansible-playbook`` on the lab inventory, not waited for (``communicate()`` gives its output)."""
+    return subprocess.Popen(["ansible-playbook", "-i", str(INVENTORY), str(playbook)], cwd=REPO, env=ansible_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
 # Migration tests: tasks (YAML, indented for a play's task list; %(guest)s and %(log)s filled in by
 # the test) that start the tiny heartbeat guest and wait for its third beat, and that read its last beat.
 START_HEARTBEAT_GUEST = """    - name: Start

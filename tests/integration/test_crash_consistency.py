@@ -7,21 +7,25 @@ third time and must report none. After each, the shared storage is checked: no t
 files, every metadata file parses (sealed domain metadata, complete .meta files), no ILLEGAL volume,
 and every file the task had no business touching is byte-identical to before.
 
-A host crash (`lab.py crash`, every process of the host killed at once) in the middle of a volume
-create is covered too: after `lab.py up` the re-run converges.
+A host crash (`lab.py crash`, every process of the host killed at once) is covered too, in the
+middle of a volume create, between a domain's rename and its leases, of a snapshot and a pool create
+(side by side, one crash), of a clone and of an SPM start: after `lab.py up` the host rejoins the pool
+with another id and every re-run converges.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import LAB, REPO, ansible_env, bring_back_namespace_hosts, lab_exec, run_playbook, wait_for
+from conftest import (LAB, REPO, bring_back_namespace_hosts, lab_exec, play_in_background, run_playbook,
+                      stopped_at_crash_point, wait_for)
 
 sys.path.insert(0, str(REPO))
 from plugins.module_utils.common.faults import CRASH_POINTS  # noqa: E402  pylint: disable=wrong-import-position
@@ -115,6 +119,12 @@ def case(point: str) -> tuple[list, list, set]:
     if point.startswith("domain_create."):
         sd = uid(point, "sd")
         return [], [{"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}], {sd}
+    if point.startswith("domain_leases."):
+        # The domain a crash between its rename and its leases left: `present` finds its areas blank.
+        sd = uid(point, "sd")
+        create = {"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}
+        prep = [dict(create, environment={"VIRTNODE_CRASH_AT": "domain_create.renamed"}, ignore_errors=True)]
+        return prep, [create], {sd}
     if point.startswith("volume_create."):
         parent_img, parent, snap = uid(point, "parent-img"), uid(point, "parent"), uid(point, "snap")
         prep = [volume(parent_img, parent, size="16MiB", format="COW")]
@@ -256,34 +266,34 @@ def test_crash_at_every_step_converges(storage, tmp_path, point):
 
 # ------------------------------------------------------------------ the whole host dies
 
-def crash_host_in_the_middle(storage, tmp_path, lab_hosts, point: str, task: dict, new_host_id: int, made: set,
-                             at_crash=None) -> None:
-    """Every process of the host (sanlock, libvirtd, sshd, the module) dies at once at ``point`` of
-    ``task``, as in a power cut; the host comes back, rejoins the pool and the task converges.
+def crash_host_in_the_middle(storage, tmp_path, lab_hosts, crashed: list, new_host_id: int, made: set,
+                             at_crash=None, prep: list | None = None) -> None:
+    """Every process of the host (sanlock, libvirtd, sshd, the modules) dies at once while each task of
+    ``crashed`` (``[(crash point, task)]``) is at its point, as in a power cut; the host comes back,
+    rejoins the pool and every task converges.
 
-    The host comes back with another host id (``new_host_id``): rejoining the lockspace with its old
-    one, like taking the SDM lease the dead SPM held, waits until sanlock calls the old one dead
-    (about 70 s). Nothing on the export changes but what the task makes (``made``) and what the
-    pool records of the host's return.
+    The tasks run side by side (async), so one crash, and one wait, covers them all. The host comes
+    back with another host id (``new_host_id``): rejoining the lockspace with its old one, like taking
+    the SDM lease the dead SPM held, waits until sanlock calls the old one dead (about 70 s). Nothing
+    on the export changes but what the tasks make (``made``) and what the pool records of the host's
+    return. An SPM start among ``crashed`` is re-run as the step that makes the host SPM again.
     """
     host, export = storage
+    if prep:
+        play(tmp_path, "prepare", host, prep)
     before = fingerprint(export)
     known = set(half_written(export))
     playbook = tmp_path / "host-crash.yml"
-    # The module stops itself at the step (VIRTNODE_CRASH_HOW=stop), so the host dies exactly there.
+    # Each module stops itself at its step (VIRTNODE_CRASH_HOW=stop), so the host dies exactly there.
     playbook.write_text(json.dumps([{"name": "crash", "hosts": host, "gather_facts": False,
-                                     "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT_NAME, "sd": SD},
-                                     "tasks": [dict(task, environment={"VIRTNODE_CRASH_AT": point,
-                                                                       "VIRTNODE_CRASH_HOW": "stop"})]}]))
-    cmd = ["ansible-playbook", "-i", str(LAB / "inventory.yml"), str(playbook)]
-    running = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT_NAME, "sp": SP, "sd": SD},
+                                     "tasks": [dict(task, name=f"crash at {point}", environment={
+                                         "VIRTNODE_CRASH_AT": point, "VIRTNODE_CRASH_HOW": "stop"}, **{"async": 600, "poll": 0})
+                                               for point, task in crashed]}]))
+    running = play_in_background(playbook)
     try:
-        stopped_probe = ("for f in $(grep -l VIRTNODE_CRASH_HOW=stop /proc/[0-9]*/environ 2>/dev/null); do "
-                         "grep -q '^State:.*T' ${f%/environ}/status && echo stopped; done; true")
-
-        def module_stopped():
-            return lab_exec(host, "sh", "-c", stopped_probe, check=False).stdout.strip()
-        wait_for("the module to stop at the crash point", module_stopped, timeout=120)
+        wait_for(f"{len(crashed)} modules on {host} to stop at their crash points",
+                 lambda: len(stopped_at_crash_point(host)) >= len(crashed), timeout=120)
         if at_crash is not None:
             at_crash(export)
         crash = subprocess.run([sys.executable, str(REPO / "tests/lab/lab.py"), "crash", host],
@@ -292,18 +302,25 @@ def crash_host_in_the_middle(storage, tmp_path, lab_hosts, point: str, task: dic
     finally:
         running.communicate(timeout=300)
         bring_back_namespace_hosts(lab_hosts)
-    assert running.returncode != 0
-    play(tmp_path, "after-crash", host, [
+    spm_starts = [task for _point, task in crashed if task.get("virtnode.kvm.spm", {}).get("state") == "started"]
+    others = [task for _point, task in crashed if task not in spm_starts]
+    tasks = [
         {"name": "Connect server", "virtnode.kvm.storage_server": SERVER},
         {"name": "Forget the connection of before the crash", "failed_when": False,
          "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "state": "disconnected"}},
         {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": new_host_id}},
         {"name": "SPM once the dead host's lease expired", "register": "spm", "until": "spm is succeeded", "retries": 75, "delay": 2,
          "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}},
-        {"name": "Re-run", **task, "register": "rerun"},
-        {"name": "Third", **task, "register": "third"},
-        {"name": "Converged", "ansible.builtin.assert": {"that": ["rerun is changed", "third is not changed"]}},
-    ])
+    ]
+    that = ["spm is changed"] if spm_starts else []
+    for index, task in enumerate(others):
+        tasks += [{"name": f"Re-run {index}", **task, "register": f"rerun{index}"},
+                  {"name": f"Third {index}", **task, "register": f"third{index}"}]
+        that += [f"rerun{index} is changed", f"third{index} is not changed"]
+    if spm_starts:
+        tasks.append({"name": "SPM start again", "virtnode.kvm.spm": spm_starts[0]["virtnode.kvm.spm"], "register": "spm_again"})
+        that.append("spm_again is not changed")
+    play(tmp_path, "after-crash", host, tasks + [{"name": "Converged", "ansible.builtin.assert": {"that": that}}])
     assert [p for p in half_written(export) if p not in known] == []
     after = fingerprint(export)
     made = made | {"dom_md/metadata", f"master/hosts/{new_host_id}"}  # the pool records the host's new id
@@ -315,8 +332,8 @@ def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_host
 
     def illegal_on_storage(export):
         assert "LEGALITY=ILLEGAL" in (export / SD / "images" / img / (vol + ".meta")).read_text()
-    crash_host_in_the_middle(storage, tmp_path, lab_hosts, "volume_create.meta_illegal",
-                             volume(img, vol, size="16MiB", format="RAW"), 2, {img}, illegal_on_storage)
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [("volume_create.meta_illegal", volume(img, vol, size="16MiB", format="RAW"))],
+                             2, {img}, illegal_on_storage)
 
 
 def test_host_crash_between_a_domain_rename_and_its_leases(storage, tmp_path, lab_hosts):
@@ -326,7 +343,46 @@ def test_host_crash_between_a_domain_rename_and_its_leases(storage, tmp_path, la
     def in_place_without_leases(export):
         assert (export / sd / "dom_md" / "metadata").is_file()
     create = {"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}
-    crash_host_in_the_middle(storage, tmp_path, lab_hosts, "domain_create.renamed", create, 3, {sd}, in_place_without_leases)
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [("domain_create.renamed", create)], 3, {sd}, in_place_without_leases)
+
+
+def test_host_crash_in_the_middle_of_a_snapshot_and_a_pool_create(storage, tmp_path, lab_hosts):
+    """A snapshot whose parent is already INTERNAL, and a new pool whose master tree exists while its
+    domain's metadata names no pool, both on storage when the host dies."""
+    img, parent, snap = uid("host-crash", "snap-img"), uid("host-crash", "snap-parent"), uid("host-crash", "snap")
+    sd, sp = uid("host-crash", "pool-sd"), uid("host-crash", "pool")
+
+    def both_half_done(export):
+        assert "VOLTYPE=INTERNAL" in (export / SD / "images" / img / (parent + ".meta")).read_text()
+        assert "LEGALITY=ILLEGAL" in (export / SD / "images" / img / (snap + ".meta")).read_text()
+        assert (export / sd / "master").is_dir() and f"POOL_UUID={sp}" not in (export / sd / "dom_md" / "metadata").read_text()
+    prep = [volume(img, parent, size="16MiB", format="COW"),
+            {"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}]
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [
+        ("volume_create.parent_internal", volume(img, snap, parent_volume_uuid=parent)),
+        ("pool_create.master_tree", {"virtnode.kvm.storage_pool": {"pool_uuid": sp, "master_sd_uuid": sd, "host_id": 1,
+                                                                   "state": "present"}}),
+    ], 4, {img, sd}, both_half_done, prep)
+
+
+def test_host_crash_in_the_middle_of_a_clone(storage, tmp_path, lab_hosts):
+    """The clone's data file is written, its .meta is not."""
+    img, vol = uid("host-crash", "clone-img"), uid("host-crash", "clone")
+
+    def data_without_meta(export):
+        assert (export / SD / "images" / img / vol).is_file() and not (export / SD / "images" / img / (vol + ".meta")).exists()
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [
+        ("volume_create.data", volume(img, vol, clone_from={"image_uuid": BASE_IMG, "volume_uuid": BASE_VOL}))],
+        5, {img}, data_without_meta)
+
+
+def test_host_crash_in_the_middle_of_an_spm_start(storage, tmp_path, lab_hosts):
+    """The pool metadata names the host as SPM when it dies: the host, back with another id, takes over."""
+    def names_the_spm(export):
+        assert re.search(r"^POOL_SPM_ID=[1-9][0-9]*$", (export / SD / "dom_md" / "metadata").read_text(), re.M)
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [
+        ("spm_start.metadata", {"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}})],
+        6, set(), names_the_spm, [{"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}}])
 
 
 def test_crash_points_all_have_a_case():

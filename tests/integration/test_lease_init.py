@@ -3,7 +3,8 @@
 Two lab hosts share a posixfs domain. A domain whose leases a crash left blank is repaired by
 ``storage_domain state=present``; a live pool's lockspace that another host cannot read (here a
 link planted in place of ``ids``) is never formatted by ``state=imported``: the SPM keeps its
-lease and the SDM lease bytes on storage do not change.
+lease and the SDM lease bytes on storage do not change. Two hosts repairing the same blank domain
+at once format it once.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import time
 from pathlib import Path
 
-from conftest import LAB, POOL_SERVER, lab_exec, pool_cleanup_tasks, run_playbook
+from conftest import (LAB, POOL_SERVER, lab_exec, play_in_background, pool_cleanup_tasks, run_playbook,
+                      wait_until_stopped_at_crash_point)
 
 SP = "8c9d0e1f-5a6b-4c7d-8e9f-4a5b6c7d8e94"
 SD = "9d0e1f2a-6b7c-4d8e-9fa0-5b6c7d8e9fa5"
@@ -113,5 +117,45 @@ def test_live_leases_another_host_cannot_read_are_never_formatted(lab_hosts, tmp
             {"name": "Nothing formatted", "ansible.builtin.assert": {"that": ["'init_leases' not in imported.actions"]}},
         ])
         assert sdm_lease_digest() == before
+    finally:
+        play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
+
+
+def test_two_hosts_repairing_the_same_blank_domain_format_it_once(lab_hosts, tmp_path):
+    """Both hosts find the areas blank; the first is held between its reading and its formatting.
+
+    Without a lock between hosts the second would format the areas too, after the first had (here
+    the first is stopped just before it writes; in a real race it may already be using the lockspace,
+    which the second host's format would wipe). With it, the second waits for the first and then
+    finds nothing to format.
+    """
+    first, second = list(lab_hosts)[:2]
+    play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
+    play(tmp_path, "setup", "lab", SETUP)
+    runs = []
+    try:
+        for name in ("ids", "leases", "xleases"):
+            os.truncate(DOM_MD / name, 0)
+        for host, env in ((first, {"VIRTNODE_CRASH_AT": "domain_leases.proven_blank", "VIRTNODE_CRASH_HOW": "stop"}),
+                          (second, {})):
+            playbook = tmp_path / f"repair-{host}.yml"
+            playbook.write_text(json.dumps([{
+                "name": f"repair on {host}", "hosts": host, "gather_facts": False,
+                "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT, "sd": SD},
+                "tasks": [{"name": "Present", **DOMAIN, "environment": env, "register": "repair"},
+                          {"name": "Result", "ansible.builtin.debug": {"msg": "REPAIR {{ repair.actions | to_json }}"}}]}]))
+            runs.append(play_in_background(playbook))
+            if not env:
+                break
+            stopped = wait_until_stopped_at_crash_point(first)
+        # The second host's repair has time to finish (it would, unlocked) before the first goes on.
+        time.sleep(8)
+        lab_exec(first, "kill", "-CONT", *stopped)
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
+        for run, out in zip(runs, outputs):
+            assert run.returncode == 0, out[-20000:]
+        actions = [re.search(r"REPAIR (\[.*?\])", out).group(1) for out in outputs]
+        assert sorted(actions) == ['["init_leases"]', "[]"], f"both hosts formatted the areas: {actions}"
+        play(tmp_path, "use", first, POOL_AND_SPM)
     finally:
         play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())

@@ -31,6 +31,7 @@ CRASH_POINTS = {
     'domain_create.populated': ('storage/layout.py', 'the staging tree and its metadata are written, not renamed'),
     'domain_create.renamed': ('storage/domain.py', 'the domain is in place, its lockspace and leases are not'),
     'domain_create.lockspace': ('storage/domain.py', 'the lockspace is written, the SDM lease is not'),
+    'domain_leases.proven_blank': ('storage/domain.py', 'the blank lease areas are found and locked, none formatted'),
     'domain_create.leases': ('storage/domain.py', 'lockspace and leases are written, the call has not returned'),
     'volume_create.data': ('storage/volumes.py', 'the data file exists, no .meta yet'),
     'volume_create.meta_illegal': ('storage/volumes.py', 'the .meta says ILLEGAL, no .lease yet'),

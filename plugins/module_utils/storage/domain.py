@@ -227,15 +227,15 @@ def lease_areas(dom_dir, md):
     return areas
 
 
-def init_leases(dom_dir, md, io_timeout, areas=None):
+def init_leases(dom_dir, md, io_timeout, areas):
     """Format the lockspace on ids, the SDM lease and (v4+, non-local) the xleases index.
 
-    ``areas`` (names from :func:`missing_leases`) limits the work to areas
-    proven blank; None formats all, which only the creator of a domain may do:
-    formatting a live lockspace or SDM lease fences hosts or makes two SPMs.
+    ``areas`` names the areas to format, which must be proven blank (see
+    :func:`format_missing_leases`): formatting a live lockspace or SDM lease
+    fences hosts or makes two SPMs.
     """
     for name, path, offset, _length in lease_areas(dom_dir, md):
-        if areas is not None and name not in areas:
+        if name not in areas:
             continue
         if name == 'ids':
             sanlock_lock.write_lockspace(md.sd_uuid, path, io_timeout, md.alignment, md.block_size)
@@ -284,6 +284,31 @@ def missing_leases(dom_dir, md):
     return missing
 
 
+def format_missing_leases(dom_dir, md, dry_run=False, before_format=None):
+    """Format the domain's lease areas that were provably never written; returns their names.
+
+    The reading and the formatting are one step for every host (the domain's
+    lease-format lock): two hosts repairing the same blank domain at once
+    format it once, and neither wipes a lease the other already uses.
+    ``before_format`` runs before anything is written (e.g. a check that
+    this host is SPM); with ``dry_run`` nothing is locked or written.
+    Areas are read once unlocked, so a domain with nothing missing costs no lock.
+    """
+    if not uses_sanlock(md.sd_type):
+        return []
+    missing = missing_leases(dom_dir, md)
+    if dry_run or not missing:
+        return missing
+    with domain_lock.lease_format_lock(dom_md_file(dom_dir, 'ids')):
+        missing = missing_leases(dom_dir, md)  # again: another host may have formatted them meanwhile
+        crash_point('domain_leases.proven_blank')
+        if missing:
+            if before_format is not None:
+                before_format()
+            init_leases(dom_dir, md, md.io_op_timeout_sec, missing)
+    return missing
+
+
 def create_domain(mount, sd_uuid, sd_type, domain_class, description, remote_path, version, io_timeout,
                   block_size=sdm.DEFAULT_BLOCK_SIZE, alignment=sdm.DEFAULT_ALIGNMENT):
     """Create a domain under ``mount``: tree, metadata, lockspace, SPM lease, xleases index."""
@@ -293,7 +318,8 @@ def create_domain(mount, sd_uuid, sd_type, domain_class, description, remote_pat
     dom_dir = sd_layout.create_domain_tree(mount, sd_uuid, pairs, sd_type)
     crash_point('domain_create.renamed')
     try:
-        init_leases(dom_dir, read_md(dom_dir), io_timeout)
+        # Another host may find the new domain before its leases exist and repair it: format what is still blank.
+        format_missing_leases(dom_dir, read_md(dom_dir))
         crash_point('domain_create.leases')
     except VirtnodeError:
         _remove_tree(dom_dir)

@@ -24,12 +24,15 @@ import os
 import threading
 import time
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.deadline import call_within as deadline_call
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 LOCK_DIR = '/run/virtnode/locks'
 DEFAULT_TIMEOUT = 600.0
 _POLL = 0.01
+_LEASE_FORMAT_POLL = 0.1
 
 _ENTRIES = {}
 _ENTRIES_GUARD = threading.Lock()
@@ -114,3 +117,41 @@ def dir_lock(dom_dir, timeout=DEFAULT_TIMEOUT):
         # Not named after its UUID (never so in a pool): lock on its real path instead.
         name = 'path-' + hashlib.sha256(os.path.realpath(dom_dir).encode('utf-8', 'surrogateescape')).hexdigest()[:32]
     return _locked(name, timeout)
+
+
+# Formatting a lease area takes well under io_timeout x a few writes; a holder slower than this is stuck.
+LEASE_FORMAT_TIMEOUT = 120.0
+
+
+@contextlib.contextmanager
+def lease_format_lock(ids_path, timeout=LEASE_FORMAT_TIMEOUT):
+    """Hold an exclusive ``flock`` on a domain's ``ids`` file for the ``with`` body, between hosts.
+
+    A lease area is formatted only after it was read blank. Two hosts that
+    both read it blank would both format it, and the later one would wipe the
+    lockspace or SDM lease the earlier one already uses. The lock is on the
+    shared file itself: NFS carries ``flock`` to its server, and hosts on one
+    kernel (bind mounts) share its locks, so the read and the format are one
+    step for every host. A dead holder's lock goes with it (its NFS state
+    expires). ``ids`` is never replaced, so the lock stays on the live inode.
+    """
+    def acquire():
+        # O_RDWR: NFS grants an exclusive flock only on a file open for writing.
+        fd = fileio.open_beneath(ids_path, os.O_RDWR, action='lock')
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise VirtnodeError('cannot lock %s to format lease areas (another host formatting them for over %ss?): %s'
+                                        % (ids_path, timeout, err.strerror or err), {'path': ids_path}) from err
+            time.sleep(_LEASE_FORMAT_POLL)
+
+    fd = deadline_call(timeout + 10, acquire, 'timed out locking %s (storage not responding?)' % ids_path, {'path': ids_path})
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the flock

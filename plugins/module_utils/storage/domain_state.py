@@ -79,12 +79,8 @@ def repair_leases(module, dom_dir, actions):
     if not storage.uses_sanlock(md.sd_type):
         return
     sanlock_lock.require_sanlock(module)
-    missing = storage.missing_leases(dom_dir, md)
-    if not missing:
-        return
-    actions.append('init_leases')
-    if not module.check_mode:
-        storage.init_leases(dom_dir, md, md.io_op_timeout_sec, missing)
+    if storage.format_missing_leases(dom_dir, md, dry_run=module.check_mode):
+        actions.append('init_leases')
 
 
 def _chosen_domain(params, found):
@@ -113,13 +109,11 @@ def import_domain(module, actions):
         sanlock_lock.require_sanlock(module)
         # Only areas proven never written are formatted: an area that could not
         # be read may hold a live lockspace or SDM lease.
-        missing = storage.missing_leases(dom_dir, md)
-        if missing:
+        def only_the_spm_formats():
             if params['pool_uuid']:
                 spm.require_spm(params['pool_uuid'])
+        if storage.format_missing_leases(dom_dir, md, dry_run=module.check_mode, before_format=only_the_spm_formats):
             actions.append('init_leases')
-            if not module.check_mode:
-                storage.init_leases(dom_dir, md, md.io_op_timeout_sec, missing)
     if params['pool_uuid']:
         pool.set_membership(module, dom_dir, pool.required_uuid(params), storage.STATUS_ACTIVE, actions, params['force'])
     return dom_dir, sorted(found)

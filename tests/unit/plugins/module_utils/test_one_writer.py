@@ -114,6 +114,34 @@ def test_domain_lock_is_reentrant_and_excludes_other_processes(domain, tmp_path)
         pass
 
 
+def test_lease_format_lock_excludes_other_openers_of_the_file_and_refuses_links(tmp_path):
+    ids = tmp_path / 'ids'
+    ids.write_bytes(b'')
+    ctx = multiprocessing.get_context('fork')
+    result = ctx.Queue()
+
+    def other():
+        try:
+            with domain_lock.lease_format_lock(str(ids), timeout=0.3):
+                result.put('locked')
+        except VirtnodeError as err:
+            result.put(err.message)
+
+    with domain_lock.lease_format_lock(str(ids)):
+        proc = ctx.Process(target=other)
+        proc.start()
+        proc.join(10)
+        assert 'another host formatting them' in result.get(timeout=5)
+    with domain_lock.lease_format_lock(str(ids), timeout=0.3):
+        pass
+    os.unlink(ids)
+    os.symlink(tmp_path / 'elsewhere', ids)
+    (tmp_path / 'elsewhere').write_bytes(b'')
+    with pytest.raises(VirtnodeError):
+        with domain_lock.lease_format_lock(str(ids), timeout=0.3):
+            pass
+
+
 # ------------------------------------------------------------------ snapshot race
 
 @needs_qemu_img
