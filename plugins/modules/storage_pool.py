@@ -32,7 +32,10 @@ options:
     type: str
     default: ''
   host_id:
-    description: sanlock host id of this host, unique in the pool, 1 to 250 (one SPM mailbox each, as in VDSM). Required for V(present) and V(connected).
+    description:
+      - sanlock host id of this host, unique in the pool, 1 to 250 (one SPM mailbox each, as in VDSM).
+      - Needed for V(present) and V(connected). When left out, the id in C(/etc/virtnode/host_id) is used,
+        which the C(bootstrap) role writes from C(bootstrap_sanlock_host_id).
     type: int
   hostname:
     description: Name recorded for this host id; defaults to the host name.

@@ -234,7 +234,10 @@ options:
     description: Free-form key/value pairs stored with the VM and given to every hook as environment variables.
     type: dict
   lease:
-    description: A sanlock VM lease (on a storage domain's C(xleases) volume); the domain does not start without it.
+    description:
+      - A sanlock VM lease (on a storage domain's C(xleases) volume), written into the domain XML as a C(lease) device.
+      - libvirt acquires it only when its sanlock lock manager is configured (C(lock_manager = "sanlock") in
+        C(qemu.conf)), which the C(bootstrap) role does not set up; without it the lease is not enforced.
     type: dict
     suboptions:
       sd_id:

@@ -285,11 +285,11 @@ def crash_host_in_the_middle(storage, tmp_path, lab_hosts, crashed: list, new_ho
     known = set(half_written(export))
     playbook = tmp_path / "host-crash.yml"
     # Each module stops itself at its step (VIRTNODE_CRASH_HOW=stop), so the host dies exactly there.
+    stop_at = [dict(task, name=f"crash at {point}", environment={"VIRTNODE_CRASH_AT": point, "VIRTNODE_CRASH_HOW": "stop"},
+                    **{"async": 600, "poll": 0}) for point, task in crashed]
     playbook.write_text(json.dumps([{"name": "crash", "hosts": host, "gather_facts": False,
                                      "vars": {"export": "{{ virtnode_lab_shared_dir }}/" + EXPORT_NAME, "sp": SP, "sd": SD},
-                                     "tasks": [dict(task, name=f"crash at {point}", environment={
-                                         "VIRTNODE_CRASH_AT": point, "VIRTNODE_CRASH_HOW": "stop"}, **{"async": 600, "poll": 0})
-                                               for point, task in crashed]}]))
+                                     "tasks": stop_at}]))
     running = play_in_background(playbook)
     try:
         wait_for(f"{len(crashed)} modules on {host} to stop at their crash points",

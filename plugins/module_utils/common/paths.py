@@ -15,3 +15,6 @@ import os
 # VDSM's roots: storage connections are mounted below MOUNT_ROOT, pools link their domains below DATA_CENTER_ROOT.
 DATA_CENTER_ROOT = '/rhev/data-center'
 MOUNT_ROOT = os.path.join(DATA_CENTER_ROOT, 'mnt')
+
+# The host's sanlock host id, written by the bootstrap role (bootstrap_sanlock_host_id); storage_pool's default.
+HOST_ID_FILE = '/etc/virtnode/host_id'

@@ -107,6 +107,7 @@ def import_domain(module, actions):
     md = storage.read_md(dom_dir)
     if storage.uses_sanlock(md.sd_type):
         sanlock_lock.require_sanlock(module)
+
         # Only areas proven never written are formatted: an area that could not
         # be read may hold a live lockspace or SDM lease.
         def only_the_spm_formats():

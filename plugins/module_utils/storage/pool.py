@@ -12,8 +12,11 @@ host (joining lockspaces, linking the pool directory) is in ``domain.py``;
 
 from __future__ import annotations
 
+import os
 import socket
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
@@ -115,10 +118,27 @@ def _write_membership(check, md, dom_dir, master_dir, master_md, sp_uuid, wanted
 
 # ------------------------------------------------------------------ the storage_pool module
 
+def configured_host_id():
+    """The host id bootstrap wrote (``bootstrap_sanlock_host_id``), or None when it wrote none."""
+    if not os.path.lexists(paths.HOST_ID_FILE):
+        return None
+    text = fileio.read_text(paths.HOST_ID_FILE, limit=64).strip()
+    try:
+        return validate.integer(text, 'the host id in %s' % paths.HOST_ID_FILE)
+    except VirtnodeError as err:
+        raise VirtnodeError('%s holds %s, not a host id: set host_id, or fix bootstrap_sanlock_host_id'
+                            % (paths.HOST_ID_FILE, ascii(text)), {'field': 'host_id', 'path': paths.HOST_ID_FILE}) from err
+
+
 def _host_id(params):
-    if params['host_id'] is None:
-        raise VirtnodeError('host_id is required for state=%s' % params['state'], {'field': 'host_id'})
-    host_id = sanlock_lock.check_host_id(params['host_id'])
+    host_id = params['host_id']
+    if host_id is None:
+        host_id = configured_host_id()
+    if host_id is None:
+        raise VirtnodeError('host_id is required for state=%s (or give the host one with the bootstrap role\'s '
+                            'bootstrap_sanlock_host_id, written to %s)' % (params['state'], paths.HOST_ID_FILE),
+                            {'field': 'host_id'})
+    host_id = sanlock_lock.check_host_id(host_id)
     # sanlock takes ids up to 2000, but the SPM mailbox has one slot per host
     # id up to 250 (VDSM's limit): a host above it could never get a volume extended.
     if host_id > mailbox.MAX_HOST_ID:

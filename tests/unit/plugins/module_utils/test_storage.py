@@ -13,6 +13,7 @@ import types
 
 import pytest
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
@@ -492,6 +493,26 @@ def test_host_id_250_connects(lab_sanlock):
     result = pool.run_module(_module(pool_uuid=SP, master_sd_uuid=None, description='', host_id=250, hostname='h1',
                                      state='connected'))
     assert result['connected'] and result['host_id'] == 250
+
+
+def test_the_host_id_bootstrap_wrote_is_the_default(lab_sanlock, tmp_path, monkeypatch):
+    mount, _fake = lab_sanlock
+    _pool_master(mount, SD)
+    id_file = tmp_path / 'host_id'
+    monkeypatch.setattr(paths, 'HOST_ID_FILE', str(id_file))
+    connect = dict(pool_uuid=SP, master_sd_uuid=None, description='', host_id=None, hostname='h1', state='connected')
+    with pytest.raises(VirtnodeError, match='bootstrap_sanlock_host_id') as err:
+        pool.run_module(_module(**connect))
+    assert err.value.details['field'] == 'host_id'
+    for bad in ('', 'seven', '\u0667', '1 2', '251'):
+        id_file.write_text(bad + '\n')
+        with pytest.raises(VirtnodeError) as err:
+            pool.run_module(_module(**connect))
+        assert err.value.details['field'] == 'host_id' and storage.read_pool_state(SP) is None
+    id_file.write_text('7\n')
+    result = pool.run_module(_module(**connect))
+    assert result['connected'] and result['host_id'] == 7
+    assert storage.read_pool_state(SP)['host_id'] == 7
 
 
 # ---------------------------------------------------------------- mounts that stopped answering
