@@ -62,12 +62,8 @@ def _entry(sd_uuid):
         return entry
 
 
-def _open_and_lock(path, deadline, sd_uuid):
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as err:
-        raise VirtnodeError('cannot open the metadata lock %s: %s' % (path, err.strerror or err), {'path': path}) from err
+def _flock_until(fd, deadline, poll, failed):
+    """Take an exclusive flock on ``fd``, polling until ``deadline``; ``fd`` is closed and ``failed(err)`` raised if not."""
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,9 +71,19 @@ def _open_and_lock(path, deadline, sd_uuid):
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                 os.close(fd)
-                raise VirtnodeError('another task is changing the metadata of storage domain %s (lock %s held); try again later'
-                                    % (sd_uuid, path), {'path': path, 'sd_uuid': sd_uuid}) from err
-        time.sleep(_POLL)
+                raise failed(err) from err
+        time.sleep(poll)
+
+
+def _open_and_lock(path, deadline, sd_uuid):
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        raise VirtnodeError('cannot open the metadata lock %s: %s' % (path, err.strerror or err), {'path': path}) from err
+    return _flock_until(fd, deadline, _POLL, lambda err: VirtnodeError(
+        'another task is changing the metadata of storage domain %s (lock %s held); try again later' % (sd_uuid, path),
+        {'path': path, 'sd_uuid': sd_uuid}))
 
 
 def domain_lock(sd_uuid, timeout=DEFAULT_TIMEOUT):
@@ -138,17 +144,9 @@ def lease_format_lock(ids_path, timeout=LEASE_FORMAT_TIMEOUT):
     def acquire():
         # O_RDWR: NFS grants an exclusive flock only on a file open for writing.
         fd = fileio.open_beneath(ids_path, os.O_RDWR, action='lock')
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    os.close(fd)
-                    raise VirtnodeError('cannot lock %s to format lease areas (another host formatting them for over %ss?): %s'
-                                        % (ids_path, timeout, err.strerror or err), {'path': ids_path}) from err
-            time.sleep(_LEASE_FORMAT_POLL)
+        return _flock_until(fd, time.monotonic() + timeout, _LEASE_FORMAT_POLL, lambda err: VirtnodeError(
+            'cannot lock %s to format lease areas (another host formatting them for over %ss?): %s'
+            % (ids_path, timeout, err.strerror or err), {'path': ids_path}))
 
     fd = deadline_call(timeout + 10, acquire, 'timed out locking %s (storage not responding?)' % ids_path, {'path': ids_path})
     try:
