@@ -406,3 +406,32 @@ def test_host_crash_in_the_middle_of_a_network_apply(hosts, tmp_path):
         save(["rerun", "third"]),
     ])])
     assert results["rerun"]["changed"] and not results["third"]["changed"], results
+
+
+def test_host_deploy_sets_up_bonds_networks_and_storage_servers(hosts, kernel_vars, tmp_path):
+    """playbooks/host_networks_storage.yml (host_deploy.yml's last part) passes bonds, network options
+    and NFS options through: a bond with a VLAN network on it, and an export mounted with timeo/retrans."""
+    host, _peer = hosts
+    export = f"{kernel_vars['virtnode_lab_nfs_server']}:{kernel_vars['virtnode_lab_nfs_exports_v3'][1]}"
+    server = {"type": "nfs", "path": export, "nfs_version": "3", "timeo": 150, "retrans": 4}
+    extra = {"virtnode_deploy_hosts": host, "virtnode_deploy_bonds": [AB], "virtnode_deploy_networks": [VLAN_NET],
+             "virtnode_deploy_network_options": {"connectivity_timeout": 45},
+             "virtnode_deploy_storage_servers": [server]}
+    playbook = REPO / "playbooks" / "host_networks_storage.yml"
+    try:
+        for run_number, expect_changed in ((1, True), (2, False)):
+            proc = run_playbook(playbook, "-e", json.dumps(extra), timeout=600)
+            assert proc.returncode == 0, proc.stdout[-20000:]
+            changed = int(re.search(rf"{re.escape(host)}\s*:.*changed=(\d+)", proc.stdout).group(1))
+            assert (changed > 0) == expect_changed, f"run {run_number}: changed={changed}\n{proc.stdout[-6000:]}"
+        state = lab_exec(host, "sh", "-c", "cat /proc/net/bonding/vnbond0; echo '@@'; ip -j -d link show; echo '@@'; "
+                         "grep ' nfs ' /proc/mounts").stdout
+        bonding, links, mounts = state.split("@@")
+        assert bonding_info(bonding).get("Bonding Mode") == "fault-tolerance (active-backup)"
+        assert {link["ifname"]: link for link in json.loads(links)}["vnbond0.10"]["master"] == "vnvlan"
+        mount = next(line for line in mounts.splitlines() if line.startswith(export + " "))
+        assert "vers=3" in mount and "timeo=150" in mount and "retrans=4" in mount, mount
+        assert lab_exec(host, "test", "-f", PERSISTENT, check=False).returncode == 0, "the deploy saves the networks"
+    finally:
+        run(tmp_path, "disconnect", [play(host, [{"name": "Disconnect the export", "virtnode.kvm.storage_server": dict(
+            {k: v for k, v in server.items() if k in ("type", "path")}, state="disconnected")}])])
