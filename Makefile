@@ -17,13 +17,14 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)
 export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint changelog-lint integration clean
+.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint changelog-lint docs integration clean
 
 help:
 	@echo "make demo       install, bring up a $(HOSTS)-host lab, run playbooks/demo.yml"
 	@echo "make test       install, run every test (unit, sanity, lint, integration on the lab)"
 	@echo "make lab-up HOSTS=N KERNEL_HOSTS=K / make lab-down / make lab-status"
 	@echo "make units | sanity | lint | integration   one part of the suite"
+	@echo "make docs       HTML documentation in $(DOCS_HTML)"
 
 # Debian packages: apt runs only when something is missing.
 deps:
@@ -80,6 +81,21 @@ changelog-lint: venv
 
 lint: venv collection
 	cd $(COLLECTION) && ansible-lint --offline --nocolor --profile production $$(ls -d roles/* playbooks 2>/dev/null)
+
+# HTML documentation as the Ansible community builds a collection's: antsibull-docs writes the module
+# and role pages from the copy in $(COLLECTION), the Markdown pages of docs/ are copied beside them
+# (myst-parser reads them), Sphinx builds the site with docs/docsite/conf.py. Warnings are errors,
+# so a broken internal link, anchor or reference fails it; external links are not fetched.
+DOCS := $(BUILD)/docs-site
+DOCS_SRC := $(DOCS)/src
+DOCS_HTML := $(DOCS)/html
+docs: venv collection
+	@rm -rf $(DOCS) && mkdir -p $(DOCS_SRC)/docs && chmod og-w $(DOCS_SRC)
+	antsibull-docs lint-collection-docs --plugin-docs $(COLLECTION)
+	antsibull-docs collection --use-current --fail-on-error --cleanup everything --dest-dir $(DOCS_SRC) virtnode.kvm
+	cp $(COLLECTION)/docs/*.md $(DOCS_SRC)/docs/ && cp $(COLLECTION)/docs/docsite/index.rst $(DOCS_SRC)/
+	sphinx-build -q -W --keep-going -n -b html -c $(COLLECTION)/docs/docsite $(DOCS_SRC) $(DOCS_HTML)
+	@echo "docs: $(DOCS_HTML)/index.html"
 
 # Kernel hosts' tests and namespace hosts' tests run side by side (tests/run_integration.sh).
 integration: lab-up collection
