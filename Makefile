@@ -17,14 +17,14 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)
 export ANSIBLE_CONFIG := $(CURDIR)/tests/ansible.cfg
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint changelog-lint docs integration clean
+.PHONY: help deps venv collection lab-up lab-down lab-status demo test units sanity lint changelog-lint docs docs-test integration clean
 
 help:
 	@echo "make demo       install, bring up a $(HOSTS)-host lab, run playbooks/demo.yml"
 	@echo "make test       install, run every test (unit, sanity, lint, integration on the lab)"
 	@echo "make lab-up HOSTS=N KERNEL_HOSTS=K / make lab-down / make lab-status"
 	@echo "make units | sanity | lint | integration   one part of the suite"
-	@echo "make docs       HTML documentation in $(DOCS_HTML)"
+	@echo "make docs       HTML documentation in $(DOCS_HTML) (docs-test: build and check it)"
 
 # Debian packages: apt runs only when something is missing.
 deps:
@@ -96,6 +96,10 @@ docs: venv collection
 	cp $(COLLECTION)/docs/*.md $(DOCS_SRC)/docs/ && cp $(COLLECTION)/docs/docsite/index.rst $(DOCS_SRC)/
 	sphinx-build -q -W --keep-going -n -b html -c $(COLLECTION)/docs/docsite $(DOCS_SRC) $(DOCS_HTML)
 	@echo "docs: $(DOCS_HTML)/index.html"
+
+# Every module's page shows its examples and return values, every role's its options.
+docs-test: docs
+	cd $(COLLECTION) && VIRTNODE_DOCS_HTML=$(CURDIR)/$(DOCS_HTML) $(CURDIR)/$(VENV)/bin/python -m pytest -q -rs tests/docs
 
 # Kernel hosts' tests and namespace hosts' tests run side by side (tests/run_integration.sh).
 integration: lab-up collection

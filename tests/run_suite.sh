@@ -33,6 +33,7 @@ phase units       pytest make --no-print-directory units
 phase sanity      check  make --no-print-directory sanity
 phase lint        check  make --no-print-directory lint
 phase changelog   check  make --no-print-directory changelog-lint
+phase docs        pytest make --no-print-directory docs-test
 phase lab-up      setup  make --no-print-directory lab-up
 phase integration pytest make --no-print-directory integration
 phase lab-down    setup  make --no-print-directory lab-down
