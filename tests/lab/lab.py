@@ -71,8 +71,11 @@ UUID_NAMESPACE = uuid.UUID("3f0f8f7e-6a52-4c0e-9d2b-5b7e1c9a0d11")
 # /etc/pki holds libvirt's TLS certificates (CA, server, client) at paths the libvirt client fixes.
 # /root is a fresh Debian root home: the machine's may hold a developer's shell set-up (pyenv and
 # the like), which bash would run for every command Ansible sends over SSH.
+# /usr/lib/virtnode-agent is where node_agent installs the agent: shared, two labs of different
+# checkouts would overwrite each other's copy.
 BIND_DIRS = ("/run", "/etc/libvirt", "/etc/pki", "/var/lib/libvirt", "/var/cache/libvirt",
-             "/var/log", "/etc/virtnode", "/var/lib/virtnode", "/rhev", "/root")
+             "/var/log", "/etc/virtnode", "/var/lib/virtnode", "/rhev", "/root",
+             "/usr/lib/virtnode-agent")
 BIND_FILES = ("/etc/hosts", "/etc/machine-id")
 READY_TIMEOUT = 60
 
@@ -325,7 +328,7 @@ def start_holder(name: str, index: int) -> int:
     """Create the host's namespaces; return the pid that keeps them alive."""
     ns = netns_name(name)
     ensure_host_network(name, index)
-    mounts = [f"mount --bind {bind_source(name, t)} {t}" for t in BIND_DIRS]
+    mounts = [f"mkdir -p {t} && mount --bind {bind_source(name, t)} {t}" for t in BIND_DIRS]
     mounts += [f"mount --bind {host_dir(name) / 'root' / t.strip('/').replace('/', '_')} {t}"
                for t in BIND_FILES]
     # Drop the copies of other hosts' /run/netns handles this mount namespace
