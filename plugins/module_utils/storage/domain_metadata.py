@@ -60,6 +60,8 @@ DEFAULT_ALIGNMENT = 1024 ** 2
 DEFAULT_BLOCK_SIZE = 512
 SUPPORTED_ALIGNMENTS = tuple(n * 1024 ** 2 for n in (1, 2, 4, 8))
 SUPPORTED_BLOCK_SIZES = (512, 4096)
+# Domain types VDSM creates with 4 KiB blocks (its LocalFs and Gluster domains); NFS and POSIX: 512 only.
+BLOCK_SIZE_4K_TYPES = ('LOCALFS', 'GLUSTERFS')
 # VDSM's limit for a domain description.
 MAX_DESCRIPTION_LENGTH = 50
 
@@ -98,7 +100,8 @@ def parse(text):
 
     Lines end at ``\n`` only; a line holding any other line break character
     or NUL is refused, as is a key given twice. Lines without ``=`` are
-    skipped as VDSM does; values are stripped.
+    skipped as VDSM does. Keys are stripped and values kept as written, as
+    VDSM reads them: the seal covers each value exactly as it is on disk.
     """
     pairs = {}
     declared = None
@@ -111,12 +114,13 @@ def parse(text):
         if '=' not in line:
             continue
         key, value = line.split('=', 1)
+        key = key.strip()
         if key in pairs or (key == CHECKSUM_KEY and declared is not None):
             raise VirtnodeError('metadata has %s twice (line %d)' % (key, number), {'field': key, 'line': number})
         if key == CHECKSUM_KEY:
-            declared = value.strip()
+            declared = value
         else:
-            pairs[key] = value.strip()
+            pairs[key] = value
     if pairs and declared is not None:
         computed = checksum(pairs)
         if declared != computed:
@@ -132,8 +136,8 @@ def _line_value(key, value):
     if any(char in text for char in FORBIDDEN_IN_VALUES):
         raise VirtnodeError('metadata value of %s must be a single line without line, record or paragraph '
                             'separators or NUL: %r' % (key, text), {'field': key})
-    # VDSM strips values when writing and reading; doing it here keeps the seal identical.
-    return text.strip()
+    # Written as given, as VDSM writes it: a value read from a domain survives a rewrite unchanged.
+    return text
 
 
 def serialize(pairs):
@@ -321,12 +325,30 @@ class DomainMetadata:
         return pairs
 
 
+def check_new_block_size(sd_type, block_size, alignment):
+    """Refuse a block size and alignment VDSM would not create a domain of this type with.
+
+    VDSM creates NFS and POSIX domains with 512-byte blocks only (its probe of
+    such storage reports 512) and refuses other sizes; local and GlusterFS
+    domains may use 4 KiB. sanlock supports 512-byte sectors only with 1 MiB
+    alignment.
+    """
+    if block_size == 4096 and sd_type not in BLOCK_SIZE_4K_TYPES:
+        raise VirtnodeError('block size 4096 is not supported on %s domains (VDSM creates and reads them with 512 only); '
+                            '4096 is for %s domains' % (sd_type, ' and '.join(BLOCK_SIZE_4K_TYPES)),
+                            {'field': 'block_size'})
+    if block_size == 512 and alignment != DEFAULT_ALIGNMENT:
+        raise VirtnodeError('alignment %d needs block size 4096: with 512-byte blocks sanlock supports only %d'
+                            % (alignment, DEFAULT_ALIGNMENT), {'field': 'alignment'})
+
+
 def new_domain_metadata(sd_uuid, sd_type, domain_class, description, remote_path, version=CURRENT_VERSION,
                         block_size=DEFAULT_BLOCK_SIZE, alignment=DEFAULT_ALIGNMENT):
     """Return the raw metadata dict VDSM writes for a freshly created file domain."""
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_LENGTH:
         raise VirtnodeError('domain description must be a string of at most %d characters: %r'
                             % (MAX_DESCRIPTION_LENGTH, description), {'field': DESCRIPTION})
+    check_new_block_size(sd_type, block_size, alignment)
     return DomainMetadata(
         sd_uuid=sd_uuid,
         version=version,

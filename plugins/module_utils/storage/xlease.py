@@ -3,11 +3,13 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The index of a domain's ``dom_md/xleases`` volume (external VM leases), VDSM format 1.
 
-The volume is made of slots (1 MiB with 512-byte sectors, 8 MiB with 4 KiB):
-slot 0 unused (VDSM keeps its lockspace on ``ids``), slot 1 the index,
-slot 2 reserved for sanlock, lease records from slot 3 on.
+The volume is made of slots of the domain's ALIGNMENT (always 1 MiB with
+512-byte sectors; 1, 2, 4 or 8 MiB with 4 KiB): slot 0 unused (VDSM keeps
+its lockspace on ``ids``), slot 1 the index, slot 2 reserved for sanlock,
+lease records from slot 3 on.
 
-Index = a 512-byte metadata block then 4000 records of 64 bytes.
+Index = 62 blocks of 4 KiB (VDSM's size, whatever the sector size): a
+512-byte metadata block then 3960 records of 64 bytes.
 
 Metadata block (big endian)::
 
@@ -31,16 +33,17 @@ import os
 import struct
 import time
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 INDEX_MAGIC = 0x12152016
 INDEX_VERSION = 1
-MAX_RECORDS = 4000
 RECORD_SIZE = 64
 METADATA_SIZE = 512
-INDEX_SIZE = METADATA_SIZE + MAX_RECORDS * RECORD_SIZE
-# VDSM sizes a new xleases volume to this many slots (1 GiB with 1 MiB slots); the file stays sparse.
-XLEASES_SLOTS = 1024
+INDEX_SIZE = 62 * 4096
+MAX_RECORDS = (INDEX_SIZE - METADATA_SIZE) // RECORD_SIZE
+# Slots before the first lease record: unused lockspace slot, index, sanlock's own.
+RESERVED_SLOTS = 3
 FLAG_NONE = b'-'
 FLAG_UPDATING = b'u'
 
@@ -48,19 +51,14 @@ _META = struct.Struct('>i x 4s x 48s x 10s x c 440x c')
 _RECORD = struct.Struct('48s x 11s x 3c')
 
 
-def slot_size(block_size):
-    """Size of one slot: 2048 sectors."""
-    return 2048 * block_size
+def index_offset(alignment):
+    """Offset of the index (slot 1) in the volume: one ALIGNMENT, as VDSM reads it."""
+    return alignment
 
 
-def index_offset(block_size):
-    """Offset of the index (slot 1) in the volume."""
-    return slot_size(block_size)
-
-
-def lease_offset(record_number, block_size=512):
+def lease_offset(record_number, alignment):
     """Offset of the lease that record ``record_number`` describes."""
-    return 3 * slot_size(block_size) + record_number * slot_size(block_size)
+    return (RESERVED_SLOTS + record_number) * alignment
 
 
 def metadata_block(lockspace, mtime=None, updating=False):
@@ -97,7 +95,7 @@ def parse_metadata(block):
         raise VirtnodeError('xleases index metadata is malformed: %s' % err) from err
 
 
-def parse_records(data):
+def parse_records(data, alignment):
     """Return ``{resource: offset}`` of the used records in the index bytes ``data``."""
     leases = {}
     for number in range(MAX_RECORDS):
@@ -107,26 +105,29 @@ def parse_records(data):
             break
         name = _RECORD.unpack(chunk)[0].rstrip(b'\0')
         if name:
-            leases[name.decode('ascii', 'replace')] = lease_offset(number)
+            leases[name.decode('ascii', 'replace')] = lease_offset(number, alignment)
     return leases
 
 
-def format_index(path, lockspace, block_size=512):
-    """Write a fresh index into the xleases file at ``path`` and size the file as VDSM does.
+def _open_in_domain(path, flags):
+    # ``<domain>/dom_md/xleases`` is on shared storage: no link below the domain is followed.
+    return fileio.open_beneath(path, flags, root=os.path.dirname(os.path.dirname(path)))
+
+
+def format_index(path, lockspace, alignment):
+    """Write a fresh index into the xleases file at ``path``.
 
     Written first with the updating flag, then the metadata block again without it,
-    so an interrupted format is recognisable.
+    so an interrupted format is recognisable. A file domain's xleases file is not
+    sized beyond the index (VDSM creates it empty; sanlock extends it as leases are added).
     """
-    base = index_offset(block_size)
+    base = index_offset(alignment)
+    fd = _open_in_domain(path, os.O_RDWR)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             os.pwrite(fd, metadata_block(lockspace, updating=True) + record() * MAX_RECORDS, base)
             os.fsync(fd)
             os.pwrite(fd, metadata_block(lockspace), base)
-            size = XLEASES_SLOTS * slot_size(block_size)
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -134,14 +135,15 @@ def format_index(path, lockspace, block_size=512):
         raise VirtnodeError('cannot format xleases index %s: %s' % (path, err.strerror), {'path': path}) from err
 
 
-def read_index(path, block_size=512):
+def read_index(path, alignment):
     """Return ``(metadata dict, {resource: offset})`` of the xleases file at ``path``."""
+    fd = _open_in_domain(path, os.O_RDONLY)
     try:
-        with open(path, 'rb') as stream:
-            stream.seek(index_offset(block_size))
-            data = stream.read(INDEX_SIZE)
+        data = os.pread(fd, INDEX_SIZE, index_offset(alignment))
     except OSError as err:
         raise VirtnodeError('cannot read %s: %s' % (path, err.strerror), {'path': path}) from err
+    finally:
+        os.close(fd)
     if len(data) < INDEX_SIZE:
         raise VirtnodeError('xleases index in %s is truncated (%d of %d bytes)' % (path, len(data), INDEX_SIZE), {'path': path})
-    return parse_metadata(data), parse_records(data)
+    return parse_metadata(data), parse_records(data, alignment)

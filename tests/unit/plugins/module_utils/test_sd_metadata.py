@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
@@ -109,9 +110,58 @@ def test_missing_seal_is_trusted():
     assert sd_metadata.parse(without_seal) == example_pairs()
 
 
-def test_parse_skips_junk_lines_and_strips_values():
-    assert sd_metadata.parse('garbage\nA= x \n\n') == {'A': 'x'}
+def test_parse_skips_junk_lines_and_keeps_values_as_written():
+    assert sd_metadata.parse('garbage\n A = x \n\n') == {'A': ' x '}
     assert sd_metadata.parse('') == {}
+
+
+def _vdsm_sealed(lines):
+    # What VDSM's persistent dict writes: the lines as given, sealed over exactly those strings.
+    digest = hashlib.sha1()
+    for line in lines:
+        digest.update(line.encode('ascii', 'xmlcharrefreplace'))
+    return ''.join(line + '\n' for line in lines) + '_SHA_CKSUM=%s\n' % digest.hexdigest()
+
+
+@pytest.mark.parametrize('description', ['  leading', 'trailing  ', ' both ', '\tTab', 'inner  spaces'])
+def test_a_vdsm_file_with_spaces_around_a_value_keeps_its_seal_and_survives_a_rewrite(description):
+    lines = sorted(line for line in EXAMPLE.splitlines()[:-1] if not line.startswith('DESCRIPTION='))
+    lines = sorted(lines + ['DESCRIPTION=' + description])
+    text = _vdsm_sealed(lines)
+    pairs = sd_metadata.parse(text)
+    assert pairs['DESCRIPTION'] == description
+    assert sd_metadata.serialize(pairs).decode() == text
+    assert sd_metadata.DomainMetadata.from_dict(pairs).description == description
+
+
+def test_a_seal_over_stripped_values_is_broken_as_vdsm_finds_it():
+    lines = sorted(line for line in EXAMPLE.splitlines()[:-1] if not line.startswith('DESCRIPTION='))
+    stripped = _vdsm_sealed(sorted(lines + ['DESCRIPTION=x']))
+    with pytest.raises(VirtnodeError, match='seal is broken'):
+        sd_metadata.parse(stripped.replace('DESCRIPTION=x', 'DESCRIPTION= x '))
+
+
+@pytest.mark.parametrize('sd_type', ['NFS', 'POSIXFS', 'CIFS'])
+def test_4k_blocks_are_refused_where_vdsm_creates_only_512(sd_type):
+    with pytest.raises(VirtnodeError, match='block size 4096 is not supported on %s' % sd_type) as err:
+        sd_metadata.new_domain_metadata(SD_UUID, sd_type, 'Data', 'd', 'server:/path', block_size=4096)
+    assert err.value.details['field'] == 'block_size'
+    assert sd_metadata.new_domain_metadata(SD_UUID, sd_type, 'Data', 'd', 'server:/path')['BLOCK_SIZE'] == '512'
+
+
+@pytest.mark.parametrize('sd_type', ['LOCALFS', 'GLUSTERFS'])
+@pytest.mark.parametrize('alignment', [1024 ** 2, 2 * 1024 ** 2, 4 * 1024 ** 2, 8 * 1024 ** 2])
+def test_4k_blocks_are_allowed_where_vdsm_allows_them(sd_type, alignment):
+    pairs = sd_metadata.new_domain_metadata(SD_UUID, sd_type, 'Data', 'd', 'server:/path', block_size=4096,
+                                            alignment=alignment)
+    assert (pairs['BLOCK_SIZE'], pairs['ALIGNMENT']) == ('4096', str(alignment))
+
+
+@pytest.mark.parametrize('alignment', [2 * 1024 ** 2, 4 * 1024 ** 2, 8 * 1024 ** 2])
+def test_512_byte_blocks_take_only_1_mib_alignment(alignment):
+    with pytest.raises(VirtnodeError, match='needs block size 4096') as err:
+        sd_metadata.new_domain_metadata(SD_UUID, 'LOCALFS', 'Data', 'd', 'server:/path', alignment=alignment)
+    assert err.value.details['field'] == 'alignment'
 
 
 def test_round_trip_keeps_unknown_keys():

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -33,20 +34,85 @@ def test_record_layout():
     assert rec[61:] == b'--\n'
 
 
-def test_format_and_read_back(tmp_path):
-    path = tmp_path / 'xleases'
+MiB = 1024 ** 2
+
+
+def _domain_xleases(tmp_path):
+    dom_md = tmp_path / SD / 'dom_md'
+    dom_md.mkdir(parents=True)
+    path = dom_md / 'xleases'
     path.write_bytes(b'')
-    xlease.format_index(str(path), SD)
-    assert path.stat().st_size == 1024 * 1024 ** 2
-    meta, leases = xlease.read_index(str(path))
+    return path
+
+
+def test_the_index_is_vdsms_62_blocks_of_4_kib():
+    assert xlease.INDEX_SIZE == 62 * 4096
+    assert xlease.MAX_RECORDS == 3960
+    assert len(xlease.empty_index(SD)) == xlease.INDEX_SIZE
+
+
+@pytest.mark.parametrize('alignment', [MiB, 2 * MiB, 4 * MiB, 8 * MiB])
+def test_format_places_the_index_at_one_alignment_and_reads_it_back(tmp_path, alignment):
+    path = _domain_xleases(tmp_path)
+    xlease.format_index(str(path), SD, alignment)
+    # VDSM creates a file domain's xleases empty: the file ends with the index.
+    assert path.stat().st_size == alignment + xlease.INDEX_SIZE
+    with open(path, 'rb') as stream:
+        stream.seek(alignment)
+        assert struct.unpack('>i', stream.read(4))[0] == 0x12152016
+    meta, leases = xlease.read_index(str(path), alignment)
     assert meta['lockspace'] == SD and meta['version'] == 1 and not meta['updating']
     assert leases == {}
 
 
+@pytest.mark.parametrize('alignment', [2 * MiB, 8 * MiB])
+def test_an_index_vdsm_wrote_on_a_4k_domain_is_read_where_vdsm_put_it(tmp_path, alignment):
+    # A 4 KiB domain whose alignment is below 8 MiB: VDSM's index is at ALIGNMENT, not at 2048 blocks.
+    path = _domain_xleases(tmp_path)
+    index = bytearray(xlease.empty_index(SD, mtime=1700000000))
+    record = xlease.METADATA_SIZE + 5 * xlease.RECORD_SIZE
+    index[record:record + xlease.RECORD_SIZE] = xlease.record('vm-lease', (3 + 5) * alignment)
+    with open(path, 'r+b') as stream:
+        stream.seek(alignment)
+        stream.write(bytes(index))
+    meta, leases = xlease.read_index(str(path), alignment)
+    assert meta['mtime'] == 1700000000
+    assert leases == {'vm-lease': 8 * alignment}
+    with pytest.raises(VirtnodeError):
+        xlease.read_index(str(path), 2048 * 4096 if alignment != 2048 * 4096 else MiB)
+
+
 def test_parse_records_and_offsets():
-    data = xlease.metadata_block(SD) + xlease.record() + xlease.record('vm-lease', xlease.lease_offset(1)) \
+    data = xlease.metadata_block(SD) + xlease.record() + xlease.record('vm-lease', xlease.lease_offset(1, MiB)) \
         + xlease.record() * (xlease.MAX_RECORDS - 2)
-    assert xlease.parse_records(data) == {'vm-lease': 4 * 1024 ** 2}
+    assert xlease.parse_records(data, MiB) == {'vm-lease': 4 * MiB}
+    assert xlease.parse_records(data, 2 * MiB) == {'vm-lease': 8 * MiB}
+
+
+@pytest.mark.parametrize('planted', ['link-to-host-file', 'dom-md-link', 'fifo'])
+def test_the_index_is_never_read_or_written_through_a_link_or_special_file(tmp_path, planted):
+    path = _domain_xleases(tmp_path)
+    outside = tmp_path / 'host-file'
+    outside.write_bytes(b'x' * (3 * MiB))
+    before = outside.read_bytes()
+    if planted == 'link-to-host-file':
+        path.unlink()
+        path.symlink_to(outside)
+    elif planted == 'dom-md-link':
+        path.unlink()
+        (tmp_path / SD / 'dom_md').rmdir()
+        real = tmp_path / 'elsewhere'
+        real.mkdir()
+        (real / 'xleases').symlink_to(outside)
+        (tmp_path / SD / 'dom_md').symlink_to(real)
+    else:
+        path.unlink()
+        os.mkfifo(path)
+    with pytest.raises(VirtnodeError):
+        xlease.format_index(str(path), SD, MiB)
+    with pytest.raises(VirtnodeError):
+        xlease.read_index(str(path), MiB)
+    assert outside.read_bytes() == before
 
 
 def test_wrong_magic_is_refused():
