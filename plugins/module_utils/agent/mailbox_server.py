@@ -67,6 +67,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbo
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 LOG = logging.getLogger('virtnode.mailbox')
@@ -98,7 +99,6 @@ EVENT_SERVING = 'mailbox_serving_started'
 EVENT_NOT_SERVING = 'mailbox_serving_stopped'
 
 _DIRECT = getattr(os, 'O_DIRECT', 0)
-_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
 
 
 # ------------------------------------------------------------------ block I/O
@@ -108,14 +108,21 @@ def _buffer(size):
     return mmap.mmap(-1, size)
 
 
-def _open(path, flags):
-    """Open with O_DIRECT, or without where the file system refuses it (tmpfs)."""
-    try:
-        return os.open(path, flags | _DIRECT | _CLOEXEC), True
-    except OSError as err:
-        if err.errno != errno.EINVAL or not _DIRECT:
-            raise
-    return os.open(path, flags | _CLOEXEC), False
+def _open(path, flags, direct=True):
+    """Open ``<domain>/dom_md/<box>`` with O_DIRECT, or without where the file system refuses it (tmpfs).
+
+    Nothing below the domain directory is followed if it is a link, and only a
+    regular file is opened: the mailbox files are on shared storage, and a link
+    planted there would have this host write requests or replies into a host file.
+    """
+    root = os.path.dirname(os.path.dirname(path))
+    if direct and _DIRECT:
+        try:
+            return fileio.open_beneath(path, flags | _DIRECT, root=root), True
+        except VirtnodeError as err:
+            if err.details.get('errno') != errno.EINVAL:
+                raise
+    return fileio.open_beneath(path, flags, root=root), False
 
 
 def read_blocks(path, offset, size):
@@ -129,7 +136,7 @@ def read_blocks(path, offset, size):
             if err.errno != errno.EINVAL or not direct:
                 raise
             os.close(fd)
-            fd, direct = os.open(path, os.O_RDONLY | _CLOEXEC), False
+            fd, direct = _open(path, os.O_RDONLY, direct=False)
             got = os.preadv(fd, [buf], offset)
         data = buf[:got]
         buf.close()
@@ -153,7 +160,7 @@ def write_block(path, offset, data):
             if err.errno != errno.EINVAL or not direct:
                 raise
             os.close(fd)
-            fd = os.open(path, os.O_WRONLY | _CLOEXEC)
+            fd, direct = _open(path, os.O_WRONLY, direct=False)
             written = os.pwrite(fd, buf, offset)
         buf.close()
         if written != len(data):

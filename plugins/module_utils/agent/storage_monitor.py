@@ -27,6 +27,7 @@ import threading
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -109,25 +110,12 @@ def list_domains_in_mount(mount_dir):
 
 
 def read_metadata(path):
-    """Read and check one domain's metadata; returns the raw dict."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
-    try:
-        chunks = []
-        size = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_METADATA_BYTES:
-                raise VirtnodeError('%s is larger than %d bytes' % (path, MAX_METADATA_BYTES))
-    finally:
-        os.close(fd)
-    try:
-        text = b''.join(chunks).decode('utf-8')
-    except UnicodeDecodeError as err:
-        raise VirtnodeError('%s is not UTF-8 text' % path) from err
+    """Read and check one domain's metadata (``<domain>/dom_md/metadata``); returns the raw dict.
+
+    Through the one reader of shared storage: no link below the domain is
+    followed, a FIFO or device is refused, at most MAX_METADATA_BYTES are read.
+    """
+    text = fileio.read_text(path, limit=MAX_METADATA_BYTES, root=os.path.dirname(os.path.dirname(path)))
     pairs = sd_metadata.parse(text)
     sd_metadata.DomainMetadata.from_dict(pairs)
     return pairs
@@ -137,7 +125,7 @@ def _error_code(err):
     if isinstance(err, OSError):
         return err.errno or CODE_IO
     if isinstance(err, VirtnodeError):
-        return CODE_INVALID
+        return err.details.get('errno') or CODE_INVALID
     return CODE_IO
 
 

@@ -157,10 +157,6 @@ def md_path(dom_dir):
     return os.path.join(dom_dir, sd_layout.DOM_MD, sd_layout.METADATA_FILE)
 
 
-def dom_md_file(dom_dir, name):
-    return os.path.join(dom_dir, sd_layout.DOM_MD, name)
-
-
 def read_raw(dom_dir):
     return sdm.read_domain_metadata(md_path(dom_dir), timeout=30)
 
@@ -212,7 +208,7 @@ def uses_sanlock(sd_type):
 
 def spm_lease(dom_dir, md):
     """Return ``(path, offset)`` of the SPM lease of a domain."""
-    return dom_md_file(dom_dir, 'leases'), SPM_LEASE_SLOT * md.alignment
+    return sd_layout.dom_md_file(dom_dir, 'leases'), SPM_LEASE_SLOT * md.alignment
 
 
 def lease_areas(dom_dir, md):
@@ -220,10 +216,10 @@ def lease_areas(dom_dir, md):
     if not uses_sanlock(md.sd_type):
         return []
     path, offset = spm_lease(dom_dir, md)
-    areas = [('ids', dom_md_file(dom_dir, 'ids'), 0, md.alignment), ('leases', path, offset, md.alignment)]
-    xleases = dom_md_file(dom_dir, 'xleases')
-    if md.version >= sd_layout.XLEASES_MIN_VERSION and os.path.lexists(xleases):
-        areas.append(('xleases', xleases, xlease.index_offset(md.block_size), xlease.INDEX_SIZE))
+    areas = [('ids', sd_layout.dom_md_file(dom_dir, 'ids'), 0, md.alignment), ('leases', path, offset, md.alignment)]
+    if md.version >= sd_layout.XLEASES_MIN_VERSION and os.path.lexists(os.path.join(dom_dir, sd_layout.DOM_MD, 'xleases')):
+        areas.append(('xleases', sd_layout.dom_md_file(dom_dir, 'xleases'), xlease.index_offset(md.alignment),
+                      xlease.INDEX_SIZE))
     return areas
 
 
@@ -243,7 +239,7 @@ def init_leases(dom_dir, md, io_timeout, areas):
         elif name == 'leases':
             sanlock_lock.write_resource(md.sd_uuid, SPM_RESOURCE, path, offset, md.alignment, md.block_size)
         else:
-            xlease.format_index(path, md.sd_uuid, md.block_size)
+            xlease.format_index(path, md.sd_uuid, md.alignment)
 
 
 def _area_owner(name, path, offset, md):
@@ -255,7 +251,7 @@ def _area_owner(name, path, offset, md):
         found = sanlock_lock.read_resource(path, offset, md.alignment, md.block_size)
         return found and found['resource'] == SPM_RESOURCE and found['lockspace']
     try:
-        return xlease.read_index(path, md.block_size)[0]['lockspace']
+        return xlease.read_index(path, md.alignment)[0]['lockspace']
     except VirtnodeError:
         return None
 
@@ -299,7 +295,7 @@ def format_missing_leases(dom_dir, md, dry_run=False, before_format=None):
     missing = missing_leases(dom_dir, md)
     if dry_run or not missing:
         return missing
-    with domain_lock.lease_format_lock(dom_md_file(dom_dir, 'ids')):
+    with domain_lock.lease_format_lock(sd_layout.dom_md_file(dom_dir, 'ids')):
         missing = missing_leases(dom_dir, md)  # again: another host may have formatted them meanwhile
         crash_point('domain_leases.proven_blank')
         if missing:
@@ -549,9 +545,9 @@ def host_name_of(master_dir, host_id):
     if host_id is None or host_id < 1:
         return None
     try:
-        with open(host_record_path(master_dir, host_id)) as stream:
-            return stream.read().strip() or None
-    except (OSError, VirtnodeError):
+        return fileio.read_text(host_record_path(master_dir, host_id), timeout=10, limit=4096,
+                                root=master_dir).strip() or None
+    except VirtnodeError:
         return None
 
 
@@ -611,7 +607,7 @@ def join_lockspace(dom_dir, md, host_id):
             raise VirtnodeError('this host is in lockspace %s as host %d, not %d: disconnect the pool first'
                                 % (md.sd_uuid, held['host_id'], host_id), {'sd_uuid': md.sd_uuid})
         return False
-    return sanlock_lock.add_lockspace(md.sd_uuid, host_id, dom_md_file(dom_dir, 'ids'), md.io_op_timeout_sec)
+    return sanlock_lock.add_lockspace(md.sd_uuid, host_id, sd_layout.dom_md_file(dom_dir, 'ids'), md.io_op_timeout_sec)
 
 
 def leave_lockspace(sd_uuid):

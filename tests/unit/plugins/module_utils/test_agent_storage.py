@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import threading
 import time
@@ -83,3 +84,28 @@ def test_removed_domain_disappears(tmp_path):
     assert SD in monitor.check()
     shutil.rmtree(str(tmp_path / 'server:_export'))
     assert monitor.check() == {}
+
+
+def test_metadata_planted_as_a_link_or_fifo_is_invalid_and_never_followed(tmp_path):
+    metadata = make_domain(tmp_path)
+    outside = tmp_path / 'outside-metadata'
+    outside.write_bytes(metadata.read_bytes())
+    metadata.unlink()
+    metadata.symlink_to(outside)
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2)
+    stats = monitor.check()
+    assert stats[SD]['valid'] is False and 'link' in stats[SD]['error']
+    metadata.unlink()
+    os.mkfifo(metadata)
+    started = time.monotonic()
+    stats = monitor.check()
+    assert stats[SD]['valid'] is False and 'not a regular file' in stats[SD]['error']
+    assert time.monotonic() - started < 1 and monitor.stuck_workers() == 0
+
+
+def test_metadata_larger_than_the_limit_is_invalid_without_reading_it_all(tmp_path):
+    metadata = make_domain(tmp_path)
+    with open(metadata, 'ab') as stream:
+        stream.truncate(agent_storage.MAX_METADATA_BYTES * 64)
+    stats = agent_storage.StorageMonitor(str(tmp_path), timeout=2).check()
+    assert stats[SD]['valid'] is False and 'larger than' in stats[SD]['error']

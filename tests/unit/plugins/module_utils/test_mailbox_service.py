@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -389,3 +390,45 @@ def test_server_and_requester_share_the_mailbox_host_id_limit(master):
         ms.MailboxServer(master, FakeExtend(), max_hosts=mailbox.MAX_HOST_ID + 1)
     with pytest.raises(VirtnodeError, match='host id'):
         ms.ExtendRequester(master, mailbox.MAX_HOST_ID + 1)
+
+
+@pytest.mark.parametrize('box', ['inbox', 'outbox'])
+@pytest.mark.parametrize('planted', ['link-to-host-file', 'dom-md-link'])
+def test_mailbox_files_planted_as_links_are_never_read_or_written(master, tmp_path, box, planted):
+    # The mailbox is on shared storage: a link there would have the SPM write its replies,
+    # or a host its requests, into a host file.
+    outside = tmp_path / 'host-file'
+    outside.write_bytes(b'host file\n' * 100000)
+    before = outside.read_bytes()
+    dom_md = tmp_path / 'dom_md'
+    if planted == 'link-to-host-file':
+        (dom_md / box).unlink()
+        (dom_md / box).symlink_to(outside)
+    else:
+        real = tmp_path / 'real_dom_md'
+        dom_md.rename(real)
+        (real / box).unlink()
+        (real / box).symlink_to(outside)
+        dom_md.symlink_to(real)
+    path = ms.mailbox_paths(master)[0 if box == 'inbox' else 1]
+    with pytest.raises(VirtnodeError, match='link'):
+        ms.write_block(path, 4096, b'\1' * 4096)
+    with pytest.raises(VirtnodeError, match='link'):
+        ms.read_blocks(path, 0, 4096)
+    events = []
+    server = make_server(master, FakeExtend(), events)
+    server.serve_once()
+    requester = ms.ExtendRequester(master, 2, poll_interval=0.01, io_timeout=2)
+    with pytest.raises(VirtnodeError):
+        requester.request(SD, VOL, 1024, timeout=0.5)
+    assert outside.read_bytes() == before
+    assert [name for name, _fields in events] == [ms.EVENT_IO_ERROR]
+
+
+def test_a_fifo_planted_as_the_inbox_is_refused_without_blocking(master, tmp_path):
+    (tmp_path / 'dom_md' / 'inbox').unlink()
+    os.mkfifo(tmp_path / 'dom_md' / 'inbox')
+    started = time.monotonic()
+    with pytest.raises(VirtnodeError, match='not a regular file'):
+        ms.read_blocks(ms.mailbox_paths(master)[0], 0, 4096)
+    assert time.monotonic() - started < 1

@@ -56,7 +56,7 @@ def test_create_domain_layout_and_leases(mount_root):
     ids = os.path.join(dom_dir, 'dom_md', 'ids')
     leases = os.path.join(dom_dir, 'dom_md', 'leases')
     assert calls == [('write_lockspace', SD, ids, 1, 1048576, 512), ('write_resource', SD, 'SDM', leases, 1048576, 1048576, 512)]
-    assert xlease.read_index(os.path.join(dom_dir, 'dom_md', 'xleases'))[0]['lockspace'] == SD
+    assert xlease.read_index(os.path.join(dom_dir, 'dom_md', 'xleases'), 1048576)[0]['lockspace'] == SD
     assert storage.find_domain(SD) == dom_dir
 
 
@@ -283,7 +283,7 @@ def test_leases_of_a_domain_left_blank_by_a_crash_are_initialised_once(lab_sanlo
     first = domain_state.run_module(_module(state=state))
     assert first['actions'] == ['init_leases'] and first['changed']
     assert sorted(call for call, _path in fake.writes) == ['write_lockspace', 'write_resource']
-    assert xlease.read_index(os.path.join(dom_dir, 'dom_md', 'xleases'))[0]['lockspace'] == SD
+    assert xlease.read_index(os.path.join(dom_dir, 'dom_md', 'xleases'), 1048576)[0]['lockspace'] == SD
     fake.writes.clear()
     again = domain_state.run_module(_module(state=state))
     assert again['actions'] == [] and not again['changed'] and fake.writes == []
@@ -574,3 +574,30 @@ def test_storage_info_names_the_mount_that_does_not_answer(mount_root, monkeypat
             storage_info.run_module(types.SimpleNamespace(params=dict(sd_uuid=SD2, pool_uuid=None, images=True)))
     finally:
         release.set()
+
+
+@pytest.mark.parametrize('planted', ['ids', 'leases', 'xleases'])
+def test_lease_files_planted_as_links_never_reach_sanlock_or_the_index_writer(lab_sanlock, tmp_path, planted):
+    # Every path handed to sanlock (join, SPM lease, formatting) or to the xleases index
+    # writer is checked inside the domain: a link planted by another host or NFS client
+    # would have this host's sanlock write its delta lease or paxos leader into a host file.
+    mount, fake = lab_sanlock
+    dom_dir = _blank_domain(mount)
+    outside = tmp_path / 'host-file'
+    outside.write_bytes(b'host file\n' * 1000)
+    before = outside.read_bytes()
+    link = os.path.join(dom_dir, 'dom_md', planted)
+    os.unlink(link)
+    os.symlink(str(outside), link)
+    md = storage.read_md(dom_dir)
+    calls = [lambda: storage.lease_areas(dom_dir, md),
+             lambda: storage.format_missing_leases(dom_dir, md)]
+    if planted == 'ids':
+        calls.append(lambda: storage.join_lockspace(dom_dir, md, 1))
+    if planted == 'leases':
+        calls.append(lambda: storage.spm_lease(dom_dir, md))
+    for call in calls:
+        with pytest.raises(VirtnodeError, match='link'):
+            call()
+    assert fake.writes == []
+    assert outside.read_bytes() == before
