@@ -37,6 +37,7 @@ METADATA_WRITER = (
 SCRAPE = ("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9177/metrics', timeout=10)"
           ".read().decode(), end='')")
 
+
 @functools.lru_cache(maxsize=None)
 def parser():
     """The unit test's dashboard query parser (tests/unit/test_dashboard.py); it imports the collection's

@@ -40,8 +40,7 @@ def panels(dashboard):
     """Every panel, those inside (collapsed) rows too."""
     for panel in dashboard.get('panels', []):
         yield panel
-        for inner in panel.get('panels', []):
-            yield inner
+        yield from panel.get('panels', [])
 
 
 def queries(dashboard):
