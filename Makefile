@@ -26,13 +26,21 @@ help:
 	@echo "make units | sanity | lint | integration   one part of the suite"
 	@echo "make docs       HTML documentation in $(DOCS_HTML) (docs-test: build and check it)"
 
+# Services of packages installed for their tools only (prometheus: promtool checks the agent's metrics).
+# Masked before apt runs: installing them starts and enables nothing on this machine, nor on the lab
+# hosts that boot systemd over its files; their SysV links are disabled too.
+DEPS_MASKED_SERVICES := prometheus
 # Debian packages: apt runs only when something is missing.
 deps:
+	@mkdir -p /etc/systemd/system; for s in $(DEPS_MASKED_SERVICES); do \
+	  [ -e /etc/systemd/system/$$s.service ] || [ -L /etc/systemd/system/$$s.service ] || \
+	  ln -s /dev/null /etc/systemd/system/$$s.service; done
 	@missing=$$(for p in $$(grep -v '^#' tests/lab/debian-packages.txt); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || echo "$$p"; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  for s in $(DEPS_MASKED_SERVICES); do [ ! -x /etc/init.d/$$s ] || update-rc.d $$s disable >/dev/null 2>&1 || true; done; \
 	fi
 	@$(MAKE) --no-print-directory venv
 

@@ -127,7 +127,7 @@ def test_metrics_endpoint(guest):
     # prometheus_client writes labels sorted by name.
     assert re.search(r'^virtnode_vm_cpu_seconds_total\{uuid="[0-9a-f-]+",vm="%s"\} [0-9.e+]+$' % GUEST, scrape, re.M)
     assert re.search(r'^virtnode_vm_up\{uuid="[0-9a-f-]+",vm="%s"\} 1\.0$' % GUEST, scrape, re.M)
-    assert "virtnode_host_memory_free_bytes " in scrape
+    assert "virtnode_host_memory_available_bytes " in scrape
     assert "virtnode_agent_libvirt_connected 1.0" in scrape
 
 

@@ -57,7 +57,9 @@ STORAGE_SERVER = f"{PREFIX}1"
 MASK_UNITS = ("postgresql.service", "postgresql@.service", "getty@.service", "serial-getty@.service",
               "console-getty.service", "e2scrub_reap.service", "apt-daily.timer",
               "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer", "man-db.timer",
-              "libvirt-guests.service", "systemd-timesyncd.service", "wdmd.service")
+              "libvirt-guests.service", "systemd-timesyncd.service", "wdmd.service",
+              # Installed on this machine for promtool only: no host runs a Prometheus server.
+              "prometheus.service")
 SERVER_ONLY_UNITS = ("nfs-server.service", "dnsmasq.service", "rtslib-fb-targetctl.service")
 
 

@@ -60,7 +60,9 @@ MASK_UNITS = ("postgresql.service", "postgresql@.service", "getty@.service", "co
               "var-lib-nfs-rpc_pipefs.mount", "targetclid.service", "targetclid.socket",
               "multipathd.service", "multipathd.socket", "multipath-tools.service", "dnsmasq.service",
               # No device-mapper in a container: LVM's monitor and event daemon have nothing to watch.
-              "lvm2-monitor.service", "lvm2-lvmpolld.socket", "dm-event.socket", "dm-event.service")
+              "lvm2-monitor.service", "lvm2-lvmpolld.socket", "dm-event.socket", "dm-event.service",
+              # Installed on this machine for promtool only: no host runs a Prometheus server.
+              "prometheus.service")
 BOOT_TIMEOUT = 90
 
 

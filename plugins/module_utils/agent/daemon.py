@@ -167,6 +167,11 @@ class Agent:
     def snapshot(self):
         return self._snapshot
 
+    def metrics_snapshot(self):
+        """The snapshot with the agent's own counters as they are now: thin extensions and ENOSPC
+        pauses happen between samples, and a scrape should not see them an interval late."""
+        return dict(self._snapshot, agent=self._agent_status())
+
     def _publish(self, **parts):
         with self._snapshot_lock:
             new = dict(self._snapshot)
@@ -368,7 +373,7 @@ class Agent:
                                                 connection_timeout=self.config['connection_timeout']))
         if self.config['metrics_enabled']:
             self._servers.append(agent_metrics.serve(self.config['metrics_address'], self.config['metrics_port'],
-                                                     self.snapshot,
+                                                     self.metrics_snapshot,
                                                      max_connections=self.config['metrics_max_connections'],
                                                      connection_timeout=self.config['connection_timeout']))
         if self.config['storage_enabled']:

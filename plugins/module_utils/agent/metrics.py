@@ -9,7 +9,8 @@ through ``prometheus_client`` when it is installed (Debian:
 python3-prometheus-client) and through the small text renderer here
 otherwise. Names follow Prometheus conventions: base units (seconds, bytes),
 ``_total`` for counters, a ``virtnode_`` prefix, labels ``vm``/``uuid``,
-``disk``, ``interface``, ``mode``, ``sd_uuid``.
+``disk``, ``interface``, ``mode``, ``sd_uuid``, ``path``. Durations the agent
+observes (``agent.histogram``) are exported as histograms.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.agent import server a
 
 try:
     from prometheus_client import CollectorRegistry
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.exposition import make_wsgi_app
 except ImportError:
     HAS_PROMETHEUS_CLIENT = False
@@ -67,13 +68,25 @@ def _number(value):
         return None
 
 
+def _histogram(value):
+    """``(((bound, cumulative count), ...), count, sum)`` of a histogram snapshot, or None."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        buckets = tuple((float(bound), float(count)) for bound, count in value['buckets'])
+        return buckets, float(value['count']), float(value['sum'])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class _Builder:
     def __init__(self):
         self.order = []
         self.families = {}
 
     def add(self, name, kind, help_text, labels, label_values, value):
-        value = _number(value)
+        """One sample; for a histogram ``value`` is a ``Histogram.snapshot()`` (None: no sample)."""
+        value = _histogram(value) if kind == 'histogram' else _number(value)
         family = self.families.get(name)
         if family is None:
             family = Family(name, kind, help_text, tuple(labels), [])
@@ -123,8 +136,8 @@ def _vm_families(builder, vms):
 def _host_families(builder, counters):
     for mode, seconds in sorted((counters.get('cpu_seconds') or {}).items()):
         builder.add('virtnode_host_cpu_seconds_total', 'counter', 'Host CPU time by mode.', ('mode',), (mode,), seconds)
-    for key, text in (('memory_total_bytes', 'Host memory.'),
-                      ('memory_free_bytes', 'Host memory available for new work (MemAvailable).'),
+    for key, text in (('memory_total_bytes', 'Host memory (MemTotal).'),
+                      ('memory_available_bytes', 'Host memory available for new work (MemAvailable).'),
                       ('swap_total_bytes', 'Host swap.'), ('swap_free_bytes', 'Free host swap.')):
         builder.add('virtnode_host_' + key, 'gauge', text, (), (), counters.get(key))
     load = counters.get('load') or {}
@@ -153,6 +166,31 @@ def _storage_families(builder, domains):
                     ('sd_uuid',), (sd_uuid,), status.get('last_check'))
 
 
+def _thin_families(builder, thin):
+    """The thin monitor's counters and durations (``ThinMonitor.status()``); nothing when it is off."""
+    if not thin:
+        return
+    builder.add('virtnode_thin_drives', 'gauge', 'Thin block drives of running VMs the agent monitors.', (), (),
+                len(thin.get('drives') or []))
+    builder.add('virtnode_thin_threshold_events_total', 'counter', 'Block threshold events received.', (), (),
+                thin.get('threshold_events'))
+    by_path = thin.get('extensions_by_path') or {}
+    for path in sorted(set(by_path) | {'local', 'mailbox'}):
+        builder.add('virtnode_thin_extensions_total', 'counter',
+                    'Thin volume extensions done, by path (local: this host is SPM; mailbox: through the SPM).',
+                    ('path',), (path,), by_path.get(path, 0))
+    builder.add('virtnode_thin_extension_failures_total', 'counter', 'Thin volume extensions that failed.', (), (),
+                thin.get('failures'))
+    builder.add('virtnode_thin_enospc_pauses_total', 'counter', 'VM pauses on a full thin drive (ENOSPC).', (), (),
+                thin.get('enospc'))
+    builder.add('virtnode_thin_extension_duration_seconds', 'histogram',
+                'Time from the trigger of an extension to the new size seen by libvirt.', (), (),
+                thin.get('extension_seconds'))
+    builder.add('virtnode_spm_mailbox_request_duration_seconds', 'histogram',
+                'Time from asking the SPM for space through the mailbox to its reply.', (), (),
+                thin.get('mailbox_request_seconds'))
+
+
 def families(snapshot):
     """Metric families for ``snapshot`` (the agent's cache: host, vms, storage, agent)."""
     builder = _Builder()
@@ -178,6 +216,7 @@ def families(snapshot):
         _host_families(builder, host['counters'])
     _vm_families(builder, (snapshot.get('vms') or {}).get('vms') or [])
     _storage_families(builder, (snapshot.get('storage') or {}).get('domains') or {})
+    _thin_families(builder, agent.get('thin'))
     return builder.result()
 
 
@@ -198,9 +237,26 @@ def render_text(metric_families):
         lines.append('# HELP %s %s' % (family.name, family.help.replace('\\', '\\\\').replace('\n', '\\n')))
         lines.append('# TYPE %s %s' % (family.name, family.kind))
         for label_values, value in family.samples:
-            labels = ','.join('%s="%s"' % (name, _escape(v)) for name, v in zip(family.labels, label_values))
-            lines.append('%s%s %s' % (family.name, '{%s}' % labels if labels else '', _format_value(value)))
+            pairs = ['%s="%s"' % (name, _escape(v)) for name, v in zip(family.labels, label_values)]
+            if family.kind != 'histogram':
+                lines.append(_sample_line(family.name, pairs, value))
+                continue
+            buckets, count, total = value
+            for bound, cumulative in buckets:
+                lines.append(_sample_line(family.name + '_bucket', pairs + ['le="%s"' % _bound(bound)], cumulative))
+            lines.append(_sample_line(family.name + '_bucket', pairs + ['le="+Inf"'], count))
+            lines.append(_sample_line(family.name + '_sum', pairs, total))
+            lines.append(_sample_line(family.name + '_count', pairs, count))
     return '\n'.join(lines) + '\n'
+
+
+def _sample_line(name, pairs, value):
+    return '%s%s %s' % (name, '{%s}' % ','.join(pairs) if pairs else '', _format_value(value))
+
+
+def _bound(value):
+    """A bucket bound as Prometheus writes it (``0.5``, ``1.0``)."""
+    return repr(float(value))
 
 
 class SnapshotCollector:
@@ -211,6 +267,13 @@ class SnapshotCollector:
 
     def collect(self):
         for family in families(self.get_snapshot()):
+            if family.kind == 'histogram':
+                metric = HistogramMetricFamily(family.name, family.help, labels=list(family.labels))
+                for label_values, (buckets, count, total) in family.samples:
+                    metric.add_metric(list(label_values), [(_bound(bound), cumulative) for bound, cumulative in buckets]
+                                      + [('+Inf', count)], total)
+                yield metric
+                continue
             if family.kind == 'counter':
                 metric = CounterMetricFamily(family.name, family.help, labels=list(family.labels))
             else:

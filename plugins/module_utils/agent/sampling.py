@@ -103,7 +103,7 @@ class HostSampler:
             'cpu_seconds': dict((mode, jiffies[index] / ticks) for index, mode in enumerate(CPU_MODES)
                                 if index < len(jiffies)),
             'memory_total_bytes': kib('MemTotal'),
-            'memory_free_bytes': None if available is None else available * 1024,
+            'memory_available_bytes': None if available is None else available * 1024,
             'swap_total_bytes': kib('SwapTotal'),
             'swap_free_bytes': kib('SwapFree'),
             'load': after['load'],

@@ -59,6 +59,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block as thin_block
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import spm_extend as spm_extend_task
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import histogram as agent_histogram
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -267,6 +268,11 @@ class ThinMonitor:
         self._threads = []
         self._worker_count = workers
         self.counters = {'extensions': 0, 'failures': 0, 'enospc': 0, 'threshold_events': 0}
+        # For the metrics: extensions by path, trigger-to-new-size seconds, and the seconds a
+        # mailbox request took from its write to the SPM's reply.
+        self.extensions_by_path = {'local': 0, 'mailbox': 0}
+        self.extension_seconds = agent_histogram.Histogram()
+        self.mailbox_request_seconds = agent_histogram.Histogram()
 
     def _const(self, name):
         """libvirt's constant ``name``, from the bindings this monitor was given."""
@@ -506,6 +512,10 @@ class ThinMonitor:
             refreshed = self.clock()
             latency = refreshed - started
             self.counters['extensions'] += 1
+            self.extensions_by_path[path] = self.extensions_by_path.get(path, 0) + 1
+            self.extension_seconds.observe(latency)
+            if path == 'mailbox':
+                self.mailbox_request_seconds.observe(granted - asked)
             LOG.info('%s %s: volume %s extended %d -> %d bytes via %s (%s, %.1f ms)', drive.vm_name, drive.target,
                      drive.vol_uuid, physical, new_physical, path, trigger, latency * 1000)
             self.record('volume_extended', kind='thin', vm=drive.vm_name, uuid=drive.vm_uuid, drive=drive.target,
@@ -589,4 +599,7 @@ class ThinMonitor:
         with self._lock:
             drives = [{'vm': d.vm_name, 'uuid': d.vm_uuid, 'drive': d.target, 'vol_uuid': d.vol_uuid, 'state': d.state,
                        'threshold': d.threshold} for d in self.drives.values()]
-        return dict(self.counters, drives=sorted(drives, key=lambda d: (d['vm'] or '', d['drive'])))
+        return dict(self.counters, drives=sorted(drives, key=lambda d: (d['vm'] or '', d['drive'])),
+                    extensions_by_path=dict(self.extensions_by_path),
+                    extension_seconds=self.extension_seconds.snapshot(),
+                    mailbox_request_seconds=self.mailbox_request_seconds.snapshot())

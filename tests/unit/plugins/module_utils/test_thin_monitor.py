@@ -214,6 +214,12 @@ def test_extends_again_while_the_allocation_stays_above_the_threshold():
     # 128 -> 256 (threshold 153.6 MiB < 200), -> 384 (threshold 281.6 MiB).
     assert extender.requests == [(SD, VOL, 256), (SD, VOL, 384)]
     assert [(e['trigger'], e['path']) for e in events] == [('periodic', 'mailbox'), ('again', 'mailbox')]
+    # The metrics' view: two mailbox extensions, each timed from its trigger and its request.
+    status = mon.status()
+    assert status['extensions_by_path'] == {'local': 0, 'mailbox': 2}
+    assert status['extension_seconds']['count'] == status['mailbox_request_seconds']['count'] == 2
+    # The fake clock ticks one second per reading: each extension took more than the request.
+    assert status['extension_seconds']['sum'] > status['mailbox_request_seconds']['sum'] > 0
 
 
 def test_enospc_pause_extends_at_once_and_resumes():
