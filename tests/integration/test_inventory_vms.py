@@ -112,7 +112,7 @@ def guests(lab_hosts, tmp_path_factory):
         first, second = list(lab_hosts)[:2]
         lab_exec(first, "sh", "-c", f"virsh net-destroy {NETWORK}; rm -f {LEASES}; ip link del {BRIDGE}; "
                  f"rm -rf /rhev/data-center/{SP}", check=False)
-        lab_exec(second, "rm", "-rf", f"/rhev/data-center/mnt/lab:_inventory", check=False)
+        lab_exec(second, "rm", "-rf", "/rhev/data-center/mnt/lab:_inventory", check=False)
 
 
 def inventory(tmp_path: Path, config: dict, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -181,7 +181,7 @@ def test_graph_constructed_groups_and_options(guests, tmp_path):
 
 
 def test_unreachable_host_fails_the_source_when_asked(guests, tmp_path):
-    first, _ = guests
+    first = guests[0]
     config = {"hosts": [uri(first), uri(first, port=1)], "fail_on_unreachable": True}
     proc = inventory(tmp_path, config, "--list")
     # The source fails as a whole (none of its VMs), which ansible-inventory warns about...
@@ -192,7 +192,7 @@ def test_unreachable_host_fails_the_source_when_asked(guests, tmp_path):
 
 
 def test_qemu_ssh_uri(guests, tmp_path, inventory_vars):
-    first, _ = guests
+    first = guests[0]
     key = inventory_vars["ansible_ssh_private_key_file"]
     ssh_uri = f"qemu+ssh://root@{first['ansible_host']}/system?keyfile={key}&no_verify=1"
     data = listed(inventory(tmp_path, {"hosts": [ssh_uri], "ip_sources": ["arp"]}, "--list"))
@@ -208,7 +208,7 @@ def inventory_vars(inventory):
 
 
 def test_cache_answers_until_flushed(guests, tmp_path):
-    _, second = guests
+    second = guests[1]
     config = {"hosts": [uri(second)], "cache": True, "cache_plugin": "ansible.builtin.jsonfile",
               "cache_connection": str(tmp_path / "cache"), "cache_timeout": 600}
     before = listed(inventory(tmp_path, config, "--list"))["_meta"]["hostvars"][DOWN]

@@ -220,7 +220,10 @@ def test_the_port_probe_gives_up_after_the_timeout(hosts, monkeypatch):
 def test_a_vm_gone_meanwhile_is_skipped_and_another_error_warned_about(hosts):
     gone = FakeDomain('gone', '31111111-2222-4333-8444-555555555555', gone=True)
     broken = FakeDomain('broken', '41111111-2222-4333-8444-555555555555')
-    broken.XMLDesc = lambda flags=0: (_ for _ in ()).throw(FakeLibvirtError('internal error', code=1))
+
+    def fails(flags=0):
+        raise FakeLibvirtError('internal error', code=1)
+    broken.XMLDesc = fails
     ok = FakeDomain('ok', '51111111-2222-4333-8444-555555555555')
     hosts['qemu+tcp://h1/system'] = ('host1', [gone, broken, ok])
     [host] = inventory_vms.read_hosts(['qemu+tcp://h1/system'], connect_timeout=0)
