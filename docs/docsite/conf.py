@@ -64,9 +64,17 @@ ANSIBLE_LABELS = {
 }
 
 
+# ansible-core's own settings that a plugin's cache options name as environment variables (the
+# inventory_cache fragment of the vms inventory plugin); the collection's own are on its own page.
+ANSIBLE_ENVVARS = ('ANSIBLE_CACHE_PLUGIN', 'ANSIBLE_CACHE_PLUGIN_CONNECTION', 'ANSIBLE_CACHE_PLUGIN_PREFIX',
+                   'ANSIBLE_CACHE_PLUGIN_TIMEOUT')
+
+
 def write_ansible_inventory(app, config):
-    """Write the inventory of ANSIBLE_LABELS (Sphinx inventory format 2) and map it."""
+    """Write the inventory of ANSIBLE_LABELS and ANSIBLE_ENVVARS (Sphinx inventory format 2) and map it."""
     lines = ''.join('%s std:label -1 %s %s\n' % (label, uri, name) for label, (uri, name) in sorted(ANSIBLE_LABELS.items()))
+    lines += ''.join('%s std:envvar 1 reference_appendices/config.html#envvar-%s -\n' % (name, name)
+                     for name in ANSIBLE_ENVVARS)
     path = os.path.join(app.doctreedir, 'ansible_devel.inv')
     os.makedirs(app.doctreedir, exist_ok=True)
     with open(path, 'wb') as inv:

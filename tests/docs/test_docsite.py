@@ -133,3 +133,18 @@ def test_role_page_shows_every_option(role):
 def test_docs_page_is_built(page):
     path = os.path.join(HTML, 'docs', page + '.html')
     assert os.path.isfile(path), 'docs/%s.md has no page in the site (%s)' % (page, path)
+
+
+def test_inventory_plugin_page_shows_its_examples_and_options():
+    with open(os.path.join(ROOT, 'plugins', 'inventory', 'vms.py'), encoding='utf-8') as stream:
+        tree = ast.parse(stream.read())
+    doc = dict((node.targets[0].id, node.value.value) for node in tree.body
+               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+               and node.targets[0].id in ('DOCUMENTATION', 'EXAMPLES'))
+    page = _page('vms_inventory.html')
+    shown = _words(''.join(page.text['examples']))
+    missing = [line.strip() for line in doc['EXAMPLES'].splitlines() if line.strip() and _words(line) not in shown]
+    assert missing == [], 'the Examples section of the vms inventory lacks: %s' % missing[:5]
+    ids = set().union(*page.ids.values())
+    options = yaml.safe_load(doc['DOCUMENTATION'])['options']
+    assert [name for name in options if 'parameter-%s' % name not in ids] == []

@@ -36,6 +36,8 @@ LAYERS = {
     'host': 2, 'network': 2, 'storage': 2,
     'vm': 3,
     'agent': 4,
+    # Controller side: what the virtnode.kvm.vms inventory plugin reads, over libvirt connections to the hosts.
+    'inventory': 5,
 }
 # Imports between packages of one layer, each with its reason; no others.
 SIDEWAYS = {

@@ -70,6 +70,10 @@ VALUES = {
     'VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON': 6,
     'VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD': 24,
     'VIR_CONNECT_LIST_DOMAINS_ACTIVE': 1,
+    # guest addresses (virDomainInterfaceAddressesSource)
+    'VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE': 0,
+    'VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT': 1,
+    'VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP': 2,
     # domain states and lifecycle events (virDomainState, virDomainEventType)
     'VIR_DOMAIN_PAUSED': 3,
     'VIR_DOMAIN_PAUSED_IOERROR': 5,
