@@ -56,12 +56,16 @@ options:
     type: int
     default: 10
   block_size:
-    description: Block size of a new version 5 domain.
+    description:
+      - Block size of a new version 5 domain.
+      - V(4096) only on V(localfs) and GlusterFS domains; VDSM creates and reads NFS and POSIX domains with V(512) only.
     type: int
     choices: [512, 4096]
     default: 512
   alignment:
-    description: Lease alignment of a new version 5 domain, in bytes.
+    description:
+      - Lease alignment of a new version 5 domain, in bytes.
+      - Above V(1048576) only with O(block_size=4096) (sanlock supports 512-byte sectors with 1 MiB only).
     type: int
     choices: [1048576, 2097152, 4194304, 8388608]
     default: 1048576
