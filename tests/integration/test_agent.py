@@ -228,23 +228,25 @@ def test_storage_domain_unreachable_and_back(storage_domain):
 def test_storage_that_hangs_never_blocks_the_agent(storage_domain):
     pid = agent_pid()
     wait_for("the domain valid", lambda: (domain_status() or {}).get("valid"))
-    # A FIFO over the metadata file: opening it blocks like a read from a dead NFS server.
-    lab_exec(HOST, "mkfifo", "/run/agent-test-fifo")
-    lab_exec(HOST, "mount", "--bind", "/run/agent-test-fifo", f"{storage_domain}/metadata")
-    status = wait_for("the read to time out", when(lambda s: s["code"] == 110, domain_status))
-    assert not status["valid"] and status["delay"] >= 2
-    # Everything else keeps answering, fast.
-    started = time.monotonic()
-    assert agent("status")["data"]["libvirt_connected"]
-    assert agent("host")
-    assert time.monotonic() - started < 10
-    # The server comes back: the stuck read completes, the FIFO goes away. The monitor's next
-    # round may open the FIFO again before the umount and pin it: feed it and retry.
-    lab_exec(HOST, "sh", "-c", "for i in $(seq 20); do timeout 2 sh -c 'echo > /run/agent-test-fifo'; "
-             f"umount {storage_domain}/metadata 2>/dev/null && exit 0; sleep 0.2; done; "
-             f"umount {storage_domain}/metadata")
+    # Reads of the metadata block as on a dead NFS server: a FUSE file that never answers a read
+    # (a FIFO or a link would be refused before any read).
+    metadata = f"{storage_domain}/metadata"
+    server = lab_exec(HOST, "/usr/bin/python3", str(REPO / "tests/lab/faulty_file.py"), "hang", metadata).stdout.strip()
+    try:
+        status = wait_for("the read to time out", when(lambda s: s["code"] == 110, domain_status))
+        assert not status["valid"] and status["delay"] >= 2
+        assert agent("status")["data"]["storage_stuck"] >= 1
+        # Everything else keeps answering, fast.
+        started = time.monotonic()
+        assert agent("status")["data"]["libvirt_connected"]
+        assert agent("host")
+        assert time.monotonic() - started < 10
+    finally:
+        # The server goes away for good: the stuck read fails (ENOTCONN) and the mount can go.
+        lab_exec(HOST, "sh", "-c", f"kill {server}; for i in $(seq 50); do umount {metadata} 2>/dev/null && exit 0; "
+                 f"sleep 0.2; done; umount -l {metadata}")
     wait_for("the domain valid again", lambda: (domain_status() or {}).get("valid"))
-    assert agent("status")["data"]["storage_stuck"] == 0
+    wait_for("no read stuck", lambda: agent("status")["data"]["storage_stuck"] == 0)
     assert agent_pid() == pid
 
 

@@ -1,9 +1,10 @@
 """Lease areas on real sanlock: formatted only where provably never written.
 
 Two lab hosts share a posixfs domain. A domain whose leases a crash left blank is repaired by
-``storage_domain state=present``; a live pool's lockspace that another host cannot read (here a
-link planted in place of ``ids``) is never formatted by ``state=imported``: the SPM keeps its
-lease and the SDM lease bytes on storage do not change. Two hosts repairing the same blank domain
+``storage_domain state=present``; a live pool's lockspace that another host cannot read (a link
+planted in place of ``ids``, or an ``ids`` whose reads fail with EIO on that host) is never
+formatted by ``state=imported``: the SPM keeps its lease and the SDM lease bytes on storage do
+not change. Two hosts repairing the same blank domain
 at once format it once.
 """
 
@@ -16,7 +17,9 @@ import re
 import time
 from pathlib import Path
 
-from conftest import (LAB, POOL_SERVER, lab_exec, play_in_background, pool_cleanup_tasks, run_playbook,
+import pytest
+
+from conftest import (LAB, POOL_SERVER, REPO, lab_exec, play_in_background, pool_cleanup_tasks, run_playbook,
                       wait_until_stopped_at_crash_point)
 
 SP = "8c9d0e1f-5a6b-4c7d-8e9f-4a5b6c7d8e94"
@@ -80,28 +83,51 @@ def test_blank_leases_left_by_a_crash_are_repaired_by_present(lab_hosts, tmp_pat
         play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
 
 
-def test_live_leases_another_host_cannot_read_are_never_formatted(lab_hosts, tmp_path):
+def plant_link(host: str) -> callable:
+    """A link to a blank file stands where ids was (sanlock on the first host keeps renewing
+    through the file it opened)."""
+    blank = DOM_MD.parent.parent / "blank-ids"
+    blank.write_bytes(b"")
+    os.rename(DOM_MD / "ids", DOM_MD / "ids.live")
+    os.symlink(blank, DOM_MD / "ids")
+
+    def undo():
+        os.unlink(DOM_MD / "ids")
+        os.rename(DOM_MD / "ids.live", DOM_MD / "ids")
+    return undo
+
+
+def fail_reads_on(host: str) -> callable:
+    """On ``host`` only, every read of ids fails with EIO, as from a failing path to the storage."""
+    ids = lab_exec(host, "sh", "-c", f"ls -d /rhev/data-center/mnt/*{EXPORT}/{SD}/dom_md/ids").stdout.strip()
+    server = lab_exec(host, "/usr/bin/python3", str(REPO / "tests/lab/faulty_file.py"), "eio", ids).stdout.strip()
+    # The first host (and this machine) still read the real lockspace.
+    assert (DOM_MD / "ids").read_bytes()[:4] != b"\0\0\0\0"
+
+    def undo():
+        lab_exec(host, "sh", "-c", f"kill {server}; for i in $(seq 50); do umount {ids} 2>/dev/null && exit 0; "
+                 "sleep 0.2; done; umount -l {ids}")
+    return undo
+
+
+@pytest.mark.parametrize("fault, refusal", [(plant_link, "symbolic link"), (fail_reads_on, "left alone")],
+                         ids=["link", "eio"])
+def test_live_leases_another_host_cannot_read_are_never_formatted(lab_hosts, tmp_path, fault, refusal):
     first, second = list(lab_hosts)[:2]
     play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
     play(tmp_path, "setup", "lab", SETUP)
     try:
         play(tmp_path, "pool", first, POOL_AND_SPM)
         before = sdm_lease_digest()
-        # Another host cannot read the live lockspace: a link to a blank file stands where ids was
-        # (sanlock on the first host keeps renewing through the file it opened).
-        blank = DOM_MD.parent.parent / "blank-ids"
-        blank.write_bytes(b"")
-        os.rename(DOM_MD / "ids", DOM_MD / "ids.live")
-        os.symlink(blank, DOM_MD / "ids")
+        undo = fault(second)
         try:
             out = play(tmp_path, "import-unreadable", second, [
                 {"name": "Import a domain whose lockspace cannot be read",
                  "virtnode.kvm.storage_domain": {"sd_uuid": "{{ sd }}", "server": "{{ export }}", "state": "imported"}},
             ], ok=False)
-            assert "left alone" in out
+            assert refusal in out
         finally:
-            os.unlink(DOM_MD / "ids")
-            os.rename(DOM_MD / "ids.live", DOM_MD / "ids")
+            undo()
         assert sdm_lease_digest() == before, "the live SDM lease was formatted"
         status = lab_exec(first, "sanlock", "client", "status").stdout
         assert f"r {SD}:SDM" in status, status
