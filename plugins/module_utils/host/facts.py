@@ -30,6 +30,7 @@ import uuid
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import scsi_sysfs
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
@@ -315,71 +316,29 @@ def read_iscsi_initiator_name(root='/'):
     return None
 
 
-def _scsi_device(root, name):
-    """``(hctl, sysfs path)`` of block device ``name``'s SCSI device (its ``device`` link names it)."""
-    real = os.path.realpath(os.path.join(host_path(root, '/sys/block'), name, 'device'))
-    return os.path.basename(real), real
-
-
 def read_iscsi_sessions(root='/'):
-    """iSCSI sessions from /sys/class/iscsi_session: target, portal, state and the disks they carry."""
-    base = host_path(root, '/sys/class/iscsi_session')
-    block = host_path(root, '/sys/block')
-    disks = dict((name, _scsi_device(root, name)[1]) for name in list_dir(block) if name.startswith('sd'))
-    sessions = []
-    for name in list_dir(base):
-        session = os.path.join(base, name)
-        connection = None
-        for conn in list_dir(host_path(root, '/sys/class/iscsi_connection')):
-            # connection<session number>:<connection id>
-            if conn.startswith('connection%s:' % name[len('session'):]):
-                connection = os.path.join(host_path(root, '/sys/class/iscsi_connection'), conn)
-                break
-        address = port = None
-        if connection:
-            address = (read_optional_text(os.path.join(connection, 'persistent_address'))
-                       or read_optional_text(os.path.join(connection, 'address')))
-            port = (read_optional_text(os.path.join(connection, 'persistent_port'))
-                    or read_optional_text(os.path.join(connection, 'port')))
-        sessions.append({
-            'id': name,
-            'target': read_optional_text(os.path.join(session, 'targetname')),
-            'portal': '%s:%s' % (address, port) if address and port else None,
-            'iface': read_optional_text(os.path.join(session, 'ifacename')),
-            'state': read_optional_text(os.path.join(session, 'state')),
-            'devices': sorted(disk for disk, real in disks.items() if '/%s/' % name in real),
-        })
-    return sessions
+    """iSCSI sessions: target, portal, state and the disks they carry (read by :mod:`common.scsi_sysfs`)."""
+    return [{
+        'id': session['name'],
+        'target': session['target'],
+        'portal': '%s:%s' % (session['address'], session['port']) if session['address'] and session['port'] else None,
+        'iface': session['iface'],
+        'state': session['state'],
+        'devices': sorted(disk['name'] for disk in session['disks']),
+    } for session in scsi_sysfs.iscsi_sessions(root)]
 
 
 def read_multipath_devices(root='/'):
-    """Multipath devices: device-mapper devices whose uuid starts with ``mpath-``, with their paths."""
-    block = host_path(root, '/sys/block')
-    devices = []
-    for dm_name in list_dir(block):
-        sysdir = os.path.join(block, dm_name)
-        uuid = read_optional_text(os.path.join(sysdir, 'dm', 'uuid')) or ''
-        if not uuid.startswith('mpath-'):
-            continue
-        paths = []
-        for slave in list_dir(os.path.join(sysdir, 'slaves')):
-            device = os.path.join(block, slave, 'device')
-            paths.append({
-                'device': slave,
-                'hctl': _scsi_device(root, slave)[0] if os.path.exists(device) else None,
-                'state': read_optional_text(os.path.join(device, 'state')),
-            })
-        first = os.path.join(block, paths[0]['device'], 'device') if paths else None
-        sectors = read_int(os.path.join(sysdir, 'size'))
-        devices.append({
-            'name': read_optional_text(os.path.join(sysdir, 'dm', 'name')),
-            'wwid': uuid[len('mpath-'):],
-            'dm_device': dm_name,
-            'size_bytes': None if sectors is None else sectors * 512,
-            'vendor': read_optional_text(os.path.join(first, 'vendor')) if first else None,
-            'model': read_optional_text(os.path.join(first, 'model')) if first else None,
-            'paths': paths,
-        })
+    """Multipath devices with their paths (read by :mod:`common.scsi_sysfs`)."""
+    devices = [{
+        'name': found['name'],
+        'wwid': found['wwid'],
+        'dm_device': found['dm'],
+        'size_bytes': found['size_bytes'],
+        'vendor': found['vendor'],
+        'model': found['model'],
+        'paths': [{'device': path['name'], 'hctl': path['hctl'], 'state': path['state']} for path in found['paths']],
+    } for found in scsi_sysfs.multipath_maps(root)]
     return sorted(devices, key=lambda d: d['name'] or '')
 
 
