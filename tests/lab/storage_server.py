@@ -10,7 +10,8 @@ cannot be exported over NFS, and LUN files on the data disk survive the server's
   them as /nfs/export1 and /nfs/export2.
 - iSCSI (LIO through python3-rtslib-fb, saved so it comes back at boot): one target with LUNS
   file-backed LUNs, one portal on the management segment and one on the storage segment, so
-  an initiator logged in to both sees two paths to each LUN (dm-multipath's case).
+  an initiator logged in to both sees two paths to each LUN (dm-multipath's case); and a second
+  target with one small LUN on the same portals that needs CHAP.
 - DHCP (dnsmasq): 10.253.<lab>.0/24 on the VM segment, from the server's eth1.
 
 `ensure(count)` is idempotent and runs on every lab-up, after the kernel hosts booted.
@@ -25,6 +26,10 @@ import kernel_host
 import lab
 
 TARGET_IQN = f"iqn.2026-12.lab.virtnode:storage{lab.LAB_ID}"
+# A second target, with one small LUN, that only lets in initiators that know its CHAP secret.
+CHAP_TARGET_IQN = f"iqn.2026-12.lab.virtnode:chap{lab.LAB_ID}"
+CHAP_USER, CHAP_PASSWORD = "vnlab-initiator", "lab-chap-secret-0"
+CHAP_LUN_SIZE = 64 * 1024 ** 2
 LUNS = 3
 LUN_SIZE = 2 * 1024 ** 3
 EXPORT_ROOT = "/srv/virtnode/nfs"
@@ -49,6 +54,9 @@ def inventory_vars() -> dict:
         "virtnode_lab_iscsi_target": TARGET_IQN,
         "virtnode_lab_iscsi_portals": portals(),
         "virtnode_lab_iscsi_luns": LUNS,
+        "virtnode_lab_iscsi_chap_target": CHAP_TARGET_IQN,
+        "virtnode_lab_iscsi_chap_user": CHAP_USER,
+        "virtnode_lab_iscsi_chap_password": CHAP_PASSWORD,
         "virtnode_lab_dhcp_subnet": kernel_host.DHCP_SUBNET_PREFIX + "0/24",
         "virtnode_lab_dhcp_server": kernel_host.DHCP_SERVER_IP,
         "bootstrap_sanlock_use_watchdog": False,
@@ -63,43 +71,46 @@ cfg = json.loads(sys.argv[1])
 root = RTSRoot()
 changed = False
 stores = {so.name: so for so in root.storage_objects}
-objs = []
-for i in range(cfg["luns"]):
-    name = "lun%d" % i
-    path = "%s/lun%d.img" % (cfg["dir"], i)
-    if name in stores:
-        objs.append(stores[name])
-        continue
-    os.makedirs(cfg["dir"], exist_ok=True)
-    objs.append(FileIOStorageObject(name, path, size=cfg["size"], write_back=False))
-    changed = True
 fabric = FabricModule("iscsi")
 targets = {t.wwn: t for t in fabric.targets}
-if cfg["iqn"] in targets:
-    target = targets[cfg["iqn"]]
-else:
-    target = Target(fabric, cfg["iqn"])
-    changed = True
-tpgs = list(target.tpgs)
-tpg = tpgs[0] if tpgs else TPG(target, 1)
-have = {(p.ip_address, p.port) for p in tpg.network_portals}
-for portal in cfg["portals"]:
-    ip, port = portal.rsplit(":", 1)
-    if (ip, int(port)) not in have:
-        NetworkPortal(tpg, ip, int(port))
+for want in cfg["targets"]:
+    objs = []
+    for name in want["luns"]:
+        if name in stores:
+            objs.append(stores[name])
+            continue
+        os.makedirs(cfg["dir"], exist_ok=True)
+        objs.append(FileIOStorageObject(name, "%s/%s.img" % (cfg["dir"], name), size=want["size"], write_back=False))
         changed = True
-luns = {lun.storage_object.name for lun in tpg.luns}
-for i, so in enumerate(objs):
-    if so.name not in luns:
-        LUN(tpg, i, so)
+    if want["iqn"] in targets:
+        target = targets[want["iqn"]]
+    else:
+        target = Target(fabric, want["iqn"])
         changed = True
-# A lab target: any initiator, no CHAP, writable.
-for attr, value in (("generate_node_acls", "1"), ("demo_mode_write_protect", "0"),
-                    ("authentication", "0"), ("cache_dynamic_acls", "1")):
-    if tpg.get_attribute(attr) != value:
-        tpg.set_attribute(attr, value)
+    tpgs = list(target.tpgs)
+    tpg = tpgs[0] if tpgs else TPG(target, 1)
+    have = {(p.ip_address, p.port) for p in tpg.network_portals}
+    for portal in cfg["portals"]:
+        ip, port = portal.rsplit(":", 1)
+        if (ip, int(port)) not in have:
+            NetworkPortal(tpg, ip, int(port))
+            changed = True
+    luns = {lun.storage_object.name for lun in tpg.luns}
+    for i, so in enumerate(objs):
+        if so.name not in luns:
+            LUN(tpg, i, so)
+            changed = True
+    # A lab target: any initiator, writable; CHAP (one user for every initiator) only where asked.
+    chap = want.get("chap")
+    for attr, value in (("generate_node_acls", "1"), ("demo_mode_write_protect", "0"),
+                        ("authentication", "1" if chap else "0"), ("cache_dynamic_acls", "1")):
+        if tpg.get_attribute(attr) != value:
+            tpg.set_attribute(attr, value)
+            changed = True
+    if chap and (tpg.chap_userid, tpg.chap_password) != tuple(chap):
+        tpg.chap_userid, tpg.chap_password = chap
         changed = True
-tpg.enable = True
+    tpg.enable = True
 if changed:
     root.save_to_file()
 print(json.dumps({"changed": changed}))
@@ -119,8 +130,9 @@ def ensure(count: int) -> None:
     dnsmasq = (f"# virtnode lab: DHCP on the VM segment, no DNS\nport=0\ninterface=eth1\nbind-interfaces\n"
                f"dhcp-range={DHCP_RANGE[0]},{DHCP_RANGE[1]},255.255.255.0,{DHCP_LEASE}\n"
                "dhcp-leasefile=/var/lib/misc/dnsmasq.leases\nlog-dhcp\n")
-    config = {"luns": LUNS, "size": LUN_SIZE, "dir": "/srv/virtnode/iscsi", "iqn": TARGET_IQN,
-              "portals": portals()}
+    config = {"dir": "/srv/virtnode/iscsi", "portals": portals(), "targets": [
+        {"iqn": TARGET_IQN, "luns": [f"lun{i}" for i in range(LUNS)], "size": LUN_SIZE},
+        {"iqn": CHAP_TARGET_IQN, "luns": ["chaplun0"], "size": CHAP_LUN_SIZE, "chap": [CHAP_USER, CHAP_PASSWORD]}]}
     script = f"""set -eu
 mkdir -p /etc/exports.d /etc/dnsmasq.d {" ".join(f"{EXPORT_ROOT}/{e}" for e in EXPORTS)}
 chmod 0777 {' '.join(f'{EXPORT_ROOT}/{e}' for e in EXPORTS)}
@@ -144,6 +156,6 @@ python3 -c {kernel_host.shlex.quote(RTSLIB_SCRIPT)} {kernel_host.shlex.quote(jso
     if proc.returncode != 0:
         raise SystemExit(f"lab: storage server {name} failed to set up:\n{proc.stdout}{proc.stderr}\n"
                          f"{kernel_host.diagnose(name)}")
-    lab.log(f"{name}: serving NFS {', '.join(EXPORTS)}, iSCSI {TARGET_IQN} ({LUNS} LUNs on "
-            f"{' and '.join(portals())}), DHCP on {kernel_host.DHCP_SUBNET_PREFIX}0/24 "
+    lab.log(f"{name}: serving NFS {', '.join(EXPORTS)}, iSCSI {TARGET_IQN} ({LUNS} LUNs) and {CHAP_TARGET_IQN} (CHAP) on "
+            f"{' and '.join(portals())}, DHCP on {kernel_host.DHCP_SUBNET_PREFIX}0/24 "
             f"({time.monotonic() - t0:.1f}s)")

@@ -6,6 +6,7 @@
 * ``localfs``: a local directory; a symlink under the mount root points at it.
 * ``posixfs``: ``mount -t <vfstype> -o <options> <spec> <mount point>``.
 * ``nfs``: ``mount -t nfs -o soft,nosharecache,timeo=..,retrans=..[,vers=..]``.
+* ``iscsi`` and ``fcp``: block storage servers, in :mod:`.iscsi`.
 
 The mount point is always ``sd_layout.mount_point(spec)``.
 
@@ -23,10 +24,12 @@ import re
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import iscsi
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 TYPES = ('localfs', 'posixfs', 'nfs')
+BLOCK_TYPES = ('iscsi', 'fcp')
 NFS_VERSIONS = ('3', '4', '4.0', '4.1', '4.2', 'auto')
 # VDSM's NFS defaults: 60 s timeout (in deciseconds), 6 retransmissions.
 DEFAULT_NFS_TIMEO = 600
@@ -196,6 +199,8 @@ def run_module(module):
     """The work of the ``storage_server`` module: connect or disconnect one storage server."""
     params = module.params
     conn_type, spec = params['type'], params['path']
+    if conn_type in BLOCK_TYPES:
+        return _run_block(module)
     validate_spec(conn_type, spec)
     target = sd_layout.mount_point(spec)
     result = {'mount_point': target}
@@ -222,4 +227,15 @@ def run_module(module):
     if module._diff:
         result['diff'] = {'before': {'connected': before}, 'after': {'connected': result['connected']},
                           'before_header': target, 'after_header': target}
+    return result
+
+
+def _run_block(module):
+    params = module.params
+    if params['type'] == 'iscsi':
+        result = iscsi.run_iscsi(params, module.check_mode, module._diff)
+    else:
+        result = iscsi.run_fcp(params, module.check_mode)
+    for warning in result.pop('warnings', []):
+        module.warn(warning)
     return result
