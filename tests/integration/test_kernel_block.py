@@ -431,3 +431,60 @@ def test_host_info_reports_bonds_vlans_iscsi_and_multipath(san, kernel_vars, tmp
         assert dev["name"] == dev["wwid"] and dev["size_bytes"] == 2 * 1024 ** 3 and dev["vendor"] == "LIO-ORG", dev
         assert all(p["state"] == "running" and p["device"] in session_devices for p in dev["paths"]), dev
         assert len({p["hctl"].rsplit(":", 1)[1] for p in dev["paths"]}) == 1, dev  # one LUN
+
+
+LUN_INFO = """\
+- name: lun_info
+  hosts: %(hosts)s
+  gather_facts: false
+  tasks:
+    - name: Every LUN
+      virtnode.kvm.lun_info:
+      register: every
+    - name: One LUN and one this host does not see
+      virtnode.kvm.lun_info:
+        guids: ["%(guid)s", "36001405ffffffffffffffffffffffff9"]
+      register: some
+    - name: Keep them for the test
+      ansible.builtin.copy:
+        content: "{{ {'every': every, 'some': some} | to_json }}"
+        dest: "%(dest)s/{{ inventory_hostname }}.json"
+        mode: "0600"
+      delegate_to: localhost
+"""
+
+
+def test_lun_info_lists_each_lun_once_with_its_paths_and_the_domain_using_it(san, tmp_path):
+    cfg = san["cfg"]
+    first_map = san["maps"][san["hosts"][0]]
+    guid = sorted(first_map)[0]
+    playbook = tmp_path / "lun_info.yml"
+    playbook.write_text(LUN_INFO % {"hosts": ",".join(san["hosts"]), "guid": guid, "dest": tmp_path})
+    proc = run_playbook(playbook, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-10000:]
+    # The LVM test (run before this one) left the domain's VG on the last LUN.
+    vg_lun = lun_device(san).rsplit("/", 1)[1] if cfg.get("pv") else None
+    serials = {}
+    for host in san["hosts"]:
+        answer = json.loads((tmp_path / f"{host}.json").read_text())
+        luns = {lun["guid"]: lun for lun in answer["every"]["luns"]}
+        maps = san["maps"][host]
+        assert set(luns) == set(maps), (host, sorted(luns), sorted(maps))
+        for wwid, lun in luns.items():
+            assert sorted(p["name"] for p in lun["paths"]) == maps[wwid]["paths"], (host, lun)
+            assert {p["lun"] for p in lun["paths"]} == set(maps[wwid]["luns"]), (host, lun)
+            assert lun["paths_active"] == len(cfg["portals"]) and lun["capacity"] == 2 * 1024 ** 3, (host, lun)
+            assert lun["vendor_id"] == "LIO-ORG" and lun["serial"], (host, lun)
+            assert {p["type"] for p in lun["paths"]} == {"iscsi"}, (host, lun)
+            assert {p["target"] for p in lun["paths"]} == {cfg["target"]}, (host, lun)
+            assert sorted(f"{p['address']}:{p['port']}" for p in lun["paths"]) == sorted(cfg["portals"]), (host, lun)
+            if wwid == vg_lun:
+                assert (lun["status"], lun["vg_name"], lun["sd_uuid"]) == ("used", SD, SD), (host, lun)
+            elif vg_lun:
+                assert (lun["status"], lun["vg_name"]) == ("free", ""), (host, lun)
+            serials.setdefault(wwid, set()).add(lun["serial"])
+        some = answer["some"]
+        assert [lun["guid"] for lun in some["luns"]] == [guid] and some["missing"] == ["36001405ffffffffffffffffffffffff9"]
+        assert not answer["every"]["changed"]
+    # One LUN, one serial, whichever host asks.
+    assert all(len(found) == 1 for found in serials.values()), serials
