@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """A regular file whose reads hang or fail, mounted over a path (FUSE, no library needed).
 
 Test tooling: a dead NFS server makes ``read()`` of a regular file block, and
@@ -7,8 +6,8 @@ storage, and a FIFO or a link is not the same (the code refuses both before
 reading). This mounts a one-file FUSE file system directly over an existing
 file (``rootmode`` of a regular file), with the size of the file it covers:
 
-    faulty_file.py hang PATH    # every read blocks until this process ends
-    faulty_file.py eio PATH     # every read fails with EIO
+    python3 faulty_file.py hang PATH    # every read blocks until this process ends
+    python3 faulty_file.py eio PATH     # every read fails with EIO
 
 It returns once the mount is in place and keeps serving in the background;
 ``kill`` the pid it prints, then ``umount PATH``. When it ends, reads that
@@ -51,12 +50,12 @@ def serve(fd, mode, st):
             if err.errno == errno.EINTR:
                 continue
             raise
-        _length, opcode, unique, _node, *_ = IN_HEADER.unpack_from(request)
+        opcode, unique = IN_HEADER.unpack_from(request)[1:3]
         body = request[IN_HEADER.size:]
         if opcode in NO_REPLY:
             continue
         if opcode == FUSE_INIT:
-            major, minor, readahead, flags = struct.unpack_from('<IIII', body)
+            readahead = struct.unpack_from('<IIII', body)[2]
             # Protocol 7.19 (a 24-byte answer): enough for a one-file system on any kernel since 3.x.
             reply(fd, unique, struct.pack('<IIIIHHI', 7, 19, readahead, 0, 16, 12, 1 << 17))
         elif opcode == FUSE_GETATTR:

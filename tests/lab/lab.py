@@ -505,7 +505,10 @@ def write_inventory(state: dict, guest: dict) -> None:
     kernel = {name: {"ansible_host": h["ip"], "virtnode_lab_host_uuid": h["uuid"],
                      "virtnode_lab_storage_ip": h["storage_ip"]}
               for name, h in sorted(state.get("kernel_hosts", {}).items(), key=lambda kv: kv[1]["index"])}
-    children = {"lab": {"hosts": hosts, "vars": {"virtnode_lab_shared_dir": str(SHARED_DIR)}}}
+    # Namespace hosts share the machine's /etc: bootstrap must not write its multipath.conf there
+    # (the kernel hosts, with /etc of their own, test it).
+    children = {"lab": {"hosts": hosts, "vars": {"virtnode_lab_shared_dir": str(SHARED_DIR),
+                                                 "bootstrap_block_storage": False}}}
     if kernel:
         import kernel_host
         import storage_server
