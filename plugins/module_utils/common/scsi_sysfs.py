@@ -110,6 +110,11 @@ def _serial(sys_device):
     return page[4:4 + page[3]].decode('ascii', 'replace').strip()
 
 
+def _not_scsi(name):
+    return {'name': name, 'hctl': None, 'sys_device': None, 'lun': None, 'state': None, 'transport': 'other',
+            'session': None}
+
+
 def multipath_maps(root='/'):
     """Every dm-multipath map, sorted by WWID, with its paths (:func:`scsi_disk` entries)."""
     block = under(root, '/sys/block')
@@ -119,9 +124,7 @@ def multipath_maps(root='/'):
         uuid = _text(os.path.join(sysdir, 'dm', 'uuid')) or ''
         if not uuid.startswith('mpath-'):
             continue
-        paths = [scsi_disk(slave, root) or {'name': slave, 'hctl': None, 'sys_device': None, 'lun': None,
-                                             'state': None, 'transport': 'other', 'session': None}
-                 for slave in _list(os.path.join(sysdir, 'slaves'))]
+        paths = [scsi_disk(slave, root) or _not_scsi(slave) for slave in _list(os.path.join(sysdir, 'slaves'))]
         first = next((p['sys_device'] for p in paths if p['sys_device']), None)
         sectors = _int(os.path.join(sysdir, 'size'))
         maps.append({

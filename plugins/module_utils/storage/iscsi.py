@@ -75,7 +75,7 @@ def parse_portal(portal, resolve=socket.getaddrinfo):
     if match:
         host, port = match.group(1), int(match.group(2) or DEFAULT_PORT)
     elif portal.count(':') == 1:
-        host, _, text = portal.partition(':')
+        host, text = portal.split(':')
         if not text.isdigit():
             raise VirtnodeError('portal %r: the port must be a number' % portal, {'field': 'portals'})
         port = int(text)
