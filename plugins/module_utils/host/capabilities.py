@@ -16,7 +16,8 @@ import uuid
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import host_path, list_dir, mib, read_int, read_optional_text
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.readers import host_path, list_dir, read_int, read_optional_text
+from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import mib
 
 
 def normalize_uuid(text):

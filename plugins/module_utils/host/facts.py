@@ -37,7 +37,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host.capabilities import (
     caps_domain_types, caps_machine_types, cpu_info, normalize_uuid, numa_info, parse_capabilities)
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
-from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import available_kib, host_path, list_dir, mib, read_int, read_optional_text
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.readers import host_path, list_dir, read_int, read_optional_text
+from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import available_kib, mib
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import iproute
 
 SECTIONS = ('cpu', 'memory', 'numa', 'network', 'storage', 'versions', 'libvirt', 'stats')

@@ -15,44 +15,11 @@ from __future__ import annotations
 import os
 import subprocess
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.readers import host_path, read_optional_text
+
 COMMAND_TIMEOUT = 10
 # Extra places for admin tools that are not on a non-login PATH.
 _EXTRA_BIN_DIRS = ('/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin')
-
-
-def host_path(root, path):
-    """``path`` (absolute) seen under ``root``."""
-    if not root or root == '/':
-        return path
-    return os.path.join(root, path.lstrip('/'))
-
-
-def read_optional_text(path):
-    """Content of ``path`` stripped of surrounding whitespace, or None when it cannot be read."""
-    try:
-        with open(path, 'rb') as handle:
-            return handle.read().decode('utf-8', 'replace').strip()
-    except (OSError, ValueError):
-        return None
-
-
-def read_int(path):
-    """Integer content of ``path``, or None."""
-    text = read_optional_text(path)
-    if text is None:
-        return None
-    try:
-        return int(text, 0) if text.startswith('0x') else int(text)
-    except ValueError:
-        return None
-
-
-def list_dir(path):
-    """Sorted entries of the directory ``path``; ``[]`` when it cannot be listed."""
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
 
 
 def mib(kib):

@@ -14,9 +14,8 @@ import os
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
-from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import (
-    available_kib, host_path, list_dir, mib, read_int, read_meminfo, read_optional_text,
-)
+from ansible_collections.virtnode.kvm.plugins.module_utils.common.readers import host_path, list_dir, read_int, read_optional_text
+from ansible_collections.virtnode.kvm.plugins.module_utils.host.readers import available_kib, mib, read_meminfo
 
 
 def read_proc_stat(root='/'):

@@ -33,6 +33,7 @@ import re
 import socket
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import scsi_sysfs
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
@@ -126,14 +127,6 @@ def _run(argv, secrets=(), ok=()):
         raise VirtnodeError(err.message, details) from None
 
 
-def _read(path):
-    try:
-        with open(path) as stream:
-            return stream.read().strip()
-    except OSError:
-        return None
-
-
 def sessions(root='/'):
     """Every iSCSI session on this host (``common.scsi_sysfs.iscsi_sessions`` entries)."""
     return scsi_sysfs.iscsi_sessions(root)
@@ -142,7 +135,7 @@ def sessions(root='/'):
 def iscsid_running(proc_root='/proc'):
     """True when an iscsid process runs (read from /proc: no process is started to ask)."""
     for pid in os.listdir(proc_root):
-        if pid.isdigit() and _read(os.path.join(proc_root, pid, 'comm')) == 'iscsid':
+        if pid.isdigit() and readers.read_optional_text(os.path.join(proc_root, pid, 'comm')) == 'iscsid':
             return True
     return False
 
@@ -330,13 +323,13 @@ def run_fcp(params, check_mode, root='/'):
     if params['state'] == 'disconnected':
         return result  # FC has no session to end: disconnecting changes nothing, as in VDSM
     if not hosts:
-        raise VirtnodeError('this host has no Fibre Channel HBA (%s is empty)' % scsi_sysfs.under(root, FC_HOST_ROOT))
+        raise VirtnodeError('this host has no Fibre Channel HBA (%s is empty)' % readers.host_path(root, FC_HOST_ROOT))
     if check_mode:
         return result  # what a rescan would find cannot be known without one
     before = set(scsi_sysfs.scsi_disk_names(root))
     for host in hosts:
         # '- - -': every channel, target and LUN of the HBA.
-        with open(os.path.join(scsi_sysfs.under(root, SCSI_HOST_ROOT), host, 'scan'), 'w') as scan:
+        with open(os.path.join(readers.host_path(root, SCSI_HOST_ROOT), host, 'scan'), 'w') as scan:
             scan.write('- - -')
     new = sorted(set(scsi_sysfs.scsi_disk_names(root)) - before)
     result.update(changed=bool(new), new_disks=new)

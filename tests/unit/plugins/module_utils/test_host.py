@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import capabilities
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import facts as host
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import readers as soft_readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
 from ansible_collections.virtnode.kvm.plugins.module_utils.network import iproute
@@ -97,18 +98,18 @@ def test_parse_cpu_list(text, expected):
 
 
 def test_read_helpers_fail_soft(tmp_path):
-    assert readers.read_optional_text(str(tmp_path / 'missing')) is None
-    assert readers.read_int(str(tmp_path / 'missing')) is None
+    assert soft_readers.read_optional_text(str(tmp_path / 'missing')) is None
+    assert soft_readers.read_int(str(tmp_path / 'missing')) is None
     path = write(tmp_path, '/value', 'not a number\n')
-    assert readers.read_int(path) is None
-    assert readers.read_optional_text(path) == 'not a number'
+    assert soft_readers.read_int(path) is None
+    assert soft_readers.read_optional_text(path) == 'not a number'
     # A directory cannot be read as a file either.
-    assert readers.read_optional_text(str(tmp_path)) is None
+    assert soft_readers.read_optional_text(str(tmp_path)) is None
 
 
 def test_host_path():
-    assert readers.host_path('/', '/proc/stat') == '/proc/stat'
-    assert readers.host_path('/tmp/x', '/proc/stat') == '/tmp/x/proc/stat'
+    assert soft_readers.host_path('/', '/proc/stat') == '/proc/stat'
+    assert soft_readers.host_path('/tmp/x', '/proc/stat') == '/tmp/x/proc/stat'
 
 
 def test_run_probe_missing_binary():
