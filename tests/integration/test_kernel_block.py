@@ -445,9 +445,14 @@ LUN_INFO = """\
       virtnode.kvm.lun_info:
         guids: ["%(guid)s", "36001405ffffffffffffffffffffffff9"]
       register: some
+    - name: A GUID that is a path
+      virtnode.kvm.lun_info:
+        guids: ["../dm-0"]
+      register: bad
+      ignore_errors: true
     - name: Keep them for the test
       ansible.builtin.copy:
-        content: "{{ {'every': every, 'some': some} | to_json }}"
+        content: "{{ {'every': every, 'some': some, 'bad': bad} | to_json }}"
         dest: "%(dest)s/{{ inventory_hostname }}.json"
         mode: "0600"
       delegate_to: localhost
@@ -486,5 +491,6 @@ def test_lun_info_lists_each_lun_once_with_its_paths_and_the_domain_using_it(san
         some = answer["some"]
         assert [lun["guid"] for lun in some["luns"]] == [guid] and some["missing"] == ["36001405ffffffffffffffffffffffff9"]
         assert not answer["every"]["changed"]
+        assert answer["bad"]["failed"] and "LUN GUID" in answer["bad"]["msg"], answer["bad"]
     # One LUN, one serial, whichever host asks.
     assert all(len(found) == 1 for found in serials.values()), serials
