@@ -52,6 +52,7 @@ import threading
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata
@@ -279,8 +280,8 @@ class LvmBackend:
 
     name = 'lvm'
 
-    def __init__(self, runner=run_checked, link_root=LVM_LINK_ROOT, dev_root='/dev'):
-        self.run = runner
+    def __init__(self, runner=command.run_checked, link_root=LVM_LINK_ROOT, dev_root='/dev'):
+        self.lvm = lvm_cmd.Lvm(runner=runner)
         self.link_root = link_root
         self.dev_root = dev_root
 
@@ -296,27 +297,27 @@ class LvmBackend:
         """The LV's device node (a link LVM keeps only while the LV is active on this host)."""
         return os.path.join(self.dev_root, self.lv_name(sd_uuid, vol_uuid))
 
-    def _lvs(self, sd_uuid, vol_uuid, fields):
-        out = self.run(['lvs', '--noheadings', '--nosuffix', '--units', 'b', '--separator', '|',
-                        '-o', fields, self.lv_name(sd_uuid, vol_uuid)])
-        return [part.strip() for part in out.strip().split('|')]
+    def _lvs(self, sd_uuid, vol_uuid, field):
+        rows = self.lvm.report('lvs', field, self.lv_name(sd_uuid, vol_uuid))
+        if not rows:
+            raise VirtnodeError('logical volume %s not found' % self.lv_name(sd_uuid, vol_uuid))
+        return rows[0][field]
 
     def image_of(self, sd_uuid, vol_uuid):
-        tags = self._lvs(sd_uuid, vol_uuid, 'lv_tags')[0].split(',')
+        tags = self._lvs(sd_uuid, vol_uuid, 'lv_tags').split(',')
         for tag in tags:
             if tag.startswith('IU_'):
                 return validate.uuid_str(tag[3:], 'image UUID')
         raise VirtnodeError('logical volume %s has no IU_ image tag' % self.lv_name(sd_uuid, vol_uuid))
 
     def activate(self, sd_uuid, img_uuid, vol_uuid):
-        name = self.lv_name(sd_uuid, vol_uuid)
-        self.run(['lvchange', '--activate', 'y', name])
+        self.lvm.activate(sd_uuid, [vol_uuid])
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
         _set_link(link, self.device(sd_uuid, vol_uuid))
         return link
 
     def deactivate(self, sd_uuid, img_uuid, vol_uuid):
-        self.run(['lvchange', '--activate', 'n', self.lv_name(sd_uuid, vol_uuid)])
+        self.lvm.deactivate(sd_uuid, [vol_uuid])
         _remove_link(self.link_path(sd_uuid, img_uuid, vol_uuid))
 
     def physical_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
@@ -329,7 +330,7 @@ class LvmBackend:
 
     def storage_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
         """Bytes of the LV in the VG metadata on the shared storage (``lvs``)."""
-        return int(self._lvs(sd_uuid, vol_uuid, 'lv_size')[0])
+        return int(self._lvs(sd_uuid, vol_uuid, 'lv_size'))
 
     def capacity(self, sd_uuid, img_uuid, vol_uuid):
         """Virtual size from the volume's qcow2 header.
@@ -342,13 +343,12 @@ class LvmBackend:
         device = self.device(sd_uuid, vol_uuid)
         if os.path.exists(device):
             return qemu_img.virtual_size(device, 'COW')
-        name = self.lv_name(sd_uuid, vol_uuid)
-        self.run(['lvchange', '--activate', 'y', name])
+        self.lvm.activate(sd_uuid, [vol_uuid])
         try:
             return qemu_img.virtual_size(device, 'COW')
         finally:
             try:
-                self.run(['lvchange', '--activate', 'n', name])
+                self.lvm.deactivate(sd_uuid, [vol_uuid])
             except VirtnodeError:
                 pass
 
@@ -357,13 +357,13 @@ class LvmBackend:
         current = self.storage_size(sd_uuid, img_uuid, vol_uuid)
         if size <= current:
             return current
-        self.run(['lvextend', '--autobackup', 'n', '--size', '%dm' % (round_up_mib(size) // MIB),
-                  self.lv_name(sd_uuid, vol_uuid)])
+        self.lvm.run('lvextend', *lvm_cmd.NO_BACKUP, '--size', '%dm' % (round_up_mib(size) // MIB),
+                     self.lv_name(sd_uuid, vol_uuid))
         return self.storage_size(sd_uuid, img_uuid, vol_uuid)
 
     def refresh(self, sd_uuid, img_uuid, vol_uuid):
         # Reloads this host's table from the VG metadata the SPM wrote; the result is what QEMU now sees.
-        self.run(['lvchange', '--refresh', self.lv_name(sd_uuid, vol_uuid)])
+        self.lvm.run('lvchange', '--refresh', self.lv_name(sd_uuid, vol_uuid))
         return self.physical_size(sd_uuid, img_uuid, vol_uuid)
 
 

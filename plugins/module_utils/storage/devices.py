@@ -19,8 +19,8 @@ import re
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import scsi_sysfs
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 
-PVS_TIMEOUT = 60
 _UUID_RE = re.compile(r'\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
 # WWIDs are what multipath names maps by: hex for NAA/EUI ids, printable text for the rest.
 _GUID_RE = re.compile(r'\A[A-Za-z0-9_.:-]{1,128}\Z')
@@ -53,16 +53,10 @@ def multipath_devices(root='/'):
     return found
 
 
-def physical_volumes(run=command.run_checked):
-    """``{device: {'pv_uuid', 'vg_name', 'vg_uuid'}}`` from one read-only ``pvs``."""
-    out = run(['pvs', '--readonly', '--noheadings', '--separator', '|', '-o', 'pv_name,pv_uuid,vg_name,vg_uuid'],
-              PVS_TIMEOUT, label='pvs', install_hint='Debian: lvm2')
-    pvs = {}
-    for line in out.splitlines():
-        fields = [field.strip() for field in line.split('|')]
-        if len(fields) == 4 and fields[0]:
-            pvs[fields[0]] = {'pv_uuid': fields[1], 'vg_name': fields[2], 'vg_uuid': fields[3]}
-    return pvs
+def physical_volumes(devices, run=command.run_checked):
+    """``{device: {'pv_uuid', 'vg_name', 'vg_uuid'}}`` of the PVs on ``devices``, from one read-only ``pvs``."""
+    rows = lvm_cmd.Lvm(devices, run).report('pvs', 'pv_name,pv_uuid,vg_name,vg_uuid')
+    return {row['pv_name']: {key: row[key] for key in ('pv_uuid', 'vg_name', 'vg_uuid')} for row in rows if row['pv_name']}
 
 
 def validate_guids(guids):
@@ -77,7 +71,7 @@ def lun_list(guids=None, root='/', run=command.run_checked):
     """The LUNs (optionally only ``guids``), each with whether LVM uses it and for which storage domain."""
     wanted = validate_guids(guids)
     devices = multipath_devices(root)
-    pvs = physical_volumes(run) if devices else {}
+    pvs = physical_volumes([lun['device'] for lun in devices.values()], run) if devices else {}
     luns = []
     for guid, lun in sorted(devices.items()):
         if wanted and guid not in wanted:

@@ -68,7 +68,9 @@ def sysfs(tmp_path):
 
 
 def pvs_output(argv, timeout, label=None, install_hint=None):
-    assert argv[:2] == ['pvs', '--readonly']
+    # Only the multipath devices are let through LVM's filter.
+    assert argv[:2] == ['pvs', '--config'] and argv[3] == '--readonly', argv
+    assert '"a|^/dev/mapper/%s$|"' % USED in argv[2] and '"r|.*|"' in argv[2], argv[2]
     return '  /dev/mapper/%s|pvuuid-1|%s|vguuid-1\n  /dev/vda2|pvuuid-2|debian-vg|vguuid-2\n' % (USED, SD)
 
 
