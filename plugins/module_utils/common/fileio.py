@@ -148,6 +148,54 @@ def open_beneath(path, flags, root=None, mode=0o600, regular=True, action='open'
     return fd
 
 
+def is_lv_path(path):
+    """True for ``/dev/<vg>/<lv>``: where a block storage domain's areas and volumes are."""
+    parts = os.path.normpath(path).split('/')
+    return len(parts) == 4 and parts[:2] == ['', 'dev'] and all(part not in ('', '.', '..') for part in parts[2:])
+
+
+def _dm_name(rdev):
+    try:
+        with open('/sys/dev/block/%d:%d/dm/name' % (os.major(rdev), os.minor(rdev)), encoding='utf-8') as stream:
+            return stream.read().strip()
+    except OSError:
+        return None
+
+
+def open_logical_volume(path, flags):
+    """Open the active logical volume ``/dev/<vg>/<lv>``; a file descriptor.
+
+    LVM's link must lead to a block device whose device-mapper name is that
+    LV's (``-`` doubled in each part): nothing else on the host is opened in
+    its place, whatever the link says.
+    """
+    if not is_lv_path(path):
+        raise _refuse(path, 'it is not the path of a logical volume (/dev/<vg>/<lv>)')
+    _dev, _top, vg_name, lv_name = os.path.normpath(path).split('/')
+    real = os.path.realpath(path)
+    try:
+        fd = os.open(real, flags | os.O_CLOEXEC)
+    except OSError as err:
+        raise VirtnodeError('cannot open %s: %s (is the logical volume active on this host?)' % (path, err.strerror or err),
+                            {'path': path, 'errno': err.errno}) from err
+    try:
+        st = os.fstat(fd)
+        expected = '%s-%s' % (vg_name.replace('-', '--'), lv_name.replace('-', '--'))  # device-mapper's name of the LV
+        if not stat.S_ISBLK(st.st_mode) or _dm_name(st.st_rdev) != expected:
+            raise _refuse(path, 'it leads to %s, not the device of that logical volume' % real)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_storage(path, flags, root=None, action='open'):
+    """Open a lease area or volume on shared storage: an active LV, else a regular file beneath ``root``."""
+    if is_lv_path(path):
+        return open_logical_volume(path, flags)
+    return open_beneath(path, flags, root=root, action=action)
+
+
 def stat_beneath(path, root=None):
     """``os.stat_result`` of the regular file ``path`` reached without following links below ``root``."""
     fd = open_beneath(path, os.O_RDONLY, root)

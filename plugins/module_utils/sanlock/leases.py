@@ -186,7 +186,7 @@ def give_to_daemon(path, creds=None):
 
     Packaged sanlock runs as its own user (sanlock:sanlock on Debian and EL),
     and lease files made by root with mode 0660 are closed to it: sanlock then
-    fails with ENODEV. A regular file gets the daemon's group and g+rw, as
+    fails with ENODEV. A regular file, or a block domain's LV, gets the daemon's group and g+rw, as
     VDSM's vdsm:kvm files are opened by a sanlock that is a member of kvm.
     The group is numeric on shared storage: every host needs the same gid for it.
     """
@@ -199,7 +199,7 @@ def give_to_daemon(path, creds=None):
         return  # sanlock reports the missing file itself
     if _may_read_write(st, creds):
         return
-    if not stat.S_ISREG(st.st_mode):
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise VirtnodeError(_access_problem(path, creds), {'path': path})
     try:
         os.chown(path, -1, creds[1])
@@ -260,16 +260,16 @@ _DIRECT = getattr(os, 'O_DIRECT', 0)
 
 
 def _open_area(path):
-    # No link is followed: a planted link to a blank file must not pass for
-    # the area. O_DIRECT reads what is on storage, not this host's page cache
+    # No link is followed on a file domain: a planted link to a blank file must not
+    # pass for the area (a block domain's LV is checked to be that LV). O_DIRECT reads what is on storage, not this host's page cache
     # (another host may have just written it); tmpfs refuses it.
     if _DIRECT:
         try:
-            return fileio.open_beneath(path, os.O_RDONLY | _DIRECT)
+            return fileio.open_storage(path, os.O_RDONLY | _DIRECT)
         except VirtnodeError as err:
             if err.details.get('errno') != errno.EINVAL:
                 raise
-    return fileio.open_beneath(path, os.O_RDONLY)
+    return fileio.open_storage(path, os.O_RDONLY)
 
 
 def _area_blank(path, offset, length):

@@ -206,9 +206,31 @@ def uses_sanlock(sd_type):
     return sd_type != 'LOCALFS'
 
 
+# Types whose areas are logical volumes of a VG named after the domain (block_domain.py).
+BLOCK_SD_TYPES = ('ISCSI', 'FCP')
+
+
+def area_path(dom_dir, md, name):
+    """The path of the domain's special area ``name`` (ids, leases, xleases, ...).
+
+    A file domain's ``dom_md/<name>``, checked to be a regular file inside it;
+    a block domain's LV ``/dev/<sd>/<name>`` (``dom_dir`` unused), which every
+    opener checks is that LV.
+    """
+    if md.sd_type in BLOCK_SD_TYPES:
+        return os.path.join('/dev', validate.uuid_str(md.sd_uuid, 'storage domain UUID'), name)
+    return sd_layout.dom_md_file(dom_dir, name)
+
+
 def spm_lease(dom_dir, md):
     """Return ``(path, offset)`` of the SPM lease of a domain."""
-    return sd_layout.dom_md_file(dom_dir, 'leases'), SPM_LEASE_SLOT * md.alignment
+    return area_path(dom_dir, md, 'leases'), SPM_LEASE_SLOT * md.alignment
+
+
+def _has_xleases(dom_dir, md):
+    if md.version < sd_layout.XLEASES_MIN_VERSION:
+        return False
+    return md.sd_type in BLOCK_SD_TYPES or os.path.lexists(os.path.join(dom_dir, sd_layout.DOM_MD, 'xleases'))
 
 
 def lease_areas(dom_dir, md):
@@ -216,10 +238,9 @@ def lease_areas(dom_dir, md):
     if not uses_sanlock(md.sd_type):
         return []
     path, offset = spm_lease(dom_dir, md)
-    areas = [('ids', sd_layout.dom_md_file(dom_dir, 'ids'), 0, md.alignment), ('leases', path, offset, md.alignment)]
-    if md.version >= sd_layout.XLEASES_MIN_VERSION and os.path.lexists(os.path.join(dom_dir, sd_layout.DOM_MD, 'xleases')):
-        areas.append(('xleases', sd_layout.dom_md_file(dom_dir, 'xleases'), xlease.index_offset(md.alignment),
-                      xlease.INDEX_SIZE))
+    areas = [('ids', area_path(dom_dir, md, 'ids'), 0, md.alignment), ('leases', path, offset, md.alignment)]
+    if _has_xleases(dom_dir, md):
+        areas.append(('xleases', area_path(dom_dir, md, 'xleases'), xlease.index_offset(md.alignment), xlease.INDEX_SIZE))
     return areas
 
 
@@ -295,7 +316,7 @@ def format_missing_leases(dom_dir, md, dry_run=False, before_format=None):
     missing = missing_leases(dom_dir, md)
     if dry_run or not missing:
         return missing
-    with domain_lock.lease_format_lock(sd_layout.dom_md_file(dom_dir, 'ids')):
+    with domain_lock.lease_format_lock(area_path(dom_dir, md, 'ids')):
         missing = missing_leases(dom_dir, md)  # again: another host may have formatted them meanwhile
         crash_point('domain_leases.proven_blank')
         if missing:
@@ -607,7 +628,7 @@ def join_lockspace(dom_dir, md, host_id):
             raise VirtnodeError('this host is in lockspace %s as host %d, not %d: disconnect the pool first'
                                 % (md.sd_uuid, held['host_id'], host_id), {'sd_uuid': md.sd_uuid})
         return False
-    return sanlock_lock.add_lockspace(md.sd_uuid, host_id, sd_layout.dom_md_file(dom_dir, 'ids'), md.io_op_timeout_sec)
+    return sanlock_lock.add_lockspace(md.sd_uuid, host_id, area_path(dom_dir, md, 'ids'), md.io_op_timeout_sec)
 
 
 def leave_lockspace(sd_uuid):

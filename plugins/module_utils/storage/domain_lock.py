@@ -143,7 +143,7 @@ def lease_format_lock(ids_path, timeout=LEASE_FORMAT_TIMEOUT):
     """
     def acquire():
         # O_RDWR: NFS grants an exclusive flock only on a file open for writing.
-        fd = fileio.open_beneath(ids_path, os.O_RDWR, action='lock')
+        fd = fileio.open_storage(ids_path, os.O_RDWR, action='lock')
         return _flock_until(fd, time.monotonic() + timeout, _LEASE_FORMAT_POLL, lambda err: VirtnodeError(
             'cannot lock %s to format lease areas (another host formatting them for over %ss?): %s'
             % (ids_path, timeout, err.strerror or err), {'path': ids_path}))

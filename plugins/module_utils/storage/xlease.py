@@ -110,8 +110,9 @@ def parse_records(data, alignment):
 
 
 def _open_in_domain(path, flags):
-    # ``<domain>/dom_md/xleases`` is on shared storage: no link below the domain is followed.
-    return fileio.open_beneath(path, flags, root=os.path.dirname(os.path.dirname(path)))
+    # ``<domain>/dom_md/xleases`` is on shared storage: no link below the domain is followed
+    # (a block domain's ``/dev/<sd>/xleases`` must be that LV).
+    return fileio.open_storage(path, flags, root=os.path.dirname(os.path.dirname(path)))
 
 
 def format_index(path, lockspace, alignment):
