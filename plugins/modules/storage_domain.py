@@ -7,11 +7,17 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: storage_domain
-short_description: Create, attach, activate, detach, import and remove VDSM file storage domains
+short_description: Create, extend, attach, activate, detach, import and remove VDSM storage domains
 version_added: 0.1.0
 description:
-  - Manages a file storage domain (NFS, POSIX or local directory) in VDSM's on-disk format, so oVirt can import
-    domains made here and this module can import domains made by oVirt.
+  - Manages a file storage domain (NFS, POSIX or local directory) or a block storage domain (iSCSI, FC) in VDSM's
+    on-disk format, so oVirt can import domains made here and this module can import domains made by oVirt.
+  - A block domain (O(type=iscsi) or O(type=fcp)) is a volume group named O(sd_uuid) on the LUNs O(luns), in VDSM's
+    block format (metadata in C(MDT_) VG tags with their seal, 128 MiB extents, the special logical volumes
+    C(metadata), C(ids), C(leases), C(inbox), C(outbox), C(xleases) and C(master)). Listing more LUNs for an existing
+    block domain extends it; LUNs are never taken away.
+  - For block domains V(present), V(imported) and V(absent) are available; pool membership of block domains
+    (V(attached), V(active), V(detached)) is not supported yet and fails with a clear message.
   - V(present) creates the domain on a connected storage server - the C(dom_md) files, metadata sealed with
     C(_SHA_CKSUM), the sanlock lockspace on C(dom_md/ids), the SPM lease C(SDM) at 1 x ALIGNMENT of
     C(dom_md/leases) and, for version 4 and later non-local domains, the C(xleases) index.
@@ -28,13 +34,23 @@ options:
   server:
     description:
       - The storage server path as given to M(virtnode.kvm.storage_server) O(virtnode.kvm.storage_server#module:path).
-      - Required for V(present) and V(imported).
+      - Required for V(present) and V(imported) of file domains; not used by block domains.
     type: str
   type:
-    description: Domain type written to the metadata (C(TYPE)).
+    description:
+      - Domain type written to the metadata (C(TYPE)).
+      - V(iscsi) and V(fcp) are block domains on O(luns); the others are file domains on O(server).
     type: str
-    choices: [nfs, posixfs, localfs]
+    choices: [nfs, posixfs, localfs, iscsi, fcp]
     default: posixfs
+  luns:
+    description:
+      - GUIDs (WWIDs, the names of C(/dev/mapper) multipath devices) of the LUNs of a block domain, as
+        M(virtnode.kvm.lun_info) lists them. The first holds the domain's metadata.
+      - Required to create a block domain; GUIDs the domain does not span yet are added to it. At most 10.
+      - A LUN used by another volume group, or with anything built on it, is refused unless O(force).
+    type: list
+    elements: str
   domain_class:
     description: Domain class.
     type: str
@@ -76,6 +92,7 @@ options:
     description:
       - With V(absent), remove the domain even if it has images.
       - With V(imported), take over a domain that still names another pool.
+      - With O(luns), overwrite LUNs that another volume group or anything else uses (what they hold is lost).
     type: bool
     default: false
   state:
@@ -102,8 +119,12 @@ notes:
   - Activating a domain joins its lockspace on this host; other hosts join when they reconnect the pool with
     M(virtnode.kvm.storage_pool).
   - The domain being the pool's master cannot be detached.
+  - A block domain needs LUNs of at least 5 GiB (its special volumes take 4.5 GiB) with 512-byte logical blocks.
+  - Every LVM command on a block domain carries its own configuration (the multipath devices only, no devices file),
+    and reads use C(--readonly); the host's own LVM configuration may hide the LUNs (bootstrap's devices file).
 requirements:
   - python3-sanlock on the managed host (not needed for V(localfs) domains)
+  - lvm2, e2fsprogs and dm-multipath for block domains
 seealso:
   - module: virtnode.kvm.storage_server
   - module: virtnode.kvm.storage_pool
@@ -126,6 +147,15 @@ EXAMPLES = r"""
     pool_uuid: 0b4f2a62-4a44-4d71-8f0d-0ad5b0e3c6a2
     state: active
 
+- name: Create a data domain on two iSCSI LUNs
+  virtnode.kvm.storage_domain:
+    sd_uuid: 7c0e4b1a-2f3d-4e5f-8a9b-0c1d2e3f4a5b
+    type: iscsi
+    luns:
+      - 36001405a1b2c3d4e5f60718293a4b5c6
+      - 36001405b2c3d4e5f60718293a4b5c6d7
+    description: data on the SAN
+
 - name: Import the data domain an old oVirt setup left on another export
   virtnode.kvm.storage_domain:
     server: nfs.example.com:/exports/old
@@ -147,7 +177,7 @@ domain:
       returned: always
       sample: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
     path:
-      description: Domain directory.
+      description: Domain directory (V(null) for block domains).
       type: str
       returned: always
       sample: /rhev/data-center/mnt/nfs.example.com:_exports_data/5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
@@ -172,6 +202,17 @@ domain:
       type: dict
       returned: always
       sample: {CLASS: Data, VERSION: "5"}
+    luns:
+      description: GUIDs of the LUNs a block domain spans, the metadata LUN first.
+      type: list
+      elements: str
+      returned: for block domains
+      sample: [36001405a1b2c3d4e5f60718293a4b5c6]
+    free_bytes:
+      description: Free space (of the file system, or the volume group's free extents).
+      type: int
+      returned: always
+      sample: 3221225472
     images:
       description: Images with their volume chains.
       type: list
@@ -210,6 +251,7 @@ def main():
             io_timeout=dict(type='int', default=10),
             block_size=dict(type='int', default=512, choices=[512, 4096]),
             alignment=dict(type='int', default=1048576, choices=[1048576, 2097152, 4194304, 8388608]),
+            luns=dict(type='list', elements='str'),
             pool_uuid=dict(type='str'),
             force=dict(type='bool', default=False),
             state=dict(type='str', default='present', choices=list(domain_state.STATES)),

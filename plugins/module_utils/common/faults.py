@@ -43,6 +43,11 @@ CRASH_POINTS = {
     'pool_create.metadata': ('storage/domain.py', 'the metadata names the pool, the lease is not released'),
     'spm_start.lease': ('storage/spm.py', 'the holder holds the SDM lease, the pool metadata names no SPM'),
     'spm_start.metadata': ('storage/spm.py', 'the pool metadata names this host, its local state still says contend'),
+    'block_domain_create.vg': ('storage/block_domain.py', 'the VG exists with the unready tag, no LV yet'),
+    'block_domain_create.lvs': ('storage/block_domain.py', 'the special LVs exist, nothing zeroed, no file system on master'),
+    'block_domain_create.metadata': ('storage/block_domain.py', 'the metadata tags are written, the VG is still unready'),
+    'block_domain_create.ready': ('storage/block_domain.py', 'the VG is a storage domain, its lockspace and SPM lease are not'),
+    'block_domain_extend.vg': ('storage/block_domain.py', 'the VG spans the new LUN, the metadata does not map it yet'),
     'network_apply.step': ('network/apply.py', 'a network change is applied partly (fires after its first step)'),
     'network_apply.applied': ('network/setup_networks.py', 'every step is applied, the running config is not written'),
 }

@@ -15,14 +15,17 @@ import os
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 
 # The module's domain types, as the metadata's TYPE spells them.
-TYPE_NAMES = {'nfs': 'NFS', 'posixfs': 'POSIXFS', 'localfs': 'LOCALFS'}
+FILE_TYPE_NAMES = {'nfs': 'NFS', 'posixfs': 'POSIXFS', 'localfs': 'LOCALFS'}
+TYPE_NAMES = dict(FILE_TYPE_NAMES, **block_domain.TYPE_NAMES)
 STATES = ('present', 'absent', 'attached', 'active', 'detached', 'imported')
 # The pool status each membership state asks for (None: not in the pool).
 _MEMBERSHIP = {'attached': storage.STATUS_ATTACHED, 'active': storage.STATUS_ACTIVE, 'detached': None}
@@ -148,9 +151,119 @@ def _check_uuids(params):
         validate.uuid_str(params['pool_uuid'], 'pool_uuid')
 
 
+def _block_format_leases(dry_run):
+    def format_leases(domain, md):
+        return storage.format_missing_leases(None, md, dry_run=dry_run)
+    return format_leases
+
+
+def _block_present(module, domain, vg, actions):
+    """An existing block domain as asked: LUNs added, never-written lease areas formatted."""
+    params = module.params
+    md = domain.read_md(vg)
+    added = block_domain.missing_luns(domain, params['luns'] or [], vg)
+    if added:
+        if md.pool_uuids:
+            spm.require_spm(md.pool_uuids[0])
+        block_domain.lun_devices(added, domain.lvm, params['force'], vg_name=domain.sd_uuid)
+        actions.append('extend')
+        if not module.check_mode:
+            block_domain.extend(domain, added, params['force'])
+    elif not module.check_mode and block_domain.update_pv_mapping(domain):
+        actions.append('update_pv_mapping')  # an extension stopped between vgextend and the metadata
+    sanlock_lock.require_sanlock(module)
+    # The special LVs a connected host needs active (VDSM activates them when it produces the domain).
+    lvs = domain.lvm.lvs(domain.sd_uuid)
+    if any(not lvs.get(name, {}).get('active') for name in domain.host_lvs(md)):
+        actions.append('activate')
+        if not module.check_mode:
+            domain.activate_special(md)
+    if module.check_mode:
+        # Reading the areas needs the LVs active here; check mode activates nothing.
+        active = os.path.exists(storage.area_path(None, md, 'ids'))
+        missing = storage.missing_leases(None, md) if active else []
+    else:
+        missing = storage.format_missing_leases(None, md)
+    if missing:
+        actions.append('init_leases')
+
+
+def run_block_module(module):
+    """The work of the ``storage_domain`` module for iSCSI and FC domains."""
+    params = module.params
+    state = params['state']
+    if state in _MEMBERSHIP:
+        raise VirtnodeError('state=%s is not available for block storage domains yet: only present, imported and absent'
+                            % state, {'field': 'state'})
+    if not params['sd_uuid']:
+        raise VirtnodeError('sd_uuid is required for block storage domains (lun_info names the domain on each LUN)',
+                            {'field': 'sd_uuid'})
+    actions = []
+    result = {'actions': actions}
+    domain = block_domain.BlockDomain(params['sd_uuid'])
+    vg = domain.vg()
+    if vg is not None and block_domain.DOMAIN_TAG not in vg['tags'] and block_domain.UNREADY_TAG not in vg['tags']:
+        raise VirtnodeError('a volume group named %s exists and is not a storage domain: refusing to touch it'
+                            % domain.sd_uuid, {'sd_uuid': domain.sd_uuid})
+    ready = vg is not None and block_domain.DOMAIN_TAG in vg['tags']
+    before = _summary(domain.info()) if ready else None
+    if state == 'absent':
+        if vg is None:
+            # Removed from another host while this one had its LVs active: the mappings go too.
+            stale = lvm_cmd.stale_mappings(domain.sd_uuid)
+            if stale:
+                actions.append('release')
+                if not module.check_mode:
+                    lvm_cmd.remove_mappings(stale)
+        else:
+            if ready:
+                md = domain.read_md(vg)
+                if md.pool_uuids:
+                    raise VirtnodeError('storage domain %s is attached to pool %s: detach it first'
+                                        % (md.sd_uuid, ','.join(md.pool_uuids)), {'sd_uuid': md.sd_uuid})
+                volumes = sorted(domain.volumes())
+                if volumes and not params['force']:
+                    raise VirtnodeError('storage domain %s still has %d volume(s); delete them first or use force'
+                                        % (md.sd_uuid, len(volumes)), {'volumes': volumes})
+                storage.leave_lockspace(md.sd_uuid)
+            actions.append('remove')
+            if not module.check_mode:
+                block_domain.remove(domain)
+    elif ready:
+        _block_present(module, domain, vg, actions)
+    elif state == 'imported':
+        raise VirtnodeError('storage domain %s not found on this host\'s LUNs (connect its storage server; lun_info '
+                            'shows which domain each LUN holds)' % domain.sd_uuid, {'sd_uuid': domain.sd_uuid})
+    else:
+        storage.check_io_timeout(params['io_timeout'])
+        block_domain.check_new(domain.sd_uuid, TYPE_NAMES[params['type']], params['domain_class'], params['description'],
+                               params['version'], params['luns'])
+        block_domain.lun_devices(params['luns'], domain.lvm, params['force'], vg_name=domain.sd_uuid)
+        sanlock_lock.require_sanlock(module)
+        actions.append('create')
+        if not module.check_mode:
+            block_domain.create(domain.sd_uuid, params['luns'], TYPE_NAMES[params['type']], params['description'],
+                                params['version'], params['io_timeout'], params['force'], lvm=domain.lvm,
+                                format_leases=_block_format_leases(False))
+    info = domain.info() if state != 'absent' and (ready or (actions and not module.check_mode)) else None
+    result['domain'] = info
+    if state == 'imported':
+        result['found'] = block_domain.list_domains(domain.lvm)
+    result['changed'] = bool(actions)
+    if module._diff:
+        after = _summary(info) if not module.check_mode else ({'state': state} if actions else before)
+        result['diff'] = {'before': before or {}, 'after': after or {}}
+    return result
+
+
 def run_module(module):
     """The work of the ``storage_domain`` module."""
     params = module.params
+    if params.get('type') in block_domain.TYPE_NAMES:
+        return run_block_module(module)
+    if params.get('luns'):
+        raise VirtnodeError('luns is for iscsi and fcp domains; type=%s domains live on server' % params['type'],
+                            {'field': 'luns'})
     state = params['state']
     actions = []
     result = {'actions': actions}
