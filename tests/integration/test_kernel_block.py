@@ -10,27 +10,19 @@ LV is not active), and vnkern2 sees the new size only after its refresh; then it
 
 The backend runs from a copy of the collection's module_utils in each host's /run, sent over
 SSH, one Python process per list of steps (every fork costs 20-100 ms under User-mode Linux).
-
-Lab specifics stay here: systemd skips multipathd.service in User-mode Linux (its
-ConditionVirtualization), so multipathd is started by hand, and with DM_DISABLE_UDEV=1 because
-this kernel's udev never acknowledges device-mapper events (the lab's lvmlocal.conf does the
-same for LVM). A real host runs both through udev and systemd.
+The SAN set-up and its lab specifics are in kernel_san.py.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import subprocess
-import tarfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, lab_exec, run_playbook
+import kernel_san
+from conftest import lab_exec, run_playbook
+from kernel_san import PY
 
 SD = "8a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c41"
 IMG = "8b2c3d4e-5f6a-4b7c-9d8e-0f1a2b3c4d52"
@@ -39,135 +31,8 @@ NO_PARENT = "00000000-0000-0000-0000-000000000000"
 MIB = 1024 ** 2
 CAPACITY = 1024 * MIB
 EXTENT_MIB = 128  # VDSM's extent size on block domains
-PY = "/usr/bin/python3"
 CODE = "/run/virtnode-kblock"
 BOND, VLAN_ID = "vnbond0", 42
-
-# Logs in to every portal of the target, waits for each LUN's path, starts multipathd, and prints
-# the multipath maps: {wwid: {"dm": "dm-N", "luns": [lun of each path], "paths": [sdX, ...]}}.
-SAN_UP = r"""
-import json, os, subprocess, sys, time
-cfg = json.loads(sys.argv[1])
-def run(*argv, check=True, env=None):
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, **(env or {})))
-    if check and proc.returncode:
-        sys.exit('%s failed (%d): %s' % (' '.join(argv), proc.returncode, proc.stderr or proc.stdout))
-    return proc.stdout
-def sessions():
-    base = '/sys/class/iscsi_session'
-    names = os.listdir(base) if os.path.isdir(base) else []
-    return [s for s in names if open('%s/%s/targetname' % (base, s)).read().strip() == cfg['target']]
-def disks():
-    found = []
-    for dev in os.listdir('/sys/block'):
-        real = os.path.realpath('/sys/block/%s/device' % dev)
-        if dev.startswith('sd') and any('/%s/' % s in real for s in sessions()):
-            found.append((dev, int(os.path.basename(real).split(':')[3])))
-    return found
-def maps():
-    result = {}
-    for dm in os.listdir('/sys/block'):
-        try:
-            uuid = open('/sys/block/%s/dm/uuid' % dm).read().strip()
-        except OSError:
-            continue
-        if uuid.startswith('mpath-'):
-            paths = sorted(os.listdir('/sys/block/%s/slaves' % dm))
-            luns = sorted({int(os.path.basename(os.path.realpath('/sys/block/%s/device' % p)).split(':')[3])
-                           for p in paths})
-            result[uuid[6:]] = {'dm': dm, 'paths': paths, 'luns': luns}
-    return result
-def wait(what, probe, timeout=90):
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            sys.exit('timed out waiting for %s' % what)
-        time.sleep(0.5)
-run('modprobe', '-a', 'iscsi_tcp', 'dm_multipath')
-run('systemctl', 'start', 'iscsid.service')
-if not os.path.exists('/etc/multipath.conf'):
-    # VDSM's choices: every SCSI device is multipathed, devices are named by WWID.
-    with open('/etc/multipath.conf', 'w') as f:
-        f.write('# virtnode test_kernel_block\ndefaults {\n    user_friendly_names no\n    find_multipaths no\n}\n')
-for portal in cfg['portals']:
-    run('iscsiadm', '-m', 'discovery', '-t', 'sendtargets', '-p', portal)
-if len(sessions()) < len(cfg['portals']):
-    run('iscsiadm', '-m', 'node', '-T', cfg['target'], '--login', check=False)
-wait('a session per portal', lambda: len(sessions()) == len(cfg['portals']))
-wait('every LUN on every portal', lambda: len(disks()) == cfg['luns'] * len(cfg['portals']))
-run('udevadm', 'settle', '--timeout=60', check=False)  # multipath reads the WWIDs udev records
-env = {'DM_DISABLE_UDEV': '1'}
-def daemon_running():
-    try:
-        return os.path.exists('/proc/%d' % int(open('/run/multipathd.pid').read()))
-    except (OSError, ValueError):
-        return False
-if not daemon_running():
-    run('multipathd', env=env)
-def complete():
-    found = maps()
-    if len(found) == cfg['luns'] and all(len(m['paths']) == len(cfg['portals']) for m in found.values()):
-        return True
-    run('multipath', '-v0', check=False, env=env)  # a path udev had not finished with is added now
-    return False
-wait('a multipath device per LUN with every path', complete)
-# An interrupted run may have left the test's VG active here (udev can also autoactivate it).
-run('vgchange', '--activate', 'n', cfg['vg'], check=False)
-print(json.dumps(maps()))
-"""
-
-# Undoes SAN_UP and what the LVM test made on one host; each step runs whatever failed before.
-# Phase "lvm": the VG let go of (and, with remove_vg, removed with its PV); phase "san": the rest.
-SAN_DOWN = r"""
-import json, os, subprocess, sys, time
-cfg = json.loads(sys.argv[1])
-def run(*argv):
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=dict(os.environ, DM_DISABLE_UDEV='1'))
-if cfg['phase'] == 'lvm':
-    run('vgchange', '--activate', 'n', cfg['vg'])
-    if cfg.get('remove_vg'):
-        run('vgremove', '--force', '--force', cfg['vg'])
-        if cfg.get('pv'):
-            run('pvremove', '--force', '--force', '--yes', cfg['pv'])
-    sys.exit(0)
-run('multipathd', 'shutdown')
-deadline = time.monotonic() + 30
-while os.path.exists('/run/multipathd.pid') and time.monotonic() < deadline:
-    time.sleep(0.2)
-def mpath_maps():
-    return [d for d in os.listdir('/sys/block') if d.startswith('dm-') and
-            open('/sys/block/%s/dm/uuid' % d).read().startswith('mpath-')]
-# A map a udev worker still has open is not flushed: tried again for a while.
-deadline = time.monotonic() + 30
-while mpath_maps() and time.monotonic() < deadline:
-    run('multipath', '-F')
-    if mpath_maps():
-        time.sleep(0.5)
-run('iscsiadm', '-m', 'node', '-T', cfg['target'], '--logout')
-run('iscsiadm', '-m', 'node', '-T', cfg['target'], '-o', 'delete')
-for portal in cfg['portals']:
-    run('iscsiadm', '-m', 'discoverydb', '-t', 'sendtargets', '-p', portal, '-o', 'delete')
-run('systemctl', 'stop', 'iscsid.service', 'iscsid.socket')
-try:
-    with open('/etc/multipath.conf') as f:
-        ours = f.readline().startswith('# virtnode test_kernel_block')
-    if ours:
-        os.unlink('/etc/multipath.conf')
-except OSError:
-    pass
-for leftover in ('/etc/multipath/wwids', '/etc/multipath/bindings'):
-    try:
-        os.unlink(leftover)
-    except OSError:
-        pass
-try:
-    os.rmdir('/etc/multipath')  # only when empty
-except OSError:
-    pass
-left = [d for d in os.listdir('/sys/block') if d.startswith(('sd', 'dm-'))]
-print(json.dumps({'left': left}))
-"""
 
 # The product's code on the host: steps [[name, args...], ...] -> [result, ...]; stops at the first error.
 STEPS = r"""
@@ -202,34 +67,6 @@ print(json.dumps(results))
 """ % CODE
 
 
-def on_hosts(calls):
-    """Run ``[(host, argv), ...]`` at the same time; their CompletedProcess, in order."""
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(lambda call: lab_exec(call[0], *call[1], check=False, timeout=300), calls))
-
-
-def install_code(hosts: list):
-    """This collection's module_utils in each host's private CODE directory.
-
-    Sent over SSH as a tarball: a kernel host reads the machine's files through hostfs under an
-    overlay, which can keep serving a file's old contents after the collection is rebuilt.
-    """
-    collections = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build")))
-    plugins = "ansible_collections/virtnode/kvm/plugins"
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w:gz") as tar:
-        tar.add(collections / plugins / "module_utils", arcname=f"{plugins}/module_utils",
-                filter=lambda info: None if info.name.endswith(".pyc") else info)
-
-    def send(host):
-        return subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "exec", host, "--", "sh", "-c",
-                               f"rm -rf {CODE} && mkdir -p {CODE} && tar -xzf - -C {CODE}"],
-                              input=data.getvalue(), capture_output=True, timeout=120, check=False)
-    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        for host, proc in zip(hosts, pool.map(send, hosts)):
-            assert proc.returncode == 0, f"{host}: cannot install the code: {proc.stderr.decode(errors='replace')}"
-
-
 def steps(host: str, *todo) -> list:
     """The product's block code run on ``host``: the result of each step; fails on the first error."""
     proc = lab_exec(host, PY, "-c", STEPS, json.dumps(todo), check=False, timeout=300)
@@ -243,33 +80,9 @@ def steps(host: str, *todo) -> list:
 
 @pytest.fixture(scope="module")
 def san(kernel_hosts, kernel_vars):
-    """Both kernel hosts logged in to the lab's iSCSI target on both portals, with dm-multipath."""
-    hosts = list(kernel_hosts)[:2]
-    cfg = {"target": kernel_vars["virtnode_lab_iscsi_target"], "portals": kernel_vars["virtnode_lab_iscsi_portals"],
-           "luns": kernel_vars["virtnode_lab_iscsi_luns"], "vg": SD}
-    started = time.monotonic()
-    install_code(hosts)
-    up = on_hosts([(h, (PY, "-c", SAN_UP, json.dumps(cfg))) for h in hosts])
-    try:
-        for host, proc in zip(hosts, up):
-            assert proc.returncode == 0, f"{host}: iSCSI/multipath setup failed: {proc.stderr}{proc.stdout}"
-        maps = [json.loads(proc.stdout.strip().splitlines()[-1]) for proc in up]
-        print(f"san up on {', '.join(hosts)}: {time.monotonic() - started:.1f}s")
-        yield {"hosts": hosts, "maps": dict(zip(hosts, maps)), "cfg": cfg}
-    finally:
-        teardown(hosts, cfg)
-
-
-def teardown(hosts: list, cfg: dict):
-    # vnkern2 lets go of the VG before vnkern1 removes it; then both leave the target.
-    first, second = hosts
-    lab_exec(second, PY, "-c", SAN_DOWN, json.dumps(dict(cfg, phase="lvm")), check=False, timeout=300)
-    lab_exec(first, PY, "-c", SAN_DOWN, json.dumps(dict(cfg, phase="lvm", remove_vg=True)), check=False, timeout=300)
-    downs = on_hosts([(h, (PY, "-c", SAN_DOWN, json.dumps(dict(cfg, phase="san")))) for h in hosts])
-    for host, proc in zip(hosts, downs):
-        lab_exec(host, "rm", "-rf", CODE, check=False)
-        left = json.loads(proc.stdout)["left"] if proc.returncode == 0 else proc.stderr
-        assert not left, f"{host}: left after teardown: {left}"
+    """Both kernel hosts on the lab's SAN (kernel_san.py); the LVM test's VG goes at the end."""
+    with kernel_san.san_session(kernel_hosts, kernel_vars, [SD], CODE) as session:
+        yield session
 
 
 def test_multipath_gives_one_device_per_lun_with_a_path_per_portal(san):
@@ -285,9 +98,7 @@ def test_multipath_gives_one_device_per_lun_with_a_path_per_portal(san):
 
 def lun_device(san) -> str:
     """The multipath device of the target's last LUN (the same WWID on both hosts)."""
-    lun = san["cfg"]["luns"] - 1
-    wwid = next(w for w, dev in san["maps"][san["hosts"][0]].items() if dev["luns"] == [lun])
-    return f"/dev/mapper/{wwid}"
+    return f"/dev/mapper/{kernel_san.lun_guid(san, san['cfg']['luns'] - 1)}"
 
 
 def test_lvm_backend_activate_extend_refresh_deactivate_across_two_hosts(san):
@@ -428,7 +239,7 @@ def test_host_info_reports_bonds_vlans_iscsi_and_multipath(san, kernel_vars, tmp
         {w: m["paths"] for w, m in maps.items()}, multipath["devices"]
     session_devices = {dev for s in sessions for dev in s["devices"]}
     for dev in multipath["devices"]:
-        assert dev["name"] == dev["wwid"] and dev["size_bytes"] == 2 * 1024 ** 3 and dev["vendor"] == "LIO-ORG", dev
+        assert dev["name"] == dev["wwid"] and dev["size_bytes"] == kernel_vars["virtnode_lab_iscsi_lun_size"] and dev["vendor"] == "LIO-ORG", dev
         assert all(p["state"] == "running" and p["device"] in session_devices for p in dev["paths"]), dev
         assert len({p["hctl"].rsplit(":", 1)[1] for p in dev["paths"]}) == 1, dev  # one LUN
 
@@ -478,7 +289,7 @@ def test_lun_info_lists_each_lun_once_with_its_paths_and_the_domain_using_it(san
         for wwid, lun in luns.items():
             assert sorted(p["name"] for p in lun["paths"]) == maps[wwid]["paths"], (host, lun)
             assert {p["lun"] for p in lun["paths"]} == set(maps[wwid]["luns"]), (host, lun)
-            assert lun["paths_active"] == len(cfg["portals"]) and lun["capacity"] == 2 * 1024 ** 3, (host, lun)
+            assert lun["paths_active"] == len(cfg["portals"]) and lun["capacity"] == cfg["lun_size"], (host, lun)
             assert lun["vendor_id"] == "LIO-ORG" and lun["serial"], (host, lun)
             assert {p["type"] for p in lun["paths"]} == {"iscsi"}, (host, lun)
             assert {p["target"] for p in lun["paths"]} == {cfg["target"]}, (host, lun)

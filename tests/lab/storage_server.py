@@ -31,7 +31,8 @@ CHAP_TARGET_IQN = f"iqn.2026-12.lab.virtnode:chap{lab.LAB_ID}"
 CHAP_USER, CHAP_PASSWORD = "vnlab-initiator", "lab-chap-secret-0"
 CHAP_LUN_SIZE = 64 * 1024 ** 2
 LUNS = 3
-LUN_SIZE = 2 * 1024 ** 3
+# A VDSM block domain's special LVs take 4.5 GiB: each LUN holds one, with room for volumes (sparse files).
+LUN_SIZE = 8 * 1024 ** 3
 EXPORT_ROOT = "/srv/virtnode/nfs"
 EXPORTS = ("export1", "export2")
 V4_ROOT = "/srv/virtnode"
@@ -54,6 +55,7 @@ def inventory_vars() -> dict:
         "virtnode_lab_iscsi_target": TARGET_IQN,
         "virtnode_lab_iscsi_portals": portals(),
         "virtnode_lab_iscsi_luns": LUNS,
+        "virtnode_lab_iscsi_lun_size": LUN_SIZE,
         "virtnode_lab_iscsi_chap_target": CHAP_TARGET_IQN,
         "virtnode_lab_iscsi_chap_user": CHAP_USER,
         "virtnode_lab_iscsi_chap_password": CHAP_PASSWORD,
@@ -76,9 +78,13 @@ targets = {t.wwn: t for t in fabric.targets}
 for want in cfg["targets"]:
     objs = []
     for name in want["luns"]:
-        if name in stores:
+        if name in stores and stores[name].size == want["size"]:
             objs.append(stores[name])
             continue
+        if name in stores:
+            # A lab made when LUNs had another size: the LUN is made again, empty.
+            stores[name].delete()
+            os.unlink("%s/%s.img" % (cfg["dir"], name))
         os.makedirs(cfg["dir"], exist_ok=True)
         objs.append(FileIOStorageObject(name, "%s/%s.img" % (cfg["dir"], name), size=want["size"], write_back=False))
         changed = True

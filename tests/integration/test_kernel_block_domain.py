@@ -1,0 +1,268 @@
+"""Block storage domains (iSCSI) on the lab's kernel hosts, through the storage_domain module.
+
+Both kernel hosts are logged in to the lab's iSCSI target with two paths per LUN (kernel_san.py).
+A domain is created on vnkern1 and checked against VDSM's block format with plain LVM and
+sanlock commands, not with the product's code: the VG and its tags, the metadata seal computed
+here as VDSM computes it, the special LVs with their sizes, the lockspace and the SPM lease, the
+xleases index, the file system on ``master``. vnkern2 then imports it and must write nothing.
+The domain is extended with a second LUN, bad input is refused with the LVM state of both hosts
+unchanged, and the module is killed at each of its crash points: the next run finishes the
+work and the one after changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import kernel_san
+from conftest import REPO, lab_exec, run_playbook
+
+sys.path.insert(0, str(REPO))
+from plugins.module_utils.common.faults import CRASH_POINTS  # noqa: E402  pylint: disable=wrong-import-position
+
+SD_A = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c01"     # the domain every test shares (LUN 0, then 0 and 1)
+SD_B = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c02"     # taken by force from another VG (LUN 2)
+SD_C = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c03"     # crashed at each creation step (LUN 2)
+FOREIGN_VG = "vnlab-foreign"
+CODE = "/run/virtnode-kblockdomain"
+MIB = 1024 ** 2
+NO_DEVICES_FILE = "devices { use_devicesfile=0 }"
+SPECIAL_MIB = {"metadata": 128, "ids": 128, "inbox": 128, "outbox": 128, "leases": 2048, "xleases": 1024, "master": 1024}
+XLEASES_INDEX_MAGIC = 0x12152016
+
+
+@pytest.fixture(scope="module")
+def san(kernel_hosts, kernel_vars):
+    with kernel_san.san_session(kernel_hosts, kernel_vars, [SD_A, SD_B, SD_C, FOREIGN_VG], CODE) as session:
+        session["luns"] = [kernel_san.lun_guid(session, n) for n in range(session["cfg"]["luns"])]
+        yield session
+
+
+def play_on(tmp_path: Path, name: str, hosts: list, tasks: list) -> dict:
+    """Run ``tasks`` on each of ``hosts`` at once (each task may fail); ``{host: [result, ...]}``."""
+    registered = []
+    for index, task in enumerate(tasks):
+        registered.append(dict(task, name=task.get("name", f"step {index}"), register=f"r{index}", ignore_errors=True))
+    names = ", ".join(f"'r{i}': r{i}" for i in range(len(tasks)))
+    registered.append({"name": "Keep the results", "delegate_to": "localhost", "ansible.builtin.copy": {
+        "content": "{{ {%s} | to_json }}" % names, "dest": str(tmp_path / f"{name}-{{{{ inventory_hostname }}}}.json"),
+        "mode": "0600"}})
+    playbook = tmp_path / f"{name}.yml"
+    playbook.write_text(json.dumps([{"name": name, "hosts": ",".join(hosts), "gather_facts": False, "tasks": registered}]))
+    started = time.monotonic()
+    proc = run_playbook(playbook, timeout=900)
+    assert proc.returncode == 0, f"{name}: playbook failed:\n{proc.stdout[-20000:]}"
+    print(f"{name} on {', '.join(hosts)}: {time.monotonic() - started:.1f}s")
+    found = {host: json.loads((tmp_path / f"{name}-{host}.json").read_text()) for host in hosts}
+    return {host: [found[host][f"r{i}"] for i in range(len(tasks))] for host in hosts}
+
+
+def play(tmp_path: Path, name: str, host: str, tasks: list) -> list:
+    """Run ``tasks`` on ``host`` (each may fail); their registered results, in order."""
+    return play_on(tmp_path, name, [host], tasks)[host]
+
+
+def domain(sd_uuid: str, **options) -> dict:
+    return {"virtnode.kvm.storage_domain": {"sd_uuid": sd_uuid, "type": "iscsi", "io_timeout": 1, **options}}
+
+
+def lvm(host: str, *argv: str) -> str:
+    """A plain LVM command on ``host``, seeing every device whatever the host's LVM configuration says."""
+    return lab_exec(host, argv[0], "--config", NO_DEVICES_FILE, *argv[1:], timeout=120).stdout
+
+
+def vg_report(host: str, vg: str) -> dict:
+    out = lvm(host, "vgs", "--noheadings", "--units", "b", "--nosuffix", "--separator", "|",
+              "-o", "vg_tags,vg_extent_size,vg_size,vg_seqno,vg_mda_size,pv_count", vg)
+    tags, extent, size, seqno, mda, pvs = out.strip().split("|")
+    return {"tags": tags.split(","), "extent": int(extent), "size": int(size), "seqno": int(seqno), "mda": int(mda),
+            "pvs": int(pvs)}
+
+
+def lvm_state(host: str) -> str:
+    """Every PV, VG and LV this host sees: what a refused request must leave as it was."""
+    return lvm(host, "pvs", "--noheadings", "-o", "pv_name,vg_name,pv_size,vg_tags,vg_seqno") + \
+        lvm(host, "lvs", "--noheadings", "-o", "vg_name,lv_name,lv_size")
+
+
+def vdsm_metadata(tags: list) -> dict:
+    """The domain metadata in a VG's tags, read and sealed as VDSM reads it (persistent.py, blockSD.py)."""
+    lines = [re.sub(r"&(\d+)&", lambda m: chr(int(m.group(1))), tag[4:]) for tag in tags if tag.startswith("MDT_")]
+    pairs = dict(line.split("=", 1) for line in lines)
+    declared = pairs.pop("_SHA_CKSUM")
+    digest = hashlib.sha1()
+    for key in sorted(pairs):
+        digest.update(f"{key}={pairs[key]}".encode("ascii", "xmlcharrefreplace"))
+    assert declared == digest.hexdigest(), f"seal broken: {declared} != {digest.hexdigest()} ({pairs})"
+    return pairs
+
+
+def check_vdsm_format(host: str, sd: str, luns: list, description: str = "") -> dict:
+    """What VDSM's blockSD.py reads, checked with plain commands on ``host``; the metadata."""
+    vg = vg_report(host, sd)
+    assert "RHAT_storage_domain" in vg["tags"] and "RHAT_storage_domain_UNREADY" not in vg["tags"], vg["tags"]
+    assert vg["extent"] == 128 * MIB and vg["mda"] >= 64 * MIB and vg["pvs"] == len(luns), vg
+    md = vdsm_metadata(vg["tags"])
+    assert {k: md[k] for k in ("SDUUID", "TYPE", "CLASS", "ROLE", "VERSION", "ALIGNMENT", "BLOCK_SIZE", "POOL_UUID")} == {
+        "SDUUID": sd, "TYPE": "ISCSI", "CLASS": "Data", "ROLE": "Regular", "VERSION": "5", "ALIGNMENT": "1048576",
+        "BLOCK_SIZE": "512", "POOL_UUID": ""}, md
+    assert md["DESCRIPTION"] == description and "REMOTE_PATH" not in md and md["VGUUID"]
+    mapped = [dict(item.split(":", 1) for item in md[f"PV{n}"].split(",")) for n in range(len(luns))]
+    assert [pv["pv"] for pv in mapped] == luns and "PV%d" % len(luns) not in md, md
+    assert mapped[0]["mapoffset"] == "0" and all(
+        int(mapped[n]["mapoffset"]) == int(mapped[n - 1]["mapoffset"]) + int(mapped[n - 1]["pecount"]) for n in range(1, len(luns)))
+    report = lvm(host, "lvs", "--noheadings", "--units", "m", "--nosuffix", "--separator", "|", "-o", "lv_name,lv_size", sd)
+    lvs = dict(line.split("|") for line in report.split())
+    assert {name: int(float(size)) for name, size in lvs.items()} == SPECIAL_MIB, lvs
+    # The metadata LV starts at extent 0 of the first LUN, where VDSM maps slot 0.
+    ranges = lvm(host, "lvs", "--noheadings", "-o", "seg_pe_ranges", f"{sd}/metadata").split()
+    assert ranges[0] == f"/dev/mapper/{luns[0]}:0-0", ranges
+    lvm(host, "lvchange", "--activate", "y", *(f"{sd}/{name}" for name in ("ids", "leases", "xleases", "metadata", "master")))
+    try:
+        ids = lab_exec(host, "sanlock", "direct", "read_leader", "-s", f"{sd}:1:/dev/{sd}/ids:0").stdout
+        assert f"space_name {sd}" in ids, ids
+        leader = lab_exec(host, "sanlock", "direct", "read_leader", "-r", f"{sd}:SDM:/dev/{sd}/leases:{MIB}").stdout
+        assert f"space_name {sd}" in leader and "resource_name SDM" in leader, leader
+        index = lab_exec(host, "sh", "-c", f"dd if=/dev/{sd}/xleases bs=512 skip=2048 count=1 status=none | od -An -tx1 -N4").stdout
+        assert struct.unpack(">I", bytes.fromhex(index.replace(" ", "").strip()))[0] == XLEASES_INDEX_MAGIC, index
+        fs = lab_exec(host, "dumpe2fs", "-h", f"/dev/{sd}/master", timeout=60).stdout
+        assert "has_journal" in fs and "extent" not in fs.split("Filesystem features:")[1].split("\n")[0], fs[:800]
+        zeros = lab_exec(host, "sh", "-c", f"dd if=/dev/{sd}/metadata bs=1M count=17 status=none | tr -d '\\000' | wc -c").stdout
+        assert zeros.strip() == "0", "the metadata LV's first 17 MiB are not zeroed"
+    finally:
+        lvm(host, "lvchange", "--activate", "n", f"{sd}/master")
+    return md
+
+
+def test_a_block_domain_in_vdsm_format_that_the_other_host_imports_without_writing(san, tmp_path):
+    first, second = san["hosts"]
+    lun0 = san["luns"][0]
+    create = domain(SD_A, luns=[lun0], description="lab san domain")
+    check, made, again, diff = play(tmp_path, "create", first, [
+        dict(create, check_mode=True), create, create, dict(create, diff=True, check_mode=True)])
+    assert check["changed"] and check["actions"] == ["create"], check
+    assert made["changed"] and made["actions"] == ["create"], made
+    assert not again["changed"] and again["actions"] == [], again
+    assert not diff["changed"] and diff["diff"]["before"] == diff["diff"]["after"], diff
+    info = made["domain"]
+    assert info["luns"] == [lun0] and info["type"] == "ISCSI" and info["special_lvs"]["leases"] == 2048 * MIB, info
+    # Every special LV but ids, inbox and outbox (rounded up to an extent) as VDSM sizes it: 4.5 GiB.
+    assert info["total_bytes"] == vg_report(first, SD_A)["size"] and info["free_bytes"] == info["total_bytes"] - 4608 * MIB
+    md = check_vdsm_format(first, SD_A, [lun0], "lab san domain")
+    assert md == info["metadata"]
+    # vnkern2 finds the domain on its own paths to the LUN and writes nothing to the VG.
+    seqno = vg_report(first, SD_A)["seqno"]
+    imported, again, luns = play(tmp_path, "import", second, [
+        domain(SD_A, state="imported"), domain(SD_A, state="imported"), {"virtnode.kvm.lun_info": {"guids": [lun0]}}])
+    assert not imported.get("failed") and imported["found"] == [SD_A], imported
+    assert imported["actions"] == ["activate"] and again["actions"] == [] and not again["changed"], (imported, again)
+    assert imported["domain"]["metadata"] == info["metadata"]
+    assert luns["luns"][0]["sd_uuid"] == SD_A and luns["luns"][0]["status"] == "used", luns
+    assert vg_report(first, SD_A)["seqno"] == vg_report(second, SD_A)["seqno"] == seqno
+
+
+def test_extending_with_a_second_lun_finishes_after_a_crash_between_vgextend_and_metadata(san, tmp_path):
+    first, second = san["hosts"]
+    lun0, lun1 = san["luns"][:2]
+    extend = domain(SD_A, luns=[lun0, lun1])
+    before = vg_report(first, SD_A)
+    crashed, rerun, third = play(tmp_path, "extend", first, [
+        dict(extend, environment={"VIRTNODE_CRASH_AT": "block_domain_extend.vg"}), extend, extend])
+    assert crashed.get("failed") and not crashed.get("actions"), crashed
+    assert rerun["changed"] and rerun["actions"] == ["update_pv_mapping"], rerun
+    assert not third["changed"], third
+    assert rerun["domain"]["luns"] == [lun0, lun1]
+    assert rerun["domain"]["total_bytes"] == 2 * before["size"]
+    check_vdsm_format(first, SD_A, [lun0, lun1], "lab san domain")
+    # The other host reads the new size from the shared VG metadata.
+    (seen,) = play(tmp_path, "extended-seen", second, [domain(SD_A, state="imported")])
+    assert seen["domain"]["total_bytes"] == 2 * before["size"] and not seen["changed"], seen
+
+
+def test_bad_input_is_refused_and_changes_nothing_on_either_host(san, tmp_path):
+    first = san["hosts"][0]
+    lun0, lun1, lun2 = san["luns"]
+    lvm(first, "pvcreate", "-y", "-ff", f"/dev/mapper/{lun2}")
+    lvm(first, "vgcreate", FOREIGN_VG, f"/dev/mapper/{lun2}")
+    states = {host: lvm_state(host) for host in san["hosts"]}
+    new = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c0f"
+    cases = [
+        (domain(new, luns=[lun2]), f"already used by volume group {FOREIGN_VG}"),
+        (domain(new, luns=[lun0]), f"already used by volume group {SD_A}"),
+        (domain(new, luns=["36001405ffffffffffffffffffffffff9"]), "not visible on this host: 36001405ffffffffffffffffffffffff9"),
+        (domain(new, luns=["../dm-0"]), "WWID multipath names"),
+        (domain(new, luns=[]), "at least one"),
+        (domain(new, luns=[lun2, lun2], force=True), "names a LUN twice"),
+        (domain("9a1b2c3d/../x", luns=[lun2]), "UUID"),
+        (domain(new, luns=[lun2], description="d" * 51, force=True), "at most 50"),
+        (domain(new, luns=[lun2], domain_class="Iso", force=True), "Data domains"),
+        (domain(new, luns=[lun2], io_timeout=0, force=True), "io_timeout"),
+        (domain(new, state="imported"), "not found on this host's LUNs"),
+        (domain(FOREIGN_VG.replace("vnlab-", ""), luns=[lun2]), "UUID"),
+        (domain(SD_A, luns=[lun0, lun1, lun2]), f"already used by volume group {FOREIGN_VG}"),
+        (domain(SD_A, pool_uuid="9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c99", state="attached"), "not available for block"),
+        (domain(SD_A, server="10.0.0.1:/x", type="nfs", luns=[lun2]), "luns is for iscsi and fcp"),
+    ]
+    for host, results in play_on(tmp_path, "bad", san["hosts"], [task for task, _message in cases]).items():
+        for (task, message), result in zip(cases, results):
+            assert result.get("failed") and message in result["msg"], (host, task, result)
+            assert not result.get("changed"), (host, task, result)
+    assert {host: lvm_state(host) for host in san["hosts"]} == states
+
+
+def test_force_takes_a_lun_from_another_volume_group(san, tmp_path):
+    first = san["hosts"][0]
+    lun2 = san["luns"][2]
+    assert FOREIGN_VG in lvm(first, "vgs", "--noheadings", "-o", "vg_name")
+    forced, removed = play(tmp_path, "force", first, [
+        domain(SD_B, luns=[lun2], force=True), domain(SD_B, state="absent")])
+    assert forced["changed"] and forced["actions"] == ["create"], forced
+    assert removed["changed"] and removed["actions"] == ["remove"], removed
+    assert FOREIGN_VG not in lvm(first, "vgs", "--noheadings", "-o", "vg_name")
+
+
+# The extension's point is the extension test's; test_crash_consistency.py leaves all of these to this file.
+@pytest.mark.parametrize("point", sorted(p for p in CRASH_POINTS if p.startswith("block_domain_create.")))
+def test_a_creation_killed_at_each_step_is_finished_by_the_next_run(san, tmp_path, point):
+    first = san["hosts"][0]
+    lun2 = san["luns"][2]
+    create = domain(SD_C, luns=[lun2], force=True)
+    crashed, rerun, third = play(tmp_path, point, first, [
+        dict(create, environment={"VIRTNODE_CRASH_AT": point}), create, create])
+    assert crashed.get("failed"), crashed
+    # Before the ready tag the half-made VG is discarded and the domain made again; after it only the
+    # lease areas, proven blank, are left to write.
+    wanted = ["init_leases"] if point == "block_domain_create.ready" else ["create"]
+    assert rerun["changed"] and rerun["actions"] == wanted, rerun
+    assert not third["changed"] and third["actions"] == [], third
+    check_vdsm_format(first, SD_C, [lun2])
+    (removed,) = play(tmp_path, point + "-remove", first, [domain(SD_C, state="absent")])
+    assert removed["actions"] == ["remove"], removed
+
+
+def test_removal_in_check_mode_then_for_real_wipes_the_luns(san, tmp_path):
+    first, second = san["hosts"]
+    lun0, lun1 = san["luns"][:2]
+    absent = domain(SD_A, state="absent")
+    check, removed, again = play(tmp_path, "remove", first, [dict(absent, check_mode=True), absent, absent])
+    assert check["changed"] and check["actions"] == ["remove"], check
+    assert removed["changed"] and removed["actions"] == ["remove"] and removed["domain"] is None, removed
+    assert not again["changed"], again
+    pvs = lvm(first, "pvs", "--noheadings", "-o", "pv_name")
+    assert lun0 not in pvs and lun1 not in pvs, pvs
+    # vnkern2 still maps the special LVs it activated: absent there lets go of them.
+    gone, released, again = play(tmp_path, "gone", second, [
+        domain(SD_A, state="imported"), domain(SD_A, state="absent"), domain(SD_A, state="absent")])
+    assert gone.get("failed") and "not found" in gone["msg"], gone
+    assert released["changed"] and released["actions"] == ["release"], released
+    assert not again["changed"] and again["actions"] == [], again
+    left = lab_exec(second, "sh", "-c", "cat /sys/block/dm-*/dm/name").stdout.split()
+    assert not [name for name in left if name.startswith(SD_A.replace("-", "--"))], left
