@@ -12,6 +12,8 @@ version_added: 0.1.0
 description:
   - Scans the connected storage servers under C(/rhev/data-center/mnt) for VDSM file storage domains (format 4 and 5)
     and reports their metadata, free space, images and volume chains (sizes, legality, parents).
+  - Also reports the block storage domains (volume groups tagged C(RHAT_storage_domain)) on the LUNs this host sees
+    through dm-multipath, read with read-only LVM commands; none are looked for on a host without multipath devices.
   - With O(pool_uuid), also reports the pool and its SPM status (from sanlock and this host's SPM holder).
   - Never changes anything.
 options:
@@ -67,10 +69,16 @@ domains:
       returned: always
       sample: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
     path:
-      description: Domain directory.
+      description: Domain directory (V(null) for block domains, which are volume groups).
       type: str
       returned: always
       sample: /rhev/data-center/mnt/nfs.example.com:_exports_data/5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    luns:
+      description: For block domains, the GUIDs of their LUNs, the metadata LUN first.
+      type: list
+      elements: str
+      returned: for block domains
+      sample: [36001405a1b2c3d4e5f60718293a4b5c6]
     version:
       description: Format version.
       type: int

@@ -160,12 +160,15 @@ def test_a_block_domain_in_vdsm_format_that_the_other_host_imports_without_writi
     assert md == info["metadata"]
     # vnkern2 finds the domain on its own paths to the LUN and writes nothing to the VG.
     seqno = vg_report(first, SD_A)["seqno"]
-    imported, again, luns = play(tmp_path, "import", second, [
-        domain(SD_A, state="imported"), domain(SD_A, state="imported"), {"virtnode.kvm.lun_info": {"guids": [lun0]}}])
+    imported, again, luns, listed = play(tmp_path, "import", second, [
+        domain(SD_A, state="imported"), domain(SD_A, state="imported"), {"virtnode.kvm.lun_info": {"guids": [lun0]}},
+        {"virtnode.kvm.storage_info": {"sd_uuid": SD_A}}])
     assert not imported.get("failed") and imported["found"] == [SD_A], imported
     assert imported["actions"] == ["activate"] and again["actions"] == [] and not again["changed"], (imported, again)
     assert imported["domain"]["metadata"] == info["metadata"]
     assert luns["luns"][0]["sd_uuid"] == SD_A and luns["luns"][0]["status"] == "used", luns
+    (reported,) = listed["domains"]
+    assert reported["sd_uuid"] == SD_A and reported["luns"] == [lun0] and reported["metadata"] == info["metadata"], listed
     assert vg_report(first, SD_A)["seqno"] == vg_report(second, SD_A)["seqno"] == seqno
 
 
