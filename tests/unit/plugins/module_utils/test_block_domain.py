@@ -210,6 +210,9 @@ def test_create_follows_vdsm_order_and_sizes(san):
     assert ('mkfs.ext3', '-q', '-j', '-E', 'nodiscard', '/dev/%s/master' % SD) in made
     assert ('zero', '/dev/%s/metadata' % SD, 17 * MIB) in made
     assert ('zero', '/dev/%s/inbox' % SD, 4096 * 250) in made
+    # What a reused LUN held where the lease LVs land reads as never written until sanlock formats it.
+    assert {('zero', '/dev/%s/%s' % (SD, name), size) for name, size in (('ids', MIB), ('leases', 2 * MIB),
+                                                                         ('xleases', 3 * MIB))} <= set(made)
     # The metadata is complete before the VG becomes a domain, in one tag change each.
     tag_calls = [call for call in lvm.calls if call[0] == 'change_vg_tags']
     assert len(tag_calls) == 2 and tag_calls[1][2:] == ((block_domain.UNREADY_TAG,), (block_domain.DOMAIN_TAG,))
@@ -297,3 +300,19 @@ def test_lvm_config_lets_only_the_given_devices_through():
     runner = lvm_cmd.Lvm(['/dev/mapper/' + LUN0], lambda argv, *a, **kw: seen.append(argv) or ' a|b \n')
     assert runner.report('vgs', 'vg_name,vg_tags') == [{'vg_name': 'a', 'vg_tags': 'b'}]
     assert seen[0][:2] == ['vgs', '--config'] and seen[0][3] == '--readonly'
+
+
+def test_mappings_left_of_a_vg_removed_elsewhere_are_found_by_name(tmp_path):
+    names = {'dm-0': '36001405aa', 'dm-1': SD.replace('-', '--') + '-ids', 'dm-2': SD.replace('-', '--') + '-' +
+             '6c4d3e2f--1a0b--4c9d--8e7f--6a5b4c3d2e1f', 'dm-3': SD.replace('-', '--') + '--extra-x', 'sda': None}
+    for dev, name in names.items():
+        (tmp_path / 'sys' / 'block' / dev).mkdir(parents=True)
+        if name:
+            (tmp_path / 'sys' / 'block' / dev / 'dm').mkdir()
+            (tmp_path / 'sys' / 'block' / dev / 'dm' / 'name').write_text(name + '\n')
+    found = lvm_cmd.stale_mappings(SD, str(tmp_path))
+    # Another VG whose name starts with this one's ("<sd>-extra") is not this VG's.
+    assert found == sorted([names['dm-1'], names['dm-2']])
+    removed = []
+    lvm_cmd.remove_mappings(found, lambda argv, *a, **kw: removed.append(argv))
+    assert removed == [['dmsetup', 'remove', name] for name in found]
