@@ -45,7 +45,7 @@ notes:
   - PVs are found with the host's own LVM filter and no devices file; run it before LUNs are connected, or at any
     time - LUNs (multipath devices and their partitions) and logical volumes are never listed.
   - A local disk added later must be added with C(lvmdevices --adddev) (or by running this module again).
-  - The C(virtnode.kvm.bootstrap) role runs it with C(bootstrap_lvm_devices_file) (on by default with block storage).
+  - Role M(virtnode.kvm.bootstrap) runs it with C(bootstrap_lvm_devices_file) (on by default with block storage).
 requirements:
   - lvm2 2.03.12 or later (C(lvm lvmdevices))
 seealso:
