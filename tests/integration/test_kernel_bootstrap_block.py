@@ -23,8 +23,7 @@ def play(tmp_path, host: str, name: str, extra_vars: dict) -> dict:
     playbook = tmp_path / f"{name}.yml"
     playbook.write_text(json.dumps([{
         "name": name, "hosts": host, "gather_facts": False,
-        # The LVM devices file has its own test (test_kernel_lvm_devices.py).
-        "vars": dict({"bootstrap_install_packages": False, "bootstrap_lvm_devices_file": False}, **extra_vars),
+        "vars": dict({"bootstrap_install_packages": False}, **extra_vars),
         "tasks": [
             {"name": "bootstrap block storage", "ansible.builtin.include_role": {
                 "name": "virtnode.kvm.bootstrap", "tasks_from": "block_storage.yml"}},
