@@ -57,14 +57,8 @@ def shared_devices(root='/'):
     return ['%s/%s' % (MAPPER_DIR, found['name'] or found['wwid']) for found in scsi_sysfs.multipath_maps(root)]
 
 
-# Lvm(ALL_DEVICES): the host's own filter applies, the devices file does not (lvm_devices.py's view).
-ALL_DEVICES = 'all'
-
-
 def config(devices):
-    """The ``--config`` text that lets LVM see ``devices`` and nothing else (every device: ALL_DEVICES)."""
-    if devices == ALL_DEVICES:
-        return _CONFIG % ''
+    """The ``--config`` text that lets LVM see ``devices`` and nothing else."""
     accept = ''.join('"a|^%s$|", ' % re.escape(device).replace('"', '') for device in sorted(set(devices)))
     return _CONFIG % ('filter=[%s"r|.*|"]' % accept)
 
@@ -73,7 +67,7 @@ class Lvm:
     """LVM commands over a given set of devices (default: every multipath device of this host)."""
 
     def __init__(self, devices=None, runner=command.run_checked):
-        self._devices = devices if devices in (None, ALL_DEVICES) else list(devices)
+        self._devices = None if devices is None else list(devices)
         self.run_checked = runner
 
     @property
