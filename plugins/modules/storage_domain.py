@@ -121,7 +121,7 @@ notes:
   - The domain being the pool's master cannot be detached.
   - A block domain needs LUNs of at least 5 GiB (its special volumes take 4.5 GiB) with 512-byte logical blocks.
   - Every LVM command on a block domain carries its own configuration (the multipath devices only, no devices file),
-    and reads use C(--readonly); the host's own LVM configuration may hide the LUNs (bootstrap's devices file).
+    and reads use C(--readonly); the host's own LVM configuration (a filter or devices file) may hide the LUNs.
 requirements:
   - python3-sanlock on the managed host (not needed for V(localfs) domains)
   - lvm2, e2fsprogs and dm-multipath for block domains

@@ -4,8 +4,8 @@
 """The one runner of LVM commands on shared storage, configured as VDSM configures them.
 
 Block storage domains live on LUNs that every host of a data centre sees. The
-host's own LVM configuration keeps them out of sight (bootstrap's devices
-file or filter: a host never scans or activates what it finds on a LUN or in
+host's own LVM configuration may keep them out of sight (a devices file or
+filter: a host never scans or activates what it finds on a LUN or in
 a guest's disk), so every command here carries its own ``--config``: the
 multipath devices only, no hints, no udev device list, no devices file. Each
 host reads VG metadata with ``--readonly`` (no lock, nothing written back);
