@@ -183,8 +183,8 @@ class BlockDomain:
     def read_md(self, vg=None):
         return sdm.DomainMetadata.from_dict(self.read_raw(vg))
 
-    def write_raw(self, old, new, vg_tags):
-        """Replace the metadata ``old`` by ``new`` (raw dicts) in one tag change."""
+    def write_raw(self, new, vg_tags):
+        """Replace the metadata in ``vg_tags`` by the raw dict ``new`` in one tag change."""
         sdm.DomainMetadata.from_dict(sdm.parse(sdm.serialize(new).decode('utf-8')))
         current = {tag for tag in vg_tags if tag.startswith(METADATA_TAG_PREFIX)}
         wanted = set(metadata_tags(new))
@@ -197,15 +197,10 @@ class BlockDomain:
         """Apply ``{key: value or None}`` to the metadata; True if it changed."""
         vg = self.vg()
         pairs = self.read_raw(vg)
-        new = dict(pairs)
-        for key, value in changes.items():
-            if value is None:
-                new.pop(key, None)
-            else:
-                new[key] = str(value)
+        new = sdm.with_changes(pairs, changes)
         if new == pairs:
             return False
-        return self.write_raw(pairs, new, vg['tags'])
+        return self.write_raw(new, vg['tags'])
 
     # ---------------------------------------------------------------- devices
 

@@ -177,12 +177,7 @@ def update_md(dom_dir, changes):
 
 def _update_md(dom_dir, changes):
     pairs = read_raw(dom_dir)
-    new = dict(pairs)
-    for key, value in changes.items():
-        if value is None:
-            new.pop(key, None)
-        else:
-            new[key] = str(value)
+    new = sdm.with_changes(pairs, changes)
     if new == pairs:
         return False
     sdm.write_domain_metadata(md_path(dom_dir), new)

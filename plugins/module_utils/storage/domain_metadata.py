@@ -153,6 +153,17 @@ def serialize(pairs):
     return ('%s%s=%s\n' % (body, CHECKSUM_KEY, checksum(lines))).encode('utf-8')
 
 
+def with_changes(pairs, changes):
+    """A copy of the raw ``pairs`` with ``{key: value or None}`` applied (None removes the key)."""
+    new = dict(pairs)
+    for key, value in changes.items():
+        if value is None:
+            new.pop(key, None)
+        else:
+            new[key] = str(value)
+    return new
+
+
 def _int_field(pairs, key):
     if key not in pairs:
         raise VirtnodeError('domain metadata lacks %s' % key, {'field': key})

@@ -206,7 +206,8 @@ def run_block_module(module):
         raise VirtnodeError('a volume group named %s exists and is not a storage domain: refusing to touch it'
                             % domain.sd_uuid, {'sd_uuid': domain.sd_uuid})
     ready = vg is not None and block_domain.DOMAIN_TAG in vg['tags']
-    before = _summary(domain.info()) if ready else None
+    before_info = domain.info() if ready else None
+    before = _summary(before_info)
     if state == 'absent':
         if vg is None:
             # Removed from another host while this one had its LVs active: the mappings go too.
@@ -245,7 +246,13 @@ def run_block_module(module):
             block_domain.create(domain.sd_uuid, params['luns'], TYPE_NAMES[params['type']], params['description'],
                                 params['version'], params['io_timeout'], params['force'], lvm=domain.lvm,
                                 format_leases=_block_format_leases(False))
-    info = domain.info() if state != 'absent' and (ready or (actions and not module.check_mode)) else None
+    # The description read before is still true when nothing was (or, in check mode, would have been) done.
+    if state == 'absent' or not (ready or (actions and not module.check_mode)):
+        info = None
+    elif actions and not module.check_mode:
+        info = domain.info()
+    else:
+        info = before_info
     result['domain'] = info
     if state == 'imported':
         result['found'] = block_domain.list_domains(domain.lvm)
