@@ -151,10 +151,9 @@ def _check_uuids(params):
         validate.uuid_str(params['pool_uuid'], 'pool_uuid')
 
 
-def _block_format_leases(dry_run):
-    def format_leases(domain, md):
-        return storage.format_missing_leases(None, md, dry_run=dry_run)
-    return format_leases
+def _block_format_leases(domain, md):  # pylint: disable=unused-argument
+    """A new block domain's lockspace, SDM lease and xleases index (its areas were zeroed at creation)."""
+    return storage.format_missing_leases(None, md)
 
 
 def _block_present(module, domain, vg, actions):
@@ -245,7 +244,7 @@ def run_block_module(module):
         if not module.check_mode:
             block_domain.create(domain.sd_uuid, params['luns'], TYPE_NAMES[params['type']], params['description'],
                                 params['version'], params['io_timeout'], params['force'], lvm=domain.lvm,
-                                format_leases=_block_format_leases(False))
+                                format_leases=_block_format_leases)
     # The description read before is still true when nothing was (or, in check mode, would have been) done.
     if state == 'absent' or not (ready or (actions and not module.check_mode)):
         info = None
