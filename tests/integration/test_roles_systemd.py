@@ -78,6 +78,9 @@ s.close()
 out["tls_port"] = True
 pid = sh("systemctl", "show", "-p", "MainPID", "--value", "sanlock")["out"]
 out["sanlock_argv"] = open("/proc/%s/cmdline" % pid).read().split("\0")
+status = dict(line.split(":", 1) for line in open("/proc/%s/status" % pid) if ":" in line)
+out["sanlock_groups"] = [int(g) for g in status["Groups"].split()]
+out["storage_owner"] = [sh("getent", "passwd", "36")["out"], sh("getent", "group", "36")["out"]]
 out["watchdog"] = os.path.exists("/dev/watchdog")
 print(json.dumps(out))
 '''
@@ -150,6 +153,10 @@ def check_host(facts: dict, watchdog: bool) -> None:
     # Debian's default command line says -w 0; the role makes it follow the watchdog setting.
     argv = facts["sanlock_argv"]
     assert "-w" in argv and argv[argv.index("-w") + 1] == ("1" if watchdog else "0"), argv
+    # Shared storage belongs to 36:36 (VDSM's vdsm:kvm); sanlock opens its lease files as a member of gid 36.
+    user, group = facts["storage_owner"]
+    assert user.split(":")[2:4] == ["36", "36"] and group.split(":")[2] == "36", facts["storage_owner"]
+    assert 36 in facts["sanlock_groups"], facts["sanlock_groups"]
     if watchdog:
         assert facts["active"][WDMD] == "active" and facts["enabled"][WDMD] == "enabled" and facts["watchdog"]
     else:
@@ -213,6 +220,21 @@ def deploy_as_an_engine(tmp_path, host, extra_vars) -> tuple[str, dict, list]:
     return stdout, result.stats, seen
 
 
+def forget_storage_owner():
+    """Make the host's /etc (an overlay of the machine's, where lab-up made the 36:36 ids) a fresh
+    Debian's again: no uid or gid 36, and a sanlock running without that group, so the role has to
+    create the ids and restart sanlock."""
+    proc = systemd_host.run_in(["/bin/sh", "-ec",
+                                'group=$(getent group 36 | cut -d: -f1); '
+                                'if [ -n "$group" ]; then gpasswd -d sanlock "$group" >/dev/null || true; fi; '
+                                'if getent passwd 36 >/dev/null; then userdel "$(getent passwd 36 | cut -d: -f1)"; fi; '
+                                'if [ -n "$group" ]; then groupdel "$group"; fi; '
+                                'systemctl restart sanlock; '
+                                'pid=$(systemctl show -p MainPID --value sanlock); grep ^Groups: /proc/$pid/status'])
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert 36 not in [int(gid) for gid in proc.stdout.split(":", 1)[-1].split()], proc.stdout
+
+
 def test_host_deploy_by_an_engine_in_systemd_mode(tmp_path):
     """A fresh systemd host deployed by an engine, rebooted, and deployed again."""
     times = {}
@@ -229,6 +251,7 @@ def test_host_deploy_by_an_engine_in_systemd_mode(tmp_path):
         # Debian enables wdmd, which fails without a watchdog device; nothing else may fail.
         assert booted["failed_units"] in ([], ["wdmd.service"]), booted
         write_inventory(inventory, host, systemd_host.inventory_vars())
+        forget_storage_owner()
 
         with phase(times, "converge (ansible-runner)"):
             out, stats, events = deploy_as_an_engine(tmp_path, host, extra_vars)

@@ -191,6 +191,33 @@ def sanlock_needs_shim() -> bool:
         return True
 
 
+def ensure_storage_owner() -> None:
+    """Give the machine the ids of shared storage's owner (36:36, VDSM's vdsm:kvm), as bootstrap does.
+
+    The namespace hosts share the machine's /etc: made once here, concurrent bootstrap runs on
+    several hosts find the ids instead of racing to create them. (The kernel and systemd hosts have
+    their own /etc, where bootstrap itself creates them.)
+    """
+    import grp
+    import pwd
+    try:
+        group = grp.getgrgid(36).gr_name
+    except KeyError:
+        run(["groupadd", "--system", "--gid", "36", "vdsm"])
+        group = "vdsm"
+    try:
+        pwd.getpwuid(36)
+    except KeyError:
+        run(["useradd", "--system", "--uid", "36", "--gid", "36", "--no-create-home", "--home-dir", "/var/lib/vdsm",
+             "--shell", "/usr/sbin/nologin", "--comment", "Owner of shared storage (VDSM's vdsm)", "vdsm"])
+    if group not in {g.gr_name for g in grp.getgrall() if "sanlock" in g.gr_mem}:
+        try:
+            pwd.getpwnam("sanlock")
+        except KeyError:
+            return
+        run(["usermod", "--append", "--groups", group, "sanlock"])
+
+
 def ensure_ssh_key() -> None:
     key = SSH_DIR / "id_ed25519"
     if not key.exists():
@@ -572,6 +599,7 @@ def cmd_up(args) -> None:
     if use_shim:
         ensure_shim()
     ensure_ssh_key()
+    ensure_storage_owner()
     guest = ensure_guest()
     SHARED_DIR.mkdir(parents=True, exist_ok=True)
     ensure_mountpoints(state)

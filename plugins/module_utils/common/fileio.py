@@ -16,6 +16,10 @@ Shared storage is written by other hosts, so nothing on it is trusted: no
 link below the domain directory is followed, only regular files are read,
 and every read is bounded in size and time (:func:`read_bounded`).
 
+Whatever is created on a storage domain belongs to VDSM's ``vdsm:kvm``
+(36:36, :data:`STORAGE_OWNER`), so VDSM hosts sharing the storage can
+read and write it (:func:`set_owner`, :func:`make_dirs`).
+
 Local state files (pool and SPM state, network configuration and
 transactions, VM exit records) are JSON written through :func:`write_json`,
 so they get the same guarantee.
@@ -23,6 +27,7 @@ so they get the same guarantee.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -46,6 +51,47 @@ JSON_READ_LIMIT = 64 * 1024 ** 2
 # this many may be pending before further reads are refused instead of leaking more threads.
 MAX_PENDING_READS = 16
 _PENDING_READS = threading.BoundedSemaphore(MAX_PENDING_READS)
+# VDSM's vdsm user and kvm group (uid and gid 36 on every oVirt host): the owner of everything on a storage domain.
+STORAGE_OWNER = (36, 36)
+
+
+def set_owner(fd, owner):
+    """Give the open file ``fd`` the numeric ``owner`` ``(uid, gid)``; None leaves it as created.
+
+    Where this process may not (not root, or an NFS export that squashes
+    root), the storage decides: VDSM asks such exports to map root to 36:36.
+    """
+    if owner is None:
+        return
+    try:
+        os.fchown(fd, *owner)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EINVAL):
+            raise
+
+
+def make_dirs(path, mode, owner=None):
+    """``os.makedirs(path, exist_ok=True)``, each directory it creates getting exactly ``mode`` and ``owner``."""
+    parent = os.path.dirname(path.rstrip('/'))
+    if parent and parent != path and not os.path.isdir(parent):
+        make_dirs(parent, mode, owner)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise
+    set_mode_owner(path, mode, owner)  # mkdir's mode is filtered by the umask
+
+
+def set_mode_owner(path, mode, owner=None):
+    """Give the file or directory ``path`` (not followed if it is a link) exactly ``mode`` and ``owner``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        set_owner(fd, owner)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def is_temp_name(name):
@@ -212,7 +258,7 @@ def _discard(name, dir_fd):
         pass
 
 
-def write_atomic(path, data, mode=0o660, root=None):
+def write_atomic(path, data, mode=0o660, root=None, owner=None):
     """Replace ``path`` with ``data`` (bytes) so readers see old or new, never half.
 
     The new content goes to a temp file of this write's own (created with
@@ -222,7 +268,7 @@ def write_atomic(path, data, mode=0o660, root=None):
     directory) is followed if it is a link, and a target that is a link or
     not a regular file is refused. The file gets exactly ``mode`` whatever
     the umask, because other hosts (vdsm, qemu) rely on group access to
-    domain metadata.
+    domain metadata, and ``owner`` (see :func:`set_owner`).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise VirtnodeError('refusing to write %s: data must be bytes, got %s' % (path, type(data).__name__))
@@ -241,6 +287,7 @@ def write_atomic(path, data, mode=0o660, root=None):
         temp = '%s%s.%s%s' % (TEMP_PREFIX, name, secrets.token_hex(8), OWN_TEMP_SUFFIX)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         try:
+            set_owner(fd, owner)
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:

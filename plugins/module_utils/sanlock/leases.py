@@ -184,11 +184,13 @@ def _access_problem(path, creds):
 def give_to_daemon(path, creds=None):
     """Let the sanlock daemon read and write the lease file ``path`` before it is handed to the daemon.
 
-    Packaged sanlock runs as its own user (sanlock:sanlock on Debian and EL),
-    and lease files made by root with mode 0660 are closed to it: sanlock then
-    fails with ENODEV. A regular file, or a block domain's LV, gets the daemon's group and g+rw, as
-    VDSM's vdsm:kvm files are opened by a sanlock that is a member of kvm.
-    The group is numeric on shared storage: every host needs the same gid for it.
+    Packaged sanlock runs as its own user (sanlock:sanlock on Debian and EL).
+    Lease files are vdsm:kvm (36:36) with mode 0660, and the bootstrap role
+    makes sanlock a member of gid 36, as VDSM's host set-up does: then nothing
+    changes here. On a host where sanlock is not a member, sanlock would fail
+    with ENODEV, so a regular file, or a block domain's LV, gets the daemon's
+    group and g+rw instead (VDSM hosts sharing that storage then lose access
+    to it until the group is 36 again).
     """
     creds = creds or daemon_credentials()
     if creds is None:

@@ -569,7 +569,7 @@ def host_name_of(master_dir, host_id):
 
 def ensure_master_tree(master_dir):
     for sub in MASTER_SUBDIRS:
-        os.makedirs(os.path.join(master_dir, MASTER_DIR, sub), mode=0o755, exist_ok=True)
+        fileio.make_dirs(os.path.join(master_dir, MASTER_DIR, sub), 0o755, fileio.STORAGE_OWNER)
 
 
 def new_pool_changes(sp_uuid, master_sd, description, domains):
@@ -708,7 +708,7 @@ def connect_pool(sp_uuid, host_id, hostname=None):
     ensure_master_tree(master_dir)
     record = host_record_path(master_dir, host_id)
     if host_name_of(master_dir, host_id) != hostname:
-        fileio.write_atomic(record, (hostname + '\n').encode('utf-8'), 0o644)
+        fileio.write_atomic(record, (hostname + '\n').encode('utf-8'), 0o644, owner=fileio.STORAGE_OWNER)
     refresh_links(sp_uuid, master_dir, master_md)
     # The lockspaces are recorded so disconnecting can leave them even when the
     # pool's storage is no longer reachable.

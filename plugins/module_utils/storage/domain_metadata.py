@@ -402,4 +402,4 @@ def write_domain_metadata(path, pairs, root=None):
     """
     data = serialize(pairs)
     DomainMetadata.from_dict(parse(data.decode('utf-8')))
-    fileio.write_atomic(path, data, root=root or domain_root(path))
+    fileio.write_atomic(path, data, root=root or domain_root(path), owner=fileio.STORAGE_OWNER)

@@ -154,12 +154,13 @@ def pool_dir(sp_uuid):
 
 def _make_dir(path, mode):
     os.mkdir(path)
-    os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+    fileio.set_mode_owner(path, mode, fileio.STORAGE_OWNER)  # mkdir's mode is filtered by the umask
 
 
 def _make_file(path, size, mode):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
+        fileio.set_owner(fd, fileio.STORAGE_OWNER)
         os.fchmod(fd, mode)
         os.ftruncate(fd, size)
         os.fsync(fd)
@@ -217,7 +218,7 @@ def create_domain_tree(mount, sd_uuid, md_pairs, sd_type):
     staging = None
     try:
         staging = tempfile.mkdtemp(prefix='.%s.' % sd_uuid, suffix='.creating', dir=mount)
-        os.chmod(staging, DOMAIN_DIR_MODE)
+        fileio.set_mode_owner(staging, DOMAIN_DIR_MODE, fileio.STORAGE_OWNER)
         crash_point('domain_create.staging')
         _populate(staging, md_pairs, md.version, sd_type, md.domain_class == 'Iso')
         crash_point('domain_create.populated')

@@ -529,10 +529,14 @@ class SpmTask:
 
     def _acquire_task_lease(self):
         tasks = os.path.join(self.master_dir, 'master', 'tasks')
-        os.makedirs(tasks, exist_ok=True)
+        fileio.make_dirs(tasks, 0o755, fileio.STORAGE_OWNER)
         path = os.path.join(tasks, self.task_id + '.lease')
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
-        os.close(fd)
+        try:
+            fileio.set_owner(fd, fileio.STORAGE_OWNER)
+            os.fchmod(fd, 0o660)
+        finally:
+            os.close(fd)
         self.lease_path = path
         sanlock_lock.write_resource(self.md.sd_uuid, self.task_id, path, 0, self.md.alignment, self.md.block_size)
         self.fd = sanlock_lock.register()

@@ -230,4 +230,5 @@ def read_volume_metadata(path, timeout=None, root=None):
 
 def write_volume_metadata(path, metadata, domain_version=5, root=None):
     """Replace the ``.meta`` file at ``path`` with ``metadata`` (no link below the domain followed)."""
-    fileio.write_atomic(path, serialize(metadata, domain_version), root=root or domain_root(path))
+    fileio.write_atomic(path, serialize(metadata, domain_version), root=root or domain_root(path),
+                        owner=fileio.STORAGE_OWNER)

@@ -151,7 +151,7 @@ def _clone_source(clone_source, capacity):
 def _create_lease(domain_md, vol_uuid, lease):
     fd = os.open(lease, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, VOLUME_FILE_MODE)
     os.close(fd)
-    os.chmod(lease, VOLUME_FILE_MODE)
+    fileio.set_mode_owner(lease, VOLUME_FILE_MODE, fileio.STORAGE_OWNER)
     sanlock_lock.write_resource(domain_md.sd_uuid, vol_uuid, lease, 0, domain_md.alignment, domain_md.block_size)
 
 
@@ -184,7 +184,7 @@ def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, alloca
 
     created_dir = not os.path.isdir(img_dir)
     if created_dir:
-        os.makedirs(img_dir, mode=sd_layout.IMAGES_DIR_MODE)
+        fileio.make_dirs(img_dir, sd_layout.IMAGES_DIR_MODE, fileio.STORAGE_OWNER)
     created = []
     try:
         created.append(data)
@@ -196,7 +196,7 @@ def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, alloca
             if parent_md and capacity > parent_md.capacity:
                 qemu_img.resize(data, capacity, volume_format)
         _fence()  # qemu-img may have run for long: is the lease still ours?
-        os.chmod(data, VOLUME_FILE_MODE)
+        fileio.set_mode_owner(data, VOLUME_FILE_MODE, fileio.STORAGE_OWNER)
         crash_point('volume_create.data')
         md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
                                 allocation=allocation, role='LEAF', disk_type=disk_type,

@@ -337,3 +337,48 @@ def test_a_fifo_costs_no_thread_and_no_wait(tmp_path):
     time.sleep(0.05)
     # Never more threads than before (one that an earlier test left may have ended meanwhile).
     assert threading.active_count() <= before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='giving files to another uid needs root')
+def test_write_gives_the_file_its_owner(tmp_path):
+    path = tmp_path / 'metadata'
+    fileio.write_atomic(str(path), b'A=1\n', 0o660, owner=fileio.STORAGE_OWNER)
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (36, 36, 0o660)
+    fileio.write_atomic(str(path), b'A=2\n', 0o644)
+    assert (os.stat(path).st_uid, os.stat(path).st_gid) == (os.geteuid(), os.getegid())
+
+
+def test_an_owner_the_storage_refuses_is_left_to_the_storage(tmp_path, monkeypatch):
+    """Not root, or an NFS export squashing root: the file keeps what the server gave it."""
+    def refuse(fd, uid, gid):
+        raise PermissionError(1, 'Operation not permitted')
+    monkeypatch.setattr(os, 'fchown', refuse)
+    fileio.write_atomic(str(tmp_path / 'metadata'), b'A=1\n', 0o660, owner=fileio.STORAGE_OWNER)
+    assert (tmp_path / 'metadata').read_bytes() == b'A=1\n'
+
+
+def test_an_owner_failing_otherwise_fails_the_write(tmp_path, monkeypatch):
+    def broken(fd, uid, gid):
+        raise OSError(5, 'Input/output error')
+    monkeypatch.setattr(os, 'fchown', broken)
+    with pytest.raises(VirtnodeError, match='Input/output error'):
+        fileio.write_atomic(str(tmp_path / 'metadata'), b'A=1\n', 0o660, owner=fileio.STORAGE_OWNER)
+    assert not list(tmp_path.iterdir())
+
+
+def test_make_dirs_gives_each_new_directory_mode_and_owner(tmp_path):
+    old_umask = os.umask(0o077)
+    try:
+        fileio.make_dirs(str(tmp_path / 'a' / 'b' / 'c'), 0o755, fileio.STORAGE_OWNER)
+        fileio.make_dirs(str(tmp_path / 'a' / 'b' / 'c'), 0o700, fileio.STORAGE_OWNER)  # exists: left alone
+    finally:
+        os.umask(old_umask)
+    expected_owner = fileio.STORAGE_OWNER if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    for path in (tmp_path / 'a', tmp_path / 'a' / 'b', tmp_path / 'a' / 'b' / 'c'):
+        st = os.stat(path)
+        assert (stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)) == (0o755, expected_owner), path
+    assert os.stat(tmp_path).st_uid == os.geteuid()  # what existed is not touched
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(FileExistsError):
+        fileio.make_dirs(str(tmp_path / 'file'), 0o755)

@@ -244,3 +244,14 @@ def test_create_removes_staging_trees_a_crashed_create_left(tmp_path):
     sd_layout.create_domain_tree(str(tmp_path), SD, metadata(), 'NFS')
     assert sorted(os.listdir(tmp_path)) == sorted([SD, '.%s.a1b2c3.creating' % other, 'outside', '.%s.link.creating' % SD])
     assert (outside / 'keep').read_text() == 'kept'
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='giving files to uid 36 needs root')
+@pytest.mark.parametrize('sd_type, domain_class', [('NFS', 'Data'), ('LOCALFS', 'Iso')])
+def test_the_whole_domain_tree_belongs_to_vdsm_kvm(tmp_path, sd_type, domain_class):
+    """VDSM hosts sharing the storage run as vdsm:kvm (36:36): every entry of a new domain is theirs."""
+    sd_layout.create_domain_tree(str(tmp_path), SD, metadata(sd_type, domain_class), sd_type)
+    owners = {os.path.relpath(os.path.join(d, n), str(tmp_path)): (os.lstat(os.path.join(d, n)).st_uid,
+                                                                     os.lstat(os.path.join(d, n)).st_gid)
+              for d, dirs, files in os.walk(str(tmp_path)) for n in dirs + files}
+    assert owners and set(owners.values()) == {(36, 36)}, owners

@@ -109,6 +109,22 @@ def test_volume_create_snapshot_extend_delete(mount_root):
     assert not os.path.exists(os.path.join(dom_dir, 'images', '_remove_me_' + IMG))
 
 
+@pytest.mark.skipif(not HAS_QEMU_IMG or os.geteuid() != 0, reason='needs qemu-img and root')
+def test_volumes_belong_to_vdsm_kvm(mount_root):
+    """Image directory, data, .meta and .lease of a new volume, and a rewritten .meta, are 36:36 as VDSM's."""
+    root, _calls = mount_root
+    dom_dir = storage.create_domain(str(root / 'server:_export'), SD, 'NFS', 'Data', '', 'server:/export', 5, 1)
+    md = storage.read_md(dom_dir)
+    volumes.create_volume(dom_dir, md, IMG, V1, 'RAW', 'SPARSE', 1048576)
+    volumes.create_volume(dom_dir, md, IMG, V2, 'COW', 'SPARSE', None, V1)  # rewrites V1's .meta
+    volumes.extend_volume(dom_dir, md, IMG, V2, 2 * 1048576)
+    img_dir = os.path.join(dom_dir, 'images', IMG)
+    entries = [img_dir] + [os.path.join(img_dir, name) for name in os.listdir(img_dir)]
+    assert len(entries) == 7
+    assert {path: (os.lstat(path).st_uid, os.lstat(path).st_gid) for path in entries} == \
+        {path: (36, 36) for path in entries}
+
+
 # ------------------------------------------------------------------ one writer: leases and master choice
 
 class FakeSanlockError(Exception):
