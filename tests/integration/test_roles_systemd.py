@@ -228,7 +228,8 @@ def forget_storage_owner():
                                 'group=$(getent group 36 | cut -d: -f1); '
                                 'if [ -n "$group" ]; then gpasswd -d sanlock "$group" >/dev/null || true; fi; '
                                 'if getent passwd 36 >/dev/null; then userdel "$(getent passwd 36 | cut -d: -f1)"; fi; '
-                                'if [ -n "$group" ]; then groupdel "$group"; fi; '
+                                # userdel may already have removed the user's primary group.
+                                'if getent group 36 >/dev/null; then groupdel "$group"; fi; '
                                 'systemctl restart sanlock; '
                                 'pid=$(systemctl show -p MainPID --value sanlock); grep ^Groups: /proc/$pid/status'])
     assert proc.returncode == 0, proc.stderr + proc.stdout
