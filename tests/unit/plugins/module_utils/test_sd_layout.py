@@ -251,7 +251,9 @@ def test_create_removes_staging_trees_a_crashed_create_left(tmp_path):
 def test_the_whole_domain_tree_belongs_to_vdsm_kvm(tmp_path, sd_type, domain_class):
     """VDSM hosts sharing the storage run as vdsm:kvm (36:36): every entry of a new domain is theirs."""
     sd_layout.create_domain_tree(str(tmp_path), SD, metadata(sd_type, domain_class), sd_type)
-    owners = {os.path.relpath(os.path.join(d, n), str(tmp_path)): (os.lstat(os.path.join(d, n)).st_uid,
-                                                                     os.lstat(os.path.join(d, n)).st_gid)
-              for d, dirs, files in os.walk(str(tmp_path)) for n in dirs + files}
+    owners = {}
+    for d, dirs, files in os.walk(str(tmp_path)):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(d, name))
+            owners[os.path.relpath(os.path.join(d, name), str(tmp_path))] = (st.st_uid, st.st_gid)
     assert owners and set(owners.values()) == {(36, 36)}, owners
