@@ -69,7 +69,7 @@ domains:
       returned: always
       sample: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
     path:
-      description: Domain directory (V(null) for block domains, which are volume groups).
+      description: Domain directory; for block domains (volume groups) this host's C(/rhev/data-center/mnt/blockSD/<sd_uuid>).
       type: str
       returned: always
       sample: /rhev/data-center/mnt/nfs.example.com:_exports_data/5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11

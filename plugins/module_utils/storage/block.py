@@ -369,7 +369,8 @@ class LvmBackend:
 
 def backend_for(sd_uuid, find_domain=storage.find_domain):
     """The backend serving domain ``sd_uuid``: loop for a file domain, LVM otherwise."""
-    if find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID'), required=False):
+    dom_dir = find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID'), required=False)
+    if dom_dir and not sd_layout.is_block_domain_dir(dom_dir):
         return LoopBackend(find_domain=find_domain)
     return LvmBackend()
 

@@ -183,6 +183,15 @@ class BlockDomain:
     def read_md(self, vg=None):
         return sdm.DomainMetadata.from_dict(self.read_raw(vg))
 
+    def read_sealed_md(self):
+        """:meth:`read_md` of metadata that carries its seal: unsealed tags never decide who writes."""
+        vg = self.vg()
+        md = self.read_md(vg)
+        if METADATA_TAG_PREFIX + sdm.CHECKSUM_KEY + '=' not in {tag.split('=', 1)[0] + '=' for tag in vg['tags']}:
+            raise VirtnodeError('the metadata of block domain %s is not sealed (no %s%s tag)'
+                                % (self.sd_uuid, METADATA_TAG_PREFIX, sdm.CHECKSUM_KEY), {'sd_uuid': self.sd_uuid})
+        return md
+
     def write_raw(self, new, vg_tags):
         """Replace the metadata in ``vg_tags`` by the raw dict ``new`` in one tag change."""
         sdm.DomainMetadata.from_dict(sdm.parse(sdm.serialize(new).decode('utf-8')))

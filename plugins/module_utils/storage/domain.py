@@ -26,6 +26,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadlin
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
@@ -58,7 +60,20 @@ def _mounts(mount_root):
         names = sorted(os.listdir(mount_root))
     except OSError:
         return []
-    return [os.path.join(mount_root, name) for name in names]
+    return [os.path.join(mount_root, name) for name in names if name != sd_layout.BLOCK_SD_DIR]
+
+
+def _block_domains(unreachable):
+    """``[(sd_uuid, dir)]`` of the block domains on this host's LUNs (no LVM command without multipath devices)."""
+    try:
+        if not lvm_cmd.shared_devices():
+            return []
+        return [(sd_uuid, sd_layout.block_domain_dir(sd_uuid)) for sd_uuid in block_domain.list_domains()]
+    except VirtnodeError as err:
+        if unreachable is not None:
+            unreachable[os.path.join(sd_layout.MOUNT_ROOT, sd_layout.BLOCK_SD_DIR)] = \
+                'cannot list block storage domains: %s' % err.message
+        return []
 
 
 def _domains_in_mount(mnt):
@@ -122,11 +137,13 @@ def domain_dirs(mount_root=None, mount=None, unreachable=None):
             reason = err.message
         if reason and unreachable is not None:
             unreachable[mnt] = reason
+    if mount is None and mount_root in (None, sd_layout.MOUNT_ROOT):
+        found += _block_domains(unreachable)
     return found
 
 
-def scan_domains(mount_root=sd_layout.MOUNT_ROOT, mount=None, unreachable=None):
-    """Return ``{sd_uuid: domain dir}`` of every file domain under the mount root (or one mount)."""
+def scan_domains(mount_root=None, mount=None, unreachable=None):
+    """Return ``{sd_uuid: domain dir}`` of every domain under the mount root (or one mount), block domains included."""
     found = {}
     for name, dom_dir in domain_dirs(mount_root, mount, unreachable):
         found.setdefault(name, dom_dir)
@@ -153,11 +170,30 @@ def find_domain(sd_uuid, required=True):
     return dom_dir
 
 
+def find_file_domain(sd_uuid, what):
+    """:func:`find_domain` for ``what`` (a sentence start) that file domains only have so far."""
+    dom_dir = find_domain(sd_uuid)
+    if sd_layout.is_block_domain_dir(dom_dir):
+        raise VirtnodeError('%s on block storage domains is not supported yet (%s is one)' % (what, sd_uuid),
+                            {'sd_uuid': sd_uuid})
+    return dom_dir
+
+
 def md_path(dom_dir):
     return os.path.join(dom_dir, sd_layout.DOM_MD, sd_layout.METADATA_FILE)
 
 
+def block_domain_of(dom_dir):
+    """The :class:`block_domain.BlockDomain` whose host directory is ``dom_dir``, or None for a file domain."""
+    if not sd_layout.is_block_domain_dir(dom_dir):
+        return None
+    return block_domain.BlockDomain(os.path.basename(os.path.normpath(dom_dir)))
+
+
 def read_raw(dom_dir):
+    block = block_domain_of(dom_dir)
+    if block is not None:
+        return block.read_raw()
     return sdm.read_domain_metadata(md_path(dom_dir), timeout=30)
 
 
@@ -176,6 +212,9 @@ def update_md(dom_dir, changes):
 
 
 def _update_md(dom_dir, changes):
+    block = block_domain_of(dom_dir)
+    if block is not None:
+        return block.update_md(changes)
     pairs = read_raw(dom_dir)
     new = sdm.with_changes(pairs, changes)
     if new == pairs:
@@ -432,6 +471,9 @@ def order_chain(volumes):
 
 def domain_info(dom_dir, images=True):
     """Return a dict describing the domain (metadata, space, images)."""
+    block = block_domain_of(dom_dir)
+    if block is not None:
+        return dict(block.info(), path=dom_dir)
     md = read_md(dom_dir)
     total, free = free_space(dom_dir)
     info = {
@@ -457,6 +499,9 @@ def read_sealed_md(dom_dir, timeout=None):
     Bounded in size and time, no link followed. Raises on anything else:
     unsealed, broken or copied metadata never decides who writes.
     """
+    block = block_domain_of(dom_dir)
+    if block is not None:
+        return block.read_sealed_md()
     path = md_path(dom_dir)
     text = fileio.read_text(path, timeout=timeout or MASTER_READ_TIMEOUT)
     lines = text.rstrip('\n').split('\n')
@@ -586,6 +631,10 @@ def create_pool(sp_uuid, master_dir, description, host_id):
     The SPM lease is taken while the metadata is written, so a pool is never
     created under a running SPM.
     """
+    if sd_layout.is_block_domain_dir(master_dir):
+        # The master file system lives on the domain's master LV, which only the SPM mounts: not done yet.
+        raise VirtnodeError('a block storage domain cannot be the master of a pool yet: create the pool on a file '
+                            'domain and attach %s to it' % os.path.basename(master_dir), {'sd_uuid': os.path.basename(master_dir)})
     md = read_md(master_dir)
     # Reached only when no trusted master of the pool was found: a domain that
     # already claims a pool (even this one, in metadata that could not be
@@ -623,7 +672,22 @@ def join_lockspace(dom_dir, md, host_id):
             raise VirtnodeError('this host is in lockspace %s as host %d, not %d: disconnect the pool first'
                                 % (md.sd_uuid, held['host_id'], host_id), {'sd_uuid': md.sd_uuid})
         return False
+    prepare_block_domain(dom_dir, md)
     return sanlock_lock.add_lockspace(md.sd_uuid, host_id, area_path(dom_dir, md, 'ids'), md.io_op_timeout_sec)
+
+
+def prepare_block_domain(dom_dir, md):
+    """Make a block domain usable on this host, as VDSM produces it: its special LVs active (``master`` is the
+    SPM's), and its host directory with ``dom_md/<name>`` links to them. No-op for file domains."""
+    block = block_domain_of(dom_dir)
+    if block is None:
+        return
+    lvs = block.activate_special(md)
+    md_dir = os.path.join(dom_dir, sd_layout.DOM_MD)
+    fileio.make_dirs(md_dir, 0o755)
+    fileio.make_dirs(os.path.join(dom_dir, sd_layout.IMAGES), 0o755)
+    for name, path in lvs.items():
+        _set_link(os.path.join(md_dir, name), path)
 
 
 def leave_lockspace(sd_uuid):

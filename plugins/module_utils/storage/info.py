@@ -12,10 +12,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadlin
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool as storage_pool
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 
@@ -43,28 +41,7 @@ def domains_info(sd_filter=None, members=None, images=True, unreachable=None):
         except (VirtnodeError, OSError) as err:
             domains.append({'sd_uuid': sd_uuid, 'path': dom_dir,
                             'error': err.message if isinstance(err, VirtnodeError) else '%s: %s' % (dom_dir, err)})
-    domains += block_domains_info(sd_filter, members)
     return sorted(domains, key=lambda domain: domain['sd_uuid'])
-
-
-def block_domains_info(sd_filter=None, members=None):
-    """The block domains on this host's LUNs (no LVM command runs on a host without multipath devices)."""
-    lvm = lvm_cmd.Lvm()
-    if not lvm.devices:
-        return []
-    found = []
-    try:
-        names = block_domain.list_domains(lvm)
-    except VirtnodeError as err:
-        return [{'sd_uuid': '', 'path': None, 'error': 'cannot list block storage domains: %s' % err.message}]
-    for sd_uuid in names:
-        if (sd_filter and sd_uuid != sd_filter) or (members is not None and sd_uuid not in members):
-            continue
-        try:
-            found.append(block_domain.BlockDomain(sd_uuid, lvm).info())
-        except VirtnodeError as err:
-            found.append({'sd_uuid': sd_uuid, 'path': None, 'error': err.message})
-    return found
 
 
 def run_module(module):

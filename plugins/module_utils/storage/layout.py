@@ -35,6 +35,8 @@ META_SUFFIX = '.meta'
 LEASE_SUFFIX = '.lease'
 REMOVED_IMAGE_PREFIX = '_remove_me_'
 ISO_IMAGE_UUID = '11111111-1111-1111-1111-111111111111'
+# VDSM's host directory of block domains: MOUNT_ROOT/blockSD/<sd>, links to the domain's LVs.
+BLOCK_SD_DIR = 'blockSD'
 
 DOMAIN_DIR_MODE = 0o755
 DOM_MD_DIR_MODE = 0o775
@@ -85,6 +87,15 @@ def mount_point(remote):
         raise VirtnodeError('storage path is not valid: %r' % (remote,), {'field': 'remote'})
     name = _normalize_remote(remote).replace('_', '__').replace('/', '_')
     return os.path.join(MOUNT_ROOT, validate.safe_name(name, 'mount point name of %s' % ascii(remote)))
+
+
+def block_domain_dir(sd_uuid):
+    """This host's directory of the block domain ``sd_uuid`` (local: its metadata is in the VG's tags)."""
+    return os.path.join(MOUNT_ROOT, BLOCK_SD_DIR, validate.uuid_str(sd_uuid, 'storage domain UUID'))
+
+
+def is_block_domain_dir(dom_dir):
+    return os.path.dirname(os.path.normpath(dom_dir)) == os.path.join(MOUNT_ROOT, BLOCK_SD_DIR)
 
 
 def domain_dir(mount, sd_uuid):

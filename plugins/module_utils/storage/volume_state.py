@@ -108,7 +108,7 @@ def _create(module, writer, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent
     params = module.params
     writer.require('create')
     if clone:
-        src_dir = storage.find_domain(clone['sd_uuid'] or sd_uuid)
+        src_dir = storage.find_file_domain(clone['sd_uuid'] or sd_uuid, 'cloning volumes')
         if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
             raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
     elif parent:
@@ -120,7 +120,8 @@ def _create(module, writer, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent
         raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
     actions.append('clone' if clone else 'snapshot' if parent else 'create')
     if not module.check_mode:
-        source = (storage.find_domain(clone['sd_uuid'] or sd_uuid), clone['image_uuid'], clone['volume_uuid']) if clone else None
+        source = (storage.find_file_domain(clone['sd_uuid'] or sd_uuid, 'cloning volumes'), clone['image_uuid'],
+                  clone['volume_uuid']) if clone else None
         volumes.create_volume(dom_dir, dom_md, img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
                               params['description'], params['disk_type'], source)
 
@@ -162,7 +163,7 @@ def _delete(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, before, actions
 def run_module(module):
     """The work of the ``volume`` module."""
     sd_uuid, img_uuid, vol_uuid, parent, size, clone = _options(module.params)
-    dom_dir = storage.find_domain(sd_uuid)
+    dom_dir = storage.find_file_domain(sd_uuid, 'volumes')
     dom_md = storage.read_md(dom_dir)
     actions = []
     if module.params['state'] == 'present' and vol_uuid is None:

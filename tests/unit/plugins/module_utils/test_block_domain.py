@@ -9,14 +9,19 @@ tests/integration/test_kernel_block_domain.py.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 
 SD = '5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e1f'
+SP = 'b1d2c3e4-f5a6-4b7c-8d9e-0f1a2b3c4d5e'
 LUN0, LUN1, LUN2 = '36001405aaaaaaaaaaaaaaaaaaaaaaaa0', '36001405bbbbbbbbbbbbbbbbbbbbbbbb1', '36001405cccccccccccccccccccccccc2'
 MIB = 1024 ** 2
 
@@ -316,3 +321,73 @@ def test_mappings_left_of_a_vg_removed_elsewhere_are_found_by_name(tmp_path):
     removed = []
     lvm_cmd.remove_mappings(found, lambda argv, *a, **kw: removed.append(argv))
     assert removed == [['dmsetup', 'remove', name] for name in found]
+
+
+# ------------------------------------------------------------------ a block domain among the host's domains
+
+@pytest.fixture
+def block_host(san, monkeypatch, tmp_path):
+    """One block domain on this host's LUNs, the mount root in ``tmp_path``, every LVM runner the fake."""
+    lvm = FakeLvm()
+    block_domain.create(SD, [LUN0], 'ISCSI', 'on the san', 5, 10, lvm=lvm)
+    lvm.calls.clear()
+    monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(tmp_path / 'mnt'))
+    monkeypatch.setattr(lvm_cmd, 'Lvm', lambda devices=None: lvm)
+    monkeypatch.setattr(lvm_cmd, 'shared_devices', lambda root='/': ['/dev/mapper/' + LUN0])
+    (tmp_path / 'mnt' / sd_layout.BLOCK_SD_DIR).mkdir(parents=True)
+    return lvm, sd_layout.block_domain_dir(SD)
+
+
+def test_the_domain_scan_finds_block_domains_and_reads_and_writes_their_tags(block_host):
+    lvm, dom_dir = block_host
+    unreachable = {}
+    assert storage.scan_domains(unreachable=unreachable) == {SD: dom_dir} and unreachable == {}
+    assert storage.read_md(dom_dir).description == 'on the san'
+    assert storage.update_md(dom_dir, {sdm.POOL_UUID: SP})
+    assert [call[0] for call in lvm.calls] == ['change_vg_tags']
+    assert lvm_cmd.encode_tag('MDT_POOL_UUID=' + SP) in lvm.vgs[SD]['tags']
+    info = storage.domain_info(dom_dir)
+    assert info['path'] == dom_dir and info['pool_uuids'] == [SP] and info['luns'] == [LUN0]
+    assert storage.read_sealed_md(dom_dir).pool_uuids == [SP]
+
+
+def test_no_lvm_command_runs_on_a_host_without_multipath_devices(block_host, monkeypatch):
+    lvm, _dom_dir = block_host
+    monkeypatch.setattr(lvm_cmd, 'shared_devices', lambda root='/': [])
+    assert storage.scan_domains() == {} and lvm.calls == []
+
+
+def test_a_failing_lvm_listing_is_reported_unreachable_not_raised(block_host, monkeypatch):
+    lvm, _dom_dir = block_host
+
+    def vgs_timed_out(tag):
+        raise VirtnodeError('vgs timed out')
+    monkeypatch.setattr(lvm, 'vgs_tagged', vgs_timed_out)
+    unreachable = {}
+    assert storage.scan_domains(unreachable=unreachable) == {}
+    assert list(unreachable.values()) == ['cannot list block storage domains: vgs timed out']
+
+
+def test_unsealed_tags_never_decide_who_writes(block_host):
+    lvm, dom_dir = block_host
+    lvm.vgs[SD]['tags'] = [tag for tag in lvm.vgs[SD]['tags'] if not tag.startswith('MDT__SHA_CKSUM=')]
+    with pytest.raises(VirtnodeError, match='not sealed'):
+        storage.read_sealed_md(dom_dir)
+
+
+def test_what_file_domains_only_have_so_far_is_refused_on_a_block_domain(block_host):
+    _lvm, dom_dir = block_host
+    with pytest.raises(VirtnodeError, match=r'^Volumes on block storage domains is not supported yet'):
+        storage.find_file_domain(SD, 'Volumes')
+    with pytest.raises(VirtnodeError, match='cannot be the master of a pool yet'):
+        storage.create_pool(SP, dom_dir, 'pool', 1)
+
+
+def test_joining_prepares_the_host_directory_as_vdsm_does(block_host):
+    lvm, dom_dir = block_host
+    storage.prepare_block_domain(dom_dir, storage.read_md(dom_dir))
+    (activated,) = [call for call in lvm.calls if call[0] == 'activate']
+    assert 'master' not in activated[2] and {'ids', 'leases', 'metadata', 'xleases'} <= set(activated[2])
+    for name in activated[2]:
+        assert os.readlink(os.path.join(dom_dir, 'dom_md', name)) == '/dev/%s/%s' % (SD, name)
+    assert os.path.isdir(os.path.join(dom_dir, 'images'))
