@@ -7,7 +7,8 @@ here as VDSM computes it, the special LVs with their sizes, the lockspace and th
 xleases index, the file system on ``master``. vnkern2 then imports it and must write nothing.
 The domain is extended with a second LUN, bad input is refused with the LVM state of both hosts
 unchanged, and the module is killed at each of its crash points: the next run finishes the
-work and the one after changes nothing.
+work and the one after changes nothing. In a pool whose master is a file domain on NFS, the SPM
+attaches, activates and detaches the domain: both hosts join its lockspace with their pool ids.
 """
 
 from __future__ import annotations
@@ -211,7 +212,8 @@ def test_bad_input_is_refused_and_changes_nothing_on_either_host(san, tmp_path):
         (domain(new, state="imported"), "not found on this host's LUNs"),
         (domain(FOREIGN_VG.replace("vnlab-", ""), luns=[lun2]), "UUID"),
         (domain(SD_A, luns=[lun0, lun1, lun2]), f"already used by volume group {FOREIGN_VG}"),
-        (domain(SD_A, pool_uuid="9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c99", state="attached"), "not available for block"),
+        (domain(SD_A, pool_uuid="9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c99", state="attached"), "no master domain of storage pool"),
+        (domain(SD_A, state="active"), "pool_uuid is required"),
         (domain(SD_A, server="10.0.0.1:/x", type="nfs", luns=[lun2]), "luns is for iscsi and fcp"),
     ]
     for host, results in play_on(tmp_path, "bad", san["hosts"], [task for task, _message in cases]).items():
@@ -249,6 +251,89 @@ def test_a_creation_killed_at_each_step_is_finished_by_the_next_run(san, tmp_pat
     check_vdsm_format(first, SD_C, [lun2])
     (removed,) = play(tmp_path, point + "-remove", first, [domain(SD_C, state="absent")])
     assert removed["actions"] == ["remove"], removed
+
+
+# A pool whose master is a file domain on the lab's second NFS export (the NFS tests use the first).
+SP = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c50"
+SD_MASTER = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c51"
+IMG, VOL = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c52", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c53"
+POOL_VARS = {"server": "{{ virtnode_lab_nfs_server }}:{{ virtnode_lab_nfs_exports_v3[1] }}"}
+
+
+def nfs_master_tasks(first: str) -> list:
+    """Connect the export; on ``first`` make the master domain, the pool and its SPM; every host joins the pool."""
+    on_first = {"when": f"inventory_hostname == '{first}'"}
+    return [
+        {"virtnode.kvm.storage_server": {"type": "nfs", "path": "{{ server }}", "nfs_version": "3"}},
+        dict(on_first, **{"virtnode.kvm.storage_domain": {"sd_uuid": SD_MASTER, "server": "{{ server }}", "type": "nfs",
+                                                          "io_timeout": 1}}),
+        dict(on_first, **{"virtnode.kvm.storage_pool": {"pool_uuid": SP, "master_sd_uuid": SD_MASTER, "host_id": 1,
+                                                        "state": "present"}}),
+        {"virtnode.kvm.storage_pool": {"pool_uuid": SP, "host_id": f"{{{{ 1 if inventory_hostname == '{first}' else 2 }}}}"}},
+        dict(on_first, **{"virtnode.kvm.spm": {"pool_uuid": SP, "state": "started", "check_interval": 0.5}})]
+
+
+def pool_teardown(tmp_path: Path, san: dict):
+    first, second = san["hosts"]
+    leave = [{"virtnode.kvm.storage_pool": {"pool_uuid": SP, "state": "disconnected"}},
+             {"virtnode.kvm.storage_server": {"type": "nfs", "path": "{{ server }}", "state": "disconnected"}}]
+    play(tmp_path, "pool-leave-second", second, [dict(task, vars=POOL_VARS) for task in leave])
+    play(tmp_path, "pool-leave-first", first, [dict(task, vars=POOL_VARS) for task in [
+        {"virtnode.kvm.spm": {"pool_uuid": SP, "state": "stopped"}}, *leave,
+        {"ansible.builtin.file": {"path": "{{ virtnode_lab_nfs_exports_v3[1] }}/%s" % SD_MASTER, "state": "absent"}}]])
+
+
+def lockspaces(host: str) -> str:
+    return lab_exec(host, "sanlock", "client", "status").stdout
+
+
+def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_master(san, kernel_vars, tmp_path):
+    """The SPM attaches the iSCSI domain to a pool, activates it (both hosts join its lockspace with their
+    own ids, the pool links it), refuses volumes on it for now, and detaches it: the VG's tags follow."""
+    first, second = san["hosts"]
+    member = {"pool_uuid": SP}
+    if lab_exec(first, "test", "-e", f"{kernel_vars['virtnode_lab_nfs_exports_v3'][1]}/{SD_MASTER}", check=False).returncode == 0:
+        pool_teardown(tmp_path, san)  # what an interrupted run left
+    try:
+        for host, results in play_on(tmp_path, "pool", san["hosts"], [dict(t, vars=POOL_VARS) for t in nfs_master_tasks(first)]).items():
+            assert not [r for r in results if r.get("failed")], (host, results)
+        check, attached, again, active, active_again = play(tmp_path, "attach", first, [
+            dict(domain(SD_A, state="attached", **member), check_mode=True), domain(SD_A, state="attached", **member),
+            domain(SD_A, state="attached", **member), domain(SD_A, state="active", **member),
+            domain(SD_A, state="active", **member)])
+        assert check["changed"] and check["actions"] == ["attach"], check
+        assert vdsm_metadata(vg_report(first, SD_A)["tags"])["POOL_UUID"] == SP, "the attach did not reach the VG"
+        assert attached["changed"] and attached["actions"] == ["attach"], attached
+        assert not again["changed"] and again["actions"] == [], again
+        assert active["changed"] and active["actions"] == ["activate"], active
+        assert not active_again["changed"] and active_again["actions"] == [], active_again
+        md = vdsm_metadata(vg_report(first, SD_A)["tags"])
+        assert md["POOL_UUID"] == SP and md["ROLE"] == "Regular", md
+        assert f"s {SD_A}:1:/dev/{SD_A}/ids:0" in lockspaces(first), lockspaces(first)
+        assert lab_exec(first, "readlink", f"/rhev/data-center/{SP}/{SD_A}").stdout.strip() == \
+            f"/rhev/data-center/mnt/blockSD/{SD_A}"
+        assert lab_exec(first, "readlink", f"/rhev/data-center/mnt/blockSD/{SD_A}/dom_md/ids").stdout.strip() == \
+            f"/dev/{SD_A}/ids"
+        # The other host joins the newly active domain when it connects the pool again.
+        rejoined, pool_seen, volume = play(tmp_path, "rejoin", second, [
+            {"virtnode.kvm.storage_pool": {"pool_uuid": SP, "host_id": 2}},
+            {"virtnode.kvm.storage_info": {"sd_uuid": SD_A}},
+            {"virtnode.kvm.volume": {"sd_uuid": SD_A, "image_uuid": IMG, "volume_uuid": VOL, "size": "1GiB"}}])
+        assert rejoined["changed"] and rejoined["pool"]["domains"] == {SD_MASTER: "Active", SD_A: "Active"}, rejoined
+        assert f"s {SD_A}:2:/dev/{SD_A}/ids:0" in lockspaces(second), lockspaces(second)
+        (seen,) = pool_seen["domains"]
+        assert seen["pool_uuids"] == [SP] and seen["path"] == f"/rhev/data-center/mnt/blockSD/{SD_A}", seen
+        assert volume.get("failed") and "not supported yet" in volume["msg"], volume
+        # Detaching on the SPM: out of the pool's list and the VG's tags, the SPM's lockspace left.
+        detached, detached_again = play(tmp_path, "detach", first, [
+            domain(SD_A, state="detached", **member), domain(SD_A, state="detached", **member)])
+        assert detached["changed"] and detached["actions"] == ["detach"], detached
+        assert not detached_again["changed"], detached_again
+        assert vdsm_metadata(vg_report(first, SD_A)["tags"])["POOL_UUID"] == ""
+        assert f"s {SD_A}:" not in lockspaces(first), lockspaces(first)
+    finally:
+        pool_teardown(tmp_path, san)
+    assert f"s {SD_A}:" not in lockspaces(second), lockspaces(second)
 
 
 def test_removal_in_check_mode_then_for_real_wipes_the_luns(san, tmp_path):

@@ -191,9 +191,6 @@ def run_block_module(module):
     """The work of the ``storage_domain`` module for iSCSI and FC domains."""
     params = module.params
     state = params['state']
-    if state in _MEMBERSHIP:
-        raise VirtnodeError('state=%s is not available for block storage domains yet: only present, imported and absent'
-                            % state, {'field': 'state'})
     if not params['sd_uuid']:
         raise VirtnodeError('sd_uuid is required for block storage domains (lun_info names the domain on each LUN)',
                             {'field': 'sd_uuid'})
@@ -231,6 +228,8 @@ def run_block_module(module):
                 block_domain.remove(domain)
     elif ready:
         _block_present(module, domain, vg, actions)
+    elif state in _MEMBERSHIP and module.check_mode:
+        raise VirtnodeError('storage domain %s does not exist yet (check mode): cannot attach it' % domain.sd_uuid)
     elif state == 'imported':
         raise VirtnodeError('storage domain %s not found on this host\'s LUNs (connect its storage server; lun_info '
                             'shows which domain each LUN holds)' % domain.sd_uuid, {'sd_uuid': domain.sd_uuid})
@@ -245,6 +244,13 @@ def run_block_module(module):
             block_domain.create(domain.sd_uuid, params['luns'], TYPE_NAMES[params['type']], params['description'],
                                 params['version'], params['io_timeout'], params['force'], lvm=domain.lvm,
                                 format_leases=_block_format_leases)
+    if state in _MEMBERSHIP:
+        pool.set_membership(module, sd_layout.block_domain_dir(domain.sd_uuid), pool.required_uuid(params),
+                            _MEMBERSHIP[state], actions)
+    elif state == 'imported' and params['pool_uuid']:
+        # As for file domains: an imported domain named with a pool joins it, taken over from another with force.
+        pool.set_membership(module, sd_layout.block_domain_dir(domain.sd_uuid), pool.required_uuid(params),
+                            storage.STATUS_ACTIVE, actions, params['force'])
     # The description read before is still true when nothing was (or, in check mode, would have been) done.
     if state == 'absent' or not (ready or (actions and not module.check_mode)):
         info = None
