@@ -98,7 +98,7 @@ def _ids(sd_uuid, img_uuid, vol_uuid):
             validate.uuid_str(vol_uuid, 'volume UUID'))
 
 
-def _set_link(link, target):
+def set_link(link, target):
     if os.path.islink(link) and os.readlink(link) == target:
         return
     os.makedirs(os.path.dirname(link), mode=0o755, exist_ok=True)
@@ -109,7 +109,7 @@ def _set_link(link, target):
     os.replace(temp, link)
 
 
-def _remove_link(link):
+def remove_link(link):
     try:
         os.unlink(link)
     except FileNotFoundError:
@@ -213,14 +213,14 @@ class LoopBackend:
                 raise VirtnodeError('refusing %s: the loop device %s is not backed by the volume file (was it replaced '
                                     'by a link?)' % (path, device), {'path': path, 'device': device})
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
-        _set_link(link, device)
+        set_link(link, device)
         return link
 
     def deactivate(self, sd_uuid, img_uuid, vol_uuid):
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
         for device in self.devices(sd_uuid, img_uuid, vol_uuid):
             self.run(['losetup', '--detach', device])
-        _remove_link(link)
+        remove_link(link)
 
     def physical_size(self, sd_uuid, img_uuid, vol_uuid):
         return _device_size(self.link_path(sd_uuid, img_uuid, vol_uuid))
@@ -313,12 +313,12 @@ class LvmBackend:
     def activate(self, sd_uuid, img_uuid, vol_uuid):
         self.lvm.activate(sd_uuid, [vol_uuid])
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
-        _set_link(link, self.device(sd_uuid, vol_uuid))
+        set_link(link, self.device(sd_uuid, vol_uuid))
         return link
 
     def deactivate(self, sd_uuid, img_uuid, vol_uuid):
         self.lvm.deactivate(sd_uuid, [vol_uuid])
-        _remove_link(self.link_path(sd_uuid, img_uuid, vol_uuid))
+        remove_link(self.link_path(sd_uuid, img_uuid, vol_uuid))
 
     def physical_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
         """Bytes of the LV's device on this host (no command: one seek)."""
@@ -357,8 +357,8 @@ class LvmBackend:
         current = self.storage_size(sd_uuid, img_uuid, vol_uuid)
         if size <= current:
             return current
-        self.lvm.run('lvextend', *lvm_cmd.NO_BACKUP, '--size', '%dm' % (round_up_mib(size) // MIB),
-                     self.lv_name(sd_uuid, vol_uuid))
+        self.lvm.extend_lv(validate.uuid_str(sd_uuid, 'storage domain UUID'), validate.uuid_str(vol_uuid, 'volume UUID'),
+                           round_up_mib(size) // MIB)
         return self.storage_size(sd_uuid, img_uuid, vol_uuid)
 
     def refresh(self, sd_uuid, img_uuid, vol_uuid):

@@ -161,11 +161,7 @@ class Lvm:
 
     def change_vg_tags(self, vg_name, remove=(), add=()):
         """Remove and add tags in one VG metadata commit: no reader sees half of the change."""
-        args = []
-        for tag in remove:
-            args += ['--deltag', tag]
-        for tag in add:
-            args += ['--addtag', tag]
+        args = _tag_args(remove, add)
         if args:
             self.run('vgchange', *args, vg_name)
 
@@ -177,6 +173,20 @@ class Lvm:
         if device:
             args.append(device)
         self.run('lvcreate', *args)
+
+    def change_lv_tags(self, vg_name, lv_name, remove=(), add=()):
+        """Remove and add an LV's tags in one VG metadata commit."""
+        args = _tag_args(remove, add)
+        if args:
+            self.run('lvchange', *NO_BACKUP, *args, '%s/%s' % (vg_name, lv_name))
+
+    def extend_lv(self, vg_name, lv_name, size_mib):
+        self.run('lvextend', *NO_BACKUP, '--size', '%dm' % size_mib, '%s/%s' % (vg_name, lv_name))
+
+    def remove_lvs(self, vg_name, lv_names):
+        names = ['%s/%s' % (vg_name, name) for name in lv_names]
+        if names:
+            self.run('lvremove', *NO_BACKUP, '--force', *names)
 
     def activate(self, vg_name, lv_names, refresh=False):
         """Activate LVs on this host (device-mapper only: no VG metadata is written)."""
@@ -198,6 +208,10 @@ class Lvm:
         self.run('vgremove', '--force', vg_name)
         if devices:
             self.run('pvremove', '--force', '--force', '--yes', *devices)
+
+
+def _tag_args(remove, add):
+    return [arg for tag in remove for arg in ('--deltag', tag)] + [arg for tag in add for arg in ('--addtag', tag)]
 
 
 def dm_name(vg_name, lv_name):
