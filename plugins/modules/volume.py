@@ -7,11 +7,16 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: volume
-short_description: Create, snapshot, clone, extend and delete disk images and volumes of a VDSM file domain
+short_description: Create, snapshot, clone, extend and delete disk images and volumes of a VDSM storage domain
 version_added: 0.1.0
 description:
   - Volumes live in C(images/<image>/<volume>) with a C(.meta) file (VDSM format) and, except on local
     domains, a C(.lease) sanlock resource.
+  - On a block domain (iSCSI, FC) a volume is a logical volume named after it and tagged C(IU_<image>),
+    C(PU_<parent>) and C(MD_<slot>), its metadata the 512-byte record of slot C(<slot>) of the domain's C(metadata)
+    LV and its lease at (100 + slot) x ALIGNMENT of C(leases), as VDSM has them. RAW volumes are preallocated LVs of
+    whole extents (the capacity reported is the LV's; V(SPARSE) RAW is refused); sparse COW volumes start at one
+    1 GiB chunk (or their capacity if smaller). Cloning on block domains is not supported yet.
   - A new volume is written ILLEGAL first and marked LEGAL when complete.
   - With O(parent_volume_uuid) the new volume is a COW snapshot whose backing file is the parent
     (C(qemu-img create -b <parent> -F <format>)); the parent becomes INTERNAL.
@@ -152,7 +157,8 @@ volume:
       returned: always
       sample: 9d3c0a50-2f4b-4e7e-8f64-0d8e5f1b9a21
     path:
-      description: Path of the volume's data file.
+      description: Path of the volume's data file; on a block domain its link to C(/dev/<sd>/<volume>) (present while
+        the LV is active on this host).
       type: str
       returned: always
       sample: /rhev/data-center/mnt/nfs.example.com:_exports_data/5f2d.../images/3e1c.../9d3c...

@@ -240,8 +240,8 @@ def touched_by(rel: str, made: set) -> bool:
     return any(part in made for part in rel.split("/")) or any(rel.endswith(m) for m in made)
 
 
-# Block domains need LUNs: their points run on the kernel hosts (test_kernel_block_domain.py).
-KERNEL_HOST_POINTS = tuple(point for point in CRASH_POINTS if point.startswith("block_domain_"))
+# Block domains and their volumes need LUNs: their points run on the kernel hosts (test_kernel_block_domain.py).
+KERNEL_HOST_POINTS = tuple(point for point in CRASH_POINTS if point.startswith(("block_domain_", "block_volume_")))
 NAMESPACE_POINTS = sorted(point for point in CRASH_POINTS if point not in KERNEL_HOST_POINTS)
 
 

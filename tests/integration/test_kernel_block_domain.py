@@ -256,7 +256,10 @@ def test_a_creation_killed_at_each_step_is_finished_by_the_next_run(san, tmp_pat
 # A pool whose master is a file domain on the lab's second NFS export (the NFS tests use the first).
 SP = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c50"
 SD_MASTER = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c51"
-IMG, VOL = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c52", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c53"
+IMG, IMG_RAW = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c52", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c53"
+CHAIN = ["9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c6%d" % n for n in range(3)]   # base, middle, top
+RAW = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c70"
+CRASHED = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c71"   # the snapshot each crash point interrupts
 POOL_VARS = {"server": "{{ virtnode_lab_nfs_server }}:{{ virtnode_lab_nfs_exports_v3[1] }}"}
 
 
@@ -287,9 +290,101 @@ def lockspaces(host: str) -> str:
     return lab_exec(host, "sanlock", "client", "status").stdout
 
 
+def lv_tags(host: str) -> dict:
+    """``{lv name: (size in MiB, [tags])}`` of SD_A, read with plain LVM."""
+    out = lvm(host, "lvs", "--noheadings", "--units", "m", "--nosuffix", "--separator", "|", "-o", "lv_name,lv_size,lv_tags", SD_A)
+    return {name: (int(float(size)), [t for t in tags.split(",") if t])
+            for name, size, tags in (line.strip().split("|") for line in out.splitlines() if line.strip())}
+
+
+def slot_record(host: str, slot: int) -> dict:
+    """Volume metadata slot ``slot`` of SD_A's metadata LV (v5: 8 KiB slots from 1 MiB), read with dd."""
+    text = lab_exec(host, "dd", f"if=/dev/{SD_A}/metadata", "bs=512", f"skip={2048 + 16 * slot}", "count=1",
+                    "iflag=direct", "status=none").stdout.rstrip("\0")
+    lines = text.split("\n")
+    assert "EOF" in lines, text
+    return dict(line.split("=", 1) for line in lines[:lines.index("EOF")])
+
+
+def volume(img: str, vol: str | None = None, **options) -> dict:
+    return {"virtnode.kvm.volume": {"sd_uuid": SD_A, "image_uuid": img, **({"volume_uuid": vol} if vol else {}), **options}}
+
+
+def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
+    """Volumes in VDSM's block format on the SPM: tagged LVs, metadata slots, leases; a chain of three
+    that the other host reads through its own paths; crash points; what cannot be done refused."""
+    first, second = san["hosts"]
+    base, middle, top = CHAIN
+    free_mib = vg_report(first, SD_A)["size"] // MIB  # more than is free: every special LV takes some
+    tasks = [volume(IMG, base, size="2GiB", format="COW", description="base"),
+             volume(IMG, middle, parent_volume_uuid=base), volume(IMG, top, parent_volume_uuid=middle),
+             volume(IMG, top, parent_volume_uuid=middle),
+             dict(volume(IMG_RAW, RAW, size="100MiB", format="RAW", allocation="PREALLOCATED"), check_mode=True),
+             volume(IMG_RAW, RAW, size="100MiB", format="RAW", allocation="PREALLOCATED"),
+             volume(IMG_RAW, RAW, size="100MiB", format="RAW", allocation="PREALLOCATED"),
+             volume(IMG_RAW, RAW, size="200MiB", format="RAW", allocation="PREALLOCATED"),
+             # Refused, nothing made:
+             volume(IMG_RAW, CRASHED, size=f"{free_mib}MiB", format="RAW", allocation="PREALLOCATED"),
+             volume(IMG_RAW, CRASHED, size="1GiB", format="RAW"),
+             volume(IMG_RAW, CRASHED, clone_from={"image_uuid": IMG, "volume_uuid": base}),
+             volume(IMG, CRASHED, parent_volume_uuid=middle)]
+    # Each crash point of a snapshot's creation: the next run removes the leftover and makes it again,
+    # the one after changes nothing; the snapshot is deleted for the next point.
+    points = sorted(p for p in CRASH_POINTS if p.startswith("block_volume_create."))
+    for point in points:
+        snap = volume(IMG, CRASHED, parent_volume_uuid=top)
+        tasks += [dict(snap, environment={"VIRTNODE_CRASH_AT": point}), snap, snap, volume(IMG, CRASHED, state="absent")]
+    results = play(tmp_path, "volumes", first, tasks)
+    made, snap1, snap2, again, raw_check, raw, raw_again, raw_grown, too_big, sparse_raw, clone, forked = results[:12]
+    assert made["actions"] == ["create"] and snap1["actions"] == snap2["actions"] == ["snapshot"], (made, snap1, snap2)
+    assert not again["changed"] and again["actions"] == [], again
+    assert [v["volume_uuid"] for v in again["chain"]] == CHAIN and [v["role"] for v in again["chain"]] == \
+        ["INTERNAL", "INTERNAL", "LEAF"], again["chain"]
+    assert raw_check["changed"] and raw_check["volume"] is None, raw_check
+    assert raw["volume"]["capacity"] == 128 * MIB and not raw_again["changed"], (raw, raw_again)
+    assert raw_grown["actions"] == ["extend"] and raw_grown["volume"]["capacity"] == 256 * MIB, raw_grown
+    assert too_big.get("failed") and "MiB free" in too_big["msg"], too_big
+    assert sparse_raw.get("failed") and "no sparse RAW" in sparse_raw["msg"], sparse_raw
+    assert clone.get("failed") and "not supported yet" in clone["msg"], clone
+    assert forked.get("failed") and "only the leaf can be snapshotted" in forked["msg"], forked
+    for index, point in enumerate(points):
+        crashed, rerun, third, deleted = results[12 + 4 * index:16 + 4 * index]
+        assert crashed.get("failed"), (point, crashed)
+        assert rerun["actions"] == ["remove_leftover", "snapshot"], (point, rerun)
+        assert not third["changed"] and third["volume"]["legality"] == "LEGAL", (point, third)
+        assert deleted["actions"] == ["delete_volume"], (point, deleted)
+    # What VDSM reads, with plain commands: the LVs and their tags, the slots, the leases.
+    lvs = lv_tags(first)
+    assert CRASHED not in lvs and set(lvs) == set(SPECIAL_MIB) | set(CHAIN) | {RAW}, lvs
+    assert lvs[base][0] == 1024 and lvs[middle][0] == lvs[top][0] == 1024 and lvs[RAW][0] == 256, lvs
+    slots = {}
+    for vol, parent in zip(CHAIN, ["00000000-0000-0000-0000-000000000000"] + CHAIN[:2]):
+        tags = lvs[vol][1]
+        assert f"IU_{IMG}" in tags and f"PU_{parent}" in tags and "OVIRT_VOL_INITIALIZING" not in tags, tags
+        slots[vol] = int(next(tag for tag in tags if tag.startswith("MD_"))[3:])
+        record = slot_record(first, slots[vol])
+        assert record["IMAGE"] == IMG and record["PUUID"] == parent and record["LEGALITY"] == "LEGAL" and \
+            record["FORMAT"] == "COW" and record["CAP"] == str(2 * 1024 * MIB) and record["DOMAIN"] == SD_A, record
+        lease = lab_exec(first, "sanlock", "direct", "read_leader", "-r",
+                         f"{SD_A}:{vol}:/dev/{SD_A}/leases:{(100 + slots[vol]) * MIB}").stdout
+        assert f"resource_name {vol}" in lease, lease
+    assert sorted(slots.values()) == [1, 2, 3], slots
+    # The other host activates the chain on its own paths and reads it as QEMU would, backing names included.
+    names = [f"{SD_A}/{vol}" for vol in CHAIN]
+    lvm(second, "lvchange", "--activate", "y", *names)
+    try:
+        chain = json.loads(lab_exec(second, "qemu-img", "info", "-U", "--backing-chain", "--output", "json",
+                                    f"/dev/{SD_A}/{top}").stdout)
+    finally:
+        lvm(second, "lvchange", "--activate", "n", *names)
+    assert [layer["filename"] for layer in chain] == [f"/dev/{SD_A}/{vol}" for vol in reversed(CHAIN)], chain
+    assert [layer.get("backing-filename") for layer in chain] == [middle, base, None], chain
+    assert all(layer["virtual-size"] == 2 * 1024 * MIB for layer in chain), chain
+
+
 def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_master(san, kernel_vars, tmp_path):
     """The SPM attaches the iSCSI domain to a pool, activates it (both hosts join its lockspace with their
-    own ids, the pool links it), refuses volumes on it for now, and detaches it: the VG's tags follow."""
+    own ids, the pool links it), makes volumes on it, and detaches it: the VG's tags follow."""
     first, second = san["hosts"]
     member = {"pool_uuid": SP}
     if lab_exec(first, "test", "-e", f"{kernel_vars['virtnode_lab_nfs_exports_v3'][1]}/{SD_MASTER}", check=False).returncode == 0:
@@ -315,18 +410,21 @@ def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_ma
         assert lab_exec(first, "readlink", f"/rhev/data-center/mnt/blockSD/{SD_A}/dom_md/ids").stdout.strip() == \
             f"/dev/{SD_A}/ids"
         # The other host joins the newly active domain when it connects the pool again.
-        rejoined, pool_seen, volume = play(tmp_path, "rejoin", second, [
+        rejoined, pool_seen = play(tmp_path, "rejoin", second, [
             {"virtnode.kvm.storage_pool": {"pool_uuid": SP, "host_id": 2}},
-            {"virtnode.kvm.storage_info": {"sd_uuid": SD_A}},
-            {"virtnode.kvm.volume": {"sd_uuid": SD_A, "image_uuid": IMG, "volume_uuid": VOL, "size": "1GiB"}}])
+            {"virtnode.kvm.storage_info": {"sd_uuid": SD_A}}])
         assert rejoined["changed"] and rejoined["pool"]["domains"] == {SD_MASTER: "Active", SD_A: "Active"}, rejoined
         assert f"s {SD_A}:2:/dev/{SD_A}/ids:0" in lockspaces(second), lockspaces(second)
         (seen,) = pool_seen["domains"]
         assert seen["pool_uuids"] == [SP] and seen["path"] == f"/rhev/data-center/mnt/blockSD/{SD_A}", seen
-        assert volume.get("failed") and "not supported yet" in volume["msg"], volume
+        block_volumes_on_the_spm_read_by_the_other_host(san, tmp_path)
         # Detaching on the SPM: out of the pool's list and the VG's tags, the SPM's lockspace left.
-        detached, detached_again = play(tmp_path, "detach", first, [
+        images_gone, raw_gone, detached, detached_again = play(tmp_path, "detach", first, [
+            volume(IMG, state="absent"), volume(IMG_RAW, state="absent"),
             domain(SD_A, state="detached", **member), domain(SD_A, state="detached", **member)])
+        assert images_gone["actions"] == ["delete_image"] and images_gone["chain"] == [], images_gone
+        assert raw_gone["actions"] == ["delete_image"], raw_gone
+        assert not [name for name in lv_tags(first) if name not in SPECIAL_MIB], lv_tags(first)
         assert detached["changed"] and detached["actions"] == ["detach"], detached
         assert not detached_again["changed"], detached_again
         assert vdsm_metadata(vg_report(first, SD_A)["tags"])["POOL_UUID"] == ""

@@ -48,6 +48,11 @@ CRASH_POINTS = {
     'block_domain_create.metadata': ('storage/block_domain.py', 'the metadata tags are written, the VG is still unready'),
     'block_domain_create.ready': ('storage/block_domain.py', 'the VG is a storage domain, its lockspace and SPM lease are not'),
     'block_domain_extend.vg': ('storage/block_domain.py', 'the VG spans the new LUN, the metadata does not map it yet'),
+    'block_volume_create.lv': ('storage/block_volumes.py', 'the LV exists tagged initializing, no qcow2 header'),
+    'block_volume_create.tags': ('storage/block_volumes.py', 'the LV has its image, parent and slot tags, the slot is blank'),
+    'block_volume_create.meta_illegal': ('storage/block_volumes.py', 'the slot says ILLEGAL, no lease yet'),
+    'block_volume_create.lease': ('storage/block_volumes.py', 'the lease is written, the volume is still ILLEGAL'),
+    'block_volume_create.parent_internal': ('storage/block_volumes.py', 'a snapshot\'s parent is INTERNAL, the new volume still ILLEGAL'),
     'network_apply.step': ('network/apply.py', 'a network change is applied partly (fires after its first step)'),
     'network_apply.applied': ('network/setup_networks.py', 'every step is applied, the running config is not written'),
 }

@@ -17,36 +17,38 @@ An ILLEGAL volume left by an interrupted create (or a data file without
 cannot be trusted to be complete (a half-done ``qemu-img convert`` is a
 valid image), and nothing uses an ILLEGAL volume. An ILLEGAL volume with
 children is never reported as fine: that needs an operator.
+
+File and block domains differ only in the store of volumes each has
+(:class:`volumes.FileVolumes`, :class:`block_volumes.BlockVolumes`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 
 
-def volume_view(dom_dir, img_uuid, vol_uuid):
+def store_for(dom_dir, dom_md):
+    """The volumes of the domain in ``dom_dir``: a :class:`block_volumes.BlockVolumes` or a :class:`volumes.FileVolumes`."""
+    found = block_volumes.for_domain(dom_dir)
+    return found if found is not None else volumes.FileVolumes(dom_dir, dom_md)
+
+
+def volume_view(store, img_uuid, vol_uuid):
     """The module's description of a volume, or None if it does not exist."""
-    md = volumes.read_volume(dom_dir, img_uuid, vol_uuid)
+    md = store.read_volume(img_uuid, vol_uuid)
     if md is None:
         return None
-    return {'volume_uuid': vol_uuid, 'path': volumes.paths(dom_dir, img_uuid, vol_uuid)[0], 'format': md.volume_format,
+    return {'volume_uuid': vol_uuid, 'path': store.path(img_uuid, vol_uuid), 'format': md.volume_format,
             'allocation': md.allocation, 'capacity': md.capacity, 'parent': md.parent, 'role': md.role,
             'legality': md.legality}
-
-
-def chain(dom_dir, img_uuid):
-    """The image's volumes, base first ([] when the image does not exist)."""
-    if not os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
-        return []
-    return storage.volume_chain_info(dom_dir, img_uuid)
 
 
 def require_spm(dom_md):
@@ -72,13 +74,13 @@ class _Writer:
         self.started = True
 
 
-def _leftover(dom_dir, img_uuid, vol_uuid, before):
-    """True if the volume is what an interrupted create leaves: ILLEGAL, or a data file without ``.meta``."""
+def _leftover(store, img_uuid, vol_uuid, before):
+    """True if the volume is what an interrupted create leaves: ILLEGAL, or data without metadata."""
     if before is None:
-        return os.path.lexists(volumes.paths(dom_dir, img_uuid, vol_uuid)[0])
+        return store.has_data(img_uuid, vol_uuid)
     if before['legality'] == 'LEGAL':
         return False
-    children = [v for v, m in volumes.image_volumes(dom_dir, img_uuid).items() if m and m.parent == vol_uuid]
+    children = [v for v, m in store.image_volumes(img_uuid).items() if m and m.parent == vol_uuid]
     if children:
         raise VirtnodeError('volume %s is %s and has child volume(s) %s; it cannot be used or re-created'
                             % (vol_uuid, before['legality'], ', '.join(children)), {'volume_uuid': vol_uuid, 'legality': before['legality']})
@@ -104,32 +106,46 @@ def _options(params):
     return sd_uuid, img_uuid, vol_uuid, parent, size, clone
 
 
-def _create(module, writer, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
+def _clone_source_dir(store, clone, sd_uuid):
+    if isinstance(store, block_volumes.BlockVolumes):
+        raise VirtnodeError('cloning volumes on block storage domains is not supported yet (%s is one)' % store.sd_uuid,
+                            {'field': 'clone_from'})
+    return storage.find_file_domain(clone['sd_uuid'] or sd_uuid, 'cloning volumes')
+
+
+def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
     params = module.params
     writer.require('create')
     if clone:
-        src_dir = storage.find_file_domain(clone['sd_uuid'] or sd_uuid, 'cloning volumes')
+        src_dir = _clone_source_dir(store, clone, sd_uuid)
         if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
             raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
     elif parent:
-        if volumes.read_volume(dom_dir, img_uuid, parent) is None:
+        if store.read_volume(img_uuid, parent) is None:
             raise VirtnodeError('parent volume %s not found in image %s' % (parent, img_uuid), {'field': 'parent_volume_uuid'})
     elif size is None:
         raise VirtnodeError('size is required to create a volume', {'field': 'size'})
     if params['format'] == 'RAW' and parent:
         raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
+    store.check_format(params['format'], params['allocation'])
     actions.append('clone' if clone else 'snapshot' if parent else 'create')
     if not module.check_mode:
-        source = (storage.find_file_domain(clone['sd_uuid'] or sd_uuid, 'cloning volumes'), clone['image_uuid'],
-                  clone['volume_uuid']) if clone else None
-        volumes.create_volume(dom_dir, dom_md, img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
-                              params['description'], params['disk_type'], source)
+        if clone:
+            store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
+                                params['description'], params['disk_type'],
+                                clone_source=(_clone_source_dir(store, clone, sd_uuid), clone['image_uuid'], clone['volume_uuid']))
+        else:
+            store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
+                                params['description'], params['disk_type'])
 
 
-def _update(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions):
+def _update(module, writer, store, img_uuid, vol_uuid, parent, size, before, actions):
     """An existing volume: check it matches the options and extend it if it should grow."""
     if parent and before['parent'] != parent:
         raise VirtnodeError('volume %s exists with parent %s, not %s' % (vol_uuid, before['parent'], parent))
+    if size is not None:
+        # A RAW volume of a block domain is a whole number of extents: the size asked for, rounded up.
+        size = store.capacity_for(before['format'], size)
     if size is not None and size < before['capacity']:
         raise VirtnodeError('volume %s is %d bytes; shrinking to %d bytes is not supported'
                             % (vol_uuid, before['capacity'], size), {'field': 'size'})
@@ -139,55 +155,56 @@ def _update(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, b
             raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, before['role']))
         actions.append('extend')
         if not module.check_mode:
-            volumes.extend_volume(dom_dir, dom_md, img_uuid, vol_uuid, size)
+            store.extend_volume(img_uuid, vol_uuid, size)
 
 
-def _delete(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, before, actions):
+def _delete(module, writer, store, img_uuid, vol_uuid, before, actions):
     """Delete the volume (refused while it has children) or, without ``vol_uuid``, the whole image."""
     if vol_uuid is not None:
-        if before is not None or os.path.lexists(volumes.paths(dom_dir, img_uuid, vol_uuid)[0]):
+        if before is not None or store.has_data(img_uuid, vol_uuid):
             writer.require('delete')
-            children = [v for v, m in volumes.image_volumes(dom_dir, img_uuid).items() if m.parent == vol_uuid]
+            children = [v for v, m in store.image_volumes(img_uuid).items() if m and m.parent == vol_uuid]
             if children:
                 raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)))
             actions.append('delete_volume')
             if not module.check_mode:
-                volumes.delete_volume(dom_dir, dom_md, img_uuid, vol_uuid)
-    elif os.path.isdir(volumes.image_path(dom_dir, img_uuid)):
+                store.delete_volume(img_uuid, vol_uuid)
+    elif store.image_exists(img_uuid):
         writer.require('delete image')
         actions.append('delete_image')
         if not module.check_mode:
-            volumes.delete_image(dom_dir, img_uuid)
+            store.delete_image(img_uuid)
 
 
 def run_module(module):
     """The work of the ``volume`` module."""
     sd_uuid, img_uuid, vol_uuid, parent, size, clone = _options(module.params)
-    dom_dir = storage.find_file_domain(sd_uuid, 'volumes')
+    dom_dir = storage.find_domain(sd_uuid)
     dom_md = storage.read_md(dom_dir)
+    store = store_for(dom_dir, dom_md)
     actions = []
     if module.params['state'] == 'present' and vol_uuid is None:
         raise VirtnodeError('volume_uuid is required for state=present', {'field': 'volume_uuid'})
     with contextlib.ExitStack() as stack:
         stack.enter_context(domain_lock.dir_lock(dom_dir))
         writer = _Writer(module, dom_md, stack)
-        before = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
+        before = volume_view(store, img_uuid, vol_uuid) if vol_uuid else None
         if module.params['state'] == 'present':
-            if _leftover(dom_dir, img_uuid, vol_uuid, before):
+            if _leftover(store, img_uuid, vol_uuid, before):
                 writer.require('create')
                 actions.append('remove_leftover')
                 if not module.check_mode:
-                    volumes.delete_volume(dom_dir, dom_md, img_uuid, vol_uuid)
+                    store.delete_volume(img_uuid, vol_uuid)
                 before = None
             if before is None:
-                _create(module, writer, dom_dir, dom_md, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions)
+                _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions)
             else:
-                _update(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, parent, size, before, actions)
+                _update(module, writer, store, img_uuid, vol_uuid, parent, size, before, actions)
         else:
-            _delete(module, writer, dom_dir, dom_md, img_uuid, vol_uuid, before, actions)
+            _delete(module, writer, store, img_uuid, vol_uuid, before, actions)
 
-    after = volume_view(dom_dir, img_uuid, vol_uuid) if vol_uuid else None
-    result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': chain(dom_dir, img_uuid)}
+    after = volume_view(store, img_uuid, vol_uuid) if vol_uuid else None
+    result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': store.chain_info(img_uuid)}
     if module._diff:
         result['diff'] = {'before': before or {}, 'after': (after or {}) if not module.check_mode else {'actions': actions}}
     return result

@@ -93,7 +93,8 @@ def fenced(check):
         stack.pop()
 
 
-def _fence():
+def check_fence():
+    """Raise unless the fence of every :func:`fenced` body around this call lets the process write."""
     for check in getattr(_FENCES, 'stack', None) or ():
         check()
 
@@ -103,7 +104,7 @@ def is_fenced(err):
 
 
 def _write_meta(dom_dir, md, domain_version, path):
-    _fence()
+    check_fence()
     vmd.write_volume_metadata(path, md, domain_version)
 
 
@@ -168,7 +169,7 @@ def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocat
 
 def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
                    description, disk_type, clone_source):
-    _fence()
+    check_fence()
     data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
     img_dir = os.path.dirname(data)
     if os.path.lexists(data) or os.path.lexists(meta):
@@ -195,7 +196,7 @@ def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, alloca
                             parent_md.volume_format if parent_md else None, _PREALLOCATION[(volume_format, allocation)])
             if parent_md and capacity > parent_md.capacity:
                 qemu_img.resize(data, capacity, volume_format)
-        _fence()  # qemu-img may have run for long: is the lease still ours?
+        check_fence()  # qemu-img may have run for long: is the lease still ours?
         fileio.set_mode_owner(data, VOLUME_FILE_MODE, fileio.STORAGE_OWNER)
         crash_point('volume_create.data')
         md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
@@ -228,18 +229,10 @@ def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, alloca
     return md
 
 
-def extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
-    """Grow a volume to ``capacity`` bytes; shrinking is refused. Returns True if it grew."""
-    with domain_lock.dir_lock(dom_dir):
-        return _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity)
-
-
-def _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
-    _fence()
-    md = read_volume(dom_dir, img_uuid, vol_uuid)
+def grows(img_uuid, vol_uuid, md, capacity):
+    """True if the volume (its VolumeMetadata ``md``) is to grow to ``capacity``; raises if it may not."""
     if md is None:
         raise VirtnodeError('volume %s not found in image %s' % (vol_uuid, img_uuid), {'vol_uuid': vol_uuid})
-    check_capacity(capacity)
     if capacity < md.capacity:
         raise VirtnodeError('volume %s is %d bytes; shrinking to %d bytes is not supported' % (vol_uuid, md.capacity, capacity),
                             {'field': 'size'})
@@ -247,9 +240,23 @@ def _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
         return False
     if md.role != 'LEAF':
         raise VirtnodeError('only the leaf volume of an image can be extended; %s is %s' % (vol_uuid, md.role), {'field': 'size'})
+    return True
+
+
+def extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
+    """Grow a volume to ``capacity`` bytes; shrinking is refused. Returns True if it grew."""
+    with domain_lock.dir_lock(dom_dir):
+        return _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity)
+
+
+def _extend_volume(dom_dir, domain_md, img_uuid, vol_uuid, capacity):
+    check_fence()
+    md = read_volume(dom_dir, img_uuid, vol_uuid)
+    if not grows(img_uuid, vol_uuid, md, check_capacity(capacity)):
+        return False
     data, meta, _lease = paths(dom_dir, img_uuid, vol_uuid)
     qemu_img.resize(data, capacity, md.volume_format)
-    _fence()
+    check_fence()
     md.capacity = capacity
     md.generation = vmd.next_generation(md.generation)
     _write_meta(dom_dir, md, domain_md.version, meta)
@@ -263,7 +270,7 @@ def delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
 
 
 def _delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
-    _fence()
+    check_fence()
     md = read_volume(dom_dir, img_uuid, vol_uuid)
     data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
     if md is None:
@@ -333,7 +340,7 @@ def _sync_volume_chain(dom_dir, domain_md, img_uuid, top_uuid, actual_chain):
 def delete_image(dom_dir, img_uuid):
     """Delete a whole image: rename it ``_remove_me_<img>``, then purge it."""
     with domain_lock.dir_lock(dom_dir):
-        _fence()
+        check_fence()
         return _delete_image(dom_dir, img_uuid)
 
 
@@ -351,3 +358,50 @@ def _delete_image(dom_dir, img_uuid):
     except OSError as err:
         raise VirtnodeError('cannot delete image %s: %s' % (img_uuid, err.strerror or err), {'image_uuid': img_uuid}) from err
     return True
+
+
+class FileVolumes:
+    """The volumes of one file domain, behind the methods :class:`block_volumes.BlockVolumes` has for a block one."""
+
+    def __init__(self, dom_dir, domain_md):
+        self.dom_dir, self.md = dom_dir, domain_md
+
+    def read_volume(self, img_uuid, vol_uuid):
+        return read_volume(self.dom_dir, img_uuid, vol_uuid)
+
+    def path(self, img_uuid, vol_uuid):
+        return paths(self.dom_dir, img_uuid, vol_uuid)[0]
+
+    def has_data(self, img_uuid, vol_uuid):
+        """True if the volume's data exists, with or without metadata."""
+        return os.path.lexists(self.path(img_uuid, vol_uuid))
+
+    def image_volumes(self, img_uuid):
+        return image_volumes(self.dom_dir, img_uuid)
+
+    def image_exists(self, img_uuid):
+        return os.path.isdir(image_path(self.dom_dir, img_uuid))
+
+    def chain_info(self, img_uuid):
+        return storage.volume_chain_info(self.dom_dir, img_uuid) if self.image_exists(img_uuid) else []
+
+    def capacity_for(self, volume_format, capacity):  # pylint: disable=unused-argument
+        return capacity
+
+    @staticmethod
+    def check_format(volume_format, allocation):  # pylint: disable=unused-argument
+        """Every format and allocation is possible on a file domain."""
+
+    def create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
+                      description='', disk_type='DATA', clone_source=None):
+        return create_volume(self.dom_dir, self.md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
+                             description, disk_type, clone_source)
+
+    def extend_volume(self, img_uuid, vol_uuid, capacity):
+        return extend_volume(self.dom_dir, self.md, img_uuid, vol_uuid, capacity)
+
+    def delete_volume(self, img_uuid, vol_uuid):
+        return delete_volume(self.dom_dir, self.md, img_uuid, vol_uuid)
+
+    def delete_image(self, img_uuid):
+        return delete_image(self.dom_dir, img_uuid)

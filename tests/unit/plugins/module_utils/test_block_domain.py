@@ -10,15 +10,20 @@ tests/integration/test_kernel_block_domain.py.
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_state
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes as file_volumes
 
 SD = '5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e1f'
 SP = 'b1d2c3e4-f5a6-4b7c-8d9e-0f1a2b3c4d5e'
@@ -90,6 +95,20 @@ class FakeLvm:
         tags = self.vgs[name]['tags']
         assert all(tag in tags for tag in remove), remove
         self.vgs[name]['tags'] = [tag for tag in tags if tag not in remove] + list(add)
+
+    def change_lv_tags(self, vg, lv, remove=(), add=()):
+        self._call('change_lv_tags', vg, lv, tuple(remove), tuple(add))
+        tags = self.vgs[vg]['lvs'][lv]['tags']
+        self.vgs[vg]['lvs'][lv]['tags'] = [tag for tag in tags if tag not in remove] + list(add)
+
+    def extend_lv(self, vg, lv, size_mib):
+        self._call('extend_lv', vg, lv, size_mib)
+        self.vgs[vg]['lvs'][lv]['size'] = size_mib * MIB
+
+    def remove_lvs(self, vg, names):
+        self._call('remove_lvs', vg, tuple(names))
+        for name in names:
+            del self.vgs[vg]['lvs'][name]
 
     def activate(self, vg, names, refresh=False):
         self._call('activate', vg, tuple(names))
@@ -391,3 +410,175 @@ def test_joining_prepares_the_host_directory_as_vdsm_does(block_host):
     for name in activated[2]:
         assert os.readlink(os.path.join(dom_dir, 'dom_md', name)) == '/dev/%s/%s' % (SD, name)
     assert os.path.isdir(os.path.join(dom_dir, 'images'))
+
+
+# ------------------------------------------------------------------ volumes of a block domain
+
+IMG = '1e2d3c4b-5a69-4788-9a0b-1c2d3e4f5a6b'
+BASE, TOP = '2f3e4d5c-6b7a-4899-8a1b-2c3d4e5f6a7b', '3a4b5c6d-7e8f-4a0b-9c1d-2e3f4a5b6c7d'
+BLANK = vmd.BLANK_UUID
+
+
+@pytest.fixture
+def block_store(block_host, monkeypatch, tmp_path):
+    """The block domain's volumes, its metadata LV a sparse file, qemu-img and sanlock recorded."""
+    lvm, _dom_dir = block_host
+    metadata = tmp_path / 'metadata'
+    with open(metadata, 'wb') as f:
+        f.truncate(128 * MIB)
+    done = []
+    monkeypatch.setattr(block_volumes.qemu_img, 'create', lambda path, fmt, size=None, backing=None, backing_format=None,
+                        preallocation=None: done.append(('create', path, fmt, size, backing, backing_format)))
+    monkeypatch.setattr(block_volumes.qemu_img, 'resize', lambda path, size, fmt: done.append(('resize', path, size)))
+    monkeypatch.setattr(block_volumes.sanlock_lock, 'write_resource', lambda lockspace, resource, path, offset, align, sector:
+                        done.append(('lease', lockspace, resource, path, offset)))
+    domain = block_domain.BlockDomain(SD, lvm)
+    store = block_volumes.BlockVolumes(domain, domain.read_md(), metadata_path=str(metadata))
+    return store, lvm, metadata, done
+
+
+def slot_text(metadata, slot):
+    with open(metadata, 'rb') as f:
+        f.seek(MIB + slot * 8192)
+        return f.read(512)
+
+
+def test_a_volume_is_a_tagged_lv_with_its_metadata_in_a_slot_and_its_lease_after_the_reserved_ones(block_store):
+    store, lvm, metadata, done = block_store
+    md = store.create_volume(IMG, BASE, 'COW', 'SPARSE', 256 * MIB, description='base')
+    lv = lvm.vgs[SD]['lvs'][BASE]
+    assert sorted(lv['tags']) == sorted(['IU_' + IMG, 'PU_' + BLANK, 'MD_1']) and lv['size'] == 256 * MIB
+    created = [call for call in lvm.calls if call[0] == 'create_lv']
+    assert created == [('create_lv', SD, BASE, 256, None)]
+    on_disk = vmd.parse(slot_text(metadata, 1))
+    assert on_disk == md and md.legality == 'LEGAL' and md.capacity == 256 * MIB and md.parent == BLANK
+    assert slot_text(metadata, 1).rstrip(b'\0').endswith(b'EOF\n')
+    link = store.path(IMG, BASE)
+    assert ('create', link, 'COW', 256 * MIB, None, None) in done
+    assert os.readlink(link) == '/dev/%s/%s' % (SD, BASE)
+    assert ('lease', SD, BASE, '/dev/%s/leases' % SD, (100 + 1) * MIB) in done
+    # What it activated for qemu-img, it deactivated.
+    assert ('deactivate', SD, (BASE,)) in lvm.calls
+
+
+def test_a_snapshot_takes_the_next_slot_and_makes_its_parent_internal(block_store):
+    store, lvm, metadata, done = block_store
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 256 * MIB)
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
+    assert 'MD_2' in lvm.vgs[SD]['lvs'][TOP]['tags'] and 'PU_' + BASE in lvm.vgs[SD]['lvs'][TOP]['tags']
+    assert vmd.parse(slot_text(metadata, 1)).role == 'INTERNAL'
+    assert vmd.parse(slot_text(metadata, 2)).parent == BASE
+    assert ('create', store.path(IMG, TOP), 'COW', None, BASE, 'COW') in done
+    assert [info['volume_uuid'] for info in store.chain_info(IMG)] == [BASE, TOP]
+    with pytest.raises(VirtnodeError, match='has child volume'):
+        store.delete_volume(IMG, BASE)
+    assert store.delete_volume(IMG, TOP)
+    assert TOP not in lvm.vgs[SD]['lvs'] and not slot_text(metadata, 2).strip(b'\0')
+    assert vmd.parse(slot_text(metadata, 1)).role == 'LEAF'
+    # A freed slot is taken again.
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
+    assert 'MD_2' in lvm.vgs[SD]['lvs'][TOP]['tags']
+
+
+def test_raw_volumes_are_whole_extents_and_never_sparse(block_store):
+    store, lvm, _metadata, _done = block_store
+    with pytest.raises(VirtnodeError, match='no sparse RAW'):
+        store.create_volume(IMG, BASE, 'RAW', 'SPARSE', 100 * MIB)
+    md = store.create_volume(IMG, BASE, 'RAW', 'PREALLOCATED', 100 * MIB)
+    assert md.capacity == 128 * MIB and lvm.vgs[SD]['lvs'][BASE]['size'] == 128 * MIB
+    assert store.capacity_for('RAW', 100 * MIB) == 128 * MIB and store.capacity_for('COW', 100 * MIB) == 100 * MIB
+    assert store.extend_volume(IMG, BASE, 200 * MIB)
+    assert ('extend_lv', SD, BASE, 256) in lvm.calls and store.read_volume(IMG, BASE).capacity == 256 * MIB
+    assert store.read_volume(IMG, BASE).generation == 1
+    assert not store.extend_volume(IMG, BASE, 256 * MIB)
+
+
+def test_a_volume_larger_than_the_free_space_is_refused_before_any_lv_is_made(block_store):
+    store, lvm, _metadata, _done = block_store
+    with pytest.raises(VirtnodeError, match='needs 512 MiB and storage domain .* has 384 MiB free'):
+        store.create_volume(IMG, BASE, 'RAW', 'PREALLOCATED', 512 * MIB)
+    assert not [call for call in lvm.calls if call[0] == 'create_lv']
+
+
+def test_a_cow_volume_grows_in_its_header_and_its_lv_stays_thin(block_store):
+    store, lvm, _metadata, done = block_store
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 256 * MIB)
+    assert store.extend_volume(IMG, BASE, 10 * 1024 * MIB)
+    assert ('resize', store.path(IMG, BASE), 10 * 1024 * MIB) in done
+    assert not [call for call in lvm.calls if call[0] == 'extend_lv']
+
+
+def test_what_an_interrupted_create_leaves_reads_illegal_and_is_removed(block_store):
+    store, lvm, metadata, _done = block_store
+    lvm.create_lv(SD, BASE, 128, tags=[block_volumes.INITIALIZING_TAG])
+    store.lvs(refresh=True)
+    assert store.read_volume(IMG, BASE).legality == 'ILLEGAL'
+    assert store.delete_volume(IMG, BASE) and BASE not in lvm.vgs[SD]['lvs']
+    # Tagged with its slot, the slot never written: ILLEGAL too.
+    lvm.create_lv(SD, BASE, 128, tags=['IU_' + IMG, 'PU_' + BLANK, 'MD_1'])
+    store.lvs(refresh=True)
+    assert store.read_volume(IMG, BASE).legality == 'ILLEGAL'
+    # A slot holding garbage is an error, not a volume.
+    with open(metadata, 'r+b') as f:
+        f.seek(MIB + 8192)
+        f.write(b'DOMAIN=x\nEOF\n')
+    with pytest.raises(VirtnodeError, match='metadata slot 1'):
+        store.read_volume(IMG, BASE)
+
+
+def _public_methods(cls):
+    return {name for name in dir(cls) if not name.startswith('_') and callable(getattr(cls, name))}
+
+
+def test_block_and_file_volume_stores_offer_the_same_methods():
+    assert _public_methods(file_volumes.FileVolumes) <= _public_methods(block_volumes.BlockVolumes)
+
+
+class _Task:
+    def __init__(self, *args):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def check(self):
+        pass
+
+
+def test_the_volume_module_on_a_block_domain(block_store, monkeypatch):
+    store, lvm, _metadata, _done = block_store
+    lvm.vgs[SD]['tags'] = [t for t in lvm.vgs[SD]['tags'] if not t.startswith('MDT_')] + block_domain.metadata_tags(
+        sdm.with_changes(block_domain.parse_tags(lvm.vgs[SD]['tags'], SD), {'POOL_UUID': SP}))
+    store.md = store.domain.read_md()
+    assert isinstance(volume_state.store_for(sd_layout.block_domain_dir(SD), store.md), block_volumes.BlockVolumes)
+    monkeypatch.setattr(volume_state, 'store_for', lambda dom_dir, dom_md: store)
+    monkeypatch.setattr(volume_state.spm, 'require_spm', lambda sp: None)
+    monkeypatch.setattr(volume_state.spm, 'task', _Task)
+
+    def run(check_mode=False, **options):
+        params = dict(sd_uuid=SD, image_uuid=IMG, volume_uuid=BASE, size=None, format='COW', allocation='SPARSE',
+                      parent_volume_uuid=None, clone_from=None, description='', disk_type='DATA', state='present')
+        params.update(options)
+        return volume_state.run_module(types.SimpleNamespace(params=params, check_mode=check_mode, _diff=False))
+
+    checked = run(check_mode=True, size='100MiB', format='RAW', allocation='PREALLOCATED')
+    assert checked['actions'] == ['create'] and checked['volume'] is None and BASE not in lvm.vgs[SD]['lvs']
+    made = run(size='100MiB', format='RAW', allocation='PREALLOCATED')
+    assert made['volume']['capacity'] == 128 * MIB and made['volume']['path'] == store.path(IMG, BASE)
+    # The size asked for again is no shrink of the extent it was rounded up to.
+    assert run(size='100MiB', format='RAW', allocation='PREALLOCATED')['actions'] == []
+    assert run(size='129MiB', format='RAW', allocation='PREALLOCATED')['volume']['capacity'] == 256 * MIB
+    with pytest.raises(VirtnodeError, match='no sparse RAW'):
+        run(volume_uuid=TOP, image_uuid=SD, size='1GiB', format='RAW')
+    with pytest.raises(VirtnodeError, match='cloning volumes on block storage domains is not supported yet'):
+        run(volume_uuid=TOP, image_uuid=SD, clone_from={'sd_uuid': None, 'image_uuid': IMG, 'volume_uuid': BASE})
+    # What an interrupted create left is removed and made again.
+    lvm.create_lv(SD, TOP, 128, tags=[block_volumes.INITIALIZING_TAG])
+    store.lvs(refresh=True)
+    redone = run(volume_uuid=TOP, image_uuid=SD, size='256MiB')
+    assert redone['actions'] == ['remove_leftover', 'create'] and redone['volume']['legality'] == 'LEGAL', redone
+    gone = run(volume_uuid=None, image_uuid=SD, state='absent')
+    assert gone['actions'] == ['delete_image'] and gone['chain'] == [] and TOP not in lvm.vgs[SD]['lvs']
