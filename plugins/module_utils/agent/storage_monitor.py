@@ -9,6 +9,12 @@ metadata. A domain is valid when its metadata was read within ``timeout``,
 its seal is intact, its content is a domain this collection can read and
 its SDUUID matches the directory name.
 
+Block domains this host uses have their directory in ``<root>/blockSD``
+(their ``dom_md`` entries link to the domain's LVs). As VDSM's monitor does,
+each round reads the first 4 KiB of the ``metadata`` LV with direct I/O (the
+read delay: the LUN answers); the domain's metadata, in the VG's tags, is
+read with LVM at most every BLOCK_METADATA_TTL seconds.
+
 Storage that stops answering must never block the agent: each read (and the
 listing of each mount) runs in a daemon worker thread and is waited for at
 most ``timeout`` seconds. A read that is still stuck at the next round is not
@@ -21,12 +27,15 @@ read returns.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import threading
 import time
 
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sd_metadata
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
@@ -36,6 +45,12 @@ DEFAULT_TIMEOUT = 5.0
 MAX_METADATA_BYTES = 1024 * 1024
 _UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')
 
+# VDSM refreshes a block domain's VG metadata every 5 minutes (or when a change invalidates it).
+BLOCK_METADATA_TTL = 300.0
+BLOCK_READ_SIZE = 4096
+_DIRECT = getattr(os, 'O_DIRECT', 0)
+_block_metadata = {}          # sd_uuid -> (read at, raw metadata)
+_block_metadata_lock = threading.Lock()
 CODE_OK = 0
 CODE_TIMEOUT = errno.ETIMEDOUT
 CODE_INVALID = errno.EINVAL
@@ -98,23 +113,49 @@ def is_uuid(name):
 
 
 def list_domains_in_mount(mount_dir):
-    """``{sd_uuid: metadata_path}`` of the file domains in one mount directory."""
+    """``{sd_uuid: metadata_path}`` of the domains in one mount directory (for ``blockSD``: their metadata LVs)."""
     found = {}
+    block = os.path.basename(os.path.normpath(mount_dir)) == sd_layout.BLOCK_SD_DIR
     for name in sorted(os.listdir(mount_dir)):
         if not _UUID_RE.match(name):
             continue
         metadata = os.path.join(mount_dir, name, 'dom_md', 'metadata')
         if os.path.isdir(os.path.join(mount_dir, name, 'dom_md')):
-            found[name.lower()] = metadata
+            found[name.lower()] = block_domain.lv_path(name.lower(), 'metadata') if block else metadata
     return found
 
 
+def _read_block_metadata(path):
+    """The read delay of a block domain's ``metadata`` LV (4 KiB, direct) and its metadata from the VG's tags."""
+    fd = fileio.open_storage(path, os.O_RDONLY | _DIRECT)
+    buf = mmap.mmap(-1, BLOCK_READ_SIZE)  # page aligned, as O_DIRECT wants
+    try:
+        with memoryview(buf) as view:
+            os.preadv(fd, [view], 0)
+    finally:
+        buf.close()
+        os.close(fd)
+    sd_uuid = os.path.normpath(path).split('/')[2]
+    now = time.monotonic()
+    with _block_metadata_lock:
+        cached = _block_metadata.get(sd_uuid)
+    if cached is not None and now - cached[0] < BLOCK_METADATA_TTL:
+        return cached[1]
+    pairs = block_domain.BlockDomain(sd_uuid).read_raw()
+    with _block_metadata_lock:
+        _block_metadata[sd_uuid] = (now, pairs)
+    return pairs
+
+
 def read_metadata(path):
-    """Read and check one domain's metadata (``<domain>/dom_md/metadata``); returns the raw dict.
+    """Read and check one domain's metadata (``<domain>/dom_md/metadata``, or a block domain's
+    ``metadata`` LV: see :func:`_read_block_metadata`); returns the raw dict.
 
     Through the one reader of shared storage: no link below the domain is
     followed, a FIFO or device is refused, at most MAX_METADATA_BYTES are read.
     """
+    if fileio.is_lv_path(path):
+        return _read_block_metadata(path)
     text = fileio.read_text(path, limit=MAX_METADATA_BYTES, root=os.path.dirname(os.path.dirname(path)))
     pairs = sd_metadata.parse(text)
     sd_metadata.DomainMetadata.from_dict(pairs)

@@ -690,6 +690,29 @@ def prepare_block_domain(dom_dir, md):
         _set_link(os.path.join(md_dir, name), path)
 
 
+def forget_block_domain_dir(sd_uuid):
+    """Remove this host's directory of a removed block domain (links to its LVs and empty directories only)."""
+    dom_dir = sd_layout.block_domain_dir(sd_uuid)
+    for root, dirs, files in os.walk(dom_dir, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                os.unlink(path)
+        for name in dirs:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                os.unlink(path)
+            else:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+    try:
+        os.rmdir(dom_dir)
+    except OSError:
+        pass
+
+
 def leave_lockspace(sd_uuid):
     """Leave the domain's lockspace if this host's sanlock holds it (by name: the
     domain's storage may already be gone)."""

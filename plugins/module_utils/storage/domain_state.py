@@ -208,7 +208,7 @@ def run_block_module(module):
         if vg is None:
             # Removed from another host while this one had its LVs active: the mappings go too.
             stale = lvm_cmd.stale_mappings(domain.sd_uuid)
-            if stale:
+            if stale or os.path.lexists(sd_layout.block_domain_dir(domain.sd_uuid)):
                 actions.append('release')
                 if not module.check_mode:
                     lvm_cmd.remove_mappings(stale)
@@ -226,6 +226,8 @@ def run_block_module(module):
             actions.append('remove')
             if not module.check_mode:
                 block_domain.remove(domain)
+        if not module.check_mode and actions:
+            storage.forget_block_domain_dir(domain.sd_uuid)
     elif ready:
         _block_present(module, domain, vg, actions)
     elif state in _MEMBERSHIP and module.check_mode:

@@ -109,3 +109,40 @@ def test_metadata_larger_than_the_limit_is_invalid_without_reading_it_all(tmp_pa
         stream.truncate(agent_storage.MAX_METADATA_BYTES * 64)
     stats = agent_storage.StorageMonitor(str(tmp_path), timeout=2).check()
     assert stats[SD]['valid'] is False and 'larger than' in stats[SD]['error']
+
+
+def test_a_block_domain_is_checked_on_its_metadata_lv_and_its_tags_read_at_most_every_few_minutes(tmp_path, monkeypatch):
+    # The host directory of a block domain: dom_md's entries link to LVs, never read through the link.
+    (tmp_path / 'blockSD' / SD / 'dom_md').mkdir(parents=True)
+    (tmp_path / 'blockSD' / SD / 'dom_md' / 'metadata').symlink_to('/dev/%s/metadata' % SD)
+    lv = tmp_path / 'metadata-lv'
+    lv.write_bytes(b'\0' * 8192)
+    opened, tag_reads = [], []
+
+    def open_storage(path, flags):
+        opened.append(path)
+        return os.open(str(lv), os.O_RDONLY)
+
+    class Domain:
+        def __init__(self, sd_uuid):
+            self.sd_uuid = sd_uuid
+
+        def read_raw(self):
+            tag_reads.append(self.sd_uuid)
+            return sd_metadata.new_domain_metadata(self.sd_uuid, 'ISCSI', 'Data', 'san', None)
+
+    monkeypatch.setattr(agent_storage.fileio, 'open_storage', open_storage)
+    monkeypatch.setattr(agent_storage.block_domain, 'BlockDomain', Domain)
+    monkeypatch.setattr(agent_storage, '_DIRECT', 0)
+    monkeypatch.setattr(agent_storage, '_block_metadata', {})
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2)
+    for _round in range(3):
+        stats = monitor.check()
+    assert stats[SD]['valid'] is True and stats[SD]['type'] == 'ISCSI' and stats[SD]['path'] == '/dev/%s/metadata' % SD
+    assert opened == ['/dev/%s/metadata' % SD] * 3 and tag_reads == [SD]
+
+    # The LUN stops answering reads: invalid at once, whatever the cached tags say.
+    def dead_lun(path, flags):
+        raise OSError(errno.EIO, 'I/O error')
+    monkeypatch.setattr(agent_storage.fileio, 'open_storage', dead_lun)
+    assert monitor.check()[SD]['code'] == errno.EIO

@@ -410,6 +410,9 @@ def test_joining_prepares_the_host_directory_as_vdsm_does(block_host):
     for name in activated[2]:
         assert os.readlink(os.path.join(dom_dir, 'dom_md', name)) == '/dev/%s/%s' % (SD, name)
     assert os.path.isdir(os.path.join(dom_dir, 'images'))
+    # Removed, the domain leaves nothing in blockSD; only links and empty directories were there to remove.
+    storage.forget_block_domain_dir(SD)
+    assert not os.path.lexists(dom_dir)
 
 
 # ------------------------------------------------------------------ volumes of a block domain
