@@ -380,6 +380,11 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
     assert [layer["filename"] for layer in chain] == [f"/dev/{SD_A}/{vol}" for vol in reversed(CHAIN)], chain
     assert [layer.get("backing-filename") for layer in chain] == [middle, base, None], chain
     assert all(layer["virtual-size"] == 2 * 1024 * MIB for layer in chain), chain
+    # storage_info there reads the same chains from the slots.
+    (listed,) = play(tmp_path, "volumes-seen", second, [{"virtnode.kvm.storage_info": {"sd_uuid": SD_A}}])
+    images = {image["image_uuid"]: image["volumes"] for image in listed["domains"][0]["images"]}
+    assert [v["volume_uuid"] for v in images[IMG]] == CHAIN and [v["volume_uuid"] for v in images[IMG_RAW]] == [RAW], images
+    assert {v["legality"] for v in images[IMG] + images[IMG_RAW]} == {"LEGAL"} and images[IMG_RAW][0]["capacity"] == 256 * MIB
 
 
 def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_master(san, kernel_vars, tmp_path):

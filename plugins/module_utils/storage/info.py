@@ -12,6 +12,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import deadlin
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool as storage_pool
@@ -35,13 +36,32 @@ def domains_info(sd_filter=None, members=None, images=True, unreachable=None):
             continue
         try:
             domains.append(deadline.call_within(
-                DOMAIN_INFO_TIMEOUT, lambda dom_dir=dom_dir: storage.domain_info(dom_dir, images=images),
+                DOMAIN_INFO_TIMEOUT, lambda dom_dir=dom_dir: domain_info(dom_dir, images),
                 'no answer within %ds describing storage domain %s (storage server not responding?)'
                 % (DOMAIN_INFO_TIMEOUT, sd_uuid), name='describe %s' % sd_uuid))
         except (VirtnodeError, OSError) as err:
             domains.append({'sd_uuid': sd_uuid, 'path': dom_dir,
                             'error': err.message if isinstance(err, VirtnodeError) else '%s: %s' % (dom_dir, err)})
     return sorted(domains, key=lambda domain: domain['sd_uuid'])
+
+
+def domain_info(dom_dir, images):
+    """:func:`storage.domain_info`, a block domain's images described as a file domain's are (volume chains)."""
+    info = storage.domain_info(dom_dir, images=images)
+    store = block_volumes.for_domain(dom_dir)
+    if store is None:
+        return info
+    if not images:
+        info.pop('images', None)
+        return info
+    described = []
+    for image in info['images']:
+        try:
+            described.append({'image_uuid': image['image_uuid'], 'volumes': store.chain_info(image['image_uuid'])})
+        except VirtnodeError as err:  # e.g. the metadata LV is not active here: the image is still listed
+            described.append(dict(image, error=err.message))
+    info['images'] = described
+    return info
 
 
 def run_module(module):

@@ -18,6 +18,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import info as storage_info
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
@@ -585,3 +586,16 @@ def test_the_volume_module_on_a_block_domain(block_store, monkeypatch):
     assert redone['actions'] == ['remove_leftover', 'create'] and redone['volume']['legality'] == 'LEGAL', redone
     gone = run(volume_uuid=None, image_uuid=SD, state='absent')
     assert gone['actions'] == ['delete_image'] and gone['chain'] == [] and TOP not in lvm.vgs[SD]['lvs']
+
+
+def test_storage_info_describes_a_block_domains_images_as_a_file_domains(block_store, monkeypatch):
+    store, _lvm, _metadata, _done = block_store
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 256 * MIB)
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
+    monkeypatch.setattr(storage_info.block_volumes, 'for_domain', lambda dom_dir: store)
+    (described,) = storage_info.domains_info(images=True)
+    (image,) = described['images']
+    assert image['image_uuid'] == IMG and [v['volume_uuid'] for v in image['volumes']] == [BASE, TOP]
+    assert image['volumes'][1]['parent'] == BASE and image['volumes'][0]['role'] == 'INTERNAL'
+    assert image['volumes'][0]['legality'] == 'LEGAL' and image['volumes'][0]['apparent_size'] == 256 * MIB
+    assert 'images' not in storage_info.domains_info(images=False)[0]
