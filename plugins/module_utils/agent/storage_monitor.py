@@ -48,7 +48,6 @@ _UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 # VDSM refreshes a block domain's VG metadata every 5 minutes (or when a change invalidates it).
 BLOCK_METADATA_TTL = 300.0
 BLOCK_READ_SIZE = 4096
-_DIRECT = getattr(os, 'O_DIRECT', 0)
 _block_metadata = {}          # sd_uuid -> (read at, raw metadata)
 _block_metadata_lock = threading.Lock()
 CODE_OK = 0
@@ -127,7 +126,7 @@ def list_domains_in_mount(mount_dir):
 
 def _read_block_metadata(path):
     """The read delay of a block domain's ``metadata`` LV (4 KiB, direct) and its metadata from the VG's tags."""
-    fd = fileio.open_storage(path, os.O_RDONLY | _DIRECT)
+    fd = fileio.open_storage_direct(path, os.O_RDONLY)
     buf = mmap.mmap(-1, BLOCK_READ_SIZE)  # page aligned, as O_DIRECT wants
     try:
         with memoryview(buf) as view:

@@ -242,6 +242,22 @@ def open_storage(path, flags, root=None, action='open'):
     return open_beneath(path, flags, root=root, action=action)
 
 
+_DIRECT = getattr(os, 'O_DIRECT', 0)
+
+
+def open_storage_direct(path, flags, root=None):
+    """:func:`open_storage` with O_DIRECT: what is read is on storage, not in this host's page cache (another
+    host may have just written it), and what is written is there when the call returns. File systems
+    that refuse O_DIRECT (tmpfs) get the page cache."""
+    if _DIRECT:
+        try:
+            return open_storage(path, flags | _DIRECT, root=root)
+        except VirtnodeError as err:
+            if err.details.get('errno') != errno.EINVAL:
+                raise
+    return open_storage(path, flags, root=root)
+
+
 def stat_beneath(path, root=None):
     """``os.stat_result`` of the regular file ``path`` reached without following links below ``root``."""
     fd = open_beneath(path, os.O_RDONLY, root)

@@ -258,24 +258,12 @@ def read_lockspace(path, alignment=DEFAULT_ALIGNMENT, sector=DEFAULT_SECTOR):
 AREA_READ_TIMEOUT = 30
 _AREA_CHUNK = 1024 ** 2
 _PAGE = 4096
-_DIRECT = getattr(os, 'O_DIRECT', 0)
-
-
-def _open_area(path):
-    # No link is followed on a file domain: a planted link to a blank file must not
-    # pass for the area (a block domain's LV is checked to be that LV). O_DIRECT reads what is on storage, not this host's page cache
-    # (another host may have just written it); tmpfs refuses it.
-    if _DIRECT:
-        try:
-            return fileio.open_storage(path, os.O_RDONLY | _DIRECT)
-        except VirtnodeError as err:
-            if err.details.get('errno') != errno.EINVAL:
-                raise
-    return fileio.open_storage(path, os.O_RDONLY)
 
 
 def _area_blank(path, offset, length):
-    fd = _open_area(path)
+    # No link is followed on a file domain: a planted link to a blank file must not
+    # pass for the area (a block domain's LV is checked to be that LV).
+    fd = fileio.open_storage_direct(path, os.O_RDONLY)
     # An anonymous mmap is page aligned, as O_DIRECT wants; reads are whole pages.
     buf = mmap.mmap(-1, _AREA_CHUNK)
     try:

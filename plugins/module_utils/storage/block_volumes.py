@@ -38,7 +38,6 @@ for the work are deactivated again unless they were active before.
 from __future__ import annotations
 
 import contextlib
-import errno
 import mmap
 import os
 
@@ -64,7 +63,6 @@ METADATA_BASE = {4: 0, 5: MIB}
 SLOT_SIZE = {4: 512, 5: 8 * 1024}
 FIRST_SLOT = {4: 4, 5: 1}
 LEASE_SLOTS = 2048
-_DIRECT = getattr(os, 'O_DIRECT', 0)
 
 
 def _tag(lv, prefix):
@@ -125,25 +123,21 @@ class BlockVolumes:
     def read_volume(self, img_uuid, vol_uuid):
         """The volume's VolumeMetadata; None when there is no such LV in the image.
 
-        An LV still being created (initializing tag, no slot) reads as an
-        ILLEGAL volume: what an interrupted create leaves.
+        An LV still being created (initializing tag, no slot, or a slot never
+        written) reads as an ILLEGAL volume: what an interrupted create leaves.
         """
         lv = self.volume_lv(vol_uuid)
         if lv is None or _tag(lv, IMAGE_TAG) not in (img_uuid, None):
             return None
         slot = self.slot_of(lv)
-        if INITIALIZING_TAG in lv['tags'] or slot is None:
+        record = None if INITIALIZING_TAG in lv['tags'] or slot is None else self._slot_io(slot)
+        if not (record or b'').strip(b'\0'):
             return vmd.VolumeMetadata(domain=self.sd_uuid, image=img_uuid, capacity=0, volume_format='RAW',
                                       allocation='PREALLOCATED', role='LEAF', disk_type='DATA',
                                       parent=_tag(lv, PARENT_TAG) or vmd.BLANK_UUID, legality='ILLEGAL')
         try:
-            return vmd.parse(self._read_slot(slot))
+            return vmd.parse(record)
         except VirtnodeError as err:
-            if not self._read_slot(slot).strip(b'\0'):
-                # The slot is taken (MD_ tag) but was never written: a create stopped before its metadata.
-                return vmd.VolumeMetadata(domain=self.sd_uuid, image=img_uuid, capacity=0, volume_format='RAW',
-                                          allocation='PREALLOCATED', role='LEAF', disk_type='DATA',
-                                          parent=_tag(lv, PARENT_TAG) or vmd.BLANK_UUID, legality='ILLEGAL')
             raise VirtnodeError('volume %s: metadata slot %d of %s: %s' % (vol_uuid, slot, self.sd_uuid, err.message),
                                 dict(err.details, volume_uuid=vol_uuid, slot=slot)) from err
 
@@ -183,42 +177,24 @@ class BlockVolumes:
 
     # ---------------------------------------------------------------- metadata slots
 
-    def _open_metadata(self, flags):
-        if _DIRECT:
-            try:
-                return fileio.open_storage(self.metadata_path, flags | _DIRECT)
-            except VirtnodeError as err:
-                if err.details.get('errno') != errno.EINVAL:
-                    raise
-        return fileio.open_storage(self.metadata_path, flags)
-
-    def _read_slot(self, slot):
-        fd = self._open_metadata(os.O_RDONLY)
+    def _slot_io(self, slot, data=None):
+        """Read the 512-byte record of ``slot``, or write ``data`` there (zero-padded) in one sector write,
+        so a reader sees the old record or the new one, never half."""
+        if data is not None and len(data) > vmd.METADATA_SIZE:
+            raise VirtnodeError('volume metadata is %d bytes, more than the %d of a slot' % (len(data), vmd.METADATA_SIZE))
+        fd = fileio.open_storage_direct(self.metadata_path, os.O_RDONLY if data is None else os.O_WRONLY)
         buf = mmap.mmap(-1, mmap.PAGESIZE)  # page aligned, as O_DIRECT wants
         try:
             with memoryview(buf) as whole, whole[:vmd.METADATA_SIZE] as view:
-                got = os.preadv(fd, [view], self.slot_offset(slot))
-            return bytes(buf[:got])
-        except OSError as err:
-            raise VirtnodeError('cannot read metadata slot %d of %s: %s' % (slot, self.sd_uuid, err.strerror or err),
-                                {'slot': slot}) from err
-        finally:
-            buf.close()
-            os.close(fd)
-
-    def _write_slot(self, slot, data):
-        """One 512-byte sector write: a reader sees the old record or the new one, never half."""
-        if len(data) > vmd.METADATA_SIZE:
-            raise VirtnodeError('volume metadata is %d bytes, more than the %d of a slot' % (len(data), vmd.METADATA_SIZE))
-        fd = self._open_metadata(os.O_WRONLY)
-        buf = mmap.mmap(-1, mmap.PAGESIZE)
-        try:
-            buf[:len(data)] = data
-            with memoryview(buf) as whole, whole[:vmd.METADATA_SIZE] as view:
+                if data is None:
+                    return bytes(view[:os.preadv(fd, [view], self.slot_offset(slot))])
+                view[:len(data)] = data
                 os.pwritev(fd, [view], self.slot_offset(slot))
             os.fsync(fd)
+            return None
         except OSError as err:
-            raise VirtnodeError('cannot write metadata slot %d of %s: %s' % (slot, self.sd_uuid, err.strerror or err),
+            verb = 'read' if data is None else 'write'
+            raise VirtnodeError('cannot %s metadata slot %d of %s: %s' % (verb, slot, self.sd_uuid, err.strerror or err),
                                 {'slot': slot}) from err
         finally:
             buf.close()
@@ -230,7 +206,7 @@ class BlockVolumes:
         if slot is None:
             raise VirtnodeError('volume %s has no metadata slot' % vol_uuid, {'volume_uuid': vol_uuid})
         volumes.check_fence()
-        self._write_slot(slot, vmd.serialize(md, self.md.version))
+        self._slot_io(slot, vmd.serialize(md, self.md.version))
 
     def free_slot(self):
         taken = sorted(slot for slot in (self.slot_of(lv) for lv in self.lvs().values()) if slot is not None)
@@ -406,7 +382,7 @@ class BlockVolumes:
         self._lvs = None
         block.remove_link(self.path(img_uuid, vol_uuid))
         if slot is not None:
-            self._write_slot(slot, b'')
+            self._slot_io(slot, b'')
         return True
 
     def delete_image(self, img_uuid):
@@ -425,9 +401,10 @@ class BlockVolumes:
         return True
 
 
-def for_domain(dom_dir):
-    """:class:`BlockVolumes` of the block domain whose host directory is ``dom_dir``, or None for a file domain."""
+def for_domain(dom_dir, md=None):
+    """:class:`BlockVolumes` of the block domain whose host directory is ``dom_dir`` (``md`` its metadata if
+    already read), or None for a file domain."""
     domain = storage.block_domain_of(dom_dir)
     if domain is None:
         return None
-    return BlockVolumes(domain, domain.read_md())
+    return BlockVolumes(domain, md or domain.read_md())

@@ -115,7 +115,7 @@ def _scan_mount(mnt):
                                 % (mnt, SCAN_TIMEOUT), {'path': mnt}, name='scan %s' % mnt)
 
 
-def domain_dirs(mount_root=None, mount=None, unreachable=None):
+def domain_dirs(mount_root=None, mount=None, unreachable=None, block=True):
     """``[(sd_uuid, domain dir)]`` of every directory named like a domain that has metadata, duplicates included.
 
     Only names that are UUIDs are looked into: nothing else on a mount is
@@ -137,15 +137,16 @@ def domain_dirs(mount_root=None, mount=None, unreachable=None):
             reason = err.message
         if reason and unreachable is not None:
             unreachable[mnt] = reason
-    if mount is None and mount_root in (None, sd_layout.MOUNT_ROOT):
+    if block and mount is None and mount_root in (None, sd_layout.MOUNT_ROOT):
         found += _block_domains(unreachable)
     return found
 
 
-def scan_domains(mount_root=None, mount=None, unreachable=None):
-    """Return ``{sd_uuid: domain dir}`` of every domain under the mount root (or one mount), block domains included."""
+def scan_domains(mount_root=None, mount=None, unreachable=None, block=True):
+    """Return ``{sd_uuid: domain dir}`` of every domain under the mount root (or one mount), block domains
+    included unless ``block`` is false."""
     found = {}
-    for name, dom_dir in domain_dirs(mount_root, mount, unreachable):
+    for name, dom_dir in domain_dirs(mount_root, mount, unreachable, block):
         found.setdefault(name, dom_dir)
     return found
 
@@ -160,7 +161,10 @@ def find_domain(sd_uuid, required=True):
     """Return the directory of domain ``sd_uuid`` on a connected server (None if absent and not required)."""
     validate.uuid_str(sd_uuid, 'storage domain UUID')
     unreachable = {}
-    dom_dir = scan_domains(unreachable=unreachable).get(sd_uuid)
+    # File domains first, as the full scan ranks them: a file domain's modules run no LVM command.
+    dom_dir = scan_domains(unreachable=unreachable, block=False).get(sd_uuid)
+    if dom_dir is None:
+        dom_dir = dict(_block_domains(unreachable)).get(sd_uuid)
     if dom_dir is None and unreachable:
         # Even when not required: a domain on a mount that does not answer is not an absent one.
         raise unreachable_error('cannot tell whether storage domain %s exists' % sd_uuid, unreachable, {'sd_uuid': sd_uuid})

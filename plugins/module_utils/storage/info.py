@@ -14,6 +14,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool as storage_pool
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
@@ -48,12 +49,12 @@ def domains_info(sd_filter=None, members=None, images=True, unreachable=None):
 def domain_info(dom_dir, images):
     """:func:`storage.domain_info`, a block domain's images described as a file domain's are (volume chains)."""
     info = storage.domain_info(dom_dir, images=images)
-    store = block_volumes.for_domain(dom_dir)
-    if store is None:
+    if not storage.block_domain_of(dom_dir):
         return info
     if not images:
         info.pop('images', None)
         return info
+    store = block_volumes.for_domain(dom_dir, sdm.DomainMetadata.from_dict(info['metadata']))
     described = []
     for image in info['images']:
         try:

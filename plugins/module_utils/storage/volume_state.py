@@ -37,7 +37,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume
 
 def store_for(dom_dir, dom_md):
     """The volumes of the domain in ``dom_dir``: a :class:`block_volumes.BlockVolumes` or a :class:`volumes.FileVolumes`."""
-    found = block_volumes.for_domain(dom_dir)
+    found = block_volumes.for_domain(dom_dir, dom_md)
     return found if found is not None else volumes.FileVolumes(dom_dir, dom_md)
 
 
@@ -116,8 +116,8 @@ def _clone_source_dir(store, clone, sd_uuid):
 def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
     params = module.params
     writer.require('create')
+    src_dir = _clone_source_dir(store, clone, sd_uuid) if clone else None
     if clone:
-        src_dir = _clone_source_dir(store, clone, sd_uuid)
         if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
             raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
     elif parent:
@@ -133,7 +133,7 @@ def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, cl
         if clone:
             store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
                                 params['description'], params['disk_type'],
-                                clone_source=(_clone_source_dir(store, clone, sd_uuid), clone['image_uuid'], clone['volume_uuid']))
+                                clone_source=(src_dir, clone['image_uuid'], clone['volume_uuid']))
         else:
             store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
                                 params['description'], params['disk_type'])

@@ -119,7 +119,7 @@ def test_a_block_domain_is_checked_on_its_metadata_lv_and_its_tags_read_at_most_
     lv.write_bytes(b'\0' * 8192)
     opened, tag_reads = [], []
 
-    def open_storage(path, flags):
+    def open_storage(path, flags, root=None):
         opened.append(path)
         return os.open(str(lv), os.O_RDONLY)
 
@@ -133,7 +133,7 @@ def test_a_block_domain_is_checked_on_its_metadata_lv_and_its_tags_read_at_most_
 
     monkeypatch.setattr(agent_storage.fileio, 'open_storage', open_storage)
     monkeypatch.setattr(agent_storage.block_domain, 'BlockDomain', Domain)
-    monkeypatch.setattr(agent_storage, '_DIRECT', 0)
+    monkeypatch.setattr(agent_storage.fileio, '_DIRECT', 0)
     monkeypatch.setattr(agent_storage, '_block_metadata', {})
     monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2)
     for _round in range(3):
@@ -142,7 +142,7 @@ def test_a_block_domain_is_checked_on_its_metadata_lv_and_its_tags_read_at_most_
     assert opened == ['/dev/%s/metadata' % SD] * 3 and tag_reads == [SD]
 
     # The LUN stops answering reads: invalid at once, whatever the cached tags say.
-    def dead_lun(path, flags):
+    def dead_lun(path, flags, root=None):
         raise OSError(errno.EIO, 'I/O error')
     monkeypatch.setattr(agent_storage.fileio, 'open_storage', dead_lun)
     assert monitor.check()[SD]['code'] == errno.EIO

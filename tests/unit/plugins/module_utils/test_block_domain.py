@@ -592,10 +592,23 @@ def test_storage_info_describes_a_block_domains_images_as_a_file_domains(block_s
     store, _lvm, _metadata, _done = block_store
     store.create_volume(IMG, BASE, 'COW', 'SPARSE', 256 * MIB)
     store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
-    monkeypatch.setattr(storage_info.block_volumes, 'for_domain', lambda dom_dir: store)
+    monkeypatch.setattr(storage_info.block_volumes, 'for_domain', lambda dom_dir, md=None: store)
     (described,) = storage_info.domains_info(images=True)
     (image,) = described['images']
     assert image['image_uuid'] == IMG and [v['volume_uuid'] for v in image['volumes']] == [BASE, TOP]
     assert image['volumes'][1]['parent'] == BASE and image['volumes'][0]['role'] == 'INTERNAL'
     assert image['volumes'][0]['legality'] == 'LEGAL' and image['volumes'][0]['apparent_size'] == 256 * MIB
     assert 'images' not in storage_info.domains_info(images=False)[0]
+
+
+def test_finding_a_file_domain_runs_no_lvm_command_on_a_host_with_luns(block_host, tmp_path, monkeypatch):
+    lvm, dom_dir = block_host
+    listed = []
+    monkeypatch.setattr(lvm, 'vgs_tagged', lambda tag, _orig=lvm.vgs_tagged: listed.append(tag) or _orig(tag))
+    file_sd = '6d5e4f3a-2b1c-4d0e-9f8a-7b6c5d4e3f2a'
+    mount = tmp_path / 'mnt' / 'server:_export'
+    mount.mkdir()
+    made = sd_layout.create_domain_tree(str(mount), file_sd, sdm.new_domain_metadata(
+        file_sd, 'NFS', 'Data', 'files', 'server:/export'), 'NFS')
+    assert storage.find_domain(file_sd) == made and listed == [] and lvm.calls == []
+    assert storage.find_domain(SD) == dom_dir and len(listed) == 1

@@ -38,8 +38,8 @@ def mount_root(tmp_path, monkeypatch):
     root = tmp_path / 'mnt'
     (root / 'server:_export').mkdir(parents=True)
     monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, _orig=storage.scan_domains:
-                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable))
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, block=True, _orig=storage.scan_domains:
+                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable, block=block))
     calls = []
     for name in ('write_lockspace', 'write_resource'):
         monkeypatch.setattr(sanlock_lock, name, lambda *args, _name=name: calls.append((_name,) + args))
@@ -211,8 +211,8 @@ def lab_sanlock(tmp_path, monkeypatch):
     root = tmp_path / 'mnt'
     (root / 'server:_export').mkdir(parents=True)
     monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, _orig=storage.scan_domains:
-                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable))
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, block=True, _orig=storage.scan_domains:
+                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable, block=block))
     monkeypatch.setattr(storage, 'POOL_STATE_DIR', str(tmp_path / 'pools'))
     monkeypatch.setattr(sd_layout, 'pool_dir', lambda sp_uuid: str(tmp_path / 'dc' / sp_uuid))
     fake = FakeSanlock()

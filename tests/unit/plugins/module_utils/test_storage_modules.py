@@ -40,8 +40,8 @@ def server(tmp_path, monkeypatch):
     root = tmp_path / 'mnt'
     root.mkdir()
     monkeypatch.setattr(sd_layout, 'MOUNT_ROOT', str(root))
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, _orig=storage.scan_domains:
-                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable))
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=str(root), mount=None, unreachable=None, block=True, _orig=storage.scan_domains:
+                        _orig(mount_root=str(root), mount=mount, unreachable=unreachable, block=block))
     export = tmp_path / 'export'
     export.mkdir()
     params = dict(type='localfs', path=str(export), vfstype=None, options=None, nfs_version='auto', timeo=600, retrans=6,
