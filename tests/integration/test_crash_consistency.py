@@ -35,6 +35,9 @@ SP = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e01"
 SD = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e02"
 BASE_IMG = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e03"
 BASE_VOL = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e04"
+# A second active domain of the pool: volume creates hold their domain's lock, so a host crash can stop
+# two of them at their crash points at once only when they are on different domains.
+SD2 = "0c4a5e6f-1a2b-4c3d-8e4f-5a6b7c8d9e05"
 IO_TIMEOUT = 1
 SERVER = {"type": "posixfs", "path": "{{ export }}", "vfstype": "none", "options": "bind"}
 # Files sanlock and the SPM rewrite on their own (lease renewals, mailboxes): never compared.
@@ -99,6 +102,9 @@ def setup_tasks() -> list:
         {"name": "Connect pool", "virtnode.kvm.storage_pool": {"pool_uuid": "{{ sp }}", "host_id": 1}},
         {"name": "SPM", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}},
         {"name": "Base volume for snapshots and clones", **volume(BASE_IMG, BASE_VOL, size="16MiB", format="RAW")},
+        {"name": "Second domain", "virtnode.kvm.storage_domain": {"sd_uuid": SD2, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}},
+        {"name": "Second domain active in the pool", "virtnode.kvm.storage_domain": {"sd_uuid": SD2, "pool_uuid": "{{ sp }}",
+                                                                                     "state": "active"}},
     ]
 
 
@@ -332,23 +338,25 @@ def crash_host_in_the_middle(storage, tmp_path, lab_hosts, crashed: list, new_ho
     assert sorted(r for r in set(before) | set(after) if before.get(r) != after.get(r) and not touched_by(r, made)) == []
 
 
-def test_host_crash_in_the_middle_of_a_volume_create(storage, tmp_path, lab_hosts):
+def test_host_crash_in_the_middle_of_two_volume_creates_and_a_domain_create(storage, tmp_path, lab_hosts):
+    """Three tasks at their crash points when the host dies: a volume whose metadata says ILLEGAL (on the
+    second domain), a clone whose data file is written and its .meta not, and a new domain in place with no
+    lockspace and no leases (`present` must give it both)."""
     img, vol = uid("host-crash", "img"), uid("host-crash", "vol")
-
-    def illegal_on_storage(export):
-        assert "LEGALITY=ILLEGAL" in (export / SD / "images" / img / (vol + ".meta")).read_text()
-    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [("volume_create.meta_illegal", volume(img, vol, size="16MiB", format="RAW"))],
-                             2, {img}, illegal_on_storage)
-
-
-def test_host_crash_between_a_domain_rename_and_its_leases(storage, tmp_path, lab_hosts):
-    """The new domain is in place with no lockspace and no leases: `present` must give it both."""
+    clone_img, clone = uid("host-crash", "clone-img"), uid("host-crash", "clone")
     sd = uid("host-crash", "sd")
 
-    def in_place_without_leases(export):
+    def all_half_done(export):
+        assert "LEGALITY=ILLEGAL" in (export / SD2 / "images" / img / (vol + ".meta")).read_text()
+        clone_dir = export / SD / "images" / clone_img
+        assert (clone_dir / clone).is_file() and not (clone_dir / (clone + ".meta")).exists()
         assert (export / sd / "dom_md" / "metadata").is_file()
-    create = {"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}", "io_timeout": IO_TIMEOUT}}
-    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [("domain_create.renamed", create)], 3, {sd}, in_place_without_leases)
+    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [
+        ("volume_create.meta_illegal", volume(img, vol, size="16MiB", format="RAW", sd_uuid=SD2)),
+        ("volume_create.data", volume(clone_img, clone, clone_from={"image_uuid": BASE_IMG, "volume_uuid": BASE_VOL})),
+        ("domain_create.renamed", {"virtnode.kvm.storage_domain": {"sd_uuid": sd, "server": "{{ export }}",
+                                                                   "io_timeout": IO_TIMEOUT}}),
+    ], 2, {img, clone_img, sd}, all_half_done)
 
 
 def test_host_crash_in_the_middle_of_a_snapshot_and_a_pool_create(storage, tmp_path, lab_hosts):
@@ -367,18 +375,7 @@ def test_host_crash_in_the_middle_of_a_snapshot_and_a_pool_create(storage, tmp_p
         ("volume_create.parent_internal", volume(img, snap, parent_volume_uuid=parent)),
         ("pool_create.master_tree", {"virtnode.kvm.storage_pool": {"pool_uuid": sp, "master_sd_uuid": sd, "host_id": 1,
                                                                    "state": "present"}}),
-    ], 4, {img, sd}, both_half_done, prep)
-
-
-def test_host_crash_in_the_middle_of_a_clone(storage, tmp_path, lab_hosts):
-    """The clone's data file is written, its .meta is not."""
-    img, vol = uid("host-crash", "clone-img"), uid("host-crash", "clone")
-
-    def data_without_meta(export):
-        assert (export / SD / "images" / img / vol).is_file() and not (export / SD / "images" / img / (vol + ".meta")).exists()
-    crash_host_in_the_middle(storage, tmp_path, lab_hosts, [
-        ("volume_create.data", volume(img, vol, clone_from={"image_uuid": BASE_IMG, "volume_uuid": BASE_VOL}))],
-        5, {img}, data_without_meta)
+    ], 3, {img, sd}, both_half_done, prep)
 
 
 def test_host_crash_in_the_middle_of_an_spm_start(storage, tmp_path, lab_hosts):
@@ -387,7 +384,7 @@ def test_host_crash_in_the_middle_of_an_spm_start(storage, tmp_path, lab_hosts):
         assert re.search(r"^POOL_SPM_ID=[1-9][0-9]*$", (export / SD / "dom_md" / "metadata").read_text(), re.M)
     crash_host_in_the_middle(storage, tmp_path, lab_hosts, [
         ("spm_start.metadata", {"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5}})],
-        6, set(), names_the_spm, [{"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}}])
+        4, set(), names_the_spm, [{"virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "stopped"}}])
 
 
 def test_crash_points_all_have_a_case():

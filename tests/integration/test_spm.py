@@ -1,9 +1,11 @@
-"""SPM failover: the SPM host dies, another host takes the role once sanlock declares it dead.
+"""SPM failover: the SPM host stops renewing its lease, another host takes the role once sanlock
+declares it dead, and the old SPM's unfinished task is fenced.
 
 Two lab hosts share a posixfs domain whose lockspace uses an io timeout of 1 s, so the dead
 host's lease expires after 8 x 1 + 60 s. The measured failover time is printed
-(`pytest -s tests/integration/test_spm.py`). The crashed host is brought back with
-`lab.py up` and reconnects its storage and pool, so later tests find two working hosts.
+(`pytest -s tests/integration/test_spm.py`). The old SPM is then crashed, brought back with
+`lab.py up` and reconnects its storage and pool, so later tests find two working hosts. One
+takeover covers both the failover and the fencing: each costs the same ~70 s wait.
 """
 
 from __future__ import annotations
@@ -55,50 +57,6 @@ POOL_WITH_SPM = [
 ]
 
 
-def test_spm_failover_after_host_crash(lab_hosts, tmp_path):
-    first, second = list(lab_hosts)[:2]
-    play(tmp_path, "cleanup-before", "lab", pool_cleanup_tasks())
-    play(tmp_path, "setup", "lab", [
-        *POOL_WITH_SPM,
-        {"name": "It is SPM", "ansible.builtin.assert": {"that": ["started.spm.spm_status == 'SPM'"]},
-         "when": "inventory_hostname == groups.lab[0]"},
-    ])
-    try:
-        crash = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "crash", first],
-                               capture_output=True, text=True, timeout=120, check=False)
-        assert crash.returncode == 0, crash.stderr
-        crashed_at = time.monotonic()
-        out = play(tmp_path, "takeover", second, [
-            {"name": "Second host takes over once the dead SPM's lease expires",
-             "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5},
-             "register": "takeover", "until": "takeover is succeeded", "retries": 150, "delay": 1},
-            {"name": "Show", "ansible.builtin.debug": {"var": "takeover.spm"}},
-            {"name": "Second host is SPM with a new LVER",
-             "ansible.builtin.assert": {"that": ["takeover.spm.spm_status == 'SPM'", "takeover.spm.spm_id == 2",
-                                                 "takeover.spm.lver >= 2"]}},
-        ])
-        failover = time.monotonic() - crashed_at
-        print(f"SPM failover after crashing {first}: {failover:.1f} s (sanlock io timeout {IO_TIMEOUT} s)")
-        # The takeover waited for the dead host's lease: sanlock calls a host dead 8 io timeouts plus the
-        # 60 s watchdog fire timeout after its last renewal (at most 2 io timeouts before the crash).
-        # Whether the module was refused and retried meanwhile, or blocked in sanlock, is timing.
-        assert failover >= 60 + 6 * IO_TIMEOUT - 1, failover
-        assert 8 * IO_TIMEOUT + 40 < failover < 8 * IO_TIMEOUT + 60 + 60
-    finally:
-        bring_back_namespace_hosts(lab_hosts)
-    # The crashed host comes back fresh: it reconnects the storage and the pool, and sees host 2 as SPM.
-    play(tmp_path, "reconnect", first, [
-        {"name": "Reconnect server", **POOL_SERVER},
-        {"name": "Reconnect pool", **CONNECT},
-        {"name": "Status", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}"}, "register": "status"},
-        {"name": "Host 2 is SPM, this host is free",
-         "ansible.builtin.assert": {"that": ["status.spm.spm_id == 2", "status.spm.spm_status == 'Free'",
-                                             f"status.spm.spm_host == '{second}'"]}},
-    ])
-    assert "sanlock" not in lab_exec(first, "true").stderr
-    play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
-
-
 def test_spm_stops_and_pool_disconnects_after_its_storage_vanished(lab_hosts, tmp_path):
     """Storage gone from view (here: lazily unmounted) must not strand the SPM lease or the lockspace."""
     host = list(lab_hosts)[0]
@@ -139,15 +97,17 @@ def test_spm_stops_and_pool_disconnects_after_its_storage_vanished(lab_hosts, tm
     assert sd not in status, f"lockspace or SDM lease of the vanished domain still held:\n{status}"
 
 
-def test_a_task_that_outlives_the_spm_lease_writes_nothing(lab_hosts, tmp_path):
-    """A clone whose qemu-img step outlives the SPM lease must not write its metadata afterwards.
+def test_spm_failover_fences_the_dead_spms_task(lab_hosts, tmp_path):
+    """The SPM host stops renewing its lease: another host takes over, and the old SPM's task writes nothing.
 
     The first host is SPM and starts a clone; a ``qemu-img`` wrapper (only in that task's PATH)
-    holds the finished copy until told to go on. Meanwhile the first host's sanlock daemon is
-    frozen, so the host stops renewing its lease, and the second host takes the SPM role once
-    sanlock calls the first dead (the test's one ~65 s wait). Then the clone goes on: it must stop
-    with "no longer allowed" and leave no ``.meta``. The new SPM's `present` for the same volume
-    removes the leftover data and makes the volume LEGAL.
+    holds the finished copy until told to go on. Then the first host's sanlock daemon is frozen, so
+    the host stops renewing its lease as a hung or dead host does, and the second host takes the SPM
+    role once sanlock calls the first dead (the test's one ~70 s wait; the failover time is printed).
+    Then the clone goes on: it must stop with "no longer allowed" and leave no ``.meta``. The new
+    SPM's `present` for the same volume removes the leftover data and makes the volume LEGAL. The
+    first host is then crashed (every process killed), comes back fresh, reconnects and sees host 2
+    as SPM.
     """
     sys.path.insert(0, str(REPO / "tests" / "lab"))
     import lab  # pylint: disable=import-outside-toplevel
@@ -191,12 +151,23 @@ def test_a_task_that_outlives_the_spm_lease_writes_nothing(lab_hosts, tmp_path):
             except (OSError, ProcessLookupError):
                 pass
         assert frozen, "no sanlock daemon found on the first host"
+        frozen_at = time.monotonic()
         play(tmp_path, "takeover", second, [
             {"name": "Second host takes over once the first host's lease expires",
              "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}", "state": "started", "check_interval": 0.5},
              "register": "takeover", "until": "takeover is succeeded", "retries": 150, "delay": 1},
-            {"name": "Second host is SPM", "ansible.builtin.assert": {"that": ["takeover.spm.spm_id == 2"]}},
+            {"name": "Show", "ansible.builtin.debug": {"var": "takeover.spm"}},
+            {"name": "Second host is SPM with a new LVER",
+             "ansible.builtin.assert": {"that": ["takeover.spm.spm_status == 'SPM'", "takeover.spm.spm_id == 2",
+                                                 "takeover.spm.lver >= 2"]}},
         ])
+        failover = time.monotonic() - frozen_at
+        print(f"SPM failover after {first} stopped renewing: {failover:.1f} s (sanlock io timeout {IO_TIMEOUT} s)")
+        # The takeover waited for the dead host's lease: sanlock calls a host dead 8 io timeouts plus the
+        # 60 s watchdog fire timeout after its last renewal (at most 2 io timeouts before the freeze).
+        # Whether the module was refused and retried meanwhile, or blocked in sanlock, is timing.
+        assert failover >= 60 + 6 * IO_TIMEOUT - 1, failover
+        assert 8 * IO_TIMEOUT + 40 < failover < 8 * IO_TIMEOUT + 60 + 60
         lab_exec(first, "touch", f"{wrap}/go")
         out = stale.communicate(timeout=120)[0]
         print(out[-4000:])
@@ -214,5 +185,14 @@ def test_a_task_that_outlives_the_spm_lease_writes_nothing(lab_hosts, tmp_path):
                                capture_output=True, text=True, timeout=120, check=False)
         assert crash.returncode == 0, crash.stderr
         bring_back_namespace_hosts(lab_hosts)
-    play(tmp_path, "reconnect", first, [{"name": "Reconnect server", **POOL_SERVER}, {"name": "Reconnect pool", **CONNECT}])
+    # The crashed host comes back fresh: it reconnects the storage and the pool, and sees host 2 as SPM.
+    play(tmp_path, "reconnect", first, [
+        {"name": "Reconnect server", **POOL_SERVER},
+        {"name": "Reconnect pool", **CONNECT},
+        {"name": "Status", "virtnode.kvm.spm": {"pool_uuid": "{{ sp }}"}, "register": "status"},
+        {"name": "Host 2 is SPM, this host is free",
+         "ansible.builtin.assert": {"that": ["status.spm.spm_id == 2", "status.spm.spm_status == 'Free'",
+                                             f"status.spm.spm_host == '{second}'"]}},
+    ])
+    assert "sanlock" not in lab_exec(first, "true").stderr
     play(tmp_path, "cleanup-after", "lab", pool_cleanup_tasks())
