@@ -20,7 +20,9 @@ description:
   - A new volume is written ILLEGAL first and marked LEGAL when complete.
   - With O(parent_volume_uuid) the new volume is a COW snapshot whose backing file is the parent
     (C(qemu-img create -b <parent> -F <format>)); the parent becomes INTERNAL.
-  - With O(clone_from) the new volume is a full copy of another volume (template), its chain flattened.
+  - With O(clone_from) the new volume is a full copy of another volume (template), its chain flattened. On a block
+    domain the source is a volume of a file domain or of the same domain, and the new logical volume gets what
+    C(qemu-img measure) says the copy needs (at least the usual start of a thin volume).
   - A larger O(size) on an existing leaf volume extends it; shrinking is refused.
   - V(absent) deletes one volume (it must have no children) or, without O(volume_uuid), the whole image, renaming
     it C(_remove_me_<image>) first.
@@ -57,6 +59,13 @@ options:
     type: str
     choices: [SPARSE, PREALLOCATED]
     default: SPARSE
+  initial_size:
+    description:
+      - Space to give a new COW volume on a block storage domain at once, in bytes or with a unit, as VDSM's
+        C(initial_size); a sparse volume's logical volume gets it x 1.1 (VDSM's qcow2 overhead) instead of one chunk
+        (1 GiB), rounded up to whole extents. At most the capacity x 1.1.
+      - Used only when the volume is created. Refused for RAW volumes and on file domains, as VDSM refuses it.
+    type: str
   parent_volume_uuid:
     description: Volume of the same image to snapshot (the current leaf).
     type: str
@@ -221,6 +230,7 @@ def main():
             image_uuid=dict(type='str', required=True),
             volume_uuid=dict(type='str'),
             size=dict(type='str'),
+            initial_size=dict(type='str'),
             format=dict(type='str', default='COW', choices=['RAW', 'COW']),
             allocation=dict(type='str', default='SPARSE', choices=['SPARSE', 'PREALLOCATED']),
             parent_volume_uuid=dict(type='str'),

@@ -23,7 +23,9 @@ Two implementations:
   volume group is named after the domain, the logical volume after the
   volume; ``lvextend`` on the SPM, ``lvchange --refresh`` on the host running
   the VM, ``lvs`` for the size on storage and the ``IU_<image>`` tag, the
-  active device itself for the size this host sees. The stable path is
+  active device itself for the size this host sees. Activation is VDSM's
+  prepareImage: the volume and its parents, checked LEGAL in their metadata
+  slots, active with links in the image directory (:mod:`block_volumes`). The stable path is
   VDSM's ``/rhev/data-center/mnt/blockSD/<sd>/images/<img>/<vol>``.
 * :class:`LoopBackend` presents a volume of a *file* storage domain through
   a loop device over the volume file: extend grows the file on the shared
@@ -280,10 +282,12 @@ class LvmBackend:
 
     name = 'lvm'
 
-    def __init__(self, runner=command.run_checked, link_root=LVM_LINK_ROOT, dev_root='/dev'):
+    def __init__(self, runner=command.run_checked, link_root=LVM_LINK_ROOT, dev_root='/dev', volumes_for=None):
         self.lvm = lvm_cmd.Lvm(runner=runner)
         self.link_root = link_root
         self.dev_root = dev_root
+        self._volumes_for = volumes_for
+        self._reported = {}
 
     def link_path(self, sd_uuid, img_uuid, vol_uuid):
         sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
@@ -297,28 +301,53 @@ class LvmBackend:
         """The LV's device node (a link LVM keeps only while the LV is active on this host)."""
         return os.path.join(self.dev_root, self.lv_name(sd_uuid, vol_uuid))
 
-    def _lvs(self, sd_uuid, vol_uuid, field):
-        rows = self.lvm.report('lvs', field, self.lv_name(sd_uuid, vol_uuid))
-        if not rows:
-            raise VirtnodeError('logical volume %s not found' % self.lv_name(sd_uuid, vol_uuid))
-        return rows[0][field]
+    def _lv(self, sd_uuid, vol_uuid):
+        """The LV's tags and size and its VG's tags and extent size, from one ``lvs`` (an SPM extend needs all of
+        them, and every LVM command counts: each is a process scanning the LUNs). Kept until :meth:`extend`."""
+        name = self.lv_name(sd_uuid, vol_uuid)
+        if name not in self._reported:
+            rows = self.lvm.report('lvs', 'lv_tags,lv_size,vg_tags,vg_extent_size', name)
+            if not rows:
+                raise VirtnodeError('logical volume %s not found' % name)
+            row = rows[0]
+            self._reported[name] = {'tags': [t for t in row['lv_tags'].split(',') if t], 'size': int(row['lv_size']),
+                                    'vg_tags': [t for t in row['vg_tags'].split(',') if t],
+                                    'extent': int(row['vg_extent_size'])}
+        return self._reported[name]
 
     def image_of(self, sd_uuid, vol_uuid):
-        tags = self._lvs(sd_uuid, vol_uuid, 'lv_tags').split(',')
-        for tag in tags:
+        for tag in self._lv(sd_uuid, vol_uuid)['tags']:
             if tag.startswith('IU_'):
                 return validate.uuid_str(tag[3:], 'image UUID')
         raise VirtnodeError('logical volume %s has no IU_ image tag' % self.lv_name(sd_uuid, vol_uuid))
 
+    def volumes(self, sd_uuid):
+        """The domain's :class:`block_volumes.BlockVolumes`: activation goes through the volumes' metadata."""
+        if self._volumes_for is not None:
+            return self._volumes_for(sd_uuid)
+        # Imported when used: block_volumes builds on this module.
+        from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes  # pylint: disable=import-outside-toplevel
+        sd_uuid = validate.uuid_str(sd_uuid, 'storage domain UUID')
+        dom_dir = storage.find_domain(sd_uuid, required=False)
+        volumes = block_volumes.for_domain(dom_dir) if dom_dir else None
+        if volumes is None:
+            raise VirtnodeError('storage domain %s is not a block storage domain this host sees: connect its storage '
+                                'server and its pool first' % sd_uuid, {'field': 'domain_id', 'sd_uuid': sd_uuid})
+        return volumes
+
     def activate(self, sd_uuid, img_uuid, vol_uuid):
-        self.lvm.activate(sd_uuid, [vol_uuid])
-        link = self.link_path(sd_uuid, img_uuid, vol_uuid)
-        set_link(link, self.device(sd_uuid, vol_uuid))
-        return link
+        """The volume and its parents checked LEGAL, active here and linked; the volume's link."""
+        sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
+        return self.volumes(sd_uuid).prepare(img_uuid, vol_uuid)
+
+    def planned(self, sd_uuid, img_uuid, vol_uuid):
+        """Check mode's :meth:`activate`: the same checks, nothing activated."""
+        sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
+        return self.volumes(sd_uuid).prepare(img_uuid, vol_uuid, activate=False)
 
     def deactivate(self, sd_uuid, img_uuid, vol_uuid):
-        self.lvm.deactivate(sd_uuid, [vol_uuid])
-        remove_link(self.link_path(sd_uuid, img_uuid, vol_uuid))
+        sd_uuid, img_uuid, vol_uuid = _ids(sd_uuid, img_uuid, vol_uuid)
+        self.volumes(sd_uuid).teardown(img_uuid, vol_uuid)
 
     def physical_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
         """Bytes of the LV's device on this host (no command: one seek)."""
@@ -330,16 +359,26 @@ class LvmBackend:
 
     def storage_size(self, sd_uuid, img_uuid, vol_uuid):  # pylint: disable=unused-argument
         """Bytes of the LV in the VG metadata on the shared storage (``lvs``)."""
-        return int(self._lvs(sd_uuid, vol_uuid, 'lv_size'))
+        return self._lv(sd_uuid, vol_uuid)['size']
 
     def capacity(self, sd_uuid, img_uuid, vol_uuid):
-        """Virtual size from the volume's qcow2 header.
+        """The volume's capacity, as its metadata slot records it (VDSM's SPM caps an extension with it too).
 
-        The SPM caps extensions of volumes that run on other hosts, where the
-        LV is usually not active: it is activated for the read and deactivated
-        again (left active if something on this host opened it meanwhile).
+        An LV with no slot in a storage domain's VG (no ``MD_`` tag, or a VG
+        without domain metadata) has its capacity read from its qcow2 header;
+        the SPM caps extensions of volumes that run on other hosts, where the
+        LV is usually not active: it is activated for that read and
+        deactivated again (left active if something on this host opened it
+        meanwhile).
         """
+        # Imported when used: block_volumes builds on this module.
+        from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes  # pylint: disable=import-outside-toplevel
         from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img  # pylint: disable=import-outside-toplevel
+        lv = self._lv(sd_uuid, vol_uuid)
+        md = block_volumes.slot_metadata(validate.uuid_str(sd_uuid, 'storage domain UUID'), lv['tags'], lv['vg_tags'],
+                                         os.path.join(self.dev_root, sd_uuid, 'metadata'))
+        if md is not None:
+            return md.capacity
         device = self.device(sd_uuid, vol_uuid)
         if os.path.exists(device):
             return qemu_img.virtual_size(device, 'COW')
@@ -353,23 +392,34 @@ class LvmBackend:
                 pass
 
     def extend(self, sd_uuid, img_uuid, vol_uuid, size):
-        # The SPM's part: the size on storage, whether or not the LV is active here.
-        current = self.storage_size(sd_uuid, img_uuid, vol_uuid)
-        if size <= current:
-            return current
+        """The SPM's part: the size on storage grown to ``size`` bytes or more, whether or not the LV is active
+        here; the new size, which LVM makes whole extents (no ``lvs`` to read it back)."""
+        lv = self._lv(sd_uuid, vol_uuid)
+        if size <= lv['size']:
+            return lv['size']
         self.lvm.extend_lv(validate.uuid_str(sd_uuid, 'storage domain UUID'), validate.uuid_str(vol_uuid, 'volume UUID'),
                            round_up_mib(size) // MIB)
-        return self.storage_size(sd_uuid, img_uuid, vol_uuid)
+        del self._reported[self.lv_name(sd_uuid, vol_uuid)]
+        return -(-round_up_mib(size) // lv['extent']) * lv['extent']
 
     def refresh(self, sd_uuid, img_uuid, vol_uuid):
         # Reloads this host's table from the VG metadata the SPM wrote; the result is what QEMU now sees.
-        self.lvm.run('lvchange', '--refresh', self.lv_name(sd_uuid, vol_uuid))
+        self.lvm.refresh(validate.uuid_str(sd_uuid, 'storage domain UUID'), [validate.uuid_str(vol_uuid, 'volume UUID')])
         return self.physical_size(sd_uuid, img_uuid, vol_uuid)
+
+
+def is_block_domain(sd_uuid, find_domain=storage.find_domain):
+    """True if this host sees ``sd_uuid`` as a block storage domain."""
+    dom_dir = find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID'), required=False)
+    return bool(dom_dir) and sd_layout.is_block_domain_dir(dom_dir)
 
 
 def backend_for(sd_uuid, find_domain=storage.find_domain):
     """The backend serving domain ``sd_uuid``: loop for a file domain, LVM otherwise."""
-    dom_dir = find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID'), required=False)
+    sd_uuid = validate.uuid_str(sd_uuid, 'storage domain UUID')
+    if os.path.isdir(sd_layout.block_domain_dir(sd_uuid)):
+        return LvmBackend()  # a block domain this host joined: known without an LVM scan (the thin path counts them)
+    dom_dir = find_domain(sd_uuid, required=False)
     if dom_dir and not sd_layout.is_block_domain_dir(dom_dir):
         return LoopBackend(find_domain=find_domain)
     return LvmBackend()
@@ -382,7 +432,8 @@ def present_volume(sd_uuid, img_uuid, vol_uuid, activate=True):
         return backend.activate(sd_uuid, img_uuid, vol_uuid)
     if isinstance(backend, LoopBackend):
         backend.volume_file(sd_uuid, img_uuid, vol_uuid)  # a missing volume fails in check mode too
-    return backend.link_path(sd_uuid, img_uuid, vol_uuid)
+        return backend.link_path(sd_uuid, img_uuid, vol_uuid)
+    return backend.planned(sd_uuid, img_uuid, vol_uuid)
 
 
 def release_path(path):

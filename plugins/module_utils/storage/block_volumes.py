@@ -49,6 +49,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
@@ -67,6 +68,48 @@ LEASE_SLOTS = 2048
 
 def _tag(lv, prefix):
     return next((tag[len(prefix):] for tag in lv['tags'] if tag.startswith(prefix)), None)
+
+
+def slot_offset(version, slot):
+    """Where slot ``slot`` of a domain of metadata ``version`` starts in its ``metadata`` LV."""
+    layout = 4 if version < 5 else 5
+    return METADATA_BASE[layout] + slot * SLOT_SIZE[layout]
+
+
+def slot_io(metadata_path, offset, what, data=None, details=None):
+    """Read the 512-byte record at ``offset`` of the metadata LV, or write ``data`` there (zero-padded) in one
+    direct sector write, so a reader sees the old record or the new one, never half. ``what`` names it in errors."""
+    if data is not None and len(data) > vmd.METADATA_SIZE:
+        raise VirtnodeError('volume metadata is %d bytes, more than the %d of a slot' % (len(data), vmd.METADATA_SIZE))
+    fd = fileio.open_storage_direct(metadata_path, os.O_RDONLY if data is None else os.O_WRONLY)
+    buf = mmap.mmap(-1, mmap.PAGESIZE)  # page aligned, as O_DIRECT wants
+    try:
+        with memoryview(buf) as whole, whole[:vmd.METADATA_SIZE] as view:
+            if data is None:
+                return bytes(view[:os.preadv(fd, [view], offset)])
+            view[:len(data)] = data
+            os.pwritev(fd, [view], offset)
+        os.fsync(fd)
+        return None
+    except OSError as err:
+        raise VirtnodeError('cannot %s %s: %s' % ('read' if data is None else 'write', what, err.strerror or err),
+                            details or {}) from err
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def slot_metadata(sd_uuid, lv_tags, vg_tags, metadata_path=None):
+    """The VolumeMetadata in the slot an LV's ``MD_`` tag names, read with the layout of the domain version its
+    VG's tags record; None when the LV has no slot or the VG holds no domain metadata (the SPM's extend reads a
+    volume's capacity so, with no LV activated and no qemu-img run)."""
+    slot = _tag({'tags': lv_tags}, SLOT_TAG)
+    if slot is None or not slot.isdigit() or not any(tag.startswith(block_domain.METADATA_TAG_PREFIX) for tag in vg_tags):
+        return None
+    version = sdm.DomainMetadata.from_dict(block_domain.parse_tags(vg_tags, sd_uuid)).version
+    record = slot_io(metadata_path or block_domain.lv_path(sd_uuid, 'metadata'), slot_offset(version, int(slot)),
+                     'metadata slot %s of %s' % (slot, sd_uuid))
+    return vmd.parse(record) if record.strip(b'\0') else None
 
 
 class BlockVolumes:
@@ -109,7 +152,7 @@ class BlockVolumes:
         return int(slot) if slot is not None and slot.isdigit() else None
 
     def slot_offset(self, slot):
-        return METADATA_BASE[self._version()] + slot * SLOT_SIZE[self._version()]
+        return slot_offset(self.md.version, slot)
 
     def _version(self):
         return 4 if self.md.version < 5 else 5
@@ -178,27 +221,9 @@ class BlockVolumes:
     # ---------------------------------------------------------------- metadata slots
 
     def _slot_io(self, slot, data=None):
-        """Read the 512-byte record of ``slot``, or write ``data`` there (zero-padded) in one sector write,
-        so a reader sees the old record or the new one, never half."""
-        if data is not None and len(data) > vmd.METADATA_SIZE:
-            raise VirtnodeError('volume metadata is %d bytes, more than the %d of a slot' % (len(data), vmd.METADATA_SIZE))
-        fd = fileio.open_storage_direct(self.metadata_path, os.O_RDONLY if data is None else os.O_WRONLY)
-        buf = mmap.mmap(-1, mmap.PAGESIZE)  # page aligned, as O_DIRECT wants
-        try:
-            with memoryview(buf) as whole, whole[:vmd.METADATA_SIZE] as view:
-                if data is None:
-                    return bytes(view[:os.preadv(fd, [view], self.slot_offset(slot))])
-                view[:len(data)] = data
-                os.pwritev(fd, [view], self.slot_offset(slot))
-            os.fsync(fd)
-            return None
-        except OSError as err:
-            verb = 'read' if data is None else 'write'
-            raise VirtnodeError('cannot %s metadata slot %d of %s: %s' % (verb, slot, self.sd_uuid, err.strerror or err),
-                                {'slot': slot}) from err
-        finally:
-            buf.close()
-            os.close(fd)
+        """Read the record of ``slot``, or write ``data`` there (see :func:`slot_io`)."""
+        return slot_io(self.metadata_path, self.slot_offset(slot), 'metadata slot %d of %s' % (slot, self.sd_uuid), data,
+                       {'slot': slot})
 
     def write_volume(self, vol_uuid, md):
         lv = self.volume_lv(vol_uuid)
@@ -239,6 +264,49 @@ class BlockVolumes:
             except VirtnodeError:
                 pass  # opened meanwhile (a VM started here): it stays active, as VDSM leaves it
 
+    def legal_chain(self, img_uuid, vol_uuid):
+        """``[vol_uuid, parent, ...]`` to the base, refused unless each volume is of this image, LEGAL, and names in
+        its metadata the parent its ``PU_`` tag names (another host's interrupted work, or a loop, is never used)."""
+        chain = self.chain_of(img_uuid, vol_uuid)
+        for index, vol in enumerate(chain):
+            md = self.read_volume(img_uuid, vol)
+            if md is None:
+                raise VirtnodeError('volume %s of image %s is not on storage domain %s' % (vol, img_uuid, self.sd_uuid),
+                                    {'field': 'volume_uuid', 'volume_uuid': vol})
+            what = 'it is' if vol == vol_uuid else 'volume %s of its chain is' % vol
+            if md.legality != 'LEGAL':
+                raise VirtnodeError('refusing volume %s of image %s: %s %s (an interrupted create or a half-removed '
+                                    'snapshot)' % (vol_uuid, img_uuid, what, md.legality),
+                                    {'field': 'volume_uuid', 'volume_uuid': vol, 'legality': md.legality})
+            below = chain[index + 1] if index + 1 < len(chain) else vmd.BLANK_UUID
+            if md.parent != below:
+                raise VirtnodeError('refusing volume %s of image %s: the metadata of %s names parent %s, its LV tag %s'
+                                    % (vol_uuid, img_uuid, vol, md.parent, below), {'field': 'volume_uuid', 'volume_uuid': vol})
+        return chain
+
+    def prepare(self, img_uuid, vol_uuid, activate=True):
+        """A volume for a guest on this host, as VDSM's prepareImage: the volume and its parents checked
+        (:meth:`legal_chain`), activated, and linked in the image directory so the qcow2 backing names
+        resolve to the parents' LVs (those already active refreshed). Returns the volume's link; ``activate=False`` (check mode) checks
+        and only says where it would be."""
+        chain = self.legal_chain(img_uuid, vol_uuid)
+        if activate:
+            lvs = self.lvs()
+            self.lvm.activate(self.sd_uuid, [vol for vol in chain if not lvs[vol]['active']])
+            # One already active here may have been grown by the SPM since: its table is reloaded, as VDSM does.
+            self.lvm.refresh(self.sd_uuid, [vol for vol in chain if lvs[vol]['active']])
+            for vol in chain:
+                block.set_link(self.path(img_uuid, vol), block_domain.lv_path(self.sd_uuid, vol))
+        return self.path(img_uuid, vol_uuid)
+
+    def teardown(self, img_uuid, vol_uuid):
+        """Undo :meth:`prepare` once no guest here uses the volume: the chain's LVs deactivated, their links gone."""
+        chain = self.chain_of(img_uuid, vol_uuid)
+        lvs = self.lvs()
+        self.lvm.deactivate(self.sd_uuid, [vol for vol in chain if lvs[vol]['active']])
+        for vol in chain:
+            block.remove_link(self.path(img_uuid, vol))
+
     def chain_of(self, img_uuid, vol_uuid):
         """``[vol_uuid, parent, ...]`` up to the base."""
         chain, current = [], vol_uuid
@@ -251,12 +319,36 @@ class BlockVolumes:
     # ---------------------------------------------------------------- changes (the SPM)
 
     def create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
-                      description='', disk_type='DATA'):
-        """Create a volume (a base, or a COW snapshot of ``parent_uuid``); its VolumeMetadata."""
+                      description='', disk_type='DATA', initial_size=None, clone_source=None):
+        """Create a volume (a base, a COW snapshot of ``parent_uuid``, or a copy of ``clone_source``); its
+        VolumeMetadata. ``initial_size`` (COW only, checked by the caller) is the space to allocate at once, as
+        VDSM's. ``clone_source`` is ``(store, img_uuid, vol_uuid)``: a volume of a file domain, or of this domain,
+        copied with its chain flattened into an LV the size the copy needs."""
         volumes.check_fence()
         if self.volume_lv(vol_uuid) is not None:
             raise VirtnodeError('volume %s already exists in domain %s' % (vol_uuid, self.sd_uuid), {'vol_uuid': vol_uuid})
         self.check_format(volume_format, allocation)
+        with contextlib.ExitStack() as source:
+            clone = self._clone_source(source, clone_source, capacity) if clone_source is not None else None
+            capacity = clone['capacity'] if clone else capacity
+            return self._create_volume(img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid, description,
+                                       disk_type, initial_size, clone)
+
+    def _clone_source(self, stack, clone_source, capacity):
+        """``{'path', 'md', 'capacity'}`` of a clone's source, readable for the ``stack``'s life (a volume of this
+        domain has its chain activated)."""
+        source, src_img, src_vol = clone_source
+        if isinstance(source, BlockVolumes) and source is not self:
+            raise VirtnodeError('cloning from another block storage domain (%s) is not supported yet' % source.sd_uuid,
+                                {'field': 'clone_from'})
+        md = source.read_volume(src_img, src_vol)
+        capacity = volumes.check_clone_source(md, src_img, src_vol, capacity)
+        if source is self:
+            stack.enter_context(self.active(src_img, self.legal_chain(src_img, src_vol)))
+        return {'path': source.path(src_img, src_vol), 'md': md, 'capacity': capacity}
+
+    def _create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid, description, disk_type,
+                       initial_size, clone):
         parent_md = None
         if parent_uuid is not None:
             parent_md = self._snapshot_parent(img_uuid, parent_uuid, volume_format)
@@ -267,14 +359,23 @@ class BlockVolumes:
         if capacity is None:
             raise VirtnodeError('size is required to create a volume', {'field': 'size'})
         capacity = self.capacity_for(volume_format, capacity)
-        lv_mib = -(-self._lv_size(volume_format, allocation, capacity) // MIB)
+        if clone and volume_format == 'COW':
+            # The copy's qcow2 needs what qemu-img measures (all of it, preallocated), never less than a thin start.
+            needed = qemu_img.measure(clone['path'], clone['md'].volume_format, 'COW')
+            lv_bytes = needed['fully-allocated'] if allocation == 'PREALLOCATED' else \
+                max(needed['required'], self._lv_size(volume_format, allocation, capacity, initial_size))
+        else:
+            lv_bytes = self._lv_size(volume_format, allocation, capacity, initial_size)
+        lv_mib = -(-lv_bytes // MIB)
         self._check_free(vol_uuid, lv_mib)
         slot = self.free_slot()
         self.lvm.create_lv(self.sd_uuid, vol_uuid, lv_mib, tags=[INITIALIZING_TAG])
         self._lvs = None
         crash_point('block_volume_create.lv')
         with self.active(img_uuid, self.chain_of(img_uuid, parent_uuid) + [vol_uuid], created=vol_uuid):
-            if volume_format == 'COW':
+            if clone:
+                qemu_img.convert(clone['path'], self.path(img_uuid, vol_uuid), clone['md'].volume_format, volume_format)
+            elif volume_format == 'COW':
                 qemu_img.create(self.path(img_uuid, vol_uuid), 'COW', None if parent_md else capacity, parent_uuid,
                                 parent_md.volume_format if parent_md else None)
                 if parent_md and capacity > parent_md.capacity:
@@ -302,9 +403,14 @@ class BlockVolumes:
         self.write_volume(vol_uuid, md)
         return md
 
-    def _lv_size(self, volume_format, allocation, capacity):
+    @staticmethod
+    def _lv_size(volume_format, allocation, capacity, initial_size=None):
+        """VDSM's allocation: a sparse COW volume one chunk, or ``initial_size`` x 1.1 (qcow2 overhead);
+        a preallocated COW volume ``initial_size`` or its capacity; a RAW volume its capacity."""
         if volume_format == 'COW' and allocation == 'SPARSE':
-            return min(CHUNK, capacity)
+            return int(initial_size * block.COW_OVERHEAD) if initial_size else min(CHUNK, capacity)
+        if volume_format == 'COW' and initial_size:
+            return initial_size
         return capacity
 
     def _check_free(self, vol_uuid, lv_mib):

@@ -196,6 +196,12 @@ class Lvm:
             if refresh:
                 self.run('lvchange', '--refresh', *names)
 
+    def refresh(self, vg_name, lv_names):
+        """Reload active LVs' device-mapper tables from the VG metadata (another host, the SPM, grew them)."""
+        names = ['%s/%s' % (vg_name, name) for name in lv_names]
+        if names:
+            self.run('lvchange', '--refresh', *names)
+
     def deactivate(self, vg_name, lv_names):
         names = ['%s/%s' % (vg_name, name) for name in lv_names]
         if names:

@@ -259,6 +259,18 @@ def convert_argv(src, dst, src_format, dst_format, preallocation=None):
     return argv + [src, dst]
 
 
+def measure(src, src_format, dst_format):
+    """``qemu-img measure`` of a copy of ``src`` (its checked chain flattened) in ``dst_format``:
+    ``{'required': bytes, 'fully-allocated': bytes}``."""
+    chain = backing_chain(src, src_format)
+    out = _run([QEMU_IMG, 'measure', '--output', 'json', '-O', qemu_format(dst_format), image_name(chain)], timeout=INFO_TIMEOUT)
+    try:
+        data = json.loads(out)
+        return {key: int(data[key]) for key in ('required', 'fully-allocated')}
+    except (ValueError, KeyError, TypeError) as err:
+        raise VirtnodeError('qemu-img measure returned no sizes for %s' % src, {'path': src}) from err
+
+
 def convert(src, dst, src_format, dst_format, preallocation=None):
     """Copy image ``src`` into a new image ``dst``, flattening its checked backing chain (see :func:`backing_chain`)."""
     chain = backing_chain(src, src_format)

@@ -28,6 +28,7 @@ import contextlib
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
@@ -96,6 +97,8 @@ def _options(params):
     size = None
     if params['size'] is not None:
         size = volumes.check_capacity(validate.size_bytes(params['size'], 'size'))
+    if params.get('initial_size') is not None:  # a creation parameter, but bad input is refused whatever exists
+        validate.size_bytes(params['initial_size'], 'initial_size')
     clone = params['clone_from']
     if clone:
         for key in ('image_uuid', 'volume_uuid'):
@@ -106,19 +109,43 @@ def _options(params):
     return sd_uuid, img_uuid, vol_uuid, parent, size, clone
 
 
-def _clone_source_dir(store, clone, sd_uuid):
-    if isinstance(store, block_volumes.BlockVolumes):
-        raise VirtnodeError('cloning volumes on block storage domains is not supported yet (%s is one)' % store.sd_uuid,
-                            {'field': 'clone_from'})
-    return storage.find_file_domain(clone['sd_uuid'] or sd_uuid, 'cloning volumes')
+def _clone_source_store(store, clone, sd_uuid):
+    """The volume store holding the clone's source: this domain's, or another domain's of this host."""
+    src_sd = validate.uuid_str(clone['sd_uuid'] or sd_uuid, 'clone_from.sd_uuid')
+    if src_sd == sd_uuid:
+        return store
+    src_dir = storage.find_domain(src_sd)
+    return store_for(src_dir, storage.read_md(src_dir))
+
+
+def _initial_size(store, params, size, parent):
+    """``{'initial_size': bytes}`` for the store's create_volume, or ``{}``; refused where VDSM refuses it."""
+    if params.get('initial_size') is None:
+        return {}
+    initial = validate.size_bytes(params['initial_size'], 'initial_size')
+    if not isinstance(store, block_volumes.BlockVolumes):
+        raise VirtnodeError('initial_size is for COW volumes on block storage domains; %s is a file domain'
+                            % store.sd_uuid, {'field': 'initial_size'})
+    if params['format'] != 'COW' or params['clone_from']:
+        raise VirtnodeError('initial_size is for new COW volumes, not RAW ones or clones', {'field': 'initial_size'})
+    capacity = size
+    if capacity is None and parent:
+        capacity = store.read_volume(params['image_uuid'], parent).capacity
+    limit = block.max_physical(capacity)
+    if initial < 1:
+        raise VirtnodeError('initial_size must be more than 0', {'field': 'initial_size'})
+    if initial > limit:
+        raise VirtnodeError('initial_size %d is more than the volume may ever take (%d bytes: its capacity x 1.1)'
+                            % (initial, limit), {'field': 'initial_size'})
+    return {'initial_size': initial}
 
 
 def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
     params = module.params
     writer.require('create')
-    src_dir = _clone_source_dir(store, clone, sd_uuid) if clone else None
+    source = _clone_source_store(store, clone, sd_uuid) if clone else None
     if clone:
-        if volumes.read_volume(src_dir, clone['image_uuid'], clone['volume_uuid']) is None:
+        if source.read_volume(clone['image_uuid'], clone['volume_uuid']) is None:
             raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
     elif parent:
         if store.read_volume(img_uuid, parent) is None:
@@ -128,15 +155,16 @@ def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, cl
     if params['format'] == 'RAW' and parent:
         raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
     store.check_format(params['format'], params['allocation'])
+    initial_size = _initial_size(store, params, size, parent)
     actions.append('clone' if clone else 'snapshot' if parent else 'create')
     if not module.check_mode:
         if clone:
             store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
                                 params['description'], params['disk_type'],
-                                clone_source=(src_dir, clone['image_uuid'], clone['volume_uuid']))
+                                clone_source=(source, clone['image_uuid'], clone['volume_uuid']))
         else:
             store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
-                                params['description'], params['disk_type'])
+                                params['description'], params['disk_type'], **initial_size)
 
 
 def _update(module, writer, store, img_uuid, vol_uuid, parent, size, before, actions):

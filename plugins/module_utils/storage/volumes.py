@@ -139,6 +139,11 @@ def _clone_source(clone_source, capacity):
     """The source's data path and VolumeMetadata and the clone's capacity, if it may be cloned."""
     src_dir, src_img, src_vol = clone_source
     source_md = read_volume(src_dir, src_img, src_vol)
+    return paths(src_dir, src_img, src_vol)[0], source_md, check_clone_source(source_md, src_img, src_vol, capacity)
+
+
+def check_clone_source(source_md, src_img, src_vol, capacity):
+    """The clone's capacity, if the source volume (its VolumeMetadata ``source_md``) may be cloned."""
     if source_md is None:
         raise VirtnodeError('source volume %s not found in image %s' % (src_vol, src_img), {'field': 'clone_from'})
     if source_md.legality != 'LEGAL':
@@ -146,7 +151,7 @@ def _clone_source(clone_source, capacity):
     capacity = source_md.capacity if capacity is None else capacity
     if capacity != source_md.capacity:
         raise VirtnodeError('a clone has the size of its source (%d bytes)' % source_md.capacity, {'field': 'size'})
-    return paths(src_dir, src_img, src_vol)[0], source_md, capacity
+    return capacity
 
 
 def _create_lease(domain_md, vol_uuid, lease):
@@ -394,6 +399,13 @@ class FileVolumes:
 
     def create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
                       description='', disk_type='DATA', clone_source=None):
+        """``clone_source``: ``(store, img_uuid, vol_uuid)`` of a volume of a file domain to copy."""
+        if clone_source is not None:
+            source, src_img, src_vol = clone_source
+            if not isinstance(source, FileVolumes):
+                raise VirtnodeError('cloning a volume of a block storage domain onto a file domain is not supported yet',
+                                    {'field': 'clone_from'})
+            clone_source = (source.dom_dir, src_img, src_vol)
         return create_volume(self.dom_dir, self.md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
                              description, disk_type, clone_source)
 

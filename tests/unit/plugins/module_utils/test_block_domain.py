@@ -15,6 +15,7 @@ import types
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
@@ -112,7 +113,12 @@ class FakeLvm:
             del self.vgs[vg]['lvs'][name]
 
     def activate(self, vg, names, refresh=False):
-        self._call('activate', vg, tuple(names))
+        if names:  # as lvm.Lvm: no command for no LV
+            self._call('activate', vg, tuple(names))
+
+    def refresh(self, vg, names):
+        if names:
+            self._call('refresh', vg, tuple(names))
 
     def deactivate(self, vg, names):
         self._call('deactivate', vg, tuple(names))
@@ -530,6 +536,141 @@ def test_what_an_interrupted_create_leaves_reads_illegal_and_is_removed(block_st
         store.read_volume(IMG, BASE)
 
 
+def _chain_of_two_inactive(store, lvm):
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 256 * MIB)
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
+    for vol in (BASE, TOP):
+        lvm.vgs[SD]['lvs'][vol]['active'] = False
+        os.unlink(store.path(IMG, vol))
+    store.lvs(refresh=True)
+    lvm.calls.clear()
+
+
+def test_a_guest_gets_its_volume_with_the_parents_active_and_linked_and_gives_them_back(block_store):
+    store, lvm, _metadata, _done = block_store
+    _chain_of_two_inactive(store, lvm)
+    # Check mode: the same checks, the path it would have, nothing activated.
+    assert store.prepare(IMG, TOP, activate=False) == store.path(IMG, TOP)
+    assert lvm.calls == [] and not os.path.lexists(store.path(IMG, TOP))
+    assert store.prepare(IMG, TOP) == store.path(IMG, TOP)
+    assert lvm.calls == [('activate', SD, (TOP, BASE))]
+    for vol in (TOP, BASE):  # the qcow2 backing name of TOP resolves to BASE's LV through its link
+        assert os.readlink(store.path(IMG, vol)) == '/dev/%s/%s' % (SD, vol)
+    for vol in (BASE, TOP):
+        lvm.vgs[SD]['lvs'][vol]['active'] = True
+    store.lvs(refresh=True)
+    lvm.calls.clear()
+    # Prepared again while active (a second guest, a migration back): refreshed, since the SPM may have grown them.
+    store.prepare(IMG, TOP)
+    assert lvm.calls == [('refresh', SD, (TOP, BASE))]
+    lvm.calls.clear()
+    store.teardown(IMG, TOP)
+    assert lvm.calls == [('deactivate', SD, (TOP, BASE))]
+    assert not os.path.lexists(store.path(IMG, TOP)) and not os.path.lexists(store.path(IMG, BASE))
+
+
+def test_a_chain_with_an_illegal_volume_or_tags_that_disagree_with_the_metadata_is_never_activated(block_store):
+    store, lvm, _metadata, _done = block_store
+    _chain_of_two_inactive(store, lvm)
+    base = store.read_volume(IMG, BASE)
+    base.legality = 'ILLEGAL'
+    store.write_volume(BASE, base)
+    with pytest.raises(VirtnodeError, match='volume %s of its chain is ILLEGAL' % BASE):
+        store.prepare(IMG, TOP)
+    base.legality = 'LEGAL'
+    store.write_volume(BASE, base)
+    # Another host rewrote the top's PU_ tag: the slot says BASE, the tag a volume of nowhere.
+    tags = lvm.vgs[SD]['lvs'][TOP]['tags']
+    lvm.vgs[SD]['lvs'][TOP]['tags'] = [t for t in tags if not t.startswith('PU_')] + ['PU_' + BLANK]
+    store.lvs(refresh=True)
+    with pytest.raises(VirtnodeError, match='names parent %s, its LV tag %s' % (BASE, BLANK)):
+        store.prepare(IMG, TOP)
+    with pytest.raises(VirtnodeError, match='not on storage domain'):
+        store.prepare(SP, TOP)  # of another image
+    assert not [call for call in lvm.calls if call[0] == 'activate']
+
+
+def test_the_lvm_backend_activates_through_the_domains_volumes(block_store, monkeypatch):
+    store, lvm, _metadata, _done = block_store
+    _chain_of_two_inactive(store, lvm)
+    monkeypatch.setattr(block.lvm_cmd, 'Lvm', lambda runner=None: lvm)
+    backend = block.LvmBackend(volumes_for=lambda sd_uuid: store)
+    assert backend.planned(SD, IMG, TOP) == store.path(IMG, TOP) and lvm.calls == []
+    assert backend.activate(SD, IMG, TOP) == store.path(IMG, TOP)
+    assert lvm.calls == [('activate', SD, (TOP, BASE))]
+    with pytest.raises(VirtnodeError, match='UUID'):
+        backend.activate(SD, '../' + IMG, TOP)
+    backend.deactivate(SD, IMG, TOP)
+    assert not os.path.lexists(store.path(IMG, TOP))
+
+
+def test_a_clone_onto_a_block_domain_is_copied_into_an_lv_the_size_the_copy_needs(block_store, monkeypatch, tmp_path):
+    store, lvm, _metadata, done = block_store
+    monkeypatch.setattr(block_volumes.qemu_img, 'measure', lambda path, src_fmt, dst_fmt:
+                        done.append(('measure', path, src_fmt, dst_fmt)) or {'required': 300 * MIB, 'fully-allocated': 600 * MIB})
+    monkeypatch.setattr(block_volumes.qemu_img, 'convert', lambda src, dst, src_fmt, dst_fmt, preallocation=None:
+                        done.append(('convert', src, dst, src_fmt, dst_fmt)))
+    # From a volume of this domain: its chain is active (and linked) while it is read, not afterwards.
+    _chain_of_two_inactive(store, lvm)
+    clone_img, clone = '5c6d7e8f-9a0b-4c1d-8e2f-3a4b5c6d7e8f', '6d7e8f9a-0b1c-4d2e-9f3a-4b5c6d7e8f9a'
+    md = store.create_volume(clone_img, clone, 'COW', 'SPARSE', clone_source=(store, IMG, TOP))
+    assert md.capacity == 256 * MIB and md.parent == BLANK and md.legality == 'LEGAL'
+    assert ('activate', SD, (TOP, BASE)) in lvm.calls and ('deactivate', SD, (TOP, BASE)) in lvm.calls
+    assert ('measure', store.path(IMG, TOP), 'COW', 'COW') in done
+    assert ('convert', store.path(IMG, TOP), store.path(clone_img, clone), 'COW', 'COW') in done
+    assert ('create_lv', SD, clone, 300, None) in lvm.calls  # what qemu-img measured, more than the 256 MiB start
+    assert not [d for d in done if d[0] == 'create' and d[1] == store.path(clone_img, clone)]
+    # From a file domain's volume, as RAW: the whole capacity, rounded to an extent; nothing measured.
+    source = types.SimpleNamespace(read_volume=lambda img, vol: vmd.VolumeMetadata(
+        domain=SP, image=img, capacity=100 * MIB, volume_format='COW', allocation='SPARSE', role='LEAF', disk_type='DATA',
+        parent=BLANK, legality='LEGAL'), path=lambda img, vol: str(tmp_path / vol))
+    raw_img, raw = '7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b', '8f9a0b1c-2d3e-4f4a-9b5c-6d7e8f9a0b1c'
+    done.clear()
+    md = store.create_volume(raw_img, raw, 'RAW', 'PREALLOCATED', clone_source=(source, IMG, TOP))
+    assert md.capacity == 128 * MIB and done[0] == ('convert', str(tmp_path / TOP), store.path(raw_img, raw), 'COW', 'RAW')
+    # A source that is not LEGAL, a size that is not the source's, another block domain: refused, nothing made.
+    lvm.calls.clear()
+    new = '9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d'
+    base = store.read_volume(IMG, BASE)
+    base.legality = 'ILLEGAL'
+    store.write_volume(BASE, base)
+    with pytest.raises(VirtnodeError, match='ILLEGAL'):
+        store.create_volume(SP, new, 'COW', 'SPARSE', clone_source=(store, IMG, BASE))
+    with pytest.raises(VirtnodeError, match='a clone has the size of its source'):
+        store.create_volume(SP, new, 'COW', 'SPARSE', 512 * MIB, clone_source=(store, IMG, TOP))
+    other = block_volumes.BlockVolumes(store.domain, store.md)
+    other.sd_uuid = SP
+    with pytest.raises(VirtnodeError, match='another block storage domain'):
+        store.create_volume(SP, new, 'COW', 'SPARSE', clone_source=(other, IMG, TOP))
+    assert not [call for call in lvm.calls if call[0] == 'create_lv']
+
+
+def test_a_block_volume_is_not_cloned_onto_a_file_domain_yet(block_store, tmp_path):
+    store, _lvm, _metadata, _done = block_store
+    with pytest.raises(VirtnodeError, match='onto a file domain is not supported yet'):
+        file_volumes.FileVolumes(str(tmp_path), store.md).create_volume(IMG, BASE, 'COW', 'SPARSE', clone_source=(store, IMG, TOP))
+
+
+def test_the_spm_extend_reads_one_lvs_and_the_capacity_from_the_slot(block_store, tmp_path, monkeypatch):
+    """Every LVM command of an SPM extend is a process scanning the LUNs: one report, no activation, no qemu-img."""
+    store, lvm, metadata, _done = block_store
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 1024 * MIB, initial_size=100 * MIB)
+    (tmp_path / 'dev' / SD).mkdir(parents=True)
+    (tmp_path / 'dev' / SD / 'metadata').write_bytes(metadata.read_bytes())  # the LV's device, as the SPM reads it
+    lv, calls = lvm.vgs[SD]['lvs'][BASE], []
+
+    def report(name, fields, *names):
+        calls.append(('report', name, fields) + names)
+        return [{'lv_tags': ','.join(lv['tags']), 'lv_size': str(lv['size']), 'vg_tags': ','.join(lvm.vgs[SD]['tags']),
+                 'vg_extent_size': str(128 * MIB)}]
+    monkeypatch.setattr(block.lvm_cmd, 'Lvm', lambda runner=None: None)
+    backend = block.LvmBackend(dev_root=str(tmp_path / 'dev'), volumes_for=lambda sd_uuid: store)
+    backend.lvm = types.SimpleNamespace(report=report, extend_lv=lambda vg, name, mib: calls.append(('lvextend', vg, name, mib)))
+    assert block.extend_volume_on_spm(SD, BASE, 1500, backend=backend) == 1152  # capped at 1127 MiB, whole extents
+    assert calls == [('report', 'lvs', 'lv_tags,lv_size,vg_tags,vg_extent_size', '%s/%s' % (SD, BASE)),
+                     ('lvextend', SD, BASE, 1127)]
+
+
 def _public_methods(cls):
     return {name for name in dir(cls) if not name.startswith('_') and callable(getattr(cls, name))}
 
@@ -577,8 +718,8 @@ def test_the_volume_module_on_a_block_domain(block_store, monkeypatch):
     assert run(size='129MiB', format='RAW', allocation='PREALLOCATED')['volume']['capacity'] == 256 * MIB
     with pytest.raises(VirtnodeError, match='no sparse RAW'):
         run(volume_uuid=TOP, image_uuid=SD, size='1GiB', format='RAW')
-    with pytest.raises(VirtnodeError, match='cloning volumes on block storage domains is not supported yet'):
-        run(volume_uuid=TOP, image_uuid=SD, clone_from={'sd_uuid': None, 'image_uuid': IMG, 'volume_uuid': BASE})
+    with pytest.raises(VirtnodeError, match='clone source volume %s not found' % TOP):
+        run(volume_uuid=TOP, image_uuid=SD, clone_from={'sd_uuid': None, 'image_uuid': IMG, 'volume_uuid': TOP})
     # What an interrupted create left is removed and made again.
     lvm.create_lv(SD, TOP, 128, tags=[block_volumes.INITIALIZING_TAG])
     store.lvs(refresh=True)
@@ -586,6 +727,24 @@ def test_the_volume_module_on_a_block_domain(block_store, monkeypatch):
     assert redone['actions'] == ['remove_leftover', 'create'] and redone['volume']['legality'] == 'LEGAL', redone
     gone = run(volume_uuid=None, image_uuid=SD, state='absent')
     assert gone['actions'] == ['delete_image'] and gone['chain'] == [] and TOP not in lvm.vgs[SD]['lvs']
+    # initial_size: a sparse COW volume's LV gets it x 1.1 instead of a chunk, as VDSM allocates it.
+    thin = '4b5c6d7e-8f90-4a1b-8c2d-3e4f5a6b7c8d'
+    lvm.calls.clear()
+    assert run(volume_uuid=thin, image_uuid=SD, size='1GiB', initial_size='128MiB')['actions'] == ['create']
+    assert ('create_lv', SD, thin, 141, None) in lvm.calls
+    with pytest.raises(VirtnodeError, match='not RAW ones'):
+        run(volume_uuid=TOP, image_uuid=SD, size='1GiB', format='RAW', allocation='PREALLOCATED', initial_size='128MiB')
+    with pytest.raises(VirtnodeError, match='more than the volume may ever take'):
+        run(volume_uuid=TOP, image_uuid=SD, size='100MiB', initial_size='1GiB')
+    with pytest.raises(VirtnodeError, match='initial_size'):
+        run(volume_uuid=TOP, image_uuid=SD, size='100MiB', initial_size='lots')
+    assert TOP not in lvm.vgs[SD]['lvs']
+
+
+def test_initial_size_is_refused_on_a_file_domain_as_vdsm_refuses_it():
+    params = dict(initial_size='128MiB', format='COW', clone_from=None, image_uuid=IMG)
+    with pytest.raises(VirtnodeError, match='initial_size is for COW volumes on block storage domains'):
+        volume_state._initial_size(types.SimpleNamespace(sd_uuid=SD), params, MIB * 1024, None)  # pylint: disable=protected-access
 
 
 def test_storage_info_describes_a_block_domains_images_as_a_file_domains(block_store, monkeypatch):
