@@ -138,8 +138,11 @@ options:
         description:
           - V(file) or V(block); found from the path when left out.
           - For a storage-domain volume, V(block) presents it as a block device through the
-            host's block backend (the logical volume activated on a block domain; a loop device
-            over the volume on a file domain) under C(/run/virtnode/block). A thin COW volume
+            host's block backend. On a block domain (required there) the logical volumes of the
+            volume and of its parents are checked LEGAL in their metadata, activated on this host
+            and linked under C(/rhev/data-center/mnt/blockSD/<domain>/images/<image>), as VDSM
+            prepares an image; removing the VM deactivates them again. On a file domain a loop
+            device over the volume file is made, under C(/run/virtnode/block). A thin COW volume
             presented this way is extended by the node agent as the guest writes.
           - In check mode nothing is activated.
         type: str

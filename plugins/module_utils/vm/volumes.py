@@ -170,6 +170,10 @@ def resolve_volume(domain_id, image_id, volume_id):
     domain_id, image_id, volume_id = _ids(domain_id, image_id, volume_id)
     found = volume_path_candidates(domain_id, image_id, volume_id)
     if not found:
+        if _block_backend().is_block_domain(domain_id):
+            raise VirtnodeError('storage volume %s/%s/%s is on a block storage domain: give the disk type: block, '
+                                'which activates it and its parents on this host'
+                                % (domain_id, image_id, volume_id), {'field': 'disks'})
         raise VirtnodeError('storage volume %s/%s/%s is not prepared on this host (no %s/*/%s/images/%s/%s)'
                             % (domain_id, image_id, volume_id, paths.MOUNT_ROOT, domain_id, image_id, volume_id),
                             {'field': 'disks'})
@@ -212,7 +216,8 @@ def resolve_legal_volume(domain_id, image_id, volume_id):
 
 
 def _check_block_source(domain_id, image_id, volume_id):
-    """Before a volume is presented as a block device: a file domain's volume must be legal."""
+    """Before a volume is presented as a block device: a file domain's volume must be legal (a block
+    domain's chain is checked in its metadata slots when the LVM backend activates it)."""
     block = _block_backend()
     backend = block.backend_for(domain_id)
     find_domain = getattr(backend, 'find_domain', None)

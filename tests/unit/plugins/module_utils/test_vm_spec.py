@@ -116,6 +116,13 @@ def test_unprepared_volume_is_a_clear_error(tmp_path):
     assert 'not prepared on this host' in str(err.value)
 
 
+def test_a_volume_of_a_block_domain_given_without_type_block_says_how_to_give_it(monkeypatch):
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
+    monkeypatch.setattr(block, 'is_block_domain', lambda sd_uuid: True)
+    with pytest.raises(VirtnodeError, match='is on a block storage domain: give the disk type: block'):
+        vm_volumes.resolve_volume(*(['5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'] * 3))
+
+
 def test_build_xml_round_trips_through_parse_live():
     spec = spec_of(max_memory='256MiB', vcpus=2, cpu_model='host-model', kernel='/boot/vmlinuz', initrd='/boot/initrd',
                    cmdline='console=ttyS0', disks=[{'path': '/a.img', 'format': 'qcow2', 'readonly': True}],
