@@ -9,12 +9,18 @@ The domain is extended with a second LUN, bad input is refused with the LVM stat
 unchanged, and the module is killed at each of its crash points: the next run finishes the
 work and the one after changes nothing. In a pool whose master is a file domain on NFS, the SPM
 attaches, activates and detaches the domain: both hosts join its lockspace with their pool ids.
+Meanwhile the SPM makes volumes there (a chain of three, a clone, RAW ones), and thin COW
+volumes grow while writer guests fill them, extended by the node agent: on the SPM itself,
+and on the other host, whose guest runs on the chain, through the pool's mailbox after an ENOSPC
+pause with its agent stopped (the extension latencies are printed: ``pytest -s``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import struct
 import sys
@@ -24,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import kernel_san
-from conftest import REPO, lab_exec, run_playbook
+from conftest import REPO, lab_exec, run_playbook, wait_for
 
 sys.path.insert(0, str(REPO))
 from plugins.module_utils.common.faults import CRASH_POINTS  # noqa: E402  pylint: disable=wrong-import-position
@@ -259,6 +265,7 @@ SD_MASTER = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c51"
 IMG, IMG_RAW = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c52", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c53"
 CHAIN = ["9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c6%d" % n for n in range(3)]   # base, middle, top
 RAW = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c70"
+IMG_CLONE, CLONE = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c57", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c77"
 CRASHED = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c71"   # the snapshot each crash point interrupts
 POOL_VARS = {"server": "{{ virtnode_lab_nfs_server }}:{{ virtnode_lab_nfs_exports_v3[1] }}"}
 
@@ -312,7 +319,8 @@ def volume(img: str, vol: str | None = None, **options) -> dict:
 
 def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
     """Volumes in VDSM's block format on the SPM: tagged LVs, metadata slots, leases; a chain of three
-    that the other host reads through its own paths; crash points; what cannot be done refused."""
+    that the other host reads through its own paths; a clone of its top, flattened; crash points; what
+    cannot be done refused."""
     first, second = san["hosts"]
     base, middle, top = CHAIN
     free_mib = vg_report(first, SD_A)["size"] // MIB  # more than is free: every special LV takes some
@@ -326,8 +334,9 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
              # Refused, nothing made:
              volume(IMG_RAW, CRASHED, size=f"{free_mib}MiB", format="RAW", allocation="PREALLOCATED"),
              volume(IMG_RAW, CRASHED, size="1GiB", format="RAW"),
-             volume(IMG_RAW, CRASHED, clone_from={"image_uuid": IMG, "volume_uuid": base}),
-             volume(IMG, CRASHED, parent_volume_uuid=middle)]
+             volume(IMG, CRASHED, parent_volume_uuid=middle),
+             volume(IMG_CLONE, CLONE, format="COW", clone_from={"image_uuid": IMG, "volume_uuid": top}),
+             volume(IMG_CLONE, CLONE, format="COW", clone_from={"image_uuid": IMG, "volume_uuid": top})]
     # Each crash point of a snapshot's creation: the next run removes the leftover and makes it again,
     # the one after changes nothing; the snapshot is deleted for the next point.
     points = sorted(p for p in CRASH_POINTS if p.startswith("block_volume_create."))
@@ -335,7 +344,8 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
         snap = volume(IMG, CRASHED, parent_volume_uuid=top)
         tasks += [dict(snap, environment={"VIRTNODE_CRASH_AT": point}), snap, snap, volume(IMG, CRASHED, state="absent")]
     results = play(tmp_path, "volumes", first, tasks)
-    made, snap1, snap2, again, raw_check, raw, raw_again, raw_grown, too_big, sparse_raw, clone, forked = results[:12]
+    made, snap1, snap2, again, raw_check, raw, raw_again, raw_grown, too_big, sparse_raw, forked, clone, clone_again = \
+        results[:13]
     assert made["actions"] == ["create"] and snap1["actions"] == snap2["actions"] == ["snapshot"], (made, snap1, snap2)
     assert not again["changed"] and again["actions"] == [], again
     assert [v["volume_uuid"] for v in again["chain"]] == CHAIN and [v["role"] for v in again["chain"]] == \
@@ -345,17 +355,19 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
     assert raw_grown["actions"] == ["extend"] and raw_grown["volume"]["capacity"] == 256 * MIB, raw_grown
     assert too_big.get("failed") and "MiB free" in too_big["msg"], too_big
     assert sparse_raw.get("failed") and "no sparse RAW" in sparse_raw["msg"], sparse_raw
-    assert clone.get("failed") and "not supported yet" in clone["msg"], clone
+    assert clone["actions"] == ["clone"] and [v["volume_uuid"] for v in clone["chain"]] == [CLONE], clone
+    assert clone["volume"]["capacity"] == 2 * 1024 * MIB and clone["volume"]["parent"] == \
+        "00000000-0000-0000-0000-000000000000" and not clone_again["changed"], (clone, clone_again)
     assert forked.get("failed") and "only the leaf can be snapshotted" in forked["msg"], forked
     for index, point in enumerate(points):
-        crashed, rerun, third, deleted = results[12 + 4 * index:16 + 4 * index]
+        crashed, rerun, third, deleted = results[13 + 4 * index:17 + 4 * index]
         assert crashed.get("failed"), (point, crashed)
         assert rerun["actions"] == ["remove_leftover", "snapshot"], (point, rerun)
         assert not third["changed"] and third["volume"]["legality"] == "LEGAL", (point, third)
         assert deleted["actions"] == ["delete_volume"], (point, deleted)
     # What VDSM reads, with plain commands: the LVs and their tags, the slots, the leases.
     lvs = lv_tags(first)
-    assert CRASHED not in lvs and set(lvs) == set(SPECIAL_MIB) | set(CHAIN) | {RAW}, lvs
+    assert CRASHED not in lvs and set(lvs) == set(SPECIAL_MIB) | set(CHAIN) | {RAW, CLONE}, lvs
     assert lvs[base][0] == 1024 and lvs[middle][0] == lvs[top][0] == 1024 and lvs[RAW][0] == 256, lvs
     slots = {}
     for vol, parent in zip(CHAIN, ["00000000-0000-0000-0000-000000000000"] + CHAIN[:2]):
@@ -384,7 +396,179 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
     (listed,) = play(tmp_path, "volumes-seen", second, [{"virtnode.kvm.storage_info": {"sd_uuid": SD_A}}])
     images = {image["image_uuid"]: image["volumes"] for image in listed["domains"][0]["images"]}
     assert [v["volume_uuid"] for v in images[IMG]] == CHAIN and [v["volume_uuid"] for v in images[IMG_RAW]] == [RAW], images
+    assert [v["volume_uuid"] for v in images[IMG_CLONE]] == [CLONE] and images[IMG_CLONE][0]["legality"] == "LEGAL", images
     assert {v["legality"] for v in images[IMG] + images[IMG_RAW]} == {"LEGAL"} and images[IMG_RAW][0]["capacity"] == 256 * MIB
+
+
+def active_lvs(host: str) -> set:
+    out = lvm(host, "lvs", "--noheadings", "--separator", "|", "-o", "lv_name,lv_active", SD_A)
+    return {name.strip() for name, state in (line.split("|") for line in out.splitlines() if line.strip()) if state.strip()}
+
+
+# Guests on the domain's volumes, and thin provisioning by the node agent, which runs on both hosts from the
+# collection the controller uses (kernel hosts see the machine's files) with its own socket, pid file and events.
+THIN_TOP = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c63"   # a thin snapshot on top of CHAIN
+IMG_THIN, THIN_BASE = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c54", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c74"
+GUESTS = {  # writer guest -> (host index, image, volume)
+    "kthin-local": (0, IMG_THIN, THIN_BASE),    # on the SPM: extended there
+    "kthin-chain": (1, IMG, THIN_TOP),           # on the other host: ENOSPC first, then through the mailbox
+}
+THIN_CHUNK_MIB = 128   # one extent: the LV grows by what the agent asks
+THIN_WRITE_MIB = 384   # from one extent: three thresholds passed
+AGENT_DIR = "/run/virtnode-kblockthin"
+AGENT_CONFIG = {
+    "interval": 2, "storage_interval": 5, "storage_timeout": 5, "metrics_enabled": False, "mailbox_check_interval": 1,
+    "thin_chunk_mib": THIN_CHUNK_MIB, "socket_path": f"{AGENT_DIR}/agent.sock",
+    "events_file": f"{AGENT_DIR}/events.jsonl", "log_file": f"{AGENT_DIR}/agent.log", "log_level": "DEBUG",
+}
+AGENT_PIDFILE = f"{AGENT_DIR}/agent.pid"
+AGENT_START = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+               "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import daemon\n"
+               "sys.exit(daemon.main(sys.argv[2:]))\n")
+AGENT_EVENTS = ("import json, sys; sys.path.insert(0, sys.argv[1])\n"
+                "from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events\n"
+                "print(json.dumps(events.read_events(sys.argv[2])['events']))\n")
+
+
+def collections_path() -> str:
+    return os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".build")).split(os.pathsep)[0]
+
+
+def agent_start(host: str):
+    lab_exec(host, "/usr/bin/python3", "-c", AGENT_START, collections_path(), "--config", f"{AGENT_DIR}/agent.conf",
+             "--daemon", "--pidfile", AGENT_PIDFILE, timeout=60)
+    wait_for(f"the agent's socket on {host}",
+             lambda: lab_exec(host, "test", "-S", AGENT_CONFIG["socket_path"], check=False).returncode == 0, timeout=60)
+
+
+def agent_stop(host: str):
+    lab_exec(host, "sh", "-c", f"pid=$(cat {AGENT_PIDFILE} 2>/dev/null) || exit 0; kill $pid; "
+             "for i in $(seq 100); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.2; done; exit 1", timeout=60)
+
+
+@contextlib.contextmanager
+def thin_agents(hosts: list):
+    """The agent under test on ``hosts`` (each with its own configuration); stopped afterwards."""
+    for host in hosts:
+        lab_exec(host, "sh", "-c", f"rm -rf {AGENT_DIR} && mkdir -p {AGENT_DIR} && cat > {AGENT_DIR}/agent.conf"
+                 f" <<'EOF'\n{json.dumps(AGENT_CONFIG)}\nEOF\n")
+    try:
+        yield
+    finally:
+        for host in hosts:
+            agent_stop(host)
+
+
+def agent_events(host: str, guest: str) -> list:
+    out = lab_exec(host, "/usr/bin/python3", "-c", AGENT_EVENTS, collections_path(), AGENT_CONFIG["events_file"]).stdout
+    return [event for event in json.loads(out) if event.get("vm") == guest]
+
+
+def writer_guest(guest: str, **disk) -> dict:
+    _host, img, vol = GUESTS[guest]
+    return {"virtnode.kvm.vm": {
+        "name": guest, "memory": "128MiB", "kernel": "{{ virtnode_lab_guest_kernel }}",
+        "initrd": "{{ virtnode_lab_guest_initrd }}",
+        "cmdline": "{{ virtnode_lab_guest_cmdline }} workload=writer writer_mb=%d" % THIN_WRITE_MIB,
+        "disks": [dict({"domain_id": SD_A, "image_id": img, "volume_id": vol, "type": "block", "format": "qcow2",
+                        "io": "native"}, **disk)]}}
+
+
+def console(host: str, guest: str) -> str:
+    return lab_exec(host, "cat", f"/var/log/libvirt/qemu/{guest}-console.log", check=False).stdout
+
+
+def writer_finished(host: str, guest: str):
+    return lambda: re.search(r"writer (done|error).*", console(host, guest))
+
+
+def domstate(host: str, guest: str) -> str:
+    return lab_exec(host, "virsh", "domstate", "--reason", guest, check=False).stdout.strip()
+
+
+def percentile(values: list, fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def guests_write_into_thin_block_volumes(san: dict, tmp_path: Path):
+    """Two writer guests fill thin COW volumes that start at one extent (``initial_size``), at once.
+
+    On the SPM, a guest on a thin base volume is extended there. On the other host, a guest runs on a
+    thin snapshot on top of the chain of three (``type: block``: the four LVs are activated there and
+    linked in the image directory, so QEMU follows the qcow2 backing names to the parents' LVs) with
+    that host's agent stopped: it pauses on ENOSPC once it fills its LV; the agent, started, has the
+    volume extended through the pool's mailbox (the SPM's agent runs lvextend, this host refreshes its
+    LV), resumes it, and extends it through the mailbox from then on. Removing the guests deactivates
+    the chains and removes the links. The extension latencies are printed (``pytest -s``).
+    """
+    first, second = san["hosts"]
+    image_dir = f"/rhev/data-center/mnt/blockSD/{SD_A}/images/{IMG}"
+    on_chain = CHAIN + [THIN_TOP]
+    thin = [volume(IMG_THIN, THIN_BASE, size="1GiB", format="COW", initial_size="100MiB"),
+            volume(IMG, THIN_TOP, parent_volume_uuid=CHAIN[-1], initial_size="100MiB")]
+    made = play(tmp_path, "thin-volumes", first, thin)
+    assert [result["actions"] for result in made] == [["create"], ["snapshot"]], made
+    sizes = lv_tags(first)
+    assert sizes[THIN_BASE][0] == sizes[THIN_TOP][0] == THIN_CHUNK_MIB, sizes  # 110 MiB: one extent
+    assert not active_lvs(second) & set(on_chain), active_lvs(second)
+    results, latencies = {}, {"local": [], "mailbox": []}
+    with thin_agents([first, second]):
+        agent_start(first)
+        started = time.monotonic()
+        on_first = {"when": f"inventory_hostname == '{first}'"}
+        on_second = {"when": f"inventory_hostname == '{second}'"}
+        chain_guest = writer_guest("kthin-chain")
+        started_vms = play_on(tmp_path, "thin-writers", [first, second], [
+            dict(writer_guest("kthin-local"), **on_first),
+            dict(writer_guest("kthin-chain", type="file"), **on_second),  # refused: a block domain's volume
+            dict(chain_guest, check_mode=True, **on_second),
+            dict(chain_guest, **on_second)])
+        local, no_type, check, chain = started_vms[first][0], *started_vms[second][1:]
+        assert local["changed"] and not local.get("failed"), local
+        assert no_type.get("failed") and "give the disk type: block" in no_type["msg"], no_type
+        assert check["changed"] and not check.get("failed"), check
+        assert chain["changed"] and not chain.get("failed"), chain
+        wait_for("the guest on the chain to pause on ENOSPC", lambda: domstate(second, "kthin-chain") == "paused (I/O error)",
+                 timeout=300, step=1)
+        paused = domstate(second, "kthin-chain")
+        assert active_lvs(second) >= set(on_chain), active_lvs(second)
+        links = {vol: lab_exec(second, "readlink", f"{image_dir}/{vol}").stdout.strip() for vol in on_chain}
+        assert links == {vol: f"/dev/{SD_A}/{vol}" for vol in on_chain}, links
+        assert f"{image_dir}/{THIN_TOP}" in lab_exec(second, "virsh", "dumpxml", "kthin-chain").stdout
+        agent_start(second)
+        for guest, (index, _img, _vol) in GUESTS.items():
+            host = san["hosts"][index]
+            wait_for(f"{guest} to finish writing", writer_finished(host, guest), timeout=600, step=2)
+            results[guest] = (time.monotonic() - started, console(host, guest), agent_events(host, guest))
+        removed = play_on(tmp_path, "thin-writers-gone", [first, second],
+                          [{"virtnode.kvm.vm": {"name": guest, "state": "absent"}} for guest in GUESTS])
+        assert not [r for rs in removed.values() for r in rs if r.get("failed")], removed
+    assert paused == "paused (I/O error)", paused
+    assert not active_lvs(second) & set(on_chain), active_lvs(second)
+    assert lab_exec(second, "ls", "-A", image_dir, check=False).stdout.split() == []
+    for guest, (elapsed, text, events) in results.items():
+        extensions = [e for e in events if e["event"] == "volume_extended"]
+        pauses = sum(1 for e in events if e["event"] == "paused" and e.get("reason") == "ioerror")
+        print(f"{guest}: {elapsed:.1f}s, ENOSPC pauses {pauses}, extensions "
+              + ", ".join("%s/%s %.0f ms (SPM %.0f ms, refresh %.0f ms)" % (
+                  e["trigger"], e["path"], e["latency"] * 1000, e["extend_seconds"] * 1000, e["refresh_seconds"] * 1000)
+                  for e in extensions))
+        assert f"writer done {THIN_WRITE_MIB * MIB}" in text, (guest, text[-2000:])
+        assert not [e for e in events if e["event"] == "volume_extend_failed"], (guest, events)
+        path = "local" if guest == "kthin-local" else "mailbox"
+        assert len(extensions) >= 3 and all(e["path"] == path for e in extensions), (guest, events)
+        assert all(e["new_size"] - e["old_size"] == THIN_CHUNK_MIB * MIB for e in extensions), (guest, extensions)
+        latencies[path] += [e["latency"] * 1000 for e in extensions]
+    chain_events = results["kthin-chain"][2]
+    assert [e["trigger"] for e in chain_events if e["event"] == "volume_extended"][0] == "enospc", chain_events
+    assert any(e["event"] == "vm_resumed_after_extension" for e in chain_events), chain_events
+    # What the SPM wrote to the VG: each LV grew by whole chunks, as the agents asked.
+    sizes = lv_tags(first)
+    assert sizes[THIN_BASE][0] >= 4 * THIN_CHUNK_MIB and sizes[THIN_TOP][0] >= 4 * THIN_CHUNK_MIB, sizes
+    for path, values in latencies.items():
+        print(f"thin extension latency on block, {path}: p50 {percentile(values, 0.5):.0f} ms, "
+              f"p99 {percentile(values, 0.99):.0f} ms over {len(values)} extensions")
 
 
 def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_master(san, kernel_vars, tmp_path):
@@ -423,10 +607,13 @@ def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_ma
         (seen,) = pool_seen["domains"]
         assert seen["pool_uuids"] == [SP] and seen["path"] == f"/rhev/data-center/mnt/blockSD/{SD_A}", seen
         block_volumes_on_the_spm_read_by_the_other_host(san, tmp_path)
+        guests_write_into_thin_block_volumes(san, tmp_path)
         # Detaching on the SPM: out of the pool's list and the VG's tags, the SPM's lockspace left.
-        images_gone, raw_gone, detached, detached_again = play(tmp_path, "detach", first, [
-            volume(IMG, state="absent"), volume(IMG_RAW, state="absent"),
+        images_gone, raw_gone, clone_gone, thin_gone, detached, detached_again = play(tmp_path, "detach", first, [
+            volume(IMG, state="absent"), volume(IMG_RAW, state="absent"), volume(IMG_CLONE, state="absent"),
+            volume(IMG_THIN, state="absent"),
             domain(SD_A, state="detached", **member), domain(SD_A, state="detached", **member)])
+        assert clone_gone["actions"] == thin_gone["actions"] == ["delete_image"], (clone_gone, thin_gone)
         assert images_gone["actions"] == ["delete_image"] and images_gone["chain"] == [], images_gone
         assert raw_gone["actions"] == ["delete_image"], raw_gone
         assert not [name for name in lv_tags(first) if name not in SPECIAL_MIB], lv_tags(first)
