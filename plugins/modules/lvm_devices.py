@@ -63,6 +63,8 @@ author:
 """
 
 EXAMPLES = r"""
+# not runnable in the lab: it rewrites the host's LVM configuration, which namespace hosts share with the machine
+# (tests/integration/test_kernel_bootstrap_block.py runs it on a kernel host, whose /etc is its own)
 - name: The host's LVM sees the host's own disks only
   virtnode.kvm.lvm_devices:
 
