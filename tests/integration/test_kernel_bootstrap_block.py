@@ -6,7 +6,8 @@ The role's block_storage tasks write /etc/multipath.conf; multipath-tools itself
 a new no_path_retry rewrites the file; a file marked ``# VDSM PRIVATE`` is left alone.
 
 ``lvm_devices`` (the role's first block storage task) on a host with a mounted local LV, an
-unmounted local VG and a storage domain's VG (on loop devices): the first two go in the LVM
+unmounted local VG and a storage domain's VG (on loop devices): asking for the domain's VG is
+refused and changes nothing; check mode changes nothing; the first two go in the LVM
 devices file, the domain's never; the host's own LVM then sees only those, and a VG that appears
 later on a new device (a guest's, a new LUN's) stays out of its sight. The host's LVM
 configuration is put back afterwards, since later tests run plain LVM commands there.
@@ -109,7 +110,13 @@ def test_lvm_devices_keeps_the_hosts_lvm_to_its_own_disks(kernel_hosts, tmp_path
         lab_exec(host, "sh", "-c", "lvcreate --config '%s' -q -L 16M -n root vnlocal && mkfs.ext4 -q /dev/vnlocal/root && "
                  "mkdir -p /mnt/vnlocal && mount /dev/vnlocal/root /mnt/vnlocal" % SEE_ALL, timeout=120)
         module = {"virtnode.kvm.lvm_devices": {}}
-        check, done, again = play_tasks(tmp_path, "lvm-devices", host, [dict(module, check_mode=True), module, module])
+        # Bad input first: a storage domain's VG asked for is refused, and neither file is touched.
+        refused, check = play_tasks(tmp_path, "lvm-devices-refused", host, [
+            {"virtnode.kvm.lvm_devices": {"vgs": ["vnfakesd"]}}, dict(module, check_mode=True)])
+        assert refused.get("failed") and "storage domain" in refused["msg"], refused
+        assert lab_exec(host, "cat", LVM_CONF).stdout == conf_before
+        assert lab_exec(host, "test", "-e", DEVICES_FILE, check=False).returncode != 0
+        done, again = play_tasks(tmp_path, "lvm-devices", host, [module, module])
         assert check["changed"] and check["actions"] == ["import_vgs", "enable_devices_file"], check
         assert done["changed"] and done["actions"] == check["actions"], done
         assert not again["changed"] and again["actions"] == [], again

@@ -408,18 +408,22 @@ class LvmBackend:
         return self.physical_size(sd_uuid, img_uuid, vol_uuid)
 
 
+def _domain_dir(sd_uuid, find_domain):
+    """The domain's directory on this host; a block domain this host joined is known by its host directory,
+    without an LVM scan (the thin provisioning path counts every command)."""
+    block_dir = sd_layout.block_domain_dir(sd_uuid)
+    return block_dir if os.path.isdir(block_dir) else find_domain(sd_uuid, required=False)
+
+
 def is_block_domain(sd_uuid, find_domain=storage.find_domain):
     """True if this host sees ``sd_uuid`` as a block storage domain."""
-    dom_dir = find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID'), required=False)
+    dom_dir = _domain_dir(validate.uuid_str(sd_uuid, 'storage domain UUID'), find_domain)
     return bool(dom_dir) and sd_layout.is_block_domain_dir(dom_dir)
 
 
 def backend_for(sd_uuid, find_domain=storage.find_domain):
     """The backend serving domain ``sd_uuid``: loop for a file domain, LVM otherwise."""
-    sd_uuid = validate.uuid_str(sd_uuid, 'storage domain UUID')
-    if os.path.isdir(sd_layout.block_domain_dir(sd_uuid)):
-        return LvmBackend()  # a block domain this host joined: known without an LVM scan (the thin path counts them)
-    dom_dir = find_domain(sd_uuid, required=False)
+    dom_dir = _domain_dir(validate.uuid_str(sd_uuid, 'storage domain UUID'), find_domain)
     if dom_dir and not sd_layout.is_block_domain_dir(dom_dir):
         return LoopBackend(find_domain=find_domain)
     return LvmBackend()

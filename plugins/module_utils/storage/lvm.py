@@ -194,7 +194,7 @@ class Lvm:
         if names:
             self.run('lvchange', '--activate', 'y', *names)
             if refresh:
-                self.run('lvchange', '--refresh', *names)
+                self.refresh(vg_name, lv_names)
 
     def refresh(self, vg_name, lv_names):
         """Reload active LVs' device-mapper tables from the VG metadata (another host, the SPM, grew them)."""

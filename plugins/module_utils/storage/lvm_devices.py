@@ -102,6 +102,7 @@ class Host:
     def __init__(self, runner=command.run_checked, root='/'):
         self.runner = runner
         self.root = root
+        self._pvs = {}
 
     def path(self, path):
         return os.path.join(self.root, path.lstrip('/'))
@@ -139,10 +140,12 @@ class Host:
         return name.strip(), [tag for tag in tags.strip().split(',') if tag]
 
     def vg_pvs(self, vg):
-        """``[(pv name, pv uuid)]`` of VG ``vg``."""
-        out = self.run('vgs', '--noheadings', '--readonly', '--config', _SEE_ALL, '--separator', '|',
-                       '-o', 'pv_name,pv_uuid', vg)
-        return sorted(tuple(part.strip() for part in line.split('|')) for line in out.splitlines() if '|' in line)
+        """``[(pv name, pv uuid)]`` of VG ``vg``, read once per run (root and swap share a VG)."""
+        if vg not in self._pvs:
+            out = self.run('vgs', '--noheadings', '--readonly', '--config', _SEE_ALL, '--separator', '|',
+                           '-o', 'pv_name,pv_uuid', vg)
+            self._pvs[vg] = sorted(tuple(part.strip() for part in line.split('|')) for line in out.splitlines() if '|' in line)
+        return self._pvs[vg]
 
     def visible_vgs(self):
         """Every VG LVM sees with no filter and no devices file, but storage domains'."""

@@ -98,7 +98,7 @@ def _options(params):
     if params['size'] is not None:
         size = volumes.check_capacity(validate.size_bytes(params['size'], 'size'))
     if params.get('initial_size') is not None:  # a creation parameter, but bad input is refused whatever exists
-        validate.size_bytes(params['initial_size'], 'initial_size')
+        validate.size_bytes(params['initial_size'], 'initial_size', minimum=1)
     clone = params['clone_from']
     if clone:
         for key in ('image_uuid', 'volume_uuid'):
@@ -118,22 +118,17 @@ def _clone_source_store(store, clone, sd_uuid):
     return store_for(src_dir, storage.read_md(src_dir))
 
 
-def _initial_size(store, params, size, parent):
+def _initial_size(store, params, capacity):
     """``{'initial_size': bytes}`` for the store's create_volume, or ``{}``; refused where VDSM refuses it."""
     if params.get('initial_size') is None:
         return {}
-    initial = validate.size_bytes(params['initial_size'], 'initial_size')
+    initial = validate.size_bytes(params['initial_size'], 'initial_size', minimum=1)
     if not isinstance(store, block_volumes.BlockVolumes):
         raise VirtnodeError('initial_size is for COW volumes on block storage domains; %s is a file domain'
                             % store.sd_uuid, {'field': 'initial_size'})
     if params['format'] != 'COW' or params['clone_from']:
         raise VirtnodeError('initial_size is for new COW volumes, not RAW ones or clones', {'field': 'initial_size'})
-    capacity = size
-    if capacity is None and parent:
-        capacity = store.read_volume(params['image_uuid'], parent).capacity
     limit = block.max_physical(capacity)
-    if initial < 1:
-        raise VirtnodeError('initial_size must be more than 0', {'field': 'initial_size'})
     if initial > limit:
         raise VirtnodeError('initial_size %d is more than the volume may ever take (%d bytes: its capacity x 1.1)'
                             % (initial, limit), {'field': 'initial_size'})
@@ -144,18 +139,20 @@ def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, cl
     params = module.params
     writer.require('create')
     source = _clone_source_store(store, clone, sd_uuid) if clone else None
+    parent_md = None
     if clone:
         if source.read_volume(clone['image_uuid'], clone['volume_uuid']) is None:
             raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
     elif parent:
-        if store.read_volume(img_uuid, parent) is None:
+        parent_md = store.read_volume(img_uuid, parent)
+        if parent_md is None:
             raise VirtnodeError('parent volume %s not found in image %s' % (parent, img_uuid), {'field': 'parent_volume_uuid'})
     elif size is None:
         raise VirtnodeError('size is required to create a volume', {'field': 'size'})
     if params['format'] == 'RAW' and parent:
         raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
     store.check_format(params['format'], params['allocation'])
-    initial_size = _initial_size(store, params, size, parent)
+    initial_size = _initial_size(store, params, size or (parent_md.capacity if parent_md else None))
     actions.append('clone' if clone else 'snapshot' if parent else 'create')
     if not module.check_mode:
         if clone:

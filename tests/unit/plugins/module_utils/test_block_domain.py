@@ -744,7 +744,7 @@ def test_the_volume_module_on_a_block_domain(block_store, monkeypatch):
 def test_initial_size_is_refused_on_a_file_domain_as_vdsm_refuses_it():
     params = dict(initial_size='128MiB', format='COW', clone_from=None, image_uuid=IMG)
     with pytest.raises(VirtnodeError, match='initial_size is for COW volumes on block storage domains'):
-        volume_state._initial_size(types.SimpleNamespace(sd_uuid=SD), params, MIB * 1024, None)  # pylint: disable=protected-access
+        volume_state._initial_size(types.SimpleNamespace(sd_uuid=SD), params, MIB * 1024)  # pylint: disable=protected-access
 
 
 def test_storage_info_describes_a_block_domains_images_as_a_file_domains(block_store, monkeypatch):

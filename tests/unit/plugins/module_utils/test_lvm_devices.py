@@ -137,6 +137,7 @@ def test_mounted_and_other_local_vgs_go_in_the_devices_file_storage_domains_neve
     with open(tmp_path / 'etc/multipath/conf.d/vdsm_blacklist.conf') as f:
         assert 'wwid "0QEMU_QEMU_HARDDISK_drive-scsi0"' in f.read()
     assert ['lvm', 'lvmdevices', '--check'] in fake.calls
+    assert len([c for c in fake.calls if c[0] == 'vgs' and c[-1] == 'vg0']) == 1  # root and swap: one read of vg0
     # The second run finds everything in place.
     fake.calls.clear()
     again = lvm_devices.run_module(module(), fake.host)
