@@ -16,6 +16,9 @@ description:
     id, bumps C(POOL_SPM_LVER), writes C(POOL_SPM_ID), and then checks every O(check_interval) seconds that it still
     holds the lease (if not, it stops being SPM at once). It keeps its state in C(/run/virtnode/spm/<pool>.json).
     If another host holds the lease, the task fails naming that host.
+  - When the master is a block domain, the holder also mounts the master file system (its C(master) LV, after
+    C(e2fsck -p)) before it writes C(POOL_SPM_ID), and unmounts it before it releases the lease; only the SPM
+    mounts it.
   - V(stopped) asks the holder to clear C(POOL_SPM_ID), release the lease and exit.
   - V(status) only reports.
 options:

@@ -16,8 +16,8 @@ description:
     block format (metadata in C(MDT_) VG tags with their seal, 128 MiB extents, the special logical volumes
     C(metadata), C(ids), C(leases), C(inbox), C(outbox), C(xleases) and C(master)). Listing more LUNs for an existing
     block domain extends it; LUNs are never taken away.
-  - Every state is available for block domains, but a block domain cannot be the master of a pool yet (create the
-    pool on a file domain and attach block domains to it), and volumes on block domains are not supported yet.
+  - Every state is available for block domains. A block domain can be the master of a pool; its C(master) LV holds
+    the pool's master file system, which only the SPM mounts (see M(virtnode.kvm.spm)).
   - V(present) creates the domain on a connected storage server - the C(dom_md) files, metadata sealed with
     C(_SHA_CKSUM), the sanlock lockspace on C(dom_md/ids), the SPM lease C(SDM) at 1 x ALIGNMENT of
     C(dom_md/leases) and, for version 4 and later non-local domains, the C(xleases) index.

@@ -17,7 +17,8 @@ description:
   - V(connected) joins the sanlock lockspace of every active domain of the pool with O(host_id) (the sanlock
     daemon holds it, so it outlives the task), creates the links C(/rhev/data-center/<pool>/<domain>) and
     C(mastersd), and records this host's name under its host id in the master domain so that other hosts can
-    name the SPM.
+    name the SPM. On a block master (O(master_sd_uuid) an iSCSI or FC domain) the master file system is mounted
+    by the SPM only, so there each host is named by itself while it is SPM, and by nobody else.
   - V(disconnected) leaves the lockspaces and removes the links; refused while this host is the SPM.
 options:
   pool_uuid:

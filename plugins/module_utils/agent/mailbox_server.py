@@ -63,6 +63,7 @@ import uuid
 import queue
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import storage_monitor as agent_storage
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import mailbox
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
@@ -109,20 +110,21 @@ def _buffer(size):
 
 
 def _open(path, flags, direct=True):
-    """Open ``<domain>/dom_md/<box>`` with O_DIRECT, or without where the file system refuses it (tmpfs).
+    """Open ``<domain>/dom_md/<box>`` (or a block domain's LV) with O_DIRECT, or without where the file
+    system refuses it (tmpfs).
 
     Nothing below the domain directory is followed if it is a link, and only a
-    regular file is opened: the mailbox files are on shared storage, and a link
+    regular file (or the LV itself) is opened: the mailbox files are on shared storage, and a link
     planted there would have this host write requests or replies into a host file.
     """
     root = os.path.dirname(os.path.dirname(path))
     if direct and _DIRECT:
         try:
-            return fileio.open_beneath(path, flags | _DIRECT, root=root), True
+            return fileio.open_storage(path, flags | _DIRECT, root=root), True
         except VirtnodeError as err:
             if err.details.get('errno') != errno.EINVAL:
                 raise
-    return fileio.open_beneath(path, flags, root=root), False
+    return fileio.open_storage(path, flags, root=root), False
 
 
 def read_blocks(path, offset, size):
@@ -250,6 +252,10 @@ def _check_interval(value, what):
 
 
 def mailbox_paths(master_dom_dir):
+    """The master domain's inbox and outbox: files in a file domain's ``dom_md``, a block domain's LVs."""
+    if sd_layout.is_block_domain_dir(master_dom_dir):
+        sd_uuid = os.path.basename(os.path.normpath(master_dom_dir))
+        return block_domain.lv_path(sd_uuid, INBOX), block_domain.lv_path(sd_uuid, OUTBOX)
     return os.path.join(master_dom_dir, 'dom_md', INBOX), os.path.join(master_dom_dir, 'dom_md', OUTBOX)
 
 

@@ -35,6 +35,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import connection
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import devices as luns
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
@@ -62,6 +63,10 @@ VGUUID = 'VGUUID'
 PV_KEY_PREFIX = 'PV'
 MKFS = ('mkfs.ext3', '-q', '-j', '-E', 'nodiscard')
 MKFS_TIMEOUT = 300
+# e2fsck -p exit statuses that leave a mountable file system (VDSM's mountMaster): 1 and 2 mean errors corrected.
+FSCK = ('e2fsck', '-p')
+FSCK_REPAIRED = (1, 2)
+MASTER_MOUNT_TIMEOUT = 120
 
 
 def special_lv_sizes_mib(version, alignment=sdm.DEFAULT_ALIGNMENT):
@@ -225,6 +230,39 @@ class BlockDomain:
         wanted = self.host_lvs(md)
         self.lvm.activate(self.sd_uuid, wanted)
         return {name: lv_path(self.sd_uuid, name) for name in wanted}
+
+    # ---------------------------------------------------------------- the master file system (the SPM's)
+
+    def mount_master(self, mount_point):
+        """Mount the ``master`` LV's file system on ``mount_point``, as VDSM's mountMaster does on its SPM.
+
+        A mount left by an earlier term of this host (a holder that was killed) is dropped first: its page
+        cache predates what other SPMs wrote since. e2fsck repairs what a crashed SPM left half written.
+        """
+        self.unmount_master(mount_point, deactivate=False)
+        self.lvm.activate(self.sd_uuid, [MASTER_LV], refresh=True)
+        device = lv_path(self.sd_uuid, MASTER_LV)
+        fileio.make_dirs(mount_point, 0o755)
+        try:
+            command.run_checked(FSCK + (device,), MASTER_MOUNT_TIMEOUT, label='e2fsck -p %s' % device,
+                                install_hint='Debian: e2fsprogs')
+        except VirtnodeError as err:
+            if err.details.get('rc') not in FSCK_REPAIRED:
+                raise VirtnodeError('the master file system of storage domain %s needs repair by hand (%s)'
+                                    % (self.sd_uuid, err.message), dict(err.details, sd_uuid=self.sd_uuid)) from err
+        command.run_checked(('mount', '-t', 'ext3', '-o', 'nosuid,nodev', device, mount_point), MASTER_MOUNT_TIMEOUT)
+        fileio.set_mode_owner(mount_point, 0o755, fileio.STORAGE_OWNER)
+
+    def unmount_master(self, mount_point, deactivate=True, lazy=False):
+        """Unmount the master file system if mounted here, then deactivate ``master`` (unless told not to).
+
+        ``lazy`` detaches the mount at once even when it is busy or its storage hangs (an SPM that lost its
+        lease must stop writing there now); the LV then stays active until its last user closes it.
+        """
+        if os.path.normpath(mount_point) in connection.mounted_targets():
+            command.run_checked(('umount',) + (('--lazy',) if lazy else ()) + (mount_point,), MASTER_MOUNT_TIMEOUT)
+        if deactivate and not lazy:
+            self.lvm.deactivate(self.sd_uuid, [MASTER_LV])
 
     def volumes(self, lvs=None):
         """``{lv name: lv}`` of the domain's LVs that are volumes (not special)."""

@@ -28,6 +28,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import connection
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
@@ -616,9 +617,45 @@ def host_name_of(master_dir, host_id):
         return None
 
 
+def master_fs_dir(master_dir):
+    """Where the pool's master tree is: ``<domain>/master``, on a block domain the mount point of its ``master`` LV."""
+    return os.path.join(master_dir, MASTER_DIR)
+
+
+def master_tree_on_spm_only(master_dir):
+    """True when only the SPM sees the master tree: a block master, whose file system only the SPM mounts."""
+    return sd_layout.is_block_domain_dir(master_dir)
+
+
+def mount_master(master_dir):
+    """Make the master tree reachable on this host, the SPM (a block master's file system is mounted)."""
+    block = block_domain_of(master_dir)
+    if block is not None:
+        block.mount_master(master_fs_dir(master_dir))
+
+
+def unmount_master(master_dir, lazy=False):
+    """Undo :func:`mount_master` (no-op for file domains and when not mounted)."""
+    block = block_domain_of(master_dir)
+    if block is not None:
+        block.unmount_master(master_fs_dir(master_dir), lazy=lazy)
+
+
+def record_host(master_dir, host_id, hostname):
+    """Write ``hostname`` as the name of ``host_id`` in the master tree (kept if already so)."""
+    if hostname and host_name_of(master_dir, host_id) != hostname:
+        fileio.write_atomic(host_record_path(master_dir, host_id), (hostname + '\n').encode('utf-8'), 0o644,
+                            owner=fileio.STORAGE_OWNER)
+
+
 def ensure_master_tree(master_dir):
+    top = master_fs_dir(master_dir)
+    if master_tree_on_spm_only(master_dir) and os.path.normpath(top) not in connection.mounted_targets():
+        # Never write into the bare mount point: the tree belongs on the master LV.
+        raise VirtnodeError('the master file system of %s is not mounted on this host' % os.path.basename(master_dir),
+                            {'path': top})
     for sub in MASTER_SUBDIRS:
-        fileio.make_dirs(os.path.join(master_dir, MASTER_DIR, sub), 0o755, fileio.STORAGE_OWNER)
+        fileio.make_dirs(os.path.join(top, sub), 0o755, fileio.STORAGE_OWNER)
 
 
 def new_pool_changes(sp_uuid, master_sd, description, domains):
@@ -635,10 +672,6 @@ def create_pool(sp_uuid, master_dir, description, host_id):
     The SPM lease is taken while the metadata is written, so a pool is never
     created under a running SPM.
     """
-    if sd_layout.is_block_domain_dir(master_dir):
-        # The master file system lives on the domain's master LV, which only the SPM mounts: not done yet.
-        raise VirtnodeError('a block storage domain cannot be the master of a pool yet: create the pool on a file '
-                            'domain and attach %s to it' % os.path.basename(master_dir), {'sd_uuid': os.path.basename(master_dir)})
     md = read_md(master_dir)
     # Reached only when no trusted master of the pool was found: a domain that
     # already claims a pool (even this one, in metadata that could not be
@@ -656,10 +689,15 @@ def create_pool(sp_uuid, master_dir, description, host_id):
         sanlock_lock.acquire(md.sd_uuid, SPM_RESOURCE, path, offset, fd, md.alignment, md.block_size)
         crash_point('pool_create.spm_lease')
     try:
-        ensure_master_tree(master_dir)
-        crash_point('pool_create.master_tree')
-        update_md(master_dir, new_pool_changes(sp_uuid, md.sd_uuid, description, {md.sd_uuid: STATUS_ACTIVE}))
-        crash_point('pool_create.metadata')
+        # A block master's tree is on its master LV, mounted for this while the SPM lease is ours.
+        mount_master(master_dir)
+        try:
+            ensure_master_tree(master_dir)
+            crash_point('pool_create.master_tree')
+            update_md(master_dir, new_pool_changes(sp_uuid, md.sd_uuid, description, {md.sd_uuid: STATUS_ACTIVE}))
+            crash_point('pool_create.metadata')
+        finally:
+            unmount_master(master_dir)
     finally:
         if fd is not None:
             sanlock_lock.release(md.sd_uuid, SPM_RESOURCE, path, offset, fd)
@@ -761,7 +799,9 @@ def pool_connection_state(sp_uuid, host_id, hostname):
     links_ok = all(os.path.islink(link) and os.readlink(link) == target
                    for link, target in desired_links(sp_uuid, master_dir, master_md).items())
     state = read_pool_state(sp_uuid) or {}
-    record_ok = host_name_of(master_dir, host_id) == hostname and state.get('host_id') == host_id
+    # Host records are in the master tree, which on a block master only the SPM mounts: none there.
+    record_ok = state.get('host_id') == host_id and (master_tree_on_spm_only(master_dir)
+                                                     or host_name_of(master_dir, host_id) == hostname)
     connected = not missing_lockspaces and links_ok and record_ok
     return connected, {'master_dir': master_dir, 'master_md': master_md, 'missing_lockspaces': missing_lockspaces,
                        'missing_domains': missing_domains}
@@ -796,10 +836,9 @@ def connect_pool(sp_uuid, host_id, hostname=None):
     for sd_uuid, status in sorted(pool_domains(master_md).items()):
         if status == STATUS_ACTIVE and sd_uuid in found and join_lockspace(found[sd_uuid], read_md(found[sd_uuid]), host_id):
             joined.append(sd_uuid)
-    ensure_master_tree(master_dir)
-    record = host_record_path(master_dir, host_id)
-    if host_name_of(master_dir, host_id) != hostname:
-        fileio.write_atomic(record, (hostname + '\n').encode('utf-8'), 0o644, owner=fileio.STORAGE_OWNER)
+    if not master_tree_on_spm_only(master_dir):
+        ensure_master_tree(master_dir)
+        record_host(master_dir, host_id, hostname)
     refresh_links(sp_uuid, master_dir, master_md)
     # The lockspaces are recorded so disconnecting can leave them even when the
     # pool's storage is no longer reachable.
@@ -819,6 +858,8 @@ def disconnect_pool(sp_uuid):
         master_md = None
     recorded = (read_pool_state(sp_uuid) or {}).get('lockspaces', [])
     members = set(recorded) | (set(pool_domains(master_md)) if master_md is not None else set())
+    for sd_uuid in sorted(members):
+        _drop_stale_master_mount(sd_uuid)
     left = [sd_uuid for sd_uuid in sorted(members) if leave_lockspace(sd_uuid)]
     pdir = sd_layout.pool_dir(sp_uuid)
     if os.path.isdir(pdir):
@@ -834,6 +875,17 @@ def disconnect_pool(sp_uuid):
     except FileNotFoundError:
         pass
     return left
+
+
+def _drop_stale_master_mount(sd_uuid):
+    """Unmount a block master's file system left mounted by an SPM holder of this host that was killed."""
+    dom_dir = sd_layout.block_domain_dir(sd_uuid)
+    if os.path.normpath(master_fs_dir(dom_dir)) not in connection.mounted_targets():
+        return
+    try:
+        unmount_master(dom_dir)
+    except VirtnodeError:
+        unmount_master(dom_dir, lazy=True)
 
 
 def is_pool_linked(sp_uuid):

@@ -10,14 +10,15 @@ master domain is held by a *holder*: a detached process (double fork,
 
 1. registers with sanlock and acquires ``SDM`` at 1 x ALIGNMENT of the
    master domain's ``dom_md/leases`` (sanlock decides who wins a race),
-2. bumps ``POOL_SPM_LVER``, writes ``POOL_SPM_ID`` = its host id, creates
-   ``master/{vms,tasks}``,
+2. mounts a block master's file system (the ``master`` LV, checked with
+   ``e2fsck -p`` first, as VDSM does), bumps ``POOL_SPM_LVER``, writes
+   ``POOL_SPM_ID`` = its host id, creates ``master/{vms,tasks,hosts}``,
 3. writes its state to ``/run/virtnode/spm/<spUUID>.json`` and tells the
    caller (through a pipe) whether it became SPM,
 4. every ``check_interval`` seconds (VDSM: 20) asks sanlock whether it still
    holds the lease; if not, it stops being SPM at once (state ``lost``) and exits,
-5. on SIGTERM (the stop request) writes ``POOL_SPM_ID=-1``, releases the
-   lease, removes its state file and exits.
+5. on SIGTERM (the stop request) writes ``POOL_SPM_ID=-1``, unmounts the
+   master file system, releases the lease, removes its state file and exits.
 
 Everything runs on the stdlib and the sanlock bindings, so the node agent
 can host :func:`run_holder` in a thread-free child of its own instead.
@@ -233,13 +234,16 @@ def _acquire_spm_lease(sp_uuid, state, report):
     return master_dir, md, path, offset, fd
 
 
-def _claim_pool_metadata(master_dir, host_id):
+def _claim_pool_metadata(master_dir, host_id, hostname):
     """Write this host as the pool's SPM with the next POOL_SPM_LVER; returns that lver."""
     with domain_lock.dir_lock(master_dir):  # read, bump, write: no other writer in between
-        return _claim_locked(master_dir, host_id)
+        return _claim_locked(master_dir, host_id, hostname)
 
 
-def _claim_locked(master_dir, host_id):
+def _claim_locked(master_dir, host_id, hostname):
+    # Mounted first (a block master's file system, repaired if a dead SPM left it dirty): a master that
+    # cannot be mounted leaves the pool metadata as it was.
+    storage.mount_master(master_dir)
     raw = storage.read_raw(master_dir)
     try:
         old_lver = int(raw.get(sdm.POOL_SPM_LVER, sdm.SPM_LVER_INVALID))
@@ -248,6 +252,9 @@ def _claim_locked(master_dir, host_id):
     lver = max(old_lver, 0) + 1
     storage.update_md(master_dir, {sdm.POOL_SPM_ID: host_id, sdm.POOL_SPM_LVER: lver})
     storage.ensure_master_tree(master_dir)
+    if storage.master_tree_on_spm_only(master_dir):
+        # Other hosts cannot write there (connect_pool records only on file masters): the SPM names itself.
+        storage.record_host(master_dir, host_id, hostname)
     return lver
 
 
@@ -264,14 +271,28 @@ def _hold_until_stopped(fd, lockspace, check_interval, stop):
     return True
 
 
+def _drop_master(sp_uuid, master_dir, lazy=False):
+    """Unmount a block master's file system; a busy or hung one is detached lazily. Never raises."""
+    try:
+        storage.unmount_master(master_dir, lazy=lazy)
+        return
+    except VirtnodeError as err:
+        _log(sp_uuid, 'could not unmount the master file system%s: %s' % (' lazily' if lazy else '', err))
+    if not lazy:
+        _drop_master(sp_uuid, master_dir, lazy=True)
+
+
 def _step_down(sp_uuid, master_dir, md, path, offset, fd):
     """Mark the pool free of an SPM and release the lease, if it is still ours."""
     if not _holds(fd, md.sd_uuid):
+        _drop_master(sp_uuid, master_dir, lazy=True)
         return
     try:
         storage.update_md(master_dir, {sdm.POOL_SPM_ID: sdm.SPM_ID_FREE})
     except VirtnodeError as err:
         _log(sp_uuid, 'could not clear POOL_SPM_ID: %s' % err)
+    # While the lease is still ours: the next SPM mounts the master only after it is released.
+    _drop_master(sp_uuid, master_dir)
     try:
         sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
     except VirtnodeError as err:
@@ -294,9 +315,10 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
         return 'failed'
     master_dir, md, path, offset, fd = lease
     try:
-        lver = _claim_pool_metadata(master_dir, host_id)
+        lver = _claim_pool_metadata(master_dir, host_id, (storage.read_pool_state(sp_uuid) or {}).get('hostname'))
         crash_point('spm_start.metadata')
     except (VirtnodeError, OSError) as err:
+        _drop_master(sp_uuid, master_dir)
         sanlock_lock.release(md.sd_uuid, storage.SPM_RESOURCE, path, offset, fd)
         _remove_state(sp_uuid)
         _log(sp_uuid, 'start failed after acquiring the lease: %s' % err)
@@ -311,6 +333,7 @@ def run_holder(sp_uuid, host_id, check_interval, report=None):
         # The lease is gone (lockspace lost, storage unreachable): stop being SPM at once.
         state.update(status=LOST, since=time.time())
         _write_state(sp_uuid, state)
+        _drop_master(sp_uuid, master_dir, lazy=True)
         _log(sp_uuid, 'lost the SPM lease; no longer SPM')
         return LOST
     _step_down(sp_uuid, master_dir, md, path, offset, fd)

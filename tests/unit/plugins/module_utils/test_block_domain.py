@@ -402,11 +402,89 @@ def test_unsealed_tags_never_decide_who_writes(block_host):
 
 
 def test_what_file_domains_only_have_so_far_is_refused_on_a_block_domain(block_host):
-    _lvm, dom_dir = block_host
+    _lvm, _dom_dir = block_host
     with pytest.raises(VirtnodeError, match=r'^Volumes on block storage domains is not supported yet'):
         storage.find_file_domain(SD, 'Volumes')
-    with pytest.raises(VirtnodeError, match='cannot be the master of a pool yet'):
-        storage.create_pool(SP, dom_dir, 'pool', 1)
+
+
+@pytest.fixture
+def master_mounts(block_host, san, monkeypatch):
+    """The block host with sanlock and mount faked: ``(lvm, dom_dir, made, mounted, sanlock calls)``."""
+    lvm, dom_dir = block_host
+    _found, made = san
+    mounted = set()
+
+    def run(argv, *args, **kwargs):
+        made.append(tuple(argv))
+        if argv[0] == 'mount':
+            mounted.add(argv[-1])
+        elif argv[0] == 'umount':
+            mounted.discard(argv[-1])
+        elif argv[0] == 'e2fsck' and 'dirty' in mounted:
+            raise VirtnodeError('e2fsck failed', {'rc': 4})
+        return ''
+
+    monkeypatch.setattr(block_domain.command, 'run_checked', run)
+    monkeypatch.setattr(block_domain.connection, 'mounted_targets', lambda mountinfo=None: set(mounted))
+    monkeypatch.setattr(storage.connection, 'mounted_targets', lambda mountinfo=None: set(mounted))
+    monkeypatch.setattr(block_domain.fileio, 'set_mode_owner', lambda path, mode, owner=None: None)
+    calls = []
+    sanlock = storage.sanlock_lock
+    monkeypatch.setattr(sanlock, 'lockspaces', lambda: {})
+    monkeypatch.setattr(sanlock, 'add_lockspace', lambda *args: calls.append(('add_lockspace',) + args[:2]) or True)
+    monkeypatch.setattr(sanlock, 'register', lambda: os.open(os.devnull, os.O_RDONLY))
+    monkeypatch.setattr(sanlock, 'acquire', lambda ls, res, path, *rest: calls.append(('acquire', res, path)))
+    monkeypatch.setattr(sanlock, 'release', lambda ls, res, path, *rest: calls.append(('release', res, path)))
+    lvm.calls.clear()
+    made.clear()
+    return lvm, dom_dir, made, mounted, calls
+
+
+def test_a_pool_on_a_block_master_makes_its_tree_on_the_master_lv_mounted_under_the_spm_lease(master_mounts):
+    lvm, dom_dir, made, mounted, calls = master_mounts
+    storage.create_pool(SP, dom_dir, 'on the san', 1)
+    top = os.path.join(dom_dir, 'master')
+    device = '/dev/%s/master' % SD
+    assert [argv for argv in made if argv[0] != 'zero'] == [
+        ('e2fsck', '-p', device), ('mount', '-t', 'ext3', '-o', 'nosuid,nodev', device, top), ('umount', top)]
+    assert sorted(os.listdir(top)) == ['hosts', 'tasks', 'vms'] and not mounted
+    assert [call for call in lvm.calls if call[0] in ('activate', 'refresh', 'deactivate') and 'master' in call[2]] == [
+        ('activate', SD, ('master',)), ('deactivate', SD, ('master',))]
+    assert calls == [('add_lockspace', SD, 1), ('acquire', 'SDM', '/dev/%s/leases' % SD), ('release', 'SDM', '/dev/%s/leases' % SD)]
+    md = storage.read_md(dom_dir)
+    assert md.role == 'Master' and storage.pool_domains(md) == {SD: 'Active'}
+    assert storage.find_master(SP)[0] == dom_dir
+
+
+def test_the_master_tree_is_never_written_into_a_bare_mount_point(master_mounts):
+    _lvm, dom_dir, _made, mounted, _calls = master_mounts
+    with pytest.raises(VirtnodeError, match='master file system of %s is not mounted' % SD):
+        storage.ensure_master_tree(dom_dir)
+    assert not os.path.exists(os.path.join(dom_dir, 'master', 'tasks')) and not mounted
+    assert storage.master_tree_on_spm_only(dom_dir)
+
+
+def test_a_master_file_system_e2fsck_cannot_repair_stops_the_pool_creation_before_any_metadata(master_mounts):
+    _lvm, dom_dir, made, mounted, calls = master_mounts
+    mounted.add('dirty')
+    with pytest.raises(VirtnodeError, match='master file system of storage domain %s needs repair by hand' % SD):
+        storage.create_pool(SP, dom_dir, 'on the san', 1)
+    assert not [argv for argv in made if argv[0] == 'mount'] and storage.read_md(dom_dir).role == 'Regular'
+    assert calls[-1][0] == 'release'
+
+
+def test_a_stale_master_mount_of_an_earlier_term_is_dropped_before_mounting_again(master_mounts):
+    _lvm, dom_dir, made, mounted, _calls = master_mounts
+    top = os.path.join(dom_dir, 'master')
+    mounted.add(top)
+    storage.mount_master(dom_dir)
+    assert [argv[0] for argv in made] == ['umount', 'e2fsck', 'mount'] and top in mounted
+    made.clear()
+    storage.disconnect_pool(SP)  # no pool state here; the master is named by nothing: the mount stays
+    assert top in mounted
+    storage.write_pool_state(SP, {'sp_uuid': SP, 'host_id': 1, 'lockspaces': [SD]})
+    storage.disconnect_pool(SP)
+    assert top not in mounted and [argv[0] for argv in made] == ['umount']
 
 
 def test_joining_prepares_the_host_directory_as_vdsm_does(block_host):

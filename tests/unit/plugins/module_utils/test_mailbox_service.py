@@ -432,3 +432,14 @@ def test_a_fifo_planted_as_the_inbox_is_refused_without_blocking(master, tmp_pat
     with pytest.raises(VirtnodeError, match='not a regular file'):
         ms.read_blocks(ms.mailbox_paths(master)[0], 0, 4096)
     assert time.monotonic() - started < 1
+
+
+def test_a_block_master_has_its_mailboxes_on_its_lvs_and_nothing_else_is_opened_for_them(tmp_path, monkeypatch):
+    sd_uuid = '5c4d3e2f-1a0b-4c9d-8e7f-6a5b4c3d2e1f'
+    monkeypatch.setattr(ms.sd_layout, 'MOUNT_ROOT', str(tmp_path / 'mnt'))
+    dom_dir = ms.sd_layout.block_domain_dir(sd_uuid)
+    inbox, outbox = ms.mailbox_paths(dom_dir)
+    assert (inbox, outbox) == ('/dev/%s/inbox' % sd_uuid, '/dev/%s/outbox' % sd_uuid)
+    # Not an active LV on this host: refused as such, never opened through whatever /dev holds.
+    with pytest.raises(VirtnodeError, match='is the logical volume active'):
+        ms.read_blocks(inbox, 0, 4096)
