@@ -222,6 +222,17 @@ def san_session(kernel_hosts: dict, kernel_vars: dict, vgs: list, code: str):
         teardown(hosts, cfg, code)
 
 
+def power_on_again(san: dict, host: str, code: str):
+    """Boot a kernel host a test crashed and log it in again, as :func:`san_session` left it (its /run is new)."""
+    boot = subprocess.run(["python3", str(REPO / "tests/lab/lab.py"), "reboot", host], capture_output=True, text=True,
+                          timeout=400, check=False)
+    assert boot.returncode == 0, f"{host}: cannot boot again: {boot.stdout}{boot.stderr}"
+    print(boot.stdout.strip())
+    install_code([host], code)
+    (up,) = on_hosts([(host, (PY, "-c", SAN_UP, json.dumps(san["cfg"])))])
+    assert up.returncode == 0, f"{host}: iSCSI/multipath setup failed after the boot: {up.stderr}{up.stdout}"
+
+
 def teardown(hosts: list, cfg: dict, code: str):
     # The second host lets go of the VGs before the first removes them; then both leave the target.
     first, second = hosts
