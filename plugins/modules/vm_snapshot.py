@@ -118,6 +118,9 @@ notes:
   - The VM must run (or be paused) on this host; a VM that is down fails with a clear message
     and nothing changes. Every volume is checked before anything changes.
   - A live merge needs the volumes on the host's mount of the domain, as the VM uses them.
+  - On a block domain the snapshot volume's LV is activated and linked here first. A merge there runs only on the
+    pool's SPM, in one fenced SPM task; a thin base LV is grown first by what the merged volume holds plus one
+    chunk (at most to its capacity x 1.1), and the merged volume's LV is removed.
 seealso:
   - module: virtnode.kvm.volume
   - module: virtnode.kvm.vm

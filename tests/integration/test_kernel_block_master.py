@@ -4,7 +4,9 @@ vnkern2 creates the domain on a LUN, makes it the master of a new pool and becom
 (which also serves the lab's iSCSI target, so it is the one that survives) joins. The master
 tree (``master/{vms,tasks,hosts}``) is on the ``master`` LV's ext3 file system, which only the
 SPM mounts, as VDSM does: checked with plain commands on both hosts, with a volume
-created on the SPM (its task lease lives on that file system). Then vnkern2 is killed outright.
+created on the SPM (its task lease lives on that file system). A guest on the SPM gets a live
+snapshot of its disk onto a new volume, merged back while it writes (the base LV grown first, the
+merged LV removed). Then vnkern2 is killed outright.
 vnkern1 takes the SPM role once sanlock calls vnkern2 dead (the failover time is printed:
 ``pytest -s``), mounts the master after e2fsck has replayed what the crash left in its journal,
 and creates a volume of its own. vnkern1 then steps down (the master unmounted, its LV
@@ -28,6 +30,8 @@ SP = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d50"
 SD_M = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d51"
 IMG_1, VOL_1 = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d52", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d53"
 IMG_2, VOL_2 = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d54", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d55"
+VOL_SNAP = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d56"   # the live snapshot of the guest's disk, merged away
+GUEST = "kmerge"
 CODE = "/run/virtnode-kblockmaster"
 IO_TIMEOUT = 1
 NO_DEVICES_FILE = "devices { use_devicesfile=0 }"
@@ -78,8 +82,56 @@ def master_lv_active(host: str) -> bool:
     return lab_exec(host, "test", "-e", f"/dev/mapper/{dm_name}", check=False).returncode == 0
 
 
-def volume(img: str, vol: str) -> dict:
-    return {"virtnode.kvm.volume": {"sd_uuid": SD_M, "image_uuid": img, "volume_uuid": vol, "size": "1GiB", "format": "COW"}}
+def volume(img: str, vol: str, **options) -> dict:
+    return {"virtnode.kvm.volume": {"sd_uuid": SD_M, "image_uuid": img, "volume_uuid": vol,
+                                    **(options or {"size": "1GiB", "format": "COW"})}}
+
+
+def lvs(host: str) -> dict:
+    """``{lv name: size in MiB}`` of the master domain's volume LVs, read with plain LVM."""
+    out = lab_exec(host, "lvs", "--config", NO_DEVICES_FILE, "--noheadings", "--units", "m", "--nosuffix", "--separator", "|",
+                   "-o", "lv_name,lv_size", SD_M).stdout
+    return {name: int(float(size)) for name, size in (line.strip().split("|") for line in out.splitlines() if line.strip())}
+
+
+def disk_source(host: str) -> str:
+    return lab_exec(host, "virsh", "domblklist", GUEST).stdout
+
+
+def live_snapshot_and_merge_on_the_spm(tmp_path: Path, spm_host: str):
+    """A guest on the SPM writes to its disk on the block master while a live snapshot is taken onto a new
+    volume and merged back (an active commit): the thin base LV grows first, as VDSM grows it, and the
+    merged volume's LV is removed."""
+    guest = {"virtnode.kvm.vm": {
+        "name": GUEST, "memory": "128MiB", "kernel": "{{ virtnode_lab_guest_kernel }}", "initrd": "{{ virtnode_lab_guest_initrd }}",
+        "cmdline": "{{ virtnode_lab_guest_cmdline }} workload=writer writer_mb=64",
+        "disks": [{"domain_id": SD_M, "image_id": IMG_1, "volume_id": VOL_1, "type": "block", "format": "qcow2"}]}}
+    snap = {"name": GUEST, "volumes": [{"domain_id": SD_M, "image_id": IMG_1, "volume_id": VOL_SNAP}]}
+    base_before = lvs(spm_host)[VOL_1]
+    try:
+        started, made, taken, taken_again = play(tmp_path, "snapshot", spm_host, [
+            guest, volume(IMG_1, VOL_SNAP, parent_volume_uuid=VOL_1),
+            {"virtnode.kvm.vm_snapshot": dict(snap, state="present")},
+            {"virtnode.kvm.vm_snapshot": dict(snap, state="present")}])
+        assert started["changed"] and made["actions"] == ["snapshot"], (started, made)
+        assert taken["changed"] and not taken.get("failed") and not taken_again["changed"], (taken, taken_again)
+        assert f"/rhev/data-center/mnt/blockSD/{SD_M}/images/{IMG_1}/{VOL_SNAP}" in disk_source(spm_host), disk_source(spm_host)
+        check, merged, merged_again = play(tmp_path, "merge", spm_host, [
+            {"virtnode.kvm.vm_snapshot": dict(snap, state="absent"), "check_mode": True},
+            {"virtnode.kvm.vm_snapshot": dict(snap, state="absent")},
+            {"virtnode.kvm.vm_snapshot": dict(snap, state="absent")}])
+        print(f"live merge on the block master: {merged.get('duration_s')} s, actions {merged.get('actions')}")
+        assert check["changed"] and check["actions"][0].startswith(f"active commit {VOL_SNAP} into {VOL_1}"), check
+        assert merged["changed"] and not merged.get("failed"), merged
+        assert merged["deleted"] == [{"domain_id": SD_M, "image_id": IMG_1, "volume_id": VOL_SNAP}], merged
+        assert not merged_again["changed"] and not merged_again.get("failed"), merged_again
+        after = lvs(spm_host)
+        assert VOL_SNAP not in after and after[VOL_1] > base_before, (base_before, after)
+        assert f"images/{IMG_1}/{VOL_1}" in disk_source(spm_host) and VOL_SNAP not in disk_source(spm_host)
+        (read_back,) = play(tmp_path, "merged-base", spm_host, [volume(IMG_1, VOL_1)])
+        assert not read_back["changed"] and read_back["volume"]["legality"] == "LEGAL", read_back
+    finally:
+        play(tmp_path, "guest-gone", spm_host, [{"virtnode.kvm.vm": {"name": GUEST, "state": "absent"}}])
 
 
 def leave_pool() -> list:
@@ -115,6 +167,7 @@ def test_a_block_master_is_mounted_by_its_spm_only_and_fails_over_when_the_spm_c
         assert master_mount(survivor) == "" and not master_lv_active(survivor)
         assert lab_exec(survivor, "sh", "-c", f"ls -A {MASTER_DIR} 2>/dev/null || true").stdout.strip() == "", \
             "the other host wrote into the mount point"
+        live_snapshot_and_merge_on_the_spm(tmp_path, spm_host)
         md = pool_metadata(survivor)
         assert md["ROLE"] == "Master" and md["POOL_UUID"] == SP and md["POOL_DOMAINS"] == f"{SD_M}:Active", md
         assert md["POOL_SPM_ID"] == "2", md

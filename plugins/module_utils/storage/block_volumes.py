@@ -460,6 +460,52 @@ class BlockVolumes:
         self.write_volume(vol_uuid, md)
         return True
 
+    def grow_for_commit(self, img_uuid, base_uuid, top_uuid):
+        """Before ``top`` is committed into ``base`` (a live merge): a thin COW base grows by what ``top`` has on
+        storage plus one chunk, capped at capacity x 1.1, as VDSM extends it up front (libvirt reports no
+        watermark of a base during a commit). Returns the base LV's new size in bytes, or None if unchanged."""
+        base_md = self.read_volume(img_uuid, base_uuid)
+        base_lv, top_lv = self.volume_lv(base_uuid), self.volume_lv(top_uuid)
+        if base_md is None or top_lv is None or base_md.volume_format != 'COW':
+            return None
+        extent = self.domain.vg()['vg_extent_size']
+        wanted = min(base_lv['size'] + top_lv['size'] + CHUNK, block.max_physical(base_md.capacity))
+        wanted = -(-wanted // extent) * extent
+        if wanted <= base_lv['size']:
+            return None
+        self._check_free(base_uuid, (wanted - base_lv['size']) // MIB)
+        volumes.check_fence()
+        self.lvm.extend_lv(self.sd_uuid, base_uuid, wanted // MIB)
+        self._lvs = None
+        return wanted
+
+    def sync_volume_chain(self, img_uuid, top_uuid, actual_chain):
+        """VDSM's syncVolumeChain on a block domain, as :func:`volumes.sync_volume_chain` on a file domain: the
+        volumes of the chain from ``top_uuid`` that QEMU no longer uses (``actual_chain``, base first) are marked
+        ILLEGAL in their slots; a kept volume whose parent went gets the nearest kept ancestor in its slot and
+        its ``PU_`` tag. Returns the removed volume UUIDs."""
+        chain = list(reversed(self.chain_of(img_uuid, top_uuid)))
+        removed = [vol for vol in chain if vol not in actual_chain]
+        parents = {vol: (chain[index - 1] if index else vmd.BLANK_UUID) for index, vol in enumerate(chain)}
+        for vol in chain:
+            md = self.read_volume(img_uuid, vol)
+            if vol in removed:
+                if md.legality != 'ILLEGAL':
+                    md.legality = 'ILLEGAL'
+                    self.write_volume(vol, md)
+                continue
+            parent = parents[vol]
+            while parent in removed:
+                parent = parents[parent]
+            if parent != parents[vol]:
+                md.parent = parent
+                md.generation = vmd.next_generation(md.generation)
+                self.write_volume(vol, md)
+                volumes.check_fence()
+                self.lvm.change_lv_tags(self.sd_uuid, vol, remove=[PARENT_TAG + parents[vol]], add=[PARENT_TAG + parent])
+                self._lvs = None
+        return removed
+
     def delete_volume(self, img_uuid, vol_uuid):
         """Delete a volume that has no children; its parent becomes the leaf again. True if anything was removed."""
         volumes.check_fence()

@@ -26,6 +26,7 @@ The chain is always read from the live domain XML (``<source>`` and nested
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -34,6 +35,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import uuid_str
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
@@ -182,9 +185,29 @@ def has_guest_agent(xml_text):
 
 # ---------------------------------------------------------------- storage side
 
+def _block_volumes(domain_id):
+    """The :class:`block_volumes.BlockVolumes` of a block domain this host has joined (its host directory exists),
+    or None for a file domain."""
+    dom_dir = sd_layout.block_domain_dir(domain_id)
+    if not os.path.isdir(dom_dir):
+        return None
+    return block_volumes.for_domain(dom_dir)
+
+
 def locate(ids, what):
-    """``(path, dom_dir, VolumeMetadata)`` of a prepared volume, or a clear error."""
+    """``(path, dom_dir, VolumeMetadata)`` of a volume, or a clear error.
+
+    A file domain's volume must be prepared on this host (mounted); a block domain's is read from its slot,
+    and ``path`` is its link in the image directory, made by :func:`present_block_volume`.
+    """
     domain_id, image_id, volume_id = ids
+    store = _block_volumes(domain_id)
+    if store is not None:
+        md = store.read_volume(image_id, volume_id)
+        if md is None:
+            raise VirtnodeError('%s: unknown volume %s (image %s, domain %s): not on that block domain'
+                                % (what, volume_id, image_id, domain_id), {'field': what, 'volume_id': volume_id})
+        return store.path(image_id, volume_id), store.dom_dir, md
     try:
         path = vm_volumes.resolve_volume(domain_id, image_id, volume_id)
     except VirtnodeError:
@@ -196,6 +219,14 @@ def locate(ids, what):
         raise VirtnodeError('%s: volume %s has no metadata (%s.meta)' % (what, volume_id, path),
                             {'field': what, 'volume_id': volume_id})
     return path, dom_dir, md
+
+
+def present_block_volume(ids, activate=True):
+    """A block domain's volume and its parents active and linked on this host (VDSM's prepareImage); no-op for a
+    file domain's volume. ``activate=False`` (check mode) only checks the chain."""
+    store = _block_volumes(ids[0])
+    if store is not None:
+        store.prepare(ids[1], ids[2], activate=activate)
 
 
 def _size_of(path):
@@ -212,11 +243,13 @@ def memory_volume(ref, needed, what='memory volume'):
     Returns ``{'path', 'type', 'capacity', 'needed', domain_id, image_id, volume_id}``; raises before anything is written.
     """
     ids = volume_ids(ref, what)
-    path, _dom_dir, md = locate(ids, what)
+    path, dom_dir, md = locate(ids, what)
     if md.volume_format != 'RAW':
         raise VirtnodeError('%s %s is %s; a memory state needs a RAW volume' % (what, ids[2], md.volume_format), {'field': what})
     if md.legality != 'LEGAL':
         raise VirtnodeError('%s %s is %s' % (what, ids[2], md.legality), {'field': what})
+    if sd_layout.is_block_domain_dir(dom_dir):
+        present_block_volume(ids)
     try:
         size, kind = _size_of(path)
     except OSError as err:
@@ -305,6 +338,7 @@ class SnapshotRun(object):
                                     {'field': what})
             if md.legality != 'LEGAL':
                 raise VirtnodeError('%s: volume %s is %s' % (what, ids[2], md.legality), {'field': what})
+            present_block_volume(ids, activate=not self.check_mode)
             seen.add(disk['target'])
             plan.append((disk, ids, path))
         return disks, plan
@@ -382,30 +416,37 @@ class SnapshotRun(object):
         kind = 'active' if active else 'internal'
         self.actions.append('%s commit %s into %s on %s' % (kind, ids[2], base['volume_id'], disk['target']))
         dom_dir = os.path.dirname(os.path.dirname(os.path.dirname(top['path'])))
+        domain_md = storage.read_md(dom_dir) if sd_layout.is_block_domain_dir(dom_dir) else None
+        if domain_md is not None:
+            _require_spm_for_block_merge(dom_dir, domain_md, ids)
         if self.check_mode:
             self._plan_delete(ids, dom_dir, delete_merged)
             return
-        domain_md = storage.read_md(dom_dir)
-        old_top = chain[-1]
-        flags = constants.value('VIR_DOMAIN_BLOCK_COMMIT_RELATIVE')
-        if active:
-            flags |= constants.value('VIR_DOMAIN_BLOCK_COMMIT_ACTIVE')
-        try:
-            self.dom.blockCommit(disk['target'], base['path'], top['path'], 0, flags)
-        except libvirt_conn.LibvirtError as exc:
-            raise VirtnodeError('cannot start merging %s into %s: %s' % (ids[2], base['volume_id'], libvirt_conn.error_text(exc)))
-        if active:
-            self._wait(disk['target'], lambda d: d['ready'], 'become ready to pivot')
-            # As VDSM: the old leaf is ILLEGAL before the pivot, so an interrupted merge leaves it safe to delete.
-            volumes.sync_volume_chain(dom_dir, domain_md, ids[1], old_top, chain[:-1])
+        with _chain_writer(dom_dir, domain_md, 'live merge of %s' % ids[2]) as sync_chain:
+            old_top = chain[-1]
+            if domain_md is not None:
+                grown = block_volumes.for_domain(dom_dir, domain_md).grow_for_commit(ids[1], base['volume_id'], ids[2])
+                if grown:
+                    self.actions.append('extend %s to %d MiB' % (base['volume_id'], grown // 1024 ** 2))
+            flags = constants.value('VIR_DOMAIN_BLOCK_COMMIT_RELATIVE')
+            if active:
+                flags |= constants.value('VIR_DOMAIN_BLOCK_COMMIT_ACTIVE')
             try:
-                self.dom.blockJobAbort(disk['target'], constants.value('VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT'))
+                self.dom.blockCommit(disk['target'], base['path'], top['path'], 0, flags)
             except libvirt_conn.LibvirtError as exc:
-                raise VirtnodeError('merge of %s: pivot to %s failed: %s; the VM still uses %s (marked ILLEGAL)'
-                                    % (ids[2], base['volume_id'], libvirt_conn.error_text(exc), ids[2]))
-        self._wait(disk['target'], lambda d: not d['job'] and ids[2] not in chain_ids(d), 'finish')
-        after = chain_ids(self._disk_for(self.disks(), ids, 'volume'))
-        volumes.sync_volume_chain(dom_dir, domain_md, ids[1], old_top, after)
+                raise VirtnodeError('cannot start merging %s into %s: %s' % (ids[2], base['volume_id'], libvirt_conn.error_text(exc)))
+            if active:
+                self._wait(disk['target'], lambda d: d['ready'], 'become ready to pivot')
+                # As VDSM: the old leaf is ILLEGAL before the pivot, so an interrupted merge leaves it safe to delete.
+                sync_chain(ids[1], old_top, chain[:-1])
+                try:
+                    self.dom.blockJobAbort(disk['target'], constants.value('VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT'))
+                except libvirt_conn.LibvirtError as exc:
+                    raise VirtnodeError('merge of %s: pivot to %s failed: %s; the VM still uses %s (marked ILLEGAL)'
+                                        % (ids[2], base['volume_id'], libvirt_conn.error_text(exc), ids[2]))
+            self._wait(disk['target'], lambda d: not d['job'] and ids[2] not in chain_ids(d), 'finish')
+            after = chain_ids(self._disk_for(self.disks(), ids, 'volume'))
+            sync_chain(ids[1], old_top, after)
         self.cleanup_merged(ids, delete_merged)
 
     def _plan_delete(self, ids, dom_dir, delete_merged):
@@ -428,7 +469,13 @@ class SnapshotRun(object):
             return
         is_spm = self._plan_delete(ids, dom_dir, delete_merged)
         if delete_merged and is_spm and not self.check_mode:
-            volumes.delete_volume(dom_dir, storage.read_md(dom_dir), ids[1], ids[2])
+            domain_md = storage.read_md(dom_dir)
+            store = block_volumes.for_domain(dom_dir, domain_md)
+            if store is None:
+                volumes.delete_volume(dom_dir, domain_md, ids[1], ids[2])
+                return
+            with _chain_writer(dom_dir, domain_md, 'delete merged volume %s' % ids[2]):
+                store.delete_volume(ids[1], ids[2])
 
     def _wait(self, target, done, what):
         deadline = self.clock() + self.timeout
@@ -452,6 +499,29 @@ class SnapshotRun(object):
                 raise VirtnodeError('the merge on %s of VM %s did not %s within %ss and was cancelled; the chain is unchanged'
                                     % (target, self.dom.name(), what, self.timeout), {'target': target})
             self.sleep(POLL)
+
+
+def _require_spm_for_block_merge(dom_dir, domain_md, ids):
+    """A merge into a block domain's volume grows the base LV and changes LV tags: VG metadata, the SPM's."""
+    is_spm, _md = this_host_is_spm(dom_dir)
+    if not is_spm:
+        raise VirtnodeError('merging volume %s of block storage domain %s runs on the SPM of its pool only (the base '
+                            'LV is extended and LV tags change first, which only the SPM may do): run the VM on the SPM '
+                            'host for the merge, or merge it after shutting the VM down with virtnode.kvm.volume on the SPM'
+                            % (ids[2], domain_md.sd_uuid), {'field': 'volumes', 'volume_id': ids[2]})
+
+
+@contextlib.contextmanager
+def _chain_writer(dom_dir, domain_md, what):
+    """``sync_chain(img, old_top, actual_chain)`` for the body: on a block domain inside a fenced SPM task (every
+    slot or LV change checks the SPM lease first), on a file domain the plain metadata writer."""
+    if domain_md is None:
+        file_md = storage.read_md(dom_dir)
+        yield lambda img, old_top, actual: volumes.sync_volume_chain(dom_dir, file_md, img, old_top, actual)
+        return
+    store = block_volumes.for_domain(dom_dir, domain_md)
+    with spm.task(domain_md.pool_uuids[0], what) as task, volumes.fenced(task.check):
+        yield store.sync_volume_chain
 
 
 def _is_block(path):

@@ -749,6 +749,52 @@ def test_the_spm_extend_reads_one_lvs_and_the_capacity_from_the_slot(block_store
                      ('lvextend', SD, BASE, 1127)]
 
 
+MID = '4c5d6e7f-8091-4a2b-8c3d-4e5f6a7b8c9d'
+
+
+def test_a_live_merge_grows_a_thin_base_first_and_the_chain_follows_qemus(block_store, monkeypatch):
+    store, lvm, metadata, _done = block_store
+    monkeypatch.setattr(block_volumes, 'CHUNK', 128 * MIB)  # the fake VG has 384 MiB free
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 2048 * MIB)
+    store.create_volume(IMG, MID, 'COW', 'SPARSE', parent_uuid=BASE)
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=MID)
+    lvm.calls.clear()
+    # The base's LV + what MID holds + one chunk, in whole extents.
+    assert store.grow_for_commit(IMG, BASE, MID) == 384 * MIB
+    assert lvm.calls == [('extend_lv', SD, BASE, 384)]
+    # An internal merge: QEMU now runs BASE <- TOP. MID is ILLEGAL; TOP names BASE in its slot and its PU_ tag.
+    lvm.calls.clear()
+    assert store.sync_volume_chain(IMG, TOP, [BASE, TOP]) == [MID]
+    assert vmd.parse(slot_text(metadata, 2)).legality == 'ILLEGAL'
+    top_md = vmd.parse(slot_text(metadata, 3))
+    assert top_md.parent == BASE and top_md.legality == 'LEGAL'
+    assert lvm.calls == [('change_lv_tags', SD, TOP, ('PU_' + MID,), ('PU_' + BASE,))]
+    assert store.chain_of(IMG, TOP) == [TOP, BASE] and store.children(IMG, MID) == []
+    assert store.sync_volume_chain(IMG, TOP, [BASE, TOP]) == [] and len(lvm.calls) == 1  # again: nothing to do
+    assert store.delete_volume(IMG, MID) and MID not in lvm.vgs[SD]['lvs']
+    # An active merge: TOP goes, BASE is the leaf again once TOP is deleted.
+    assert store.sync_volume_chain(IMG, TOP, [BASE]) == [TOP]
+    assert vmd.parse(slot_text(metadata, 3)).legality == 'ILLEGAL'
+    assert store.delete_volume(IMG, TOP) and vmd.parse(slot_text(metadata, 1)).role == 'LEAF'
+
+
+def test_a_base_grows_for_a_merge_to_its_capacity_x_1_1_at_most(block_store):
+    store, lvm, _metadata, _done = block_store
+    store.create_volume(IMG, BASE, 'COW', 'SPARSE', 300 * MIB)
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
+    lvm.calls.clear()
+    assert store.grow_for_commit(IMG, BASE, TOP) == 384 * MIB  # 330 MiB, up to the next 128 MiB extent
+    assert store.grow_for_commit(IMG, BASE, TOP) is None and lvm.calls == [('extend_lv', SD, BASE, 384)]
+
+
+def test_a_raw_base_is_never_grown_for_a_merge(block_store):
+    store, lvm, _metadata, _done = block_store
+    store.create_volume(IMG, BASE, 'RAW', 'PREALLOCATED', 256 * MIB)
+    store.create_volume(IMG, TOP, 'COW', 'SPARSE', parent_uuid=BASE)
+    lvm.calls.clear()
+    assert store.grow_for_commit(IMG, BASE, TOP) is None and lvm.calls == []
+
+
 def _public_methods(cls):
     return {name for name in dir(cls) if not name.startswith('_') and callable(getattr(cls, name))}
 
