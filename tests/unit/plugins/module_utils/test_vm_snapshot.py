@@ -244,3 +244,15 @@ def test_merged_volume_deleted_only_on_the_spm(monkeypatch, is_spm, delete_merge
     assert len(job.deleted) == deleted and len(calls) == deleted
     assert job.pending_delete == ([{'domain_id': SD, 'image_id': IMG, 'volume_id': TOP}] if pending else [])
     assert job.actions == (['delete volume %s' % TOP] if deleted else [])
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+def test_a_merge_on_a_block_domain_is_refused_off_the_spm_before_anything_changes(monkeypatch, check_mode):
+    block_dir = '/rhev/data-center/mnt/blockSD/%s/images/%s' % (SD, IMG)
+    xml = live().replace(IMG_DIR, block_dir)
+    monkeypatch.setattr(vm_snapshot, 'this_host_is_spm', lambda dom_dir: (False, None))
+    monkeypatch.setattr(vm_snapshot.storage, 'read_md', lambda dom_dir: type('Md', (), {'sd_uuid': SD})())
+    job = vm_snapshot.SnapshotRun(None, FakeDom(xml), check_mode=check_mode)  # FakeDom has no blockCommit
+    with pytest.raises(VirtnodeError, match='merging volume %s of block storage domain %s runs on the SPM' % (TOP, SD)):
+        job.merge((SD, IMG, TOP))
+    assert job.deleted == [] and job.pending_delete == []
