@@ -298,6 +298,8 @@ options:
         at C(qemu+<migrate_transport>://<host>/system)). Other spec fields are not applied
         during a migration.
       - Nothing changes when the VM already runs on that host.
+      - Disks on block storage domains must first be prepared on the destination (M(virtnode.kvm.volume) with
+        V(state=prepared)); once the VM runs there, this host deactivates the logical volumes it no longer uses.
     type: str
   migrate_transport:
     description:

@@ -16,7 +16,7 @@ description:
     C(PU_<parent>) and C(MD_<slot>), its metadata the 512-byte record of slot C(<slot>) of the domain's C(metadata)
     LV and its lease at (100 + slot) x ALIGNMENT of C(leases), as VDSM has them. RAW volumes are preallocated LVs of
     whole extents (the capacity reported is the LV's; V(SPARSE) RAW is refused); sparse COW volumes start at one
-    1 GiB chunk (or their capacity if smaller). Cloning on block domains is not supported yet.
+    1 GiB chunk (or their capacity if smaller).
   - A new volume is written ILLEGAL first and marked LEGAL when complete.
   - With O(parent_volume_uuid) the new volume is a COW snapshot whose backing file is the parent
     (C(qemu-img create -b <parent> -F <format>)); the parent becomes INTERNAL.
@@ -26,6 +26,10 @@ description:
   - A larger O(size) on an existing leaf volume extends it; shrinking is refused.
   - V(absent) deletes one volume (it must have no children) or, without O(volume_uuid), the whole image, renaming
     it C(_remove_me_<image>) first.
+  - V(prepared) is VDSM's prepareImage, on the host where a VM is about to use the volume (the destination of a
+    migration; M(virtnode.kvm.vm) does it itself when it starts a VM). On a block domain the volume and its parents
+    are checked LEGAL, their logical volumes activated on this host and linked in the image directory; on a file
+    domain the chain is only checked. It changes nothing on storage and runs on any host of the pool.
   - Changes run only on the SPM of the domain's pool; elsewhere the task fails naming the SPM host. Each change
     runs as a fenced SPM task, which holds a sanlock lease of its own in the master domain's lockspace and checks before
     every metadata write that this host still holds the SPM lease with the same LVER, so a task that outlives the
@@ -94,9 +98,9 @@ options:
     default: DATA
     choices: [DATA, ISOF, MEMD, MEMM, OVFS]
   state:
-    description: Desired state.
+    description: Desired state. V(prepared) needs O(volume_uuid).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, prepared]
     default: present
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -146,6 +150,13 @@ EXAMPLES = r"""
     image_uuid: 3e1c9c55-37a3-4f3f-a7cd-7e3a0cf2b6f4
     volume_uuid: 1c8f7c31-6a0e-4b7e-9d1a-5e2f4b3c2d10
     size: 20G
+
+- name: On the host a VM on this disk migrates to, activate and link the leaf's chain first (prepareImage)
+  virtnode.kvm.volume:
+    sd_uuid: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    image_uuid: 3e1c9c55-37a3-4f3f-a7cd-7e3a0cf2b6f4
+    volume_uuid: 1c8f7c31-6a0e-4b7e-9d1a-5e2f4b3c2d10
+    state: prepared
 
 - name: Delete the whole disk
   virtnode.kvm.volume:
@@ -210,7 +221,8 @@ chain:
 actions:
   description:
     - What was done (or would be done in check mode), in order.
-    - One of V(create), V(snapshot), V(clone), V(extend), V(delete_volume), V(delete_image), V(remove_leftover).
+    - One of V(create), V(snapshot), V(clone), V(extend), V(delete_volume), V(delete_image), V(remove_leftover),
+      V(prepare).
   type: list
   elements: str
   returned: success
@@ -241,7 +253,7 @@ def main():
             )),
             description=dict(type='str', default=''),
             disk_type=dict(type='str', default='DATA', choices=['DATA', 'ISOF', 'MEMD', 'MEMM', 'OVFS']),
-            state=dict(type='str', default='present', choices=['present', 'absent']),
+            state=dict(type='str', default='present', choices=['present', 'absent', 'prepared']),
         ),
         mutually_exclusive=[('parent_volume_uuid', 'clone_from')],
         supports_check_mode=True,

@@ -299,6 +299,16 @@ class BlockVolumes:
                 block.set_link(self.path(img_uuid, vol), block_domain.lv_path(self.sd_uuid, vol))
         return self.path(img_uuid, vol_uuid)
 
+    def is_prepared(self, img_uuid, vol_uuid):
+        """True when :meth:`prepare` has nothing to activate or link: every LV of the chain active here, linked."""
+        lvs = self.lvs()
+        for vol in self.chain_of(img_uuid, vol_uuid):
+            link = self.path(img_uuid, vol)
+            if not (vol in lvs and lvs[vol]['active'] and os.path.islink(link)
+                    and os.readlink(link) == block_domain.lv_path(self.sd_uuid, vol)):
+                return False
+        return True
+
     def teardown(self, img_uuid, vol_uuid):
         """Undo :meth:`prepare` once no guest here uses the volume: the chain's LVs deactivated, their links gone."""
         chain = self.chain_of(img_uuid, vol_uuid)

@@ -34,6 +34,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
 
 
 def store_for(dom_dir, dom_md):
@@ -201,6 +202,44 @@ def _delete(module, writer, store, img_uuid, vol_uuid, before, actions):
             store.delete_image(img_uuid)
 
 
+def _legal_file_chain(store, img_uuid, vol_uuid):
+    """The chain of a file domain's volume, top first, refused unless every volume of it is LEGAL."""
+    chain, current = [], vol_uuid
+    while current != vmd.BLANK_UUID and current not in chain:
+        md = store.read_volume(img_uuid, current)
+        if md is None or md.legality != 'LEGAL':
+            raise VirtnodeError('volume %s of image %s cannot be prepared: %s' % (
+                vol_uuid, img_uuid, 'volume %s of its chain is missing' % current if md is None
+                else 'volume %s of its chain is %s' % (current, md.legality)), {'volume_uuid': current})
+        chain.append(current)
+        current = md.parent
+    return chain
+
+
+def _prepare(module, store, img_uuid, vol_uuid):
+    """``state=prepared``: VDSM's prepareImage on this host, for a VM about to run here (a migration's destination).
+
+    On a block domain the volume and its parents are checked LEGAL, activated and linked (see
+    :meth:`block_volumes.BlockVolumes.prepare`); a file domain's chain is only checked, the mount serves it.
+    No SPM is needed: nothing on storage changes.
+    """
+    if store.read_volume(img_uuid, vol_uuid) is None:
+        raise VirtnodeError('volume %s of image %s not found on storage domain %s' % (vol_uuid, img_uuid, module.params['sd_uuid']),
+                            {'field': 'volume_uuid'})
+    actions = []
+    if isinstance(store, block_volumes.BlockVolumes):
+        if not store.is_prepared(img_uuid, vol_uuid):
+            actions.append('prepare')
+        store.prepare(img_uuid, vol_uuid, activate=bool(actions) and not module.check_mode)
+    else:
+        _legal_file_chain(store, img_uuid, vol_uuid)
+    view = volume_view(store, img_uuid, vol_uuid)
+    result = {'changed': bool(actions), 'actions': actions, 'volume': view, 'chain': store.chain_info(img_uuid)}
+    if module._diff:
+        result['diff'] = {'before': {'prepared': not actions}, 'after': {'prepared': True}}
+    return result
+
+
 def run_module(module):
     """The work of the ``volume`` module."""
     sd_uuid, img_uuid, vol_uuid, parent, size, clone = _options(module.params)
@@ -208,8 +247,10 @@ def run_module(module):
     dom_md = storage.read_md(dom_dir)
     store = store_for(dom_dir, dom_md)
     actions = []
-    if module.params['state'] == 'present' and vol_uuid is None:
-        raise VirtnodeError('volume_uuid is required for state=present', {'field': 'volume_uuid'})
+    if module.params['state'] in ('present', 'prepared') and vol_uuid is None:
+        raise VirtnodeError('volume_uuid is required for state=%s' % module.params['state'], {'field': 'volume_uuid'})
+    if module.params['state'] == 'prepared':
+        return _prepare(module, store, img_uuid, vol_uuid)
     with contextlib.ExitStack() as stack:
         stack.enter_context(domain_lock.dir_lock(dom_dir))
         writer = _Writer(module, dom_md, stack)

@@ -164,9 +164,22 @@ def migrate(conn, lc, params, dom, result):
             raise VirtnodeError('VM %s runs neither here nor on %s' % (params['name'], dest_uri))
         if remote_active:
             raise VirtnodeError('a VM named %s already runs on %s' % (params['name'], dest_uri))
-        result['migration'] = lc.migrate(dom, dest_uri, options)
+        vm_uuid, dom_xml = dom.UUIDString(), dom.XMLDesc(0)
+        block_disks = [d['path'] for d in domxml.parse_live(dom_xml)['disks'] if vm_volumes.is_block_volume_path(d['path'])]
+        try:
+            result['migration'] = lc.migrate(dom, dest_uri, options)
+        except VirtnodeError as err:
+            if block_disks:
+                # The destination's QEMU opens the volumes' links there: VDSM prepares the images first, and so must
+                # the playbook.
+                raise VirtnodeError('%s (disks on block storage domains must be prepared on the destination first: '
+                                    'virtnode.kvm.volume state=prepared there, for each disk\'s top volume)' % err.message,
+                                    err.details) from err
+            raise
         if not lc.check_mode:
             result['vm'] = vm_view(lookup(dconn, params['name']), dest_uri, params['name'])
+    # As VDSM tears the images down on the source once the VM runs on the destination.
+    lc.release_block_volumes(vm_uuid, dom_xml)
 
 
 # ---------------------------------------------------------------- stopped, saved, absent

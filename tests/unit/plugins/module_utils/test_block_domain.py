@@ -865,6 +865,37 @@ def test_the_volume_module_on_a_block_domain(block_store, monkeypatch):
     assert TOP not in lvm.vgs[SD]['lvs']
 
 
+def test_prepared_activates_and_links_a_chain_on_any_host_and_changes_nothing_on_storage(block_store, monkeypatch):
+    store, lvm, _metadata, _done = block_store
+    _chain_of_two_inactive(store, lvm)
+    monkeypatch.setattr(volume_state, 'store_for', lambda dom_dir, dom_md: store)
+    monkeypatch.setattr(volume_state.spm, 'require_spm', lambda sp: pytest.fail('prepared needs no SPM'))
+
+    def run(check_mode=False, **options):
+        params = dict(sd_uuid=SD, image_uuid=IMG, volume_uuid=TOP, size=None, format='COW', allocation='SPARSE',
+                      parent_volume_uuid=None, clone_from=None, description='', disk_type='DATA', state='prepared')
+        params.update(options)
+        return volume_state.run_module(types.SimpleNamespace(params=params, check_mode=check_mode, _diff=True))
+
+    checked = run(check_mode=True)
+    assert checked['changed'] and checked['actions'] == ['prepare'] and lvm.calls == []
+    prepared = run()
+    assert prepared['changed'] and lvm.calls == [('activate', SD, (TOP, BASE))]
+    assert prepared['diff'] == {'before': {'prepared': False}, 'after': {'prepared': True}}
+    for vol in (BASE, TOP):
+        lvm.vgs[SD]['lvs'][vol]['active'] = True
+        assert os.readlink(store.path(IMG, vol)) == '/dev/%s/%s' % (SD, vol)
+    store.lvs(refresh=True)
+    lvm.calls.clear()
+    again = run()
+    assert not again['changed'] and again['actions'] == [] and lvm.calls == []
+    assert not [call for call in lvm.calls if call[0] in ('change_lv_tags', 'create_lv', 'extend_lv', 'remove_lvs')]
+    with pytest.raises(VirtnodeError, match='volume_uuid is required for state=prepared'):
+        run(volume_uuid=None)
+    with pytest.raises(VirtnodeError, match='not found on storage domain'):
+        run(volume_uuid=MID)
+
+
 def test_initial_size_is_refused_on_a_file_domain_as_vdsm_refuses_it():
     params = dict(initial_size='128MiB', format='COW', clone_from=None, image_uuid=IMG)
     with pytest.raises(VirtnodeError, match='initial_size is for COW volumes on block storage domains'):

@@ -17,6 +17,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import info a
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import pool
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_state
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 
 SD = '275766cb-c7d8-43d6-a663-4e52160de620'
 IMG = '3e1c9c55-37a3-4f3f-a7cd-7e3a0cf2b6f4'
@@ -106,3 +107,19 @@ def test_pool_disconnect_when_not_connected(server, tmp_path, monkeypatch):
     result = pool.run_module(fake_module(pool_uuid=SP, master_sd_uuid=None, description='', host_id=None, hostname=None,
                                          state='disconnected'))
     assert result['actions'] == [] and result['connected'] is False and result['pool'] is None
+
+
+def test_prepared_on_a_file_domain_only_checks_the_chain_and_needs_no_spm(server):
+    domain_state.run_module(fake_module(**domain_params(server)))
+    dom_dir = storage.find_domain(SD)
+    domain_md = storage.read_md(dom_dir)
+    volumes.create_volume(dom_dir, domain_md, IMG, SP, 'RAW', 'SPARSE', 1024 * 1024)
+    params = dict(sd_uuid=SD, image_uuid=IMG, volume_uuid=SP, size=None, format='COW', allocation='SPARSE',
+                  parent_volume_uuid=None, clone_from=None, description='', disk_type='DATA', state='prepared')
+    prepared = volume_state.run_module(fake_module(**params))
+    assert not prepared['changed'] and prepared['actions'] == [] and prepared['volume']['legality'] == 'LEGAL'
+    md = volumes.read_volume(dom_dir, IMG, SP)
+    md.legality = 'ILLEGAL'
+    volumes._write_meta(dom_dir, md, domain_md.version, volumes.paths(dom_dir, IMG, SP)[1])  # pylint: disable=protected-access
+    with pytest.raises(VirtnodeError, match='volume %s of its chain is ILLEGAL' % SP):
+        volume_state.run_module(fake_module(**params))
