@@ -6,7 +6,8 @@ tree (``master/{vms,tasks,hosts}``) is on the ``master`` LV's ext3 file system, 
 SPM mounts, as VDSM does: checked with plain commands on both hosts, with a volume
 created on the SPM (its task lease lives on that file system). A guest on the SPM gets a live
 snapshot of its disk onto a new volume, merged back while it writes (the base LV grown first, the
-merged LV removed). Then vnkern2 is killed outright.
+merged LV removed), then migrates to vnkern1, where its volumes are prepared first (and deactivated
+on vnkern2 after). Then vnkern2 is killed outright.
 vnkern1 takes the SPM role once sanlock calls vnkern2 dead (the failover time is printed:
 ``pytest -s``), mounts the master after e2fsck has replayed what the crash left in its journal,
 and creates a volume of its own. vnkern1 then steps down (the master unmounted, its LV
@@ -98,7 +99,7 @@ def disk_source(host: str) -> str:
     return lab_exec(host, "virsh", "domblklist", GUEST).stdout
 
 
-def live_snapshot_and_merge_on_the_spm(tmp_path: Path, spm_host: str):
+def live_snapshot_and_merge_on_the_spm(tmp_path: Path, spm_host: str, survivor: str):
     """A guest on the SPM writes to its disk on the block master while a live snapshot is taken onto a new
     volume and merged back (an active commit): the thin base LV grows first, as VDSM grows it, and the
     merged volume's LV is removed."""
@@ -116,10 +117,10 @@ def live_snapshot_and_merge_on_the_spm(tmp_path: Path, spm_host: str):
         assert started["changed"] and made["actions"] == ["snapshot"], (started, made)
         assert taken["changed"] and not taken.get("failed") and not taken_again["changed"], (taken, taken_again)
         assert f"/rhev/data-center/mnt/blockSD/{SD_M}/images/{IMG_1}/{VOL_SNAP}" in disk_source(spm_host), disk_source(spm_host)
-        check, merged, merged_again = play(tmp_path, "merge", spm_host, [
+        check, merged, merged_again, read_back = play(tmp_path, "merge", spm_host, [
             {"virtnode.kvm.vm_snapshot": dict(snap, state="absent"), "check_mode": True},
             {"virtnode.kvm.vm_snapshot": dict(snap, state="absent")},
-            {"virtnode.kvm.vm_snapshot": dict(snap, state="absent")}])
+            {"virtnode.kvm.vm_snapshot": dict(snap, state="absent")}, volume(IMG_1, VOL_1)])
         print(f"live merge on the block master: {merged.get('duration_s')} s, actions {merged.get('actions')}")
         assert check["changed"] and check["actions"][0].startswith(f"active commit {VOL_SNAP} into {VOL_1}"), check
         assert merged["changed"] and not merged.get("failed"), merged
@@ -128,10 +129,40 @@ def live_snapshot_and_merge_on_the_spm(tmp_path: Path, spm_host: str):
         after = lvs(spm_host)
         assert VOL_SNAP not in after and after[VOL_1] > base_before, (base_before, after)
         assert f"images/{IMG_1}/{VOL_1}" in disk_source(spm_host) and VOL_SNAP not in disk_source(spm_host)
-        (read_back,) = play(tmp_path, "merged-base", spm_host, [volume(IMG_1, VOL_1)])
         assert not read_back["changed"] and read_back["volume"]["legality"] == "LEGAL", read_back
+        migrate_to_the_other_host(tmp_path, spm_host, survivor)
+        hosts = [survivor]
+    except BaseException:
+        hosts = [spm_host, survivor]
+        raise
     finally:
-        play(tmp_path, "guest-gone", spm_host, [{"virtnode.kvm.vm": {"name": GUEST, "state": "absent"}}])
+        for host in hosts:
+            play(tmp_path, f"guest-gone-{host}", host, [{"virtnode.kvm.vm": {"name": GUEST, "state": "absent"}}])
+    assert not active_volume_lvs(survivor) and not active_volume_lvs(spm_host)
+
+
+def active_volume_lvs(host: str) -> list:
+    """The master domain's volume LVs active on ``host`` (device-mapper names, read in sysfs)."""
+    names = lab_exec(host, "sh", "-c", "cat /sys/block/dm-*/dm/name 2>/dev/null || true").stdout.split()
+    prefix = SD_M.replace("-", "--") + "-"
+    return [name for name in names if name.startswith(prefix) and len(name) > len(prefix) + 30]
+
+
+def migrate_to_the_other_host(tmp_path: Path, source: str, destination: str):
+    """The guest on block volumes migrates: its chain prepared on the destination first (prepareImage), its LVs
+    deactivated on the source after."""
+    prepare = volume(IMG_1, VOL_1, state="prepared")
+    migrate = {"virtnode.kvm.vm": {"name": GUEST, "migrate_to": destination, "migrate_transport": "tcp",
+                                   "migrate_unsafe": True, "migrate_options": {"timeout": 240}}}
+    check, prepared, again = play(tmp_path, "prepare", destination, [dict(prepare, check_mode=True), prepare, prepare])
+    assert check["changed"] and check["actions"] == ["prepare"], check
+    assert prepared["changed"] and not prepared.get("failed") and not again["changed"], (prepared, again)
+    assert active_volume_lvs(destination) == [f"{SD_M.replace('-', '--')}-{VOL_1.replace('-', '--')}"], active_volume_lvs(destination)
+    (moved,) = play(tmp_path, "migrate", source, [migrate])
+    assert moved["changed"] and not moved.get("failed"), moved
+    print(f"migration of a guest on a block volume: {moved['migration']['duration_s']} s")
+    assert lab_exec(destination, "virsh", "domstate", GUEST).stdout.strip() == "running"
+    assert active_volume_lvs(source) == [], active_volume_lvs(source)
 
 
 def leave_pool() -> list:
@@ -143,19 +174,19 @@ def test_a_block_master_is_mounted_by_its_spm_only_and_fails_over_when_the_spm_c
     # The SPM that crashes is the host without the lab's iSCSI target; the other one survives it.
     survivor, spm_host = san["hosts"]
     must = {"ignore_errors": False}
-    crashed = False
+    crashed = left_cleanly = False
     try:
-        play(tmp_path, "master", spm_host, [
+        made, again = play(tmp_path, "master", spm_host, [
             {**must, "virtnode.kvm.storage_domain": {"sd_uuid": SD_M, "type": "iscsi", "luns": [san["lun"]],
                                                      "io_timeout": IO_TIMEOUT, "description": "block master"}},
             {**must, "virtnode.kvm.storage_pool": {"pool_uuid": SP, "master_sd_uuid": SD_M, "host_id": 2, "state": "present",
                                                    "hostname": spm_host}},
-            {**must, "virtnode.kvm.spm": {"pool_uuid": SP, "state": "started", "check_interval": 0.5}}])
+            {**must, "virtnode.kvm.spm": {"pool_uuid": SP, "state": "started", "check_interval": 0.5}},
+            volume(IMG_1, VOL_1), volume(IMG_1, VOL_1)])[3:]
         joined, status = play(tmp_path, "join", survivor, [
             {**must, "virtnode.kvm.storage_pool": {"pool_uuid": SP, "host_id": 1, "hostname": survivor}},
             {**must, "virtnode.kvm.spm": {"pool_uuid": SP}}])
         assert joined["pool"]["master_sd_uuid"] == SD_M and status["spm"]["spm_id"] == 2, (joined, status)
-        made, again = play(tmp_path, "volume-on-the-spm", spm_host, [volume(IMG_1, VOL_1), volume(IMG_1, VOL_1)])
         assert made["changed"] and not made.get("failed") and not again["changed"], (made, again)
 
         # Only the SPM mounts the master: the tree is on the LV, and the SPM named itself there.
@@ -167,7 +198,7 @@ def test_a_block_master_is_mounted_by_its_spm_only_and_fails_over_when_the_spm_c
         assert master_mount(survivor) == "" and not master_lv_active(survivor)
         assert lab_exec(survivor, "sh", "-c", f"ls -A {MASTER_DIR} 2>/dev/null || true").stdout.strip() == "", \
             "the other host wrote into the mount point"
-        live_snapshot_and_merge_on_the_spm(tmp_path, spm_host)
+        live_snapshot_and_merge_on_the_spm(tmp_path, spm_host, survivor)
         md = pool_metadata(survivor)
         assert md["ROLE"] == "Master" and md["POOL_UUID"] == SP and md["POOL_DOMAINS"] == f"{SD_M}:Active", md
         assert md["POOL_SPM_ID"] == "2", md
@@ -182,7 +213,8 @@ def test_a_block_master_is_mounted_by_its_spm_only_and_fails_over_when_the_spm_c
              "virtnode.kvm.spm": {"pool_uuid": SP, "state": "started", "check_interval": 0.5},
              "until": "r0 is succeeded", "retries": 200, "delay": 1}])
         failover = time.monotonic() - crashed_at
-        (made_second,) = play(tmp_path, "volume-on-the-new-spm", survivor, [volume(IMG_2, VOL_2)])
+        # The dead SPM's volume is there for the new one: read back, nothing to change.
+        made_second, seen = play(tmp_path, "volumes-on-the-new-spm", survivor, [volume(IMG_2, VOL_2), volume(IMG_1, VOL_1)])
         print(f"SPM failover on a block master after {spm_host} crashed: {failover:.1f} s (sanlock io timeout {IO_TIMEOUT} s)")
         assert takeover["spm"]["spm_status"] == "SPM" and takeover["spm"]["spm_id"] == 1, takeover
         # sanlock calls a host dead 8 io timeouts plus the 60 s watchdog fire timeout after its last renewal.
@@ -192,8 +224,6 @@ def test_a_block_master_is_mounted_by_its_spm_only_and_fails_over_when_the_spm_c
         assert md["POOL_SPM_ID"] == "1" and int(md["POOL_SPM_LVER"]) > lver_before, md
         assert master_mount(survivor).endswith(" ext3"), master_mount(survivor)
         assert lab_exec(survivor, "cat", f"{MASTER_DIR}/hosts/2").stdout.strip() == spm_host, "the crashed SPM's record is gone"
-        # The dead SPM's volume is there for the new one: read back, nothing to change.
-        (seen,) = play(tmp_path, "volume-of-the-crashed-spm", survivor, [volume(IMG_1, VOL_1)])
         assert not seen["changed"] and seen["volume"]["legality"] == "LEGAL", seen
 
         # Stepping down unmounts the master and deactivates its LV before the lease goes.
@@ -204,9 +234,11 @@ def test_a_block_master_is_mounted_by_its_spm_only_and_fails_over_when_the_spm_c
         assert master_mount(survivor) == "" and not master_lv_active(survivor)
         assert pool_metadata(survivor)["POOL_SPM_ID"] == "-1"
         assert f"s {SD_M}:" not in lab_exec(survivor, "sanlock", "client", "status").stdout
+        left_cleanly = True
     finally:
         if not crashed:
             play(tmp_path, "cleanup-spm", spm_host, leave_pool())
-        play(tmp_path, "cleanup-survivor", survivor, leave_pool())
+        if not left_cleanly:
+            play(tmp_path, "cleanup-survivor", survivor, leave_pool())
         if crashed:
             kernel_san.power_on_again(san, spm_host, CODE)
