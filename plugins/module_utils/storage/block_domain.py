@@ -259,7 +259,7 @@ class BlockDomain:
         ``lazy`` detaches the mount at once even when it is busy or its storage hangs (an SPM that lost its
         lease must stop writing there now); the LV then stays active until its last user closes it.
         """
-        if os.path.normpath(mount_point) in connection.mounted_targets():
+        if connection.is_mounted(mount_point):
             command.run_checked(('umount',) + (('--lazy',) if lazy else ()) + (mount_point,), MASTER_MOUNT_TIMEOUT)
         if deactivate and not lazy:
             self.lvm.deactivate(self.sd_uuid, [MASTER_LV])

@@ -62,6 +62,11 @@ def mounted_targets(mountinfo=None):
     return {_decode_mountinfo(fields[4]) for fields in _mountinfo_lines(mountinfo) if len(fields) > 4}
 
 
+def is_mounted(path, mountinfo=None):
+    """True if something is mounted on ``path`` in this mount namespace."""
+    return os.path.normpath(path) in mounted_targets(mountinfo)
+
+
 def missing_options(target, mountinfo=None):
     """The ENFORCED_OPTIONS that the mount on ``target`` lacks (of the topmost mount there)."""
     options = None

@@ -650,7 +650,7 @@ def record_host(master_dir, host_id, hostname):
 
 def ensure_master_tree(master_dir):
     top = master_fs_dir(master_dir)
-    if master_tree_on_spm_only(master_dir) and os.path.normpath(top) not in connection.mounted_targets():
+    if master_tree_on_spm_only(master_dir) and not connection.is_mounted(top):
         # Never write into the bare mount point: the tree belongs on the master LV.
         raise VirtnodeError('the master file system of %s is not mounted on this host' % os.path.basename(master_dir),
                             {'path': top})
@@ -880,7 +880,7 @@ def disconnect_pool(sp_uuid):
 def _drop_stale_master_mount(sd_uuid):
     """Unmount a block master's file system left mounted by an SPM holder of this host that was killed."""
     dom_dir = sd_layout.block_domain_dir(sd_uuid)
-    if os.path.normpath(master_fs_dir(dom_dir)) not in connection.mounted_targets():
+    if not connection.is_mounted(master_fs_dir(dom_dir)):
         return
     try:
         unmount_master(dom_dir)

@@ -31,6 +31,9 @@ DESCRIPTION_SIZE = 210
 MAX_GENERATION = 999
 SECTOR_SIZE = 512
 BLANK_UUID = '00000000-0000-0000-0000-000000000000'
+# VDSM limits a chain to well below this; a longer one is a loop written by someone else.
+MAX_CHAIN_LENGTH = 256
+METADATA_TIMEOUT = 30
 END_MARKER = 'EOF'
 # Older VDSM "cleared" the metadata of a removed volume by writing this key.
 CLEARED_MARKER = 'NONE'
@@ -232,3 +235,39 @@ def write_volume_metadata(path, metadata, domain_version=5, root=None):
     """Replace the ``.meta`` file at ``path`` with ``metadata`` (no link below the domain followed)."""
     fileio.write_atomic(path, serialize(metadata, domain_version), root=root or domain_root(path),
                         owner=fileio.STORAGE_OWNER)
+
+
+def legal_chain(dom_dir, image_id, volume_id, root=None):
+    """``[(volume UUID, FORMAT)]`` of a file domain's volume and every volume below it, top first.
+
+    Reads ``<dom_dir>/images/<image>/<vol>.meta`` up the PUUID chain, without following links below ``root``
+    (default ``dom_dir``). A volume without metadata, with unreadable metadata or marked ILLEGAL, and a chain
+    that loops or is longer than MAX_CHAIN_LENGTH, are refused.
+    """
+    image_dir = os.path.join(dom_dir, 'images', validate.uuid_str(image_id, 'image UUID'))
+    current = validate.uuid_str(volume_id, 'volume UUID')
+    chain = []
+    while current != BLANK_UUID:
+        if current in [vol for vol, _fmt in chain] or len(chain) >= MAX_CHAIN_LENGTH:
+            raise VirtnodeError('refusing volume %s: its chain loops or is longer than %d volumes (%s)'
+                                % (volume_id, MAX_CHAIN_LENGTH, ' <- '.join([vol for vol, _fmt in chain] + [current])),
+                                {'field': 'disks', 'volume_id': volume_id})
+        meta = os.path.join(image_dir, current + '.meta')
+        try:
+            md = read_volume_metadata(meta, timeout=METADATA_TIMEOUT, root=root or dom_dir)
+        except VirtnodeError as err:
+            raise VirtnodeError('refusing storage volume %s of image %s: the metadata of %s cannot be used: %s'
+                                % (volume_id, image_id, current, err.message),
+                                dict(err.details, field='disks', volume_id=current)) from err
+        chain.append((current, md.volume_format))
+        if md.legality == 'ILLEGAL':
+            what = 'it is' if current == volume_id else 'volume %s of its chain is' % current
+            raise VirtnodeError('refusing storage volume %s of image %s: %s ILLEGAL (an interrupted create or '
+                                'a half-removed snapshot); repair or remove it first' % (volume_id, image_id, what),
+                                {'field': 'disks', 'volume_id': current, 'legality': md.legality})
+        try:
+            current = validate.uuid_str(md.parent, 'PUUID of volume %s' % current)
+        except VirtnodeError as err:
+            raise VirtnodeError('refusing storage volume %s of image %s: %s' % (volume_id, image_id, err.message),
+                                {'field': 'disks', 'volume_id': chain[-1][0]}) from err
+    return chain

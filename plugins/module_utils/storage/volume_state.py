@@ -202,20 +202,6 @@ def _delete(module, writer, store, img_uuid, vol_uuid, before, actions):
             store.delete_image(img_uuid)
 
 
-def _legal_file_chain(store, img_uuid, vol_uuid):
-    """The chain of a file domain's volume, top first, refused unless every volume of it is LEGAL."""
-    chain, current = [], vol_uuid
-    while current != vmd.BLANK_UUID and current not in chain:
-        md = store.read_volume(img_uuid, current)
-        if md is None or md.legality != 'LEGAL':
-            raise VirtnodeError('volume %s of image %s cannot be prepared: %s' % (
-                vol_uuid, img_uuid, 'volume %s of its chain is missing' % current if md is None
-                else 'volume %s of its chain is %s' % (current, md.legality)), {'volume_uuid': current})
-        chain.append(current)
-        current = md.parent
-    return chain
-
-
 def _prepare(module, store, img_uuid, vol_uuid):
     """``state=prepared``: VDSM's prepareImage on this host, for a VM about to run here (a migration's destination).
 
@@ -232,7 +218,7 @@ def _prepare(module, store, img_uuid, vol_uuid):
             actions.append('prepare')
         store.prepare(img_uuid, vol_uuid, activate=bool(actions) and not module.check_mode)
     else:
-        _legal_file_chain(store, img_uuid, vol_uuid)
+        vmd.legal_chain(store.dom_dir, img_uuid, vol_uuid)
     view = volume_view(store, img_uuid, vol_uuid)
     result = {'changed': bool(actions), 'actions': actions, 'volume': view, 'chain': store.chain_info(img_uuid)}
     if module._diff:

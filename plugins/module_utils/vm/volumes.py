@@ -31,12 +31,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import 
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
 
 IMAGES = 'images'
-META_SUFFIX = '.meta'
 BLOCK_MOUNT = 'blockSD'
 BLANK_UUID = '00000000-0000-0000-0000-000000000000'
-# VDSM limits a chain to well below this; a longer one is a loop written by someone else.
-MAX_CHAIN_LENGTH = 256
-METADATA_TIMEOUT = 30
 
 
 def _block_backend():
@@ -107,34 +103,7 @@ def check_headers_match_chain(path, image_id, volume_id, chain):
 
 def _legal_chain(dom_dir, image_id, volume_id, root=None):
     """[(volume UUID, FORMAT)] of :func:`check_volume_chain_legal`."""
-    vmd = _volume_metadata()
-    image_dir = os.path.join(dom_dir, IMAGES, validate.uuid_str(image_id, 'image UUID'))
-    current = validate.uuid_str(volume_id, 'volume UUID')
-    chain = []
-    while current != BLANK_UUID:
-        if current in [vol for vol, _fmt in chain] or len(chain) >= MAX_CHAIN_LENGTH:
-            raise VirtnodeError('refusing volume %s: its chain loops or is longer than %d volumes (%s)'
-                                % (volume_id, MAX_CHAIN_LENGTH, ' <- '.join([vol for vol, _fmt in chain] + [current])),
-                                {'field': 'disks', 'volume_id': volume_id})
-        meta = os.path.join(image_dir, current + META_SUFFIX)
-        try:
-            md = vmd.read_volume_metadata(meta, timeout=METADATA_TIMEOUT, root=root or dom_dir)
-        except VirtnodeError as err:
-            raise VirtnodeError('refusing storage volume %s of image %s: the metadata of %s cannot be used: %s'
-                                % (volume_id, image_id, current, err.message),
-                                dict(err.details, field='disks', volume_id=current)) from err
-        chain.append((current, md.volume_format))
-        if md.legality == 'ILLEGAL':
-            what = 'it is' if current == volume_id else 'volume %s of its chain is' % current
-            raise VirtnodeError('refusing storage volume %s of image %s: %s ILLEGAL (an interrupted create or '
-                                'a half-removed snapshot); repair or remove it first' % (volume_id, image_id, what),
-                                {'field': 'disks', 'volume_id': current, 'legality': md.legality})
-        try:
-            current = validate.uuid_str(md.parent, 'PUUID of volume %s' % current)
-        except VirtnodeError as err:
-            raise VirtnodeError('refusing storage volume %s of image %s: %s' % (volume_id, image_id, err.message),
-                                {'field': 'disks', 'volume_id': chain[-1][0]}) from err
-    return chain
+    return _volume_metadata().legal_chain(dom_dir, image_id, volume_id, root)
 
 
 def _checked_block_link(path, domain_id, volume_id):

@@ -121,5 +121,5 @@ def test_prepared_on_a_file_domain_only_checks_the_chain_and_needs_no_spm(server
     md = volumes.read_volume(dom_dir, IMG, SP)
     md.legality = 'ILLEGAL'
     volumes._write_meta(dom_dir, md, domain_md.version, volumes.paths(dom_dir, IMG, SP)[1])  # pylint: disable=protected-access
-    with pytest.raises(VirtnodeError, match='volume %s of its chain is ILLEGAL' % SP):
+    with pytest.raises(VirtnodeError, match='refusing storage volume %s of image %s: it is ILLEGAL' % (SP, IMG)):
         volume_state.run_module(fake_module(**params))
