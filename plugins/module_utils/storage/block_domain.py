@@ -233,6 +233,7 @@ class BlockDomain:
 
     # ---------------------------------------------------------------- the master file system (the SPM's)
 
+    @lvm_cmd.reporting_lost_luns
     def mount_master(self, mount_point):
         """Mount the ``master`` LV's file system on ``mount_point``, as VDSM's mountMaster does on its SPM.
 
@@ -394,15 +395,16 @@ def create(sd_uuid, guids, sd_type, description, version, io_timeout, force=Fals
             lvm.create_lv(sd_uuid, name, size)
     crash_point('block_domain_create.lvs')
     master = lv_path(sd_uuid, MASTER_LV)
-    command.run_checked(MKFS + (master,), MKFS_TIMEOUT, label='mkfs.ext3 %s' % master, install_hint='Debian: e2fsprogs')
-    lvm.deactivate(sd_uuid, [MASTER_LV])
-    _zero(lv_path(sd_uuid, METADATA_LV), RESERVED_METADATA_SIZE)
-    _zero(lv_path(sd_uuid, 'inbox'), RESERVED_MAILBOX_SIZE)
-    _zero(lv_path(sd_uuid, 'outbox'), RESERVED_MAILBOX_SIZE)
-    # A LUN used before keeps what it held where the new LVs land: the lease areas are zeroed too, so
-    # they read as never written until formatted, and the proven-blank rule of repairs holds.
-    for name, size in lease_area_sizes(version, alignment).items():
-        _zero(lv_path(sd_uuid, name), size)
+    with lvm_cmd.naming_lost_luns(devices):
+        command.run_checked(MKFS + (master,), MKFS_TIMEOUT, label='mkfs.ext3 %s' % master, install_hint='Debian: e2fsprogs')
+        lvm.deactivate(sd_uuid, [MASTER_LV])
+        _zero(lv_path(sd_uuid, METADATA_LV), RESERVED_METADATA_SIZE)
+        _zero(lv_path(sd_uuid, 'inbox'), RESERVED_MAILBOX_SIZE)
+        _zero(lv_path(sd_uuid, 'outbox'), RESERVED_MAILBOX_SIZE)
+        # A LUN used before keeps what it held where the new LVs land: the lease areas are zeroed too, so
+        # they read as never written until formatted, and the proven-blank rule of repairs holds.
+        for name, size in lease_area_sizes(version, alignment).items():
+            _zero(lv_path(sd_uuid, name), size)
     vg = domain.vg()
     pairs = sdm.new_domain_metadata(sd_uuid, sd_type, 'Data', description, None, version, BLOCK_SIZE, alignment)
     pairs[sdm.IOOPTIMEOUTSEC] = str(io_timeout)

@@ -51,6 +51,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
@@ -328,6 +329,7 @@ class BlockVolumes:
 
     # ---------------------------------------------------------------- changes (the SPM)
 
+    @lvm_cmd.reporting_lost_luns
     def create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
                       description='', disk_type='DATA', initial_size=None, clone_source=None):
         """Create a volume (a base, a COW snapshot of ``parent_uuid``, or a copy of ``clone_source``); its
@@ -449,6 +451,7 @@ class BlockVolumes:
     def children(self, img_uuid, vol_uuid):
         return sorted(vol for vol, lv in self.image_lvs(img_uuid).items() if _tag(lv, PARENT_TAG) == vol_uuid)
 
+    @lvm_cmd.reporting_lost_luns
     def extend_volume(self, img_uuid, vol_uuid, capacity):
         """Grow a volume to ``capacity`` bytes (a RAW LV with it; a COW header, its LV growing as written)."""
         volumes.check_fence()
@@ -470,6 +473,7 @@ class BlockVolumes:
         self.write_volume(vol_uuid, md)
         return True
 
+    @lvm_cmd.reporting_lost_luns
     def grow_for_commit(self, img_uuid, base_uuid, top_uuid):
         """Before ``top`` is committed into ``base`` (a live merge): a thin COW base grows by what ``top`` has on
         storage plus one chunk, capped at capacity x 1.1, as VDSM extends it up front (libvirt reports no
@@ -489,6 +493,7 @@ class BlockVolumes:
         self._lvs = None
         return wanted
 
+    @lvm_cmd.reporting_lost_luns
     def sync_volume_chain(self, img_uuid, top_uuid, actual_chain):
         """VDSM's syncVolumeChain on a block domain, as :func:`volumes.sync_volume_chain` on a file domain: the
         volumes of the chain from ``top_uuid`` that QEMU no longer uses (``actual_chain``, base first) are marked
@@ -516,6 +521,7 @@ class BlockVolumes:
                 self._lvs = None
         return removed
 
+    @lvm_cmd.reporting_lost_luns
     def delete_volume(self, img_uuid, vol_uuid):
         """Delete a volume that has no children; its parent becomes the leaf again. True if anything was removed."""
         volumes.check_fence()

@@ -17,6 +17,8 @@ escaped as VDSM escapes them (``&<ord>&`` for anything else).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 
@@ -57,6 +59,70 @@ def shared_devices(root='/'):
     return ['%s/%s' % (MAPPER_DIR, found['name'] or found['wwid']) for found in scsi_sysfs.multipath_maps(root)]
 
 
+# A multipath path in dmsetup's status: "<major>:<minor> <A|F> <fail count>" (A: active, F: failed).
+_DM_PATH = re.compile(r'\b\d+:\d+ ([AF]) \d+')
+
+
+def _map_has_active_path(name, runner):
+    try:
+        status = runner(['dmsetup', 'status', '--target', 'multipath', name], COMMAND_TIMEOUT,
+                        label='dmsetup status %s' % name, install_hint='Debian: dmsetup')
+    except VirtnodeError:
+        return False
+    return 'A' in _DM_PATH.findall(status)
+
+
+def unreachable_luns(devices, root='/', runner=command.run_checked):
+    """The GUIDs of the multipath ``devices`` this host cannot reach now: no map, or no path of it up.
+
+    A path is up when its SCSI device runs (sysfs) and device-mapper has not failed it
+    (``dmsetup status``): a LUN the target withdrew keeps running SCSI devices whose I/O fails.
+    """
+    maps = {'%s/%s' % (MAPPER_DIR, found['name'] or found['wwid']): found for found in scsi_sysfs.multipath_maps(root)}
+    lost = []
+    for device in devices:
+        if not device.startswith(MAPPER_DIR + '/'):
+            continue
+        found = maps.get(device)
+        if (found is None or not any(path['state'] == 'running' for path in found['paths'])
+                or not _map_has_active_path(found['name'] or found['wwid'], runner)):
+            lost.append(os.path.basename(device))
+    return sorted(lost)
+
+
+@contextlib.contextmanager
+def naming_lost_luns(devices, root='/', runner=command.run_checked):
+    """A step on shared storage that fails while a LUN of ``devices`` is unreachable says so.
+
+    LVM then reports a missing PV or an I/O error, and a direct write an EIO: true, but
+    the cause an administrator acts on is the LUN. LVM commits VG metadata in one write,
+    so the step happened whole or not at all; the next run (with the LUN back) finishes
+    or undoes the operation, as after a crash.
+    """
+    try:
+        yield
+    except (VirtnodeError, OSError) as err:
+        if isinstance(err, VirtnodeError) and 'lost_luns' in err.details:
+            raise  # said by an inner step already
+        lost = unreachable_luns(devices, root, runner)
+        if not lost:
+            raise
+        cause = err.message if isinstance(err, VirtnodeError) else (err.strerror or str(err))
+        raise VirtnodeError('LUN(s) %s cannot be reached from this host (no path is up), so the operation stopped: '
+                            '%s. Once the LUN is back (check the storage server, then multipath -ll), run the task '
+                            'again: it finishes or undoes what this run began.' % (', '.join(lost), cause),
+                            {'lost_luns': lost, 'cause': cause}) from err
+
+
+def reporting_lost_luns(method):
+    """Method decorator: :func:`naming_lost_luns` over the devices of ``self.lvm`` (block domains and volumes)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with naming_lost_luns(self.lvm.devices):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 def config(devices):
     """The ``--config`` text that lets LVM see ``devices`` and nothing else."""
     accept = ''.join('"a|^%s$|", ' % re.escape(device).replace('"', '') for device in sorted(set(devices)))
@@ -81,7 +147,8 @@ class Lvm:
 
     def run(self, name, *args, timeout=COMMAND_TIMEOUT):
         argv = [name, '--config', config(self.devices)] + [str(arg) for arg in args]
-        return self.run_checked(argv, timeout, label=' '.join([name] + [str(arg) for arg in args]), install_hint=INSTALL_HINT)
+        with naming_lost_luns(self.devices):
+            return self.run_checked(argv, timeout, label=' '.join([name] + [str(arg) for arg in args]), install_hint=INSTALL_HINT)
 
     def report(self, name, fields, *names):
         """Rows of ``pvs``/``vgs``/``lvs`` read without locks or writes: ``[{field: text}]``."""

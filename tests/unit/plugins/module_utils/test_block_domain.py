@@ -36,6 +36,8 @@ MIB = 1024 ** 2
 class FakeLvm:
     """VGs, PVs and LVs in memory behind the methods of ``lvm.Lvm`` that block_domain calls."""
 
+    devices = ()  # no LUN to find lost when a call fails
+
     def __init__(self, pvs=None):
         self.pv_owner = dict(pvs or {})      # device -> vg name ('' = PV in no VG)
         self.vgs = {}                        # name -> {'tags': [...], 'pvs': [...], 'lvs': {name: {...}}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import devices
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 SD = '8a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c41'
@@ -116,3 +117,48 @@ def test_no_multipath_device_runs_no_pvs(tmp_path):
 def test_bad_guids_are_refused(guid):
     with pytest.raises(VirtnodeError, match='LUN GUID'):
         devices.validate_guids([guid])
+
+
+# ---------------------------------------------------------------- a LUN lost while LVM or a write works on it
+
+GONE = '36001405cccccccccccccccccccccccc3'
+
+
+def dmsetup_status(states):
+    """A fake ``dmsetup status`` whose paths are in ``states`` (``{map name: 'AF'...}``)."""
+    def run(argv, timeout, label=None, install_hint=None):
+        assert argv[:4] == ['dmsetup', 'status', '--target', 'multipath'], argv
+        paths = ' '.join('8:%d %s 0 0 1' % (16 * n, state) for n, state in enumerate(states[argv[4]]))
+        return '0 4194304 multipath 2 0 1 0 1 1 A 0 %d 2 %s\n' % (len(states[argv[4]]), paths)
+    return run
+
+
+def test_a_lun_is_lost_without_a_map_without_a_running_path_or_with_every_path_failed(tmp_path):
+    root = sysfs(tmp_path)
+    mapper = ['/dev/mapper/%s' % guid for guid in (USED, FREE, GONE)]
+    assert lvm.unreachable_luns(mapper, root, dmsetup_status({USED: 'AF', FREE: 'A'})) == [GONE]
+    # dm-multipath failed every path while their SCSI devices still run (the target withdrew the LUN).
+    assert lvm.unreachable_luns(mapper, root, dmsetup_status({USED: 'FF', FREE: 'A'})) == [USED, GONE]
+    # Devices that are not multipath maps are not the SAN's.
+    assert lvm.unreachable_luns(['/dev/vda2'], root, dmsetup_status({})) == []
+
+
+def test_a_failure_while_a_lun_is_lost_names_the_lun_once(tmp_path):
+    root = sysfs(tmp_path)
+    devices_of_vg = ['/dev/mapper/%s' % USED, '/dev/mapper/%s' % GONE]
+    runner = dmsetup_status({USED: 'A'})
+    with pytest.raises(VirtnodeError) as caught:
+        with lvm.naming_lost_luns(devices_of_vg, root, runner):
+            with lvm.naming_lost_luns(devices_of_vg, root, runner):
+                raise VirtnodeError('lvcreate failed: Couldn\'t find device with uuid x')
+    message = caught.value.message
+    assert message.startswith('LUN(s) %s cannot be reached from this host' % GONE), message
+    assert message.count('cannot be reached') == 1 and "Couldn't find device" in message, message
+    assert caught.value.details['lost_luns'] == [GONE]
+    with pytest.raises(VirtnodeError, match='Input/output error'):
+        with lvm.naming_lost_luns(devices_of_vg, root, runner):
+            raise OSError(5, 'Input/output error')
+    # Every LUN reachable: the failure is LVM's own and stays as it was.
+    with pytest.raises(VirtnodeError, match='^vgcreate failed: no space$'):
+        with lvm.naming_lost_luns(['/dev/mapper/%s' % USED], root, runner):
+            raise VirtnodeError('vgcreate failed: no space')
