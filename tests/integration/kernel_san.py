@@ -76,6 +76,8 @@ for portal in cfg['portals']:
 if len(sessions()) < len(cfg['portals']):
     run('iscsiadm', '-m', 'node', '-T', cfg['target'], '--login', check=False)
 wait('a session per portal', lambda: len(sessions()) == len(cfg['portals']))
+if len(disks()) < cfg['luns'] * len(cfg['portals']):
+    run('iscsiadm', '-m', 'session', '--rescan', check=False)  # paths a test deleted come back
 wait('every LUN on every portal', lambda: len(disks()) == cfg['luns'] * len(cfg['portals']))
 run('udevadm', 'settle', '--timeout=60', check=False)  # multipath reads the WWIDs udev records
 env = {'DM_DISABLE_UDEV': '1'}
@@ -166,6 +168,48 @@ except OSError:
 left = [d for d in os.listdir('/sys/block') if d.startswith(('sd', 'dm-'))]
 print(json.dumps({'left': left}))
 """
+
+
+# Takes every path of one LUN away on this host, as a cut cable or a zoning mistake would, and has
+# multipathd fail the map's I/O at once rather than queue it for no_path_retry's checks (80 s with
+# VDSM's settings). Asked once the map has lost its paths: multipathd reloads the map then, queueing.
+LOSE_LUN = r"""
+import json, os, subprocess, sys, time
+guid = sys.argv[1]
+env = dict(os.environ, DM_DISABLE_UDEV='1')
+dm = next((d for d in os.listdir('/sys/block') if d.startswith('dm-') and
+           open('/sys/block/%s/dm/uuid' % d).read().strip() == 'mpath-' + guid), None)
+if dm is None:
+    sys.exit('no multipath map for %s' % guid)
+paths = sorted(os.listdir('/sys/block/%s/slaves' % dm))
+for path in paths:
+    with open('/sys/block/%s/device/delete' % path, 'w') as f:
+        f.write('1')
+deadline = time.monotonic() + 60
+while True:
+    subprocess.run(['multipathd', 'disablequeueing', 'map', guid], capture_output=True, env=env)
+    table = subprocess.run(['dmsetup', 'table', guid], capture_output=True, text=True, env=env).stdout
+    if not os.listdir('/sys/block/%s/slaves' % dm) and 'queue_if_no_path' not in table:
+        break
+    if time.monotonic() > deadline:
+        sys.exit('the map of %s still has paths or queues: %s %s' % (guid, os.listdir('/sys/block/%s/slaves' % dm), table))
+    time.sleep(0.5)
+print(json.dumps(paths))
+"""
+
+
+def lose_lun(host: str, guid: str) -> list:
+    """Delete every SCSI path of LUN ``guid`` on ``host`` (:func:`lun_back` brings them back); the paths."""
+    proc = lab_exec(host, PY, "-c", LOSE_LUN, guid, check=False, timeout=120)
+    assert proc.returncode == 0, f"{host}: cannot take LUN {guid} away: {proc.stderr}{proc.stdout}"
+    return json.loads(proc.stdout)
+
+
+def lun_back(san: dict, host: str):
+    """Rescan the iSCSI sessions on ``host`` until every LUN has all its paths in multipath again."""
+    (up,) = on_hosts([(host, (PY, "-c", SAN_UP, json.dumps(dict(san["cfg"], vgs=[]))))])
+    assert up.returncode == 0, f"{host}: the paths did not come back: {up.stderr}{up.stdout}"
+    lab_exec(host, "env", "DM_DISABLE_UDEV=1", "multipathd", "restorequeueing", "maps", check=False)
 
 
 def on_hosts(calls):

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 import kernel_san
-from conftest import REPO, lab_exec, run_playbook, wait_for
+from conftest import (REPO, lab_exec, play_in_background, run_playbook, stopped_at_crash_point, wait_for,
+                      wait_until_stopped_at_crash_point)
 
 sys.path.insert(0, str(REPO))
 from plugins.module_utils.common.faults import CRASH_POINTS  # noqa: E402  pylint: disable=wrong-import-position
@@ -53,8 +54,8 @@ def san(kernel_hosts, kernel_vars):
         yield session
 
 
-def play_on(tmp_path: Path, name: str, hosts: list, tasks: list) -> dict:
-    """Run ``tasks`` on each of ``hosts`` at once (each task may fail); ``{host: [result, ...]}``."""
+def recording_playbook(tmp_path: Path, name: str, hosts: list, tasks: list) -> Path:
+    """A playbook of ``tasks`` on ``hosts`` (each may fail) that keeps their results for :func:`recorded`."""
     registered = []
     for index, task in enumerate(tasks):
         registered.append(dict(task, name=task.get("name", f"step {index}"), register=f"r{index}", ignore_errors=True))
@@ -64,12 +65,22 @@ def play_on(tmp_path: Path, name: str, hosts: list, tasks: list) -> dict:
         "mode": "0600"}})
     playbook = tmp_path / f"{name}.yml"
     playbook.write_text(json.dumps([{"name": name, "hosts": ",".join(hosts), "gather_facts": False, "tasks": registered}]))
+    return playbook
+
+
+def recorded(tmp_path: Path, name: str, hosts: list, count: int) -> dict:
+    found = {host: json.loads((tmp_path / f"{name}-{host}.json").read_text()) for host in hosts}
+    return {host: [found[host][f"r{i}"] for i in range(count)] for host in hosts}
+
+
+def play_on(tmp_path: Path, name: str, hosts: list, tasks: list) -> dict:
+    """Run ``tasks`` on each of ``hosts`` at once (each task may fail); ``{host: [result, ...]}``."""
+    playbook = recording_playbook(tmp_path, name, hosts, tasks)
     started = time.monotonic()
     proc = run_playbook(playbook, timeout=900)
     assert proc.returncode == 0, f"{name}: playbook failed:\n{proc.stdout[-20000:]}"
     print(f"{name} on {', '.join(hosts)}: {time.monotonic() - started:.1f}s")
-    found = {host: json.loads((tmp_path / f"{name}-{host}.json").read_text()) for host in hosts}
-    return {host: [found[host][f"r{i}"] for i in range(len(tasks))] for host in hosts}
+    return recorded(tmp_path, name, hosts, len(tasks))
 
 
 def play(tmp_path: Path, name: str, host: str, tasks: list) -> list:
@@ -241,7 +252,11 @@ def test_force_takes_a_lun_from_another_volume_group(san, tmp_path):
 
 
 # The extension's point is the extension test's; test_crash_consistency.py leaves all of these to this file.
-@pytest.mark.parametrize("point", sorted(p for p in CRASH_POINTS if p.startswith("block_domain_create.")))
+# A creation stopped at "lvs" is the lost-LUN test's: its run ends there (with an error) as a killed one would.
+LOST_LUN_POINT = "block_domain_create.lvs"
+
+
+@pytest.mark.parametrize("point", sorted(p for p in CRASH_POINTS if p.startswith("block_domain_create.") and p != LOST_LUN_POINT))
 def test_a_creation_killed_at_each_step_is_finished_by_the_next_run(san, tmp_path, point):
     first = san["hosts"][0]
     lun2 = san["luns"][2]
@@ -256,6 +271,42 @@ def test_a_creation_killed_at_each_step_is_finished_by_the_next_run(san, tmp_pat
     assert not third["changed"] and third["actions"] == [], third
     check_vdsm_format(first, SD_C, [lun2])
     (removed,) = play(tmp_path, point + "-remove", first, [domain(SD_C, state="absent")])
+    assert removed["actions"] == ["remove"], removed
+
+
+def test_a_lun_lost_in_the_middle_of_a_creation_stops_it_clearly_and_the_next_run_makes_the_domain(san, tmp_path):
+    """Every path of the LUN is deleted while the module waits after making the VG and its LVs.
+
+    The run fails naming the LUN; the VG left on it keeps its unready tag, so no host takes it for a
+    domain; once the paths are back the next run discards it and makes the domain whole.
+    """
+    first, second = san["hosts"]
+    lun2 = san["luns"][2]
+    create = domain(SD_C, luns=[lun2], force=True)
+    playbook = recording_playbook(tmp_path, "lost", [first], [
+        dict(create, environment={"VIRTNODE_CRASH_AT": LOST_LUN_POINT, "VIRTNODE_CRASH_HOW": "stop"})])
+    running = play_in_background(playbook)
+    try:
+        stopped = wait_until_stopped_at_crash_point(first, timeout=300)
+        paths = kernel_san.lose_lun(first, lun2)
+        print(f"LUN {lun2} lost its paths {paths} on {first}")
+    finally:
+        for pid in stopped_at_crash_point(first):
+            lab_exec(first, "kill", "-CONT", pid, check=False)
+    out = running.communicate(timeout=600)[0]
+    assert running.returncode == 0, out[-20000:]
+    (failed,) = recorded(tmp_path, "lost", [first], 1)[first]
+    assert failed.get("failed") and f"LUN(s) {lun2} cannot be reached from this host" in failed["msg"], failed
+    print(f"the run failed with: {failed['msg']}")
+    kernel_san.lun_back(san, first)
+    # What the run made is a VG with the unready tag: the other host sees no storage domain there.
+    tags = lvm(second, "vgs", "--noheadings", "-o", "vg_tags", SD_C).strip().split(",")
+    assert "RHAT_storage_domain_UNREADY" in tags and "RHAT_storage_domain" not in tags, tags
+    rerun, again = play(tmp_path, "lost-rerun", first, [create, create])
+    assert rerun["changed"] and rerun["actions"] == ["create"], rerun
+    assert not again["changed"] and again["actions"] == [], again
+    check_vdsm_format(first, SD_C, [lun2])
+    (removed,) = play(tmp_path, "lost-remove", first, [domain(SD_C, state="absent")])
     assert removed["actions"] == ["remove"], removed
 
 
