@@ -125,6 +125,13 @@ def load_config(path=CONFIG_FILE, overrides=None):
     return config
 
 
+def _shaped(vms_part):
+    """The ``vms`` part with its entries shaped (a sample leaves that to its first reader)."""
+    if vms_part is None or not isinstance(vms_part.get('vms'), agent_sampling.VmEntries):
+        return vms_part
+    return dict(vms_part, vms=vms_part['vms'].get())
+
+
 class Agent:
     """Everything the daemon does, startable in-process (tests, benchmark)."""
 
@@ -170,7 +177,8 @@ class Agent:
     def metrics_snapshot(self):
         """The snapshot with the agent's own counters as they are now: thin extensions and ENOSPC
         pauses happen between samples, and a scrape should not see them an interval late."""
-        return dict(self._snapshot, agent=self._agent_status())
+        snapshot = self._snapshot
+        return dict(snapshot, vms=_shaped(snapshot.get('vms')), agent=self._agent_status())
 
     def _publish(self, **parts):
         with self._snapshot_lock:
@@ -352,6 +360,8 @@ class Agent:
             reason = self.session.last_error if kind == 'vms' else None
             return {'ok': False, 'query': kind, 'error': 'no %s data yet%s' % (kind, ': %s' % reason if reason else '')}
         interval = self.config['storage_interval'] if kind == 'storage' else self.config['interval']
+        if kind == 'vms':
+            part = _shaped(part)
         return {'ok': True, 'query': kind, 'sampled_at': part['sampled_at'],
                 'age': round(max(0.0, time.time() - part['sampled_at']), 3), 'interval': interval,
                 'data': dict((k, v) for k, v in part.items() if k != 'counters')}

@@ -113,13 +113,32 @@ class HostSampler:
         }
 
 
+class VmEntries:
+    """The VM entries of one sample, shaped by the first reader and kept.
+
+    A sample costs its libvirt calls only; shaping every VM's entry (most of a
+    sample's Python time) waits until a query or a scrape asks, once per sample.
+    """
+
+    def __init__(self, build):
+        self._build = build
+        self._entries = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._entries is None:
+                self._entries, self._build = self._build(), None
+            return self._entries
+
+
 class VmSampler:
     """Bulk VM statistics from ``getAllDomainStats``; rates from the last two samples."""
 
     def __init__(self, libvirt_module=None, records_dir=vm_stats.RECORDS_DIR):
         self.libvirt_module = libvirt_module
         self.records_dir = records_dir
-        self.previous = None   # ({uuid: (dom, stats)}, monotonic)
+        self.previous = None   # ({uuid: (dom, stats)}, monotonic, {uuid: probe})
         self.last = None
         self.errors = 0
         self.stuck = 0
@@ -129,9 +148,21 @@ class VmSampler:
         """Forget samples (after a reconnect the domain objects belong to a dead connection)."""
         self.previous = self.last = None
 
+    def _sample(self, conn):
+        """The bulk stats and, per VM, what they lack (:func:`vm_stats.probe`): every libvirt call of a sample."""
+        raw, taken = vm_stats.sample(conn, None, self.libvirt_module)
+        transient = vm_stats.transient_uuids(conn, self.libvirt_module) if raw else set()
+        probes = {}
+        for vm_uuid, (dom, stats) in raw.items():
+            try:
+                probes[vm_uuid] = vm_stats.probe(dom, stats, vm_uuid not in transient)
+            except libvirt_conn.LibvirtError as err:  # the domain went away meanwhile
+                LOG.debug('cannot probe VM %s: %s', vm_uuid, libvirt_conn.error_text(err))
+        return raw, taken, probes
+
     def take(self, conn):
         """One bulk sample. libvirt errors propagate (the caller decides about reconnecting)."""
-        sample = vm_stats.sample(conn, None, self.libvirt_module)
+        sample = self._sample(conn)
         self.previous, self.last = self.last, sample
         return sample
 
@@ -142,14 +173,16 @@ class VmSampler:
     def _entries(self, previous, last_sample):
         if last_sample is None:
             return []
-        last, t1 = last_sample
-        first, t0 = previous if previous else ({}, None)
+        last, t1, probes = last_sample
+        first, t0 = previous[:2] if previous else ({}, None)
         elapsed = (t1 - t0) if t0 is not None else None
         entries = []
         for vm_uuid, (dom, stats) in last.items():
+            if vm_uuid not in probes:
+                continue
             before = first.get(vm_uuid, (None, None))[1]
             try:
-                entries.append(vm_stats.vm_entry(dom, before, stats, elapsed, self.records_dir))
+                entries.append(vm_stats.vm_entry(dom, before, stats, elapsed, self.records_dir, probes[vm_uuid]))
             except Exception as err:  # pylint: disable=broad-except
                 self.errors += 1
                 detail = libvirt_conn.error_text(err) if isinstance(err, libvirt_conn.LibvirtError) else repr(err)
@@ -158,13 +191,13 @@ class VmSampler:
         return entries
 
     def sample_bounded(self, conn, timeout):
-        """``take`` and ``entries`` in a worker thread, waited for at most ``timeout`` seconds.
+        """One sample (every libvirt call of it) in a worker thread, waited for at most ``timeout`` seconds.
 
-        Returns the entries, or None when libvirt has not answered in time:
-        the worker is left to finish and its late result is dropped, so a
-        newer sample is never replaced by an older one. The bulk call passes
-        NOWAIT, so the next sample is not held by the stuck one. libvirt
-        errors propagate as from ``take``.
+        Returns the sample's :class:`VmEntries`, or None when libvirt has not
+        answered in time: the worker is left to finish and its late result is
+        dropped, so a newer sample is never replaced by an older one. The bulk
+        call passes NOWAIT, so the next sample is not held by the stuck one.
+        libvirt errors propagate as from ``take``.
         """
         self._inflight = [thread for thread in self._inflight if thread.is_alive()]
         if len(self._inflight) >= MAX_STUCK_SAMPLES:
@@ -176,9 +209,7 @@ class VmSampler:
 
         def work():
             try:
-                sample = vm_stats.sample(conn, None, self.libvirt_module)
-                box['entries'] = self._entries(previous, sample)
-                box['sample'] = sample
+                box['sample'] = self._sample(conn)
             except BaseException as err:  # pylint: disable=broad-except  # handed to the waiting thread
                 box['error'] = err
 
@@ -193,5 +224,6 @@ class VmSampler:
             return None
         if 'error' in box:
             raise box['error']
-        self.previous, self.last = previous, box['sample']
-        return box['entries']
+        sample = box['sample']
+        self.previous, self.last = previous, sample
+        return VmEntries(lambda: self._entries(previous, sample))

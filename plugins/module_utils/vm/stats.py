@@ -24,6 +24,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.vm.records import REC
 
 # virDomainState
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
+ACTIVE_STATES = (RUNNING, BLOCKED, PAUSED, SHUTDOWN, PMSUSPENDED)  # a QEMU process exists
 # virDomainPausedReason
 PAUSED_REASONS = ('unknown', 'user', 'migration', 'save', 'dump', 'ioerror', 'watchdog', 'from_snapshot',
                   'shutting_down', 'snapshot', 'crashed', 'starting_up', 'postcopy', 'postcopy_failed', 'api_error')
@@ -160,6 +161,10 @@ def migration_progress(dom):
         stats = dom.jobStats()
     except Exception:  # pylint: disable=broad-except
         return None
+    return _migration_from(stats)
+
+
+def _migration_from(stats):
     if not stats or not stats.get('type') or stats.get('operation') not in (JOB_MIGRATION_OUT, None):
         return None
     total = stats.get('data_total') or 0
@@ -303,6 +308,7 @@ def nic_stats(before, after, elapsed):
 
 # virDomainControlState values under which a call would wait for the domain's job.
 _CONTROL_BUSY = (constants.VALUES['VIR_DOMAIN_CONTROL_OCCUPIED'], constants.VALUES['VIR_DOMAIN_CONTROL_ERROR'])
+_CONTROL_JOB = constants.VALUES['VIR_DOMAIN_CONTROL_JOB']  # an async job (migration, save, restore) runs
 
 
 def job_busy(dom):
@@ -317,33 +323,68 @@ def job_busy(dom):
         return False
 
 
-def vm_entry(dom, before, after, elapsed, records_dir=RECORDS_DIR):
-    """One VM's status and statistics, from two flat stats dicts (``before`` may be None)."""
+def transient_uuids(conn, libvirt_module=None):
+    """UUIDs of the transient domains, in one call: asking each domain would be one call per VM."""
+    flag = constants.value('VIR_CONNECT_LIST_DOMAINS_TRANSIENT', binding=libvirt_module)
+    return {dom.UUIDString() for dom in conn.listAllDomains(flag)}
+
+
+def probe(dom, stats, persistent=None):
+    """What a VM's bulk stats lack, with as few calls as it takes: ``{'job_op', 'migration', 'disk_errors',
+    'persistent'}``.
+
+    ``controlInfo`` (no job taken) says whether an async job (migration, save, restore) runs; only
+    then is ``jobStats`` asked. A domain whose job another call holds, or whose monitor failed, is
+    asked nothing that would wait for it. ``persistent`` None: asked of the domain.
+    """
+    state = stats.get('state.state', NOSTATE)
+    found = {'job_op': None, 'migration': None, 'disk_errors': None,
+             'persistent': bool(dom.isPersistent()) if persistent is None else persistent}
+    if state not in ACTIVE_STATES:
+        return found
+    try:
+        control = dom.controlInfo()[0]
+    except Exception:  # pylint: disable=broad-except  # unknown: ask for the job, as when it runs
+        control = None
+    if control in _CONTROL_BUSY:
+        return found
+    if control in (None, _CONTROL_JOB):
+        try:
+            job = dom.jobStats()
+        except Exception:  # pylint: disable=broad-except
+            job = None
+        if job and job.get('type'):
+            found['job_op'] = job.get('operation')
+            if found['job_op'] == JOB_MIGRATION_OUT:
+                found['migration'] = _migration_from(job)
+    if state == PAUSED and stats.get('state.reason', 0) == PAUSED_IOERROR:
+        try:
+            found['disk_errors'] = dom.diskErrors()
+        except Exception:  # pylint: disable=broad-except
+            found['disk_errors'] = None
+    return found
+
+
+def vm_entry(dom, before, after, elapsed, records_dir=RECORDS_DIR, probed=None):
+    """One VM's status and statistics, from two flat stats dicts (``before`` may be None) and what
+    :func:`probe` found (None: probed now). Only ``probe`` calls libvirt: this is shaping."""
     state = after.get('state.state', NOSTATE)
     reason = after.get('state.reason', 0)
-    active = state in (RUNNING, BLOCKED, PAUSED, SHUTDOWN, PMSUSPENDED)
-    busy = active and job_busy(dom)
-    job_op = current_job_operation(dom) if active and not busy else None
-    disk_errors = None
-    if state == PAUSED and reason == PAUSED_IOERROR and not busy:
-        try:
-            disk_errors = dom.diskErrors()
-        except Exception:  # pylint: disable=broad-except
-            disk_errors = None
-    pause_reason, pause_code = pause_info(state, reason, disk_errors)
+    probed = probe(dom, after) if probed is None else probed
+    pause_reason, pause_code = pause_info(state, reason, probed['disk_errors'])
     vm_uuid = dom.UUIDString()
     entry = {
         'name': dom.name(),
         'uuid': vm_uuid,
-        'status': vdsm_status(state, reason, job_op),
+        'status': vdsm_status(state, reason, probed['job_op']),
         'pause_reason': pause_reason,
         'pause_code': pause_code,
-        'persistent': bool(dom.isPersistent()),
+        'persistent': probed['persistent'],
         'cpu': None, 'memory': None, 'disks': [], 'nics': [],
-        'migration': migration_progress(dom) if job_op == JOB_MIGRATION_OUT else None,
+        'migration': probed['migration'],
         'exit': None,
     }
-    if active:
+    if state in ACTIVE_STATES:
         entry['cpu'] = cpu_stats(before, after, elapsed, after.get('vcpu.current'))
         entry['memory'] = {
             'max_kib': after.get('balloon.maximum'),
@@ -378,9 +419,10 @@ def collect(conn, domains=None, sample_interval=1.0, sleep=None, libvirt_module=
         first, t0 = sample(conn, domains, libvirt_module)
         sleep(interval)
     last, t1 = sample(conn, domains, libvirt_module)
+    transient = transient_uuids(conn, libvirt_module)
     elapsed = (t1 - t0) if t0 is not None else None
     entries = []
     for vm_uuid, (dom, stats) in sorted(last.items(), key=lambda item: item[1][0].name()):
         before = first.get(vm_uuid, (None, None))[1] if first else None
-        entries.append(vm_entry(dom, before, stats, elapsed, records_dir))
+        entries.append(vm_entry(dom, before, stats, elapsed, records_dir, probe(dom, stats, vm_uuid not in transient)))
     return entries

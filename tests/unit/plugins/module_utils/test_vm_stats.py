@@ -80,6 +80,9 @@ class Conn(object):
         self.calls += 1
         return self.samples.pop(0)
 
+    def listAllDomains(self, flags):
+        return []  # no transient domain
+
 
 def test_collect_uses_two_bulk_samples_for_rates():
     dom = Dom('vm1', 'u1')
@@ -134,6 +137,9 @@ class StuckJobConn(object):
 
     def getAllDomainStats(self, mask, flags):
         return self._answer(flags)
+
+    def listAllDomains(self, flags):
+        return []  # no transient domain
 
     def domainListGetStats(self, doms, mask, flags):
         return self._answer(flags)
@@ -203,3 +209,41 @@ def test_an_idle_domain_still_reports_its_job():
     dom.jobStats = lambda: {'type': 2, 'operation': s.JOB_MIGRATION_OUT, 'data_total': 10, 'data_remaining': 5}
     entry = s.vm_entry(dom, None, {'state.state': s.RUNNING, 'state.reason': 1}, None)
     assert entry['status'] == 'Migration Source' and entry['migration']['progress_percent'] == 50
+
+
+class JobDom(Dom):
+    """A domain whose controlInfo says ``control``; counts its calls."""
+
+    def __init__(self, name, uuid, control, job=None):
+        super().__init__(name, uuid)
+        self.control, self.job, self.calls = control, job, []
+
+    def controlInfo(self):
+        self.calls.append('controlInfo')
+        return [self.control, 0, 0]
+
+    def jobStats(self):
+        self.calls.append('jobStats')
+        return self.job or {'type': 0}
+
+    def isPersistent(self):
+        self.calls.append('isPersistent')
+        return 1
+
+
+def test_an_idle_vm_costs_one_call_and_a_job_is_read_only_while_one_runs():
+    running = {'state.state': s.RUNNING, 'state.reason': 1, 'vcpu.current': 1}
+    idle = JobDom('idle', 'u1', control=0)
+    assert s.probe(idle, running, persistent=True) == {'job_op': None, 'migration': None, 'disk_errors': None,
+                                                       'persistent': True}
+    assert idle.calls == ['controlInfo']
+    job = {'type': 2, 'operation': s.JOB_MIGRATION_OUT, 'data_total': 200, 'data_remaining': 50, 'time_elapsed': 7}
+    migrating = JobDom('migrating', 'u2', control=1, job=job)
+    entry = s.vm_entry(migrating, None, running, None, probed=s.probe(migrating, running, persistent=False))
+    assert migrating.calls == ['controlInfo', 'jobStats']
+    assert entry['status'] == 'Migration Source' and entry['migration']['progress_percent'] == 75
+    assert entry['persistent'] is False
+    # Nothing is asked of a VM that does not run; persistence, when not given, is asked of the domain.
+    down = JobDom('down', 'u3', control=0)
+    assert s.probe(down, {'state.state': s.SHUTOFF, 'state.reason': 1})['persistent'] is True
+    assert down.calls == ['isPersistent']
