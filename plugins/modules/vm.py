@@ -30,9 +30,26 @@ description:
     environment variables).
 options:
   name:
-    description: Name of the VM (the libvirt domain). Must be usable as a file name.
+    description:
+      - Name of the VM (the libvirt domain). Must be usable as a file name.
+      - Required, unless O(vms) is given.
     type: str
-    required: true
+  vms:
+    description:
+      - The bulk form. Each item is one VM's options (O(name) required; every option of this module
+        but the connection's, O(vms), O(parallel) and the migration ones), converged as the single form
+        converges a VM, O(parallel) at a time, in one module run for the whole list.
+      - Options given beside O(vms) are the default of every item (for example O(state=destroyed) for
+        all); O(name) and O(uuid) are not allowed there.
+      - Every item is checked before any VM is touched, so a bad item fails the run and changes nothing.
+        A VM that fails while converging does not stop the others; the run then fails, naming it,
+        and RV(vms) has every VM's result.
+    type: list
+    elements: dict
+  parallel:
+    description: With O(vms), how many VMs converge at the same time (1 to 32).
+    type: int
+    default: 4
   uuid:
     description:
       - UUID of the VM, lower case. libvirt generates one when it is left out.
@@ -426,12 +443,30 @@ EXAMPLES = r"""
   virtnode.kvm.vm:
     name: example-vm
     state: absent
+
+- name: Three guests in one task, two at a time; memory and kernel shared by all
+  virtnode.kvm.vm:
+    vms:
+      - name: example-web1
+      - name: example-web2
+      - name: example-db
+        memory: 192MiB
+    memory: 128MiB
+    kernel: "{{ virtnode_lab_guest_kernel }}"
+    initrd: "{{ virtnode_lab_guest_initrd }}"
+    cmdline: "{{ virtnode_lab_guest_cmdline }} workload=idle"
+    parallel: 2
+
+- name: All three destroyed and removed, in one task
+  virtnode.kvm.vm:
+    vms: [{name: example-web1}, {name: example-web2}, {name: example-db}]
+    state: absent
 """
 
 RETURN = r"""
 vm:
   description: The VM after the operation (before it, in check mode).
-  returned: always
+  returned: without O(vms)
   type: dict
   contains:
     name:
@@ -478,23 +513,33 @@ vm:
       sample: {"exit_code": 0, "exit_reason": 6, "exit_message": "Admin shut down", "time": 1767225600.0}
 pending_restart:
   description: Spec fields that differ from the running VM and take effect at its next start.
-  returned: always
+  returned: without O(vms)
   type: list
   elements: str
   sample: [vcpus, max_memory]
 actions:
   description: What was done (or, in check mode, would be done), in order.
-  returned: always
+  returned: without O(vms)
   type: list
   elements: str
   sample: [start, hotplug disk /var/lib/images/d1.qcow2 as vdb]
 hooks:
   description: Hook points that ran, with each script's exit status and output.
-  returned: always
+  returned: without O(vms)
   type: list
   elements: dict
   sample: [{"point": "before_vm_start", "failed": false, "stopped": false,
             "scripts": [{"script": "/etc/virtnode/hooks/before_vm_start/10_desc", "rc": 0, "stdout": "", "stderr": ""}]}]
+vms:
+  description:
+    - With O(vms), each VM's result in the order of O(vms) - RV(vm), RV(pending_restart), RV(actions),
+      RV(hooks) and C(changed) as the single form returns them, and C(name) - or, for a VM that failed,
+      C(name), C(failed), C(msg) and the error's details.
+  returned: with O(vms)
+  type: list
+  elements: dict
+  sample: [{"name": "web1", "changed": true, "actions": ["start"], "pending_restart": [], "hooks": [],
+            "vm": {"name": "web1", "status": "Up"}}]
 migration:
   description: Outcome of a migration.
   returned: when O(migrate_to) is given
@@ -525,80 +570,23 @@ migration:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
-from ansible_collections.virtnode.kvm.plugins.module_utils.common.hooks import DEFAULT_HOOKS_DIR
-from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import bulk as vm_bulk
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
-
-
-def argument_spec():
-    disk = dict(
-        path=dict(type='path'), domain_id=dict(type='str'), image_id=dict(type='str'), volume_id=dict(type='str'),
-        type=dict(type='str', choices=['file', 'block']),
-        format=dict(type='str', choices=list(vm_spec.DISK_FORMATS), default='raw'),
-        bus=dict(type='str', choices=list(vm_spec.DISK_BUSES), default='virtio'),
-        target=dict(type='str'),
-        cache=dict(type='str', choices=list(vm_spec.DISK_CACHES), default='none'),
-        io=dict(type='str', choices=list(vm_spec.DISK_IO)),
-        error_policy=dict(type='str', choices=list(vm_spec.ERROR_POLICIES), default='stop'),
-        readonly=dict(type='bool', default=False),
-        serial=dict(type='str'),
-    )
-    nic = dict(bridge=dict(type='str'), network=dict(type='str'), mac=dict(type='str'),
-               model=dict(type='str', choices=list(vm_spec.NIC_MODELS), default='virtio'))
-    return libvirt_conn.libvirt_argument_spec(
-        name=dict(type='str', required=True),
-        uuid=dict(type='str'),
-        state=dict(type='str', choices=list(vm_converge.STATES), default='running'),
-        persistent=dict(type='bool'),
-        domain_type=dict(type='str', choices=list(vm_spec.DOMAIN_TYPES)),
-        machine=dict(type='str'),
-        memory=dict(type='str'),
-        max_memory=dict(type='str'),
-        vcpus=dict(type='int'),
-        cpu_topology=dict(type='dict', options=dict(sockets=dict(type='int', default=1), cores=dict(type='int', default=1),
-                                                    threads=dict(type='int', default=1))),
-        cpu_model=dict(type='str'),
-        boot_order=dict(type='list', elements='str', choices=list(vm_spec.BOOT_DEVICES)),
-        kernel=dict(type='path'),
-        initrd=dict(type='path'),
-        cmdline=dict(type='str'),
-        disks=dict(type='list', elements='dict', options=disk),
-        nics=dict(type='list', elements='dict', options=nic),
-        cdrom=dict(type='str'),
-        graphics=dict(type='dict', options=dict(
-            type=dict(type='str', choices=list(vm_spec.GRAPHICS_TYPES), default='vnc'),
-            listen=dict(type='str', default='127.0.0.1'),
-            password=dict(type='str', no_log=True),
-            password_valid_to=dict(type='str', no_log=False))),
-        console_log=dict(type='bool'),
-        custom_properties=dict(type='dict'),
-        lease=dict(type='dict', options=dict(sd_id=dict(type='str'), lease_id=dict(type='str'), path=dict(type='path'),
-                                             offset=dict(type='int', default=0))),
-        force=dict(type='bool', default=False),
-        timeout=dict(type='int', default=120),
-        save_path=dict(type='path'),
-        saved_volume=dict(type='dict', options=vm_spec.VOLUME_REF_OPTIONS),
-        migrate_to=dict(type='str'),
-        migrate_transport=dict(type='str', choices=['tcp', 'tls'], default='tls'),
-        migrate_uri=dict(type='str'),
-        migrate_unsafe=dict(type='bool', default=False),
-        migrate_options=dict(type='dict', options=dict(
-            max_downtime_ms=dict(type='int'), bandwidth=dict(type='int'), timeout=dict(type='int', default=300),
-            auto_converge=dict(type='bool', default=False), compressed=dict(type='bool', default=False),
-            data_uri=dict(type='str'))),
-        hooks_dir=dict(type='path', default=DEFAULT_HOOKS_DIR),
-    )
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import options as vm_options
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(),
+        argument_spec=vm_options.module_argument_spec(),
         supports_check_mode=True,
-        mutually_exclusive=[('boot_order', 'kernel'), ('save_path', 'saved_volume')],
-        required_by={'initrd': 'kernel', 'cmdline': 'kernel'},
+        mutually_exclusive=vm_options.MUTUALLY_EXCLUSIVE + [('name', 'vms')],
+        required_one_of=[('name', 'vms')],
+        required_by=vm_options.REQUIRED_BY,
     )
-    module_run.run(module, vm_converge.converge)
+    if module.params['vms']:
+        vm_bulk.run(module)
+    else:
+        module_run.run(module, vm_converge.converge)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.modules import vm
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import options as vm_options
 
 
 def test_tls_is_the_default_as_bootstrap_listens_with_tls_by_default():
@@ -26,7 +26,7 @@ def test_unknown_transport_is_refused():
 
 
 def test_module_option_matches_the_known_transports():
-    spec = vm.argument_spec()['migrate_transport']
+    spec = vm_options.argument_spec()['migrate_transport']
     assert spec['choices'] == list(vm_lifecycle.MIGRATION_TRANSPORTS) and spec['default'] == 'tls'
 
 

@@ -212,3 +212,58 @@ def test_console_password_never_comes_back_from_hooks(tmp_path, fail):
     assert 'asswd' in text  # the hook's output is there, with the secrets masked
     for secret in (SECRET, 'pw&amp;&quot;&lt;1&gt;', 'other-secret', 'spec-password'):
         assert secret not in text, secret
+
+
+# ---------------------------------------------------------------- the bulk form (vms)
+
+def bulk(capsys, args):
+    return run(capsys, dict(args, vms=[dict(item, hooks_dir='/nonexistent-hooks') for item in args['vms']]))
+
+
+def test_many_vms_in_one_run_with_shared_options_check_mode_and_idempotency(world, fake_libvirt, capsys):
+    args = {'vms': [{'name': 'web1'}, {'name': 'web2'}, {'name': 'db', 'memory': '192MiB'}], 'memory': '128MiB',
+            'parallel': 2}
+    rc, out = bulk(capsys, dict(args, _ansible_check_mode=True))
+    assert rc == 0 and out['changed'] and world['created'] == [], out
+    assert [(vm['name'], vm['actions']) for vm in out['vms']] == [('web1', ['start']), ('web2', ['start']), ('db', ['start'])]
+    rc, out = bulk(capsys, args)
+    assert rc == 0 and out['changed'] and [vm['vm']['status'] for vm in out['vms']] == ['Up'] * 3, out
+    memory = {domxml.parse_live(xml)['name']: domxml.parse_live(xml)['memory'] for xml in world['created']}
+    assert memory == {'web1': 128 * 1024, 'web2': 128 * 1024, 'db': 192 * 1024}, memory  # KiB
+    rc, out = bulk(capsys, args)
+    assert rc == 0 and not out['changed'] and all(vm['actions'] == [] for vm in out['vms']), out
+    # A state given beside vms is every VM's.
+    rc, out = bulk(capsys, {'vms': [{'name': 'web1'}, {'name': 'db'}], 'state': 'destroyed'})
+    assert rc == 0 and [vm['actions'] for vm in out['vms']] == [['destroy'], ['destroy']], out
+    assert world['domains']['web2'].st[0] == vm_stats.RUNNING
+
+
+@pytest.mark.parametrize('args, message', [
+    ({'vms': [{'name': 'ok'}, {'name': 'bad', 'nics': [{'bridge': 'br0', 'mac': 'nope'}]}]}, 'VM bad: '),
+    ({'vms': [{'name': 'ok'}, {'memory': '1GiB'}]}, 'missing required arguments: name'),
+    ({'vms': [{'name': 'ok'}, {'name': 'ok'}]}, 'vms names a VM twice (name ok)'),
+    ({'vms': [{'name': 'ok', 'migrate_to': 'qemu+tls://h2/system'}]}, 'migrate_to cannot be given per VM'),
+    ({'vms': [{'name': 'ok', 'vcpus': 'many'}]}, 'VM ok: '),
+    ({'vms': [{'name': 'ok'}], 'uuid': '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'}, 'uuid names one VM'),
+    ({'vms': [{'name': 'ok'}], 'parallel': 0}, 'parallel must be 1 to 32'),
+    ({'vms': [{'name': 'ok'}, {'name': 'x', 'initrd': '/boot/initrd.img'}]}, 'VM x: '),
+], ids=['bad-mac', 'no-name', 'twice', 'migration', 'wrong-type', 'shared-uuid', 'parallel', 'initrd-without-kernel'])
+def test_a_bad_item_fails_the_run_before_any_vm_is_touched(world, fake_libvirt, capsys, args, message):
+    rc, out = bulk(capsys, args)
+    assert rc == 1 and message in out['msg'], out
+    assert fake_libvirt.connections == [] and world['created'] == []
+
+
+def test_a_vm_that_fails_does_not_stop_the_others(world, monkeypatch, capsys):
+    create = FakeConnection.createXML
+
+    def refuse_one(conn, xml, flags):
+        if domxml.parse_live(xml)['name'] == 'broken':
+            raise FakeLibvirtError('internal error: no room', code=1, domain=10)
+        return create(conn, xml, flags)
+
+    monkeypatch.setattr(FakeConnection, 'createXML', refuse_one, raising=False)
+    rc, out = bulk(capsys, {'vms': [{'name': 'web1'}, {'name': 'broken'}, {'name': 'web2'}]})
+    assert rc == 1 and out['msg'].startswith('1 of 3 VMs failed: broken: ') and 'no room' in out['msg'], out
+    assert out['changed'] and [vm['name'] for vm in out['vms']] == ['web1', 'broken', 'web2']
+    assert out['vms'][1]['failed'] and [out['vms'][i]['vm']['status'] for i in (0, 2)] == ['Up', 'Up']
