@@ -7,7 +7,9 @@ On the first host of the lab, in one run, each round does for both sides:
   no-op   the same playbook again: it must report changed=0.
 
 virtnode.kvm.vm does it in one task per guest (persistent: true, state:
-running). community.libvirt.virt needs two: `command: define` with the domain
+running), and then in its bulk form: one task for every guest (vms, the
+guests converged --parallel at a time; not alternated with the loops, it
+runs after them in each round). community.libvirt.virt needs two: `command: define` with the domain
 XML templated from the same spec (tests/bench/bench_vm_domain.xml.j2, the XML
 virtnode.kvm.vm builds, less its metadata element), then `state: running`.
 
@@ -235,6 +237,18 @@ def write_playbooks(work: Path, count: int) -> dict:
         "      community.libvirt.virt:\n"
         "        name: \"{{ item.name }}\"\n"
         "        state: running\n") + loop
+    bulk = head + (
+        "    - name: Define and start every guest in one task (virtnode.kvm.vm, vms)\n"
+        "      virtnode.kvm.vm:\n"
+        "        vms: \"{{ bench_guests }}\"\n"
+        "        parallel: \"{{ bench_parallel }}\"\n"
+        "        persistent: true\n"
+        "        domain_type: qemu\n"
+        "        memory: \"{{ bench_memory_mib }}MiB\"\n"
+        "        kernel: \"{{ virtnode_lab_guest_kernel }}\"\n"
+        "        initrd: \"{{ virtnode_lab_guest_initrd }}\"\n"
+        "        cmdline: \"{{ virtnode_lab_guest_cmdline }} workload={{ bench_workload }}\"\n"
+        "        state: running\n")
     ping = head + "    - name: Fixed cost of a task (ansible.builtin.ping)\n      ansible.builtin.ping:\n" + loop
     single = head + (
         "    - name: One no-op virtnode.kvm.vm task on a running VM\n"
@@ -249,7 +263,7 @@ def write_playbooks(work: Path, count: int) -> dict:
         "        cmdline: \"{{ virtnode_lab_guest_cmdline }} workload={{ bench_workload }}\"\n"
         "        state: running\n")
     paths = {}
-    for name, text in (("ours", ours), ("theirs", theirs), ("ping", ping), ("single", single)):
+    for name, text in (("ours", ours), ("theirs", theirs), ("bulk", bulk), ("ping", ping), ("single", single)):
         paths[name] = work / f"{name}.yml"
         paths[name].write_text(text)
     return paths
@@ -294,8 +308,8 @@ class Runner:
 
 def run_side(runner: Runner, lab: Lab, playbook: Path, side: str, count: int) -> dict:
     lab.host_python("host-cleanup")
-    tasks_per_guest = 1 if side == "ours" else 2
-    start = runner.playbook(playbook, expect_changed=count * tasks_per_guest)
+    changed_tasks = {"ours": count, "theirs": 2 * count, "bulk": 1}[side]
+    start = runner.playbook(playbook, expect_changed=changed_tasks)
     settle = json.loads(lab.host_python("host-wait-ready", "--count", str(count)))
     noop = runner.playbook(playbook, expect_changed=0)
     lab.host_python("host-cleanup")
@@ -304,7 +318,7 @@ def run_side(runner: Runner, lab: Lab, playbook: Path, side: str, count: int) ->
 
 def print_round(index: int, result: dict, order: tuple[str, str]) -> None:
     parts = []
-    for side in order:
+    for side in order + ("bulk",):
         parts.append(f"{side} start {fmt(result[side]['start']['wall'])} no-op {fmt(result[side]['noop']['wall'])}")
     print(f"round {index + 1} ({' then '.join(order)}): " + "; ".join(parts)
           + f"; ping loop {fmt(result['ping']['wall'])}", flush=True)
@@ -351,6 +365,30 @@ def report(rounds: list[dict], count: int) -> dict:
                      fmt(stats["min"], "ms"), fmt(stats["max"], "ms")])
     print(table(["task", "total", "first", "median", "min", "max"], rows))
     return summary
+
+
+def bulk_summary(rounds: list[dict], summary: dict) -> dict:
+    """Medians of the bulk form's wall times, and their ratio to community.libvirt's loop."""
+    out = {}
+    for phase in ("start", "noop"):
+        wall = median_of([r["bulk"][phase] for r in rounds], lambda run: run["wall"])
+        out[phase] = wall
+        out[(phase, "ratio")] = ratio(wall, summary[("theirs", phase, "wall")])
+    return out
+
+
+def report_bulk(rounds: list[dict], count: int, parallel: int, summary: dict) -> dict:
+    bulk = bulk_summary(rounds, summary)
+    print()
+    print(f"The bulk form: {count} guests in one virtnode.kvm.vm task (vms, parallel {parallel}), "
+          f"median of {len(rounds)} rounds, against community.libvirt.virt's loop")
+    rows = []
+    for phase, label, goal in (("start", "define + start", 0.5), ("noop", "re-run (no-op)", 0.1)):
+        ours = bulk[(phase, "ratio")]
+        rows.append([label, fmt(bulk[phase]), fmt(summary[("theirs", phase, "wall")]), fmt(ours, "x"),
+                     f"<= {goal}x: {'met' if ours is not None and ours <= goal else 'NOT met'}"])
+    print(table(["phase", "vm (vms)", SIDE_LABEL["theirs"], "ratio", "goal"], rows))
+    return bulk
 
 
 def where_time_goes(summary: dict, single: dict, probe: dict) -> None:
@@ -400,7 +438,7 @@ def controller_main(args) -> int:
         work = Path(tmp)
         extra = work / "vars.json"
         extra.write_text(json.dumps({"bench_guests": guests(args.guests), "bench_memory_mib": args.memory_mib,
-                                     "bench_workload": "idle"}))
+                                     "bench_workload": "idle", "bench_parallel": args.parallel}))
         playbooks = write_playbooks(work, args.guests)
         runner = Runner(lab, args.collections, community, work, extra)
         rounds = []
@@ -410,9 +448,11 @@ def controller_main(args) -> int:
                 result = {"ping": runner.playbook(playbooks["ping"])}
                 for side in order:
                     result[side] = run_side(runner, lab, playbooks[side], side, args.guests)
+                result["bulk"] = run_side(runner, lab, playbooks["bulk"], "bulk", args.guests)
                 print_round(index, result, order)
                 rounds.append(result)
             summary = report(rounds, args.guests)
+            report_bulk(rounds, args.guests, args.parallel, summary)
 
             # One running VM: a single no-op task, then the profile on the host.
             lab.host_python("host-cleanup")
@@ -591,6 +631,7 @@ def main() -> int:
     parser.add_argument("--guests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-mib", type=int, default=128)
+    parser.add_argument("--parallel", type=int, default=4, help="the bulk form's parallel (default %(default)s)")
     parser.add_argument("--collections", default=str(REPO / os.environ.get("BUILD", ".build")))
     parser.add_argument("--json", help="write every round's raw timings to this file")
     sub.add_parser("host-cleanup")

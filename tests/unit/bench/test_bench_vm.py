@@ -60,6 +60,11 @@ def test_summary_takes_medians_of_rounds_and_ratios():
     assert summary[("ratio", "noop", "item")] == pytest.approx(0.5)
     assert summary[("ping", "item")] == 0.5
     assert bench.ratio(1.0, 0) is None and bench.fmt(None) == "-" and bench.fmt(1.5, "x") == "1.50x"
+    for wall, result in zip((4.0, 6.0, 5.0), rounds):
+        result["bulk"] = {"start": run([[wall]], wall=wall), "noop": run([[0.5]], wall=wall / 4)}
+    bulk = bench.bulk_summary(rounds, summary)
+    assert bulk["start"] == 5.0 and bulk[("start", "ratio")] == pytest.approx(5.0 / 40.0)
+    assert bulk[("noop", "ratio")] == pytest.approx(1.25 / 20.0)
 
 
 def test_template_renders_the_domain_the_vm_module_builds():
