@@ -136,5 +136,20 @@ bench-kernel: lab-up collection
 # Thin provisioning in the node agent: extension latency (local and mailbox paths) and the guest's
 # write rate with and without the agent, on a 2-host lab; not a test. BENCH_THIN_ARGS="--chunk-mib 128".
 .PHONY: bench-thin
-bench-thin: collection
+bench-thin: collection $(VENV)/.bench-installed
 	$(VENV)/bin/python tests/bench/bench_thin.py $(BENCH_THIN_ARGS)
+
+# What only the benchmarks need (matplotlib for bench-thin's plot), kept out of `make test`.
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# Every benchmark, then one table of their figures against the peer or the limit; not a test.
+BENCH_OUT ?= .cache/bench
+.PHONY: bench
+bench: lab-up collection $(VENV)/.bench-installed
+	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	-/usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD) --summary $(BENCH_OUT)/agent.json
+	-/usr/bin/python3 tests/bench/bench_vm_vs_community_libvirt.py --collections $(CURDIR)/$(BUILD) --summary $(BENCH_OUT)/vm.json $(BENCH_ARGS)
+	-$(VENV)/bin/python tests/bench/bench_thin.py --summary $(BENCH_OUT)/thin.json $(BENCH_THIN_ARGS)
+	@echo; echo "=== every benchmark"; /usr/bin/python3 tests/bench/bench_table.py $(BENCH_OUT)

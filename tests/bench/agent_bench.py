@@ -150,6 +150,29 @@ def run_one(count: int, rounds: int, collections: str) -> dict:
     return figures
 
 
+def write_summary(path: str | None, first: dict | None, runs: list) -> None:
+    if not path:
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_table  # pylint: disable=import-outside-toplevel
+    rows = []
+    if first:
+        rows += [
+            bench_table.row("agent: one full sample, 1000 VMs", f"{first['sample_ms']:.1f} ms",
+                            f"getAllDomainStats {first['bulk_ms']:.1f} ms", first["sample_ms"] / first["bulk_ms"], 2.0),
+            bench_table.row("agent: vm_info of all 1000 VMs (socket)", f"{first['query_ms']:.1f} ms", "limit 30 ms",
+                            first["query_ms"] / 30.0, 1.0),
+            bench_table.row("agent: process max RSS, 1000 VMs (test driver in it)", f"{first['max_rss_mib']:.1f} MiB",
+                            "limit 80 MiB", first["max_rss_mib"] / 80.0, 1.0)]
+    for run in runs:
+        if run is not first and first:
+            scale = run["domains"] / first["domains"]
+            rows.append(bench_table.row(f"agent: sample time growth, {first['domains']} -> {run['domains']} VMs",
+                                        f"x{run['sample_ms'] / first['sample_ms']:.1f}", f"linear x{scale:g}",
+                                        run["sample_ms"] / first["sample_ms"] / scale))
+    bench_table.write(path, rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", default="1000,5000,10000",
@@ -157,6 +180,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--collections", default=str(REPO / os.environ.get("BUILD", ".build")))
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one count, figures on the last line
+    parser.add_argument("--summary", help="write the summary rows of `make bench` to this file")
     args = parser.parse_args()
     counts = [int(count) for count in args.domains.split(",")]
     if args.json:
@@ -178,6 +202,7 @@ def main() -> int:
               f"{run['shape_ms']:>9.1f} {run['query_ms']:>11.1f} {run['max_rss_mib']:>12.1f} "
               f"{run['sample_ms'] * 1000 / run['domains']:>13.1f} {run['query_ms'] * 1000 / run['domains']:>12.1f}")
     first = next((run for run in runs if run["domains"] == 1000), None)
+    write_summary(args.summary, first, runs)
     if first:
         print("\ngoals at 1000 domains (issue: speed at fleet scale)")
         for name, ours, limit in (("full sample / getAllDomainStats", first["sample_ms"] / first["bulk_ms"], 2.0),
