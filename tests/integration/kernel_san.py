@@ -27,7 +27,7 @@ PY = "/usr/bin/python3"
 SAN_UP = r"""
 import json, os, subprocess, sys, time
 cfg = json.loads(sys.argv[1])
-NO_DEVICES_FILE = 'devices { use_devicesfile=0 }'  # whatever bootstrap made of the host's LVM configuration
+NO_DEVICES_FILE = 'devices { use_devicesfile=0 hints="none" }'  # whatever bootstrap made of the host's LVM configuration
 def run(*argv, check=True, env=None):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, **(env or {})))
@@ -108,7 +108,7 @@ import json, os, subprocess, sys, time
 cfg = json.loads(sys.argv[1])
 def run(*argv):
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=dict(os.environ, DM_DISABLE_UDEV='1'))
-NO_DEVICES_FILE = 'devices { use_devicesfile=0 }'
+NO_DEVICES_FILE = 'devices { use_devicesfile=0 hints="none" }'
 if cfg['phase'] == 'lvm':
     def dm_names():
         return [open('/sys/block/%s/dm/name' % d).read().strip() for d in os.listdir('/sys/block') if d.startswith('dm-')]

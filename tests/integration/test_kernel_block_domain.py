@@ -42,7 +42,7 @@ SD_C = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c03"     # crashed at each creation ste
 FOREIGN_VG = "vnlab-foreign"
 CODE = "/run/virtnode-kblockdomain"
 MIB = 1024 ** 2
-NO_DEVICES_FILE = "devices { use_devicesfile=0 }"
+NO_DEVICES_FILE = "devices { use_devicesfile=0 hints=\"none\" }"
 SPECIAL_MIB = {"metadata": 128, "ids": 128, "inbox": 128, "outbox": 128, "leases": 2048, "xleases": 1024, "master": 1024}
 XLEASES_INDEX_MAGIC = 0x12152016
 
@@ -300,8 +300,11 @@ def test_a_lun_lost_in_the_middle_of_a_creation_stops_it_clearly_and_the_next_ru
     print(f"the run failed with: {failed['msg']}")
     kernel_san.lun_back(san, first)
     # What the run made is a VG with the unready tag: the other host sees no storage domain there.
-    tags = lvm(second, "vgs", "--noheadings", "-o", "vg_tags", SD_C).strip().split(",")
-    assert "RHAT_storage_domain_UNREADY" in tags and "RHAT_storage_domain" not in tags, tags
+    vgs = dict(line.split() if len(line.split()) == 2 else (line.strip(), "")
+               for line in lvm(second, "vgs", "--noheadings", "-o", "vg_name,vg_tags").splitlines() if line.strip())
+    tags = vgs.get(SD_C, "").split(",")
+    assert "RHAT_storage_domain_UNREADY" in tags and "RHAT_storage_domain" not in tags, \
+        (vgs, lvm(second, "pvs", "-a", "--noheadings", "-o", "pv_name,vg_name"))
     rerun, again = play(tmp_path, "lost-rerun", first, [create, create])
     assert rerun["changed"] and rerun["actions"] == ["create"], rerun
     assert not again["changed"] and again["actions"] == [], again

@@ -35,7 +35,7 @@ VOL_SNAP = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3d56"   # the live snapshot of the g
 GUEST = "kmerge"
 CODE = "/run/virtnode-kblockmaster"
 IO_TIMEOUT = 1
-NO_DEVICES_FILE = "devices { use_devicesfile=0 }"
+NO_DEVICES_FILE = "devices { use_devicesfile=0 hints=\"none\" }"
 MASTER_DIR = f"/rhev/data-center/mnt/blockSD/{SD_M}/master"
 
 

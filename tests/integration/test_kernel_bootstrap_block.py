@@ -82,7 +82,7 @@ def test_bootstrap_writes_vdsm_multipath_settings_once_and_leaves_a_private_file
 LVM_CONF, LVM_SAVED = "/etc/lvm/lvm.conf", "/etc/lvm/lvm.conf.virtnode-test-saved"
 DEVICES_FILE = "/etc/lvm/devices/system.devices"
 IMAGES = "/run/vnlvmdev"
-SEE_ALL = "devices { use_devicesfile=0 }"
+SEE_ALL = "devices { use_devicesfile=0 hints=\"none\" }"
 LOCAL_VGS = {"vnlocal": "mounted", "vnspare": "spare", "vnfakesd": "domain", "vnlater": "later"}
 
 

@@ -46,7 +46,7 @@ STORAGE_DOMAIN_TAG = 'RHAT_storage_domain'
 INSTALL_HINT = 'Debian: lvm2 and util-linux'
 COMMAND_TIMEOUT = 120
 # Seeing every device whatever the host's configuration says (reads), and writing the devices file.
-_SEE_ALL = 'devices { use_devicesfile=0 filter=["a|.*|"] }'
+_SEE_ALL = 'devices { use_devicesfile=0 hints="none" filter=["a|.*|"] }'
 _IMPORT = 'devices { use_devicesfile=1 filter=["a|.*|"] }'
 # The udev property multipath takes a WWID from, by the disk's bus (VDSM's table).
 _WWID_KEYS = {'scsi': 'ID_SERIAL', 'nvme': 'ID_WWN', 'ccw': 'ID_UID'}
