@@ -570,7 +570,6 @@ migration:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import module as module_run
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm import bulk as vm_bulk
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import options as vm_options
 
@@ -584,6 +583,8 @@ def main():
         required_by=vm_options.REQUIRED_BY,
     )
     if module.params['vms']:
+        # Only the bulk form compiles it: every module run compiles what it imports.
+        from ansible_collections.virtnode.kvm.plugins.module_utils.vm import bulk as vm_bulk  # pylint: disable=import-outside-toplevel
         vm_bulk.run(module)
     else:
         module_run.run(module, vm_converge.converge)
