@@ -595,6 +595,7 @@ def host_probe(args) -> int:
         "ansible_collections.virtnode.kvm.plugins.modules.vm", fromlist=["run"]))
     from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn  # pylint: disable=import-outside-toplevel
     from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge  # pylint: disable=import-outside-toplevel
+    from ansible_collections.virtnode.kvm.plugins.module_utils.vm import options as vm_options  # pylint: disable=import-outside-toplevel
     from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes  # pylint: disable=import-outside-toplevel
 
     # AnsiballZ ships sources only: every task compiles the module and the module_utils it imports.
@@ -606,7 +607,7 @@ def host_probe(args) -> int:
         result[key] = _compile_time(files)
         result[key.replace("compile", "lines")] = sum(len(Path(f).read_text().splitlines()) for f in files)
 
-    params = {k: v.get("default") for k, v in vm.argument_spec().items()}
+    params = {k: v.get("default") for k, v in vm_options.module_argument_spec().items()}
     params.update(name="bench-probe", uuid=str(uuid.uuid5(UUID_NS, "bench-probe")), persistent=True,
                   domain_type="qemu", memory=f"{args.memory_mib}MiB", kernel=args.kernel, initrd=args.initrd,
                   cmdline=args.cmdline, state="running")

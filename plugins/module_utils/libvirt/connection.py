@@ -109,6 +109,11 @@ def error_details(exc, uri):
     return details
 
 
+def as_error(exc, uri):
+    """The VirtnodeError of a libvirt error met on the connection to ``uri``."""
+    return VirtnodeError('libvirt error on %s: %s' % (uri, error_text(exc)), details=error_details(exc, uri))
+
+
 def _unreachable(exc):
     getter = getattr(exc, 'get_error_code', None)
     code = getter() if callable(getter) else None
@@ -157,8 +162,7 @@ def connect(uri=DEFAULT_URI, readonly=False):
     try:
         yield conn
     except LibvirtError as exc:
-        raise VirtnodeError('libvirt error on %s: %s' % (uri, error_text(exc)),
-                            details=error_details(exc, uri)) from exc
+        raise as_error(exc, uri) from exc
     finally:
         try:
             conn.close()

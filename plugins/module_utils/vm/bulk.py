@@ -50,7 +50,7 @@ def run(module):
     """The vm module's bulk form: every VM of ``vms``; exits the module run."""
     items = module_run.call(module, checked_items, module.params, module.check_mode)
     libvirt_conn.require_libvirt(module)
-    results = converge_all(items, module.params['parallel'], module.check_mode, module._diff)  # pylint: disable=protected-access
+    results = module_run.call(module, converge_all, items, module.params, module.check_mode, module._diff)  # pylint: disable=protected-access
     for result in results:
         for warning in result.pop('warnings', []):
             module.warn('VM %s: %s' % (result['name'], warning))
@@ -120,11 +120,14 @@ def checked_items(params, check_mode):
     return items
 
 
-def converge_one(params, check_mode, diff):
+def converge_one(conn, params, check_mode, diff):
     """One VM, as the single form converges it; its result, or its failure (never raises VirtnodeError)."""
     item = ItemModule(params, check_mode, diff)
     try:
-        result = vm_converge.converge(item)
+        try:
+            result = vm_converge.converge_on(item, conn)
+        except libvirt_conn.LibvirtError as exc:
+            raise libvirt_conn.as_error(exc, params['uri']) from exc
     except VirtnodeError as err:
         result = dict(module_run.failure(err), failed=True, changed=False)
     result['name'] = params['name']
@@ -133,10 +136,15 @@ def converge_one(params, check_mode, diff):
     return result
 
 
-def converge_all(items, parallel, check_mode, diff):
-    """Every item, ``parallel`` at a time; the results in the items' order."""
-    with ThreadPoolExecutor(max_workers=min(parallel, len(items)), thread_name_prefix='vm') as pool:
-        return list(pool.map(lambda params: converge_one(params, check_mode, diff), items))
+def converge_all(items, params, check_mode, diff):
+    """Every item, ``parallel`` at a time, on one connection; the results in the items' order.
+
+    One connection serves every VM (libvirt's connections serve many threads): opening one per VM
+    would cost more than converging a VM that is already as asked.
+    """
+    with libvirt_conn.connect(params['uri']) as conn:
+        with ThreadPoolExecutor(max_workers=min(params['parallel'], len(items)), thread_name_prefix='vm') as pool:
+            return list(pool.map(lambda item: converge_one(conn, item, check_mode, diff), items))
 
 
 def summary(results, diff):

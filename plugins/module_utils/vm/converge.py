@@ -284,14 +284,22 @@ def run(module, conn, spec):
 
 def converge(module):
     """The ``vm`` module: validate its options, then :func:`run` on its libvirt connection."""
+    libvirt_conn.require_libvirt(module)
+    return converge_on(module, None)
+
+
+def converge_on(module, conn):
+    """:func:`converge` on ``conn``, an open libvirt connection (None: one opened for this VM)."""
     params = module.params
     if params['migrate_to'] and params['state'] != 'running':
         raise VirtnodeError('migrate_to needs state=running', {'field': 'migrate_to'})
     spec = vm_volumes.normalize_on_host(params, check_mode=module.check_mode)
     # Hooks run as root with the custom properties in their environment: no PATH, LD_PRELOAD, ...
     hooks_utils.check_env(spec['custom_properties'])
-    libvirt_conn.require_libvirt(module)
-    with libvirt_conn.connect(params['uri']) as conn:
+    if conn is None:
+        with libvirt_conn.connect(params['uri']) as own:
+            result = run(module, own, spec)
+    else:
         result = run(module, conn, spec)
     for warning in result.pop('warnings', []):
         module.warn(warning)

@@ -267,3 +267,11 @@ def test_a_vm_that_fails_does_not_stop_the_others(world, monkeypatch, capsys):
     assert rc == 1 and out['msg'].startswith('1 of 3 VMs failed: broken: ') and 'no room' in out['msg'], out
     assert out['changed'] and [vm['name'] for vm in out['vms']] == ['web1', 'broken', 'web2']
     assert out['vms'][1]['failed'] and [out['vms'][i]['vm']['status'] for i in (0, 2)] == ['Up', 'Up']
+
+
+def test_the_vms_share_one_connection_and_a_refused_one_fails_the_run_cleanly(world, fake_libvirt, capsys):
+    rc, out = bulk(capsys, {'vms': [{'name': 'web1'}, {'name': 'web2'}, {'name': 'web3'}]})
+    assert rc == 0 and len(fake_libvirt.connections) == 1 and fake_libvirt.connections[0].closed, out
+    fake_libvirt.open_error = FakeLibvirtError('Failed to connect socket', code=38, domain=7)
+    rc, out = bulk(capsys, {'vms': [{'name': 'web1'}, {'name': 'web2'}]})
+    assert rc == 1 and 'Failed to connect socket' in out['msg'] and 'Traceback' not in json.dumps(out), out
