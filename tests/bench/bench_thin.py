@@ -109,7 +109,7 @@ def plot(runs: list, path: Path, chunk_mib: int) -> bool:
             ax.axvline(event["time"] - start, color="tab:red", linewidth=1.2, linestyle="--",
                        label="ENOSPC pause" if index == 0 else None)
         ax.set_title(f"{name}: {len(result['extensions'])} extensions, {result['enospc_pauses']} ENOSPC pauses")
-        ax.set_xlabel("seconds since the writer started")
+        ax.set_xlabel("seconds since the guest started")
         ax.set_ylabel("MiB")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize="small")
