@@ -14,7 +14,10 @@ Threads of a running agent:
 * ``query-socket`` and ``metrics-http``: answer from the latest snapshot;
 * ``thin-check`` and ``thin-extend-N``: thin provisioning of block COW
   volumes (see ``thin_monitor``), driven by libvirt's BLOCK_THRESHOLD and
-  IO error events plus a check every ``thin_check_interval``.
+  IO error events plus a check every ``thin_check_interval``;
+* ``spm-role-check``: every ``mailbox_check_interval``, serves the mailbox
+  of the pools this host is SPM of and keeps their extend workers (child
+  processes, see ``spm_extend``) ready.
 
 The snapshot is an immutable dict replaced as a whole, so readers never see
 half an update and never wait for a sample.
@@ -332,18 +335,27 @@ class Agent:
                 LOG.exception('storage monitoring round failed')
             self.stop_event.wait(max(0.1, interval - (time.monotonic() - started)))
 
-    def _mailbox_loop(self):
-        # Serves the SPM mailbox of the pools this host is SPM of (VDSM starts it with the SPM role).
+    def _spm_role_loop(self):
+        # Follows this host's SPM roles: the mailbox served (VDSM starts it with the SPM role) and
+        # an extend worker ready, so the first extension does not wait for one to start.
+        failed_before = {}
         while not self.stop_event.is_set():
             try:
-                self.mailboxes.check()
+                if self.config['mailbox_enabled']:
+                    self.mailboxes.check()
+                spm_pools = [sp_uuid for sp_uuid in mailbox_service.connected_pools() if thin_monitor.is_local_spm(sp_uuid)]
+                failed = spm_extend.keep_ready(spm_pools, timeout=self.config['thin_extend_timeout'])
+                for sp_uuid, message in failed.items():
+                    if failed_before.get(sp_uuid) != message:
+                        LOG.warning('SPM extend worker of pool %s did not start: %s', sp_uuid, message)
+                failed_before = failed
             except Exception:  # pylint: disable=broad-except
-                LOG.exception('SPM mailbox check failed')
+                LOG.exception('SPM role check failed')
             self.stop_event.wait(self.config['mailbox_check_interval'])
         self.mailboxes.stop()
 
     def _extend_on_spm(self, sd_uuid, vol_uuid, size_mib):
-        """What the SPM does for its own thin volumes and for a host's mailbox request: a fenced SPM task."""
+        """What the SPM does for its own thin volumes and for a host's mailbox request: in a fenced SPM task."""
         return spm_extend.extend(sd_uuid, vol_uuid, size_mib, timeout=self.config['thin_extend_timeout'])
 
     # ------------------------------------------------------------ queries
@@ -390,8 +402,8 @@ class Agent:
             thread = threading.Thread(target=self._storage_loop, name='storage-monitor', daemon=True)
             thread.start()
             self._threads.append(thread)
-        if self.config['mailbox_enabled']:
-            thread = threading.Thread(target=self._mailbox_loop, name='spm-mailbox-check', daemon=True)
+        if self.config['mailbox_enabled'] or self.thin is not None:
+            thread = threading.Thread(target=self._spm_role_loop, name='spm-role-check', daemon=True)
             thread.start()
             self._threads.append(thread)
         if self.thin is not None:
@@ -420,6 +432,7 @@ class Agent:
         self.mailboxes.stop()
         if self.thin is not None:
             self.thin.stop()
+        spm_extend.close()
         self.session.close()
         # The query socket's server_close removed the socket file, and only if it was still its own.
         self.record('agent_stopped', kind='agent', pid=os.getpid())

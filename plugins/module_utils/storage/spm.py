@@ -460,6 +460,11 @@ def _tasks_dir(sp_uuid):
     return os.path.join(TASKS_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID'))
 
 
+def is_stopping(sp_uuid):
+    """``spm state=stopped`` is under way here: tasks must end, none may begin."""
+    return os.path.exists(_stopping_path(sp_uuid))
+
+
 def _stopping_path(sp_uuid):
     return os.path.join(STATE_DIR, validate.uuid_str(sp_uuid, 'storage pool UUID') + '.stopping')
 
@@ -534,7 +539,7 @@ class SpmTask:
         return False
 
     def _begin(self):
-        if os.path.exists(_stopping_path(self.sp_uuid)):
+        if is_stopping(self.sp_uuid):
             raise _fenced(self.sp_uuid, 'the SPM is stopping')
         require_spm(self.sp_uuid)
         self.holder = read_state(self.sp_uuid)
@@ -575,7 +580,7 @@ class SpmTask:
 
     def _check(self):
         sp_uuid = self.sp_uuid
-        if os.path.exists(_stopping_path(sp_uuid)):
+        if is_stopping(sp_uuid):
             raise _fenced(sp_uuid, 'the SPM is stopping')
         now = read_state(sp_uuid)
         if not now or not now.get('alive') or now.get('pid') != self.holder.get('pid'):

@@ -286,3 +286,20 @@ def test_storage_domains_of_disks_from_volume_paths():
     xml = _xml(_file_volume(SD_A), '/rhev/data-center/%s/%s/images/i/v' % (SD_C, SD_B),
                '/run/virtnode/block/%s/i/v' % SD_C.upper(), '/var/lib/libvirt/images/%s.img' % SD_C, '')
     assert agent_daemon.storage_domains_of_disks(xml) == {SD_A, SD_B, SD_C}
+
+
+def test_the_spm_role_check_serves_mailboxes_and_keeps_extend_workers_ready_for_spm_pools(agent, monkeypatch):
+    from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server, spm_extend
+    from ansible_collections.virtnode.kvm.plugins.module_utils.agent import thin as thin_monitor
+    calls = []
+    monkeypatch.setattr(mailbox_server, 'connected_pools', lambda: ['p1', 'p2'])
+    monkeypatch.setattr(thin_monitor, 'is_local_spm', lambda sp: sp == 'p2')
+    monkeypatch.setattr(agent.mailboxes, 'check', lambda: calls.append('mailbox'))
+
+    def keep_ready(sp_uuids, timeout):
+        calls.append(('workers', sp_uuids, timeout))
+        agent.stop_event.set()  # one round
+        return {'p2': 'the SPM is stopping'}
+    monkeypatch.setattr(spm_extend, 'keep_ready', keep_ready)
+    agent._spm_role_loop()  # pylint: disable=protected-access
+    assert calls == ['mailbox', ('workers', ['p2'], agent.config['thin_extend_timeout'])]

@@ -240,17 +240,6 @@ def test_a_fenced_spm_extend_changes_nothing(domain, tmp_path):
     assert os.path.getsize(str(domain / 'images' / IMG / VOL)) == before
 
 
-def test_the_agent_extends_as_spm_in_a_child_process(tmp_path, monkeypatch):
-    """agent/spm_extend starts its own interpreter on the collection's code and relays its outcome."""
-    from ansible_collections.virtnode.kvm.plugins.module_utils.agent import spm_extend
-    # The child finds no pool this host is connected to: an error, relayed with the child's message.
-    monkeypatch.setenv('PYTHONPATH', '')
-    with pytest.raises(VirtnodeError, match='in no storage pool') as raised:
-        spm_extend.extend(SD, VOL, 256, timeout=60)
-    assert raised.value.details['fenced'] is False
-    assert os.path.isdir(os.path.join(spm_extend._collections_root(), 'ansible_collections'))  # pylint: disable=protected-access
-
-
 # ------------------------------------------------------------------ shared storage is written by other hosts
 
 @pytest.mark.parametrize('variant', ['volume-to-device', 'volume-to-host-file', 'image-dir-to-etc', 'images-to-elsewhere',
