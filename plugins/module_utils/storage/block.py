@@ -146,6 +146,7 @@ class LoopBackend:
         self.run = runner
         self.link_root = link_root
         self.find_domain = find_domain
+        self._images = {}  # (sd, volume) -> image: a volume never changes image; checked at each use
 
     def link_path(self, sd_uuid, img_uuid, vol_uuid):
         return os.path.join(self.link_root, *_ids(sd_uuid, img_uuid, vol_uuid))
@@ -173,6 +174,13 @@ class LoopBackend:
 
     def image_of(self, sd_uuid, vol_uuid):
         vol_uuid = validate.uuid_str(vol_uuid, 'volume UUID')
+        known = self._images.get((sd_uuid, vol_uuid))
+        if known is not None:
+            try:
+                self._volume_stat(sd_uuid, known, vol_uuid)
+                return known
+            except VirtnodeError:
+                del self._images[(sd_uuid, vol_uuid)]
         images = os.path.join(self.find_domain(validate.uuid_str(sd_uuid, 'storage domain UUID')), sd_layout.IMAGES)
         try:
             names = sorted(os.listdir(images))
@@ -188,6 +196,7 @@ class LoopBackend:
                 if 'not found' in err.message:
                     continue
                 raise
+            self._images[(sd_uuid, vol_uuid)] = img
             return img
         raise VirtnodeError('volume %s not found in domain %s' % (vol_uuid, sd_uuid), {'vol_uuid': vol_uuid})
 
@@ -241,8 +250,10 @@ class LoopBackend:
             try:
                 current = os.fstat(fd).st_size
                 if size > current:
+                    # No fsync of its own (it was half the cost of an extension): a guest's flush
+                    # through the loop device syncs the file, its new size included, and an NFS
+                    # server commits a size change before it answers.
                     os.ftruncate(fd, size)
-                    os.fsync(fd)
                     current = size
             finally:
                 os.close(fd)

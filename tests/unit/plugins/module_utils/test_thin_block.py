@@ -300,3 +300,19 @@ def test_image_of_skips_temp_and_removed_names(domain):
     backend = thin_block.LoopBackend(runner=FakeRunner(), link_root='/nonexistent',
                                      find_domain=lambda sd, required=True: str(domain))
     assert backend.image_of(SD, VOL) == IMG
+
+
+def test_image_of_remembers_the_image_but_checks_the_volume_at_each_use(domain, tmp_path):
+    backend = loop_backend(domain, tmp_path)
+    assert backend.image_of(SD, VOL) == IMG
+    vol = domain / 'images' / IMG / VOL
+    # Swapped for a link to a host file after it was remembered: refused as on a first look.
+    outside = tmp_path / 'host-file'
+    outside.write_bytes(b'host file')
+    vol.unlink()
+    vol.symlink_to(outside)
+    with pytest.raises(VirtnodeError, match='refusing'):
+        backend.image_of(SD, VOL)
+    vol.unlink()
+    with pytest.raises(VirtnodeError, match='not found'):
+        backend.image_of(SD, VOL)
