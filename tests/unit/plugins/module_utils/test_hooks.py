@@ -211,3 +211,9 @@ def test_hook_point_that_is_a_file_is_refused(tmp_path):
     (tmp_path / 'before_network_setup').write_text('#!/bin/sh\n')
     result = run(tmp_path)
     assert not result.failed and result.scripts == []  # nothing to run: as an absent hook point
+
+
+def test_a_secret_is_redacted_as_written_and_as_escaped_in_xml_text_and_attributes():
+    secret = 'p<a>&"q\'s'
+    text = ('plain %s; text <p>p&lt;a&gt;&amp;"q\'s</p>; attribute passwd="p&lt;a&gt;&amp;&quot;q&apos;s"' % secret)
+    assert hooks.redact(text, [secret, '']) == 'plain %s; text <p>%s</p>; attribute passwd="%s"' % ((hooks.REDACTED,) * 3)
