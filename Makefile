@@ -119,7 +119,7 @@ clean: lab-down
 # Benchmark of the node agent's sampler and cache (1000 domains on libvirt's test driver); not a test.
 .PHONY: bench-agent
 bench-agent: collection
-	BUILD=$(BUILD) /usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD)
+	BUILD=$(BUILD) /usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD) $(BENCH_AGENT_ARGS)
 
 # virtnode.kvm.vm against community.libvirt.virt (from PyPI's `ansible`, cached in .cache/): 20 guests
 # defined and started, then the no-op re-run, 3 rounds on the lab's first host; not a test.
@@ -149,7 +149,7 @@ BENCH_OUT ?= .cache/bench
 .PHONY: bench
 bench: lab-up collection $(VENV)/.bench-installed
 	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
-	-/usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD) --summary $(BENCH_OUT)/agent.json
+	-/usr/bin/python3 tests/bench/agent_bench.py --collections $(CURDIR)/$(BUILD) --through vnhost1 --summary $(BENCH_OUT)/agent.json
 	-/usr/bin/python3 tests/bench/bench_vm_vs_community_libvirt.py --collections $(CURDIR)/$(BUILD) --summary $(BENCH_OUT)/vm.json $(BENCH_ARGS)
 	-$(VENV)/bin/python tests/bench/bench_thin.py --summary $(BENCH_OUT)/thin.json $(BENCH_THIN_ARGS)
 	@echo; echo "=== every benchmark"; /usr/bin/python3 tests/bench/bench_table.py $(BENCH_OUT)
