@@ -155,7 +155,7 @@ class Agent:
         self.session = agent_libvirt.LibvirtSession(
             config['libvirt_uri'], self.libvirt, on_lifecycle=self._on_lifecycle, on_state=self._on_libvirt_state,
             backoff_min=config['reconnect_min'], backoff_max=config['reconnect_max'],
-            domain_events=self.thin.callbacks() if self.thin else ())
+            domain_events=self.vm_sampler.callbacks() + (self.thin.callbacks() if self.thin else []))
         self.storage = agent_storage.StorageMonitor(config['storage_root'], config['storage_timeout'],
                                                     on_change=self._on_storage_change)
         self._snapshot = {'host': None, 'vms': None, 'storage': None, 'agent': {}}
@@ -228,6 +228,8 @@ class Agent:
             vm_name, vm_uuid = None, None
             LOG.warning('lifecycle event %s for a domain that cannot be named: %s', name, libvirt_conn.error_text(err))
         LOG.info('VM %s (%s): %s (%s)', vm_name, vm_uuid, name, reason)
+        if vm_uuid:
+            self.vm_sampler.hint(vm_uuid)  # a state change may begin or end a job: probe it next time
         self.record(name, kind='vm', vm=vm_name, uuid=vm_uuid, reason=reason, **extra)
         if self.thin is not None:
             self.thin.on_lifecycle(dom, event, detail)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import readers as host_readers
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import stats as host_stats
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 
 LOG = logging.getLogger('virtnode.agent.sampling')
@@ -31,6 +33,9 @@ LOG = logging.getLogger('virtnode.agent.sampling')
 # that took the domain's job; NOWAIT lets later calls through): beyond this many, wait for them.
 MAX_STUCK_SAMPLES = 2
 CPU_MODES = ('user', 'nice', 'system', 'idle', 'iowait', 'irq', 'softirq', 'steal')
+# A running VM with no sign of a job is asked about one (controlInfo, a round trip to libvirtd)
+# about this often, each at its own time: the safety net under the events that announce jobs.
+PROBE_SWEEP_SECONDS = 300.0
 
 
 def clock_ticks():
@@ -133,31 +138,109 @@ class VmEntries:
 
 
 class VmSampler:
-    """Bulk VM statistics from ``getAllDomainStats``; rates from the last two samples."""
+    """Bulk VM statistics from ``getAllDomainStats``; rates from the last two samples.
 
-    def __init__(self, libvirt_module=None, records_dir=vm_stats.RECORDS_DIR):
+    What the bulk call lacks is whether an async job (migration, save,
+    restore) runs, and that costs one ``controlInfo`` per VM: at 1000 VMs, a
+    thousand round trips to libvirtd, ten times the bulk call. So a VM is
+    probed (:func:`vm_stats.probe`) when it is new to the sampler, not
+    simply running (a paused or shutting down VM: save, incoming migration,
+    ENOSPC), hinted (:meth:`hint`: a lifecycle or migration event, which
+    libvirt sends for every job that matters), was found in a job last time,
+    or its sweep is due (every :data:`PROBE_SWEEP_SECONDS`, at its own time
+    so the sweep never lands on one sample). Other running VMs are reported
+    as running with no job, which is what a probe would find.
+    """
+
+    def __init__(self, libvirt_module=None, records_dir=vm_stats.RECORDS_DIR, sweep_seconds=PROBE_SWEEP_SECONDS,
+                 clock=time.monotonic):
         self.libvirt_module = libvirt_module
         self.records_dir = records_dir
+        self.sweep_seconds = sweep_seconds
+        self.clock = clock
         self.previous = None   # ({uuid: (dom, stats)}, monotonic, {uuid: probe})
         self.last = None
         self.errors = 0
         self.stuck = 0
+        self.probed = 0        # VMs probed by the last sample
         self._inflight = []
+        self._next_sweep = {}  # uuid -> monotonic time of its next probe without a reason
+        self._in_job = set()   # uuids whose last probe found a job
+        self._hinted = set()
+        self._hint_lock = threading.Lock()
+        self._book_lock = threading.Lock()  # a late sample thread may still update what follows
 
     def reset(self):
         """Forget samples (after a reconnect the domain objects belong to a dead connection)."""
         self.previous = self.last = None
+        with self._book_lock:
+            self._next_sweep = {}
+            self._in_job = set()
+
+    def hint(self, vm_uuid):
+        """Something happened to this VM (an event): probe it in the next sample. Any thread."""
+        with self._hint_lock:
+            self._hinted.add(vm_uuid)
+
+    def callbacks(self):
+        """``(event id, handler)`` of the job events that hint a VM, to register on every connection."""
+        return [(constants.value('VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION', self.libvirt_module), self._migration_cb),
+                (constants.value('VIR_DOMAIN_EVENT_ID_JOB_COMPLETED', self.libvirt_module), self._job_completed_cb)]
+
+    def _hint_dom(self, dom):
+        try:
+            self.hint(dom.UUIDString())
+        except Exception:  # pylint: disable=broad-except  # an event for a domain gone meanwhile
+            pass
+
+    def _migration_cb(self, conn, dom, iteration, opaque):  # pylint: disable=unused-argument
+        self._hint_dom(dom)
+
+    def _job_completed_cb(self, conn, dom, params, opaque):  # pylint: disable=unused-argument
+        self._hint_dom(dom)
+
+    def _must_probe(self, vm_uuid, stats, hinted, now):
+        if stats.get('state.state', vm_stats.NOSTATE) not in (vm_stats.RUNNING, vm_stats.BLOCKED):
+            return True
+        if vm_uuid in hinted or vm_uuid in self._in_job:
+            return True
+        due = self._next_sweep.get(vm_uuid)
+        return due is None or now >= due
 
     def _sample(self, conn):
         """The bulk stats and, per VM, what they lack (:func:`vm_stats.probe`): every libvirt call of a sample."""
+        with self._hint_lock:
+            hinted, self._hinted = self._hinted, set()
         raw, taken = vm_stats.sample(conn, None, self.libvirt_module)
         transient = vm_stats.transient_uuids(conn, self.libvirt_module) if raw else set()
         probes = {}
+        now = self.clock()
+        with self._book_lock:
+            asked = {vm_uuid for vm_uuid, (_dom, stats) in raw.items() if self._must_probe(vm_uuid, stats, hinted, now)}
+        probed = 0
         for vm_uuid, (dom, stats) in raw.items():
+            persistent = vm_uuid not in transient
+            if vm_uuid not in asked:
+                probes[vm_uuid] = vm_stats.quiet_probe(persistent)
+                continue
             try:
-                probes[vm_uuid] = vm_stats.probe(dom, stats, vm_uuid not in transient)
+                probes[vm_uuid] = vm_stats.probe(dom, stats, persistent)
+                probed += 1
             except libvirt_conn.LibvirtError as err:  # the domain went away meanwhile
                 LOG.debug('cannot probe VM %s: %s', vm_uuid, libvirt_conn.error_text(err))
+        with self._book_lock:
+            for vm_uuid, found in probes.items():
+                if vm_uuid not in asked:
+                    continue
+                if found['job_op'] is not None:
+                    self._in_job.add(vm_uuid)
+                else:
+                    self._in_job.discard(vm_uuid)
+                self._next_sweep[vm_uuid] = now + self.sweep_seconds * random.uniform(0.5, 1.0)
+            for vm_uuid in set(self._next_sweep) - set(raw):
+                del self._next_sweep[vm_uuid]
+                self._in_job.discard(vm_uuid)
+        self.probed = probed
         return raw, taken, probes
 
     def take(self, conn):

@@ -329,6 +329,11 @@ def transient_uuids(conn, libvirt_module=None):
     return {dom.UUIDString() for dom in conn.listAllDomains(flag)}
 
 
+def quiet_probe(persistent):
+    """What :func:`probe` finds for a running VM with no job: nothing, without asking libvirt."""
+    return {'job_op': None, 'migration': None, 'disk_errors': None, 'persistent': persistent}
+
+
 def probe(dom, stats, persistent=None):
     """What a VM's bulk stats lack, with as few calls as it takes: ``{'job_op', 'migration', 'disk_errors',
     'persistent'}``.
@@ -338,8 +343,7 @@ def probe(dom, stats, persistent=None):
     asked nothing that would wait for it. ``persistent`` None: asked of the domain.
     """
     state = stats.get('state.state', NOSTATE)
-    found = {'job_op': None, 'migration': None, 'disk_errors': None,
-             'persistent': bool(dom.isPersistent()) if persistent is None else persistent}
+    found = quiet_probe(bool(dom.isPersistent()) if persistent is None else persistent)
     if state not in ACTIVE_STATES:
         return found
     try:

@@ -303,3 +303,10 @@ def test_the_spm_role_check_serves_mailboxes_and_keeps_extend_workers_ready_for_
     monkeypatch.setattr(spm_extend, 'keep_ready', keep_ready)
     agent._spm_role_loop()  # pylint: disable=protected-access
     assert calls == ['mailbox', ('workers', ['p2'], agent.config['thin_extend_timeout'])]
+
+
+def test_a_lifecycle_event_has_the_vm_probed_in_the_next_sample_and_job_events_are_registered(agent):
+    agent._on_lifecycle(FakeDomain('a', 'u-a'), 3, 0)  # pylint: disable=protected-access  # suspended
+    assert 'u-a' in agent.vm_sampler._hinted  # pylint: disable=protected-access
+    registered = [event_id for event_id, _handler in agent.session.domain_events]
+    assert {20, 21} <= set(registered)
