@@ -122,6 +122,11 @@ def run_one(count: int, rounds: int, collections: str, daemon: bool = False) -> 
         sampler.take(conn)
         _result, figures["bulk_ms"] = measure("getAllDomainStats alone", lambda: conn.getAllDomainStats(0, 0), rounds)
         _result, figures["sample_ms"] = measure("one full sample (every libvirt call)", lambda: sampler.take(conn), rounds)
+
+        def probing_every_vm():
+            sampler.reset()  # as after a reconnect: every VM is new, so each gets its controlInfo
+            return sampler.take(conn)
+        _result, figures["sample_probe_all_ms"] = measure("a sample that probes every VM", probing_every_vm, rounds)
         entries, figures["shape_ms"] = measure("shaping every VM entry", sampler.entries, rounds)
         assert len(entries) == count, len(entries)
         conn.close()
@@ -154,8 +159,14 @@ def run_one(count: int, rounds: int, collections: str, daemon: bool = False) -> 
         finally:
             agent.stop()
     figures["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for key in ("bulk_ms", "sample_ms", "shape_ms", "sample_once_ms"):
+    for key in ("bulk_ms", "sample_ms", "sample_probe_all_ms", "shape_ms", "sample_once_ms"):
         figures[key] *= 1000
+    # The sweep probes each running VM every 0.5-1 x PROBE_SWEEP_SECONDS: at the agent's default
+    # interval a sample probes that share of the VMs on average. This is the figure the goal is about.
+    share = agent_daemon.DEFAULTS["interval"] / (0.75 * agent_sampling.PROBE_SWEEP_SECONDS)
+    figures["sample_typical_ms"] = figures["sample_ms"] + share * (figures["sample_probe_all_ms"] - figures["sample_ms"])
+    print(f"{'a sample at the default interval':<34} {figures['sample_typical_ms']:8.1f} ms  (steady, plus "
+          f"{share * 100:.1f}% of the VMs' sweep probes, on average)")
     print(f"process max RSS {figures['max_rss_mib']:.1f} MiB")
     return figures
 
@@ -168,8 +179,8 @@ def write_summary(path: str | None, first: dict | None, runs: list, daemon_run: 
     rows = []
     if first:
         rows += [
-            bench_table.row("agent: one full sample, 1000 VMs", f"{first['sample_ms']:.1f} ms",
-                            f"getAllDomainStats {first['bulk_ms']:.1f} ms", first["sample_ms"] / first["bulk_ms"], 2.0),
+            bench_table.row("agent: one full sample, 1000 VMs", f"{first['sample_typical_ms']:.1f} ms",
+                            f"getAllDomainStats {first['bulk_ms']:.1f} ms", first["sample_typical_ms"] / first["bulk_ms"], 2.0),
             bench_table.row("agent: vm_info of all 1000 VMs (socket)", f"{first['query_ms']:.1f} ms", "limit 30 ms",
                             first["query_ms"] / 30.0, 1.0),
             bench_table.row("agent: process max RSS, 1000 VMs (test driver in it)", f"{first['max_rss_mib']:.1f} MiB",
@@ -179,17 +190,17 @@ def write_summary(path: str | None, first: dict | None, runs: list, daemon_run: 
         rows += [
             bench_table.row("agent: process max RSS, 1000 VMs (test driver in libvirtd)",
                             f"{daemon_run['max_rss_mib']:.1f} MiB", "limit 80 MiB", daemon_run["max_rss_mib"] / 80.0, 1.0),
-            bench_table.row("agent: one full sample, 1000 VMs through libvirtd", f"{daemon_run['sample_ms']:.1f} ms",
+            bench_table.row("agent: one full sample, 1000 VMs through libvirtd", f"{daemon_run['sample_typical_ms']:.1f} ms",
                             f"getAllDomainStats {daemon_run['bulk_ms']:.1f} ms",
-                            daemon_run["sample_ms"] / daemon_run["bulk_ms"]),
+                            daemon_run["sample_typical_ms"] / daemon_run["bulk_ms"], 2.0),
             bench_table.row("agent: vm_info of all 1000 VMs through libvirtd (socket)", f"{daemon_run['query_ms']:.1f} ms",
                             "limit 30 ms", daemon_run["query_ms"] / 30.0, 1.0)]
     for run in runs:
         if run is not first and first:
             scale = run["domains"] / first["domains"]
-            rows.append(bench_table.row(f"agent: sample time growth, {first['domains']} -> {run['domains']} VMs",
-                                        f"x{run['sample_ms'] / first['sample_ms']:.1f}", f"linear x{scale:g}",
-                                        run["sample_ms"] / first["sample_ms"] / scale))
+            rows.append(bench_table.row(f"agent: probing sample time growth, {first['domains']} -> {run['domains']} VMs",
+                                        f"x{run['sample_probe_all_ms'] / first['sample_probe_all_ms']:.1f}",
+                                        f"linear x{scale:g}", run["sample_probe_all_ms"] / first["sample_probe_all_ms"] / scale))
     bench_table.write(path, rows)
 
 
@@ -232,22 +243,24 @@ def main() -> int:
             print(f"{count} domains: the run failed ({proc.returncode})")
             return 1
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"{'domains':>8} {'bulk ms':>9} {'sample ms':>10} {'x bulk':>7} {'shape ms':>9} {'vm_info ms':>11} "
-          f"{'max RSS MiB':>12} {'us/VM sample':>13} {'us/VM query':>12}")
+    print(f"{'domains':>8} {'bulk ms':>9} {'sample ms':>10} {'x bulk':>7} {'probe-all ms':>13} {'shape ms':>9} "
+          f"{'vm_info ms':>11} {'max RSS MiB':>12} {'us/VM probe-all':>16} {'us/VM query':>12}")
     for run in runs:
-        print(f"{run['domains']:>8} {run['bulk_ms']:>9.1f} {run['sample_ms']:>10.1f} {run['sample_ms'] / run['bulk_ms']:>7.2f} "
+        print(f"{run['domains']:>8} {run['bulk_ms']:>9.1f} {run['sample_typical_ms']:>10.1f} "
+              f"{run['sample_typical_ms'] / run['bulk_ms']:>7.2f} {run['sample_probe_all_ms']:>13.1f} "
               f"{run['shape_ms']:>9.1f} {run['query_ms']:>11.1f} {run['max_rss_mib']:>12.1f} "
-              f"{run['sample_ms'] * 1000 / run['domains']:>13.1f} {run['query_ms'] * 1000 / run['domains']:>12.1f}")
+              f"{run['sample_probe_all_ms'] * 1000 / run['domains']:>16.1f} {run['query_ms'] * 1000 / run['domains']:>12.1f}")
     first = next((run for run in runs if run["domains"] == 1000), None)
     daemon_run = run_through(args.through, args.rounds, args.collections) if args.through else None
     if daemon_run:
-        print(f"1000 domains through libvirtd: bulk {daemon_run['bulk_ms']:.1f} ms, sample {daemon_run['sample_ms']:.1f} ms "
-              f"(x{daemon_run['sample_ms'] / daemon_run['bulk_ms']:.1f}: a controlInfo round trip per running VM), "
+        print(f"1000 domains through libvirtd: bulk {daemon_run['bulk_ms']:.1f} ms, sample {daemon_run['sample_typical_ms']:.1f} ms "
+              f"(x{daemon_run['sample_typical_ms'] / daemon_run['bulk_ms']:.1f}; one that probes every VM "
+              f"{daemon_run['sample_probe_all_ms']:.1f} ms: a controlInfo round trip each), "
               f"vm_info {daemon_run['query_ms']:.1f} ms, max RSS {daemon_run['max_rss_mib']:.1f} MiB")
     write_summary(args.summary, first, runs, daemon_run)
     if first:
         print("\ngoals at 1000 domains (issue: speed at fleet scale)")
-        for name, ours, limit in (("full sample / getAllDomainStats", first["sample_ms"] / first["bulk_ms"], 2.0),
+        for name, ours, limit in (("full sample / getAllDomainStats", first["sample_typical_ms"] / first["bulk_ms"], 2.0),
                                   ("vm_info of all through the socket, ms", first["query_ms"], 30.0),
                                   ("agent RSS, MiB" + (" (test driver in libvirtd)" if daemon_run else " (test driver in it)"),
                                    (daemon_run or first)["max_rss_mib"], 80.0)):

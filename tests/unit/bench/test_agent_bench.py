@@ -32,8 +32,8 @@ def test_the_agent_benchmark_runs_and_reports_every_figure():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["domains"] == 20
-    assert all(figures[key] > 0 for key in ("bulk_ms", "sample_ms", "shape_ms", "sample_once_ms", "query_ms",
-                                            "max_rss_mib")), figures
+    assert all(figures[key] > 0 for key in ("bulk_ms", "sample_ms", "sample_probe_all_ms", "sample_typical_ms", "shape_ms",
+                                            "sample_once_ms", "query_ms", "max_rss_mib")), figures
 
 
 def test_the_summary_takes_the_rss_goal_from_the_run_through_libvirtd(tmp_path):
@@ -41,15 +41,17 @@ def test_the_summary_takes_the_rss_goal_from_the_run_through_libvirtd(tmp_path):
     spec = importlib.util.spec_from_file_location("agent_bench", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    local = {"domains": 1000, "bulk_ms": 3.0, "sample_ms": 6.0, "query_ms": 11.0, "max_rss_mib": 87.0}
-    daemon = {"domains": 1000, "bulk_ms": 9.0, "sample_ms": 120.0, "query_ms": 15.0, "max_rss_mib": 56.0}
+    local = {"domains": 1000, "bulk_ms": 3.0, "sample_ms": 4.0, "sample_probe_all_ms": 8.0, "sample_typical_ms": 4.3,
+             "query_ms": 11.0, "max_rss_mib": 87.0}
+    daemon = {"domains": 1000, "bulk_ms": 9.0, "sample_ms": 11.0, "sample_probe_all_ms": 120.0, "sample_typical_ms": 18.0,
+              "query_ms": 15.0, "max_rss_mib": 56.0}
     summary = tmp_path / "agent.json"
     bench.write_summary(str(summary), local, [local], daemon)
     rows = {row["figure"]: row for row in json.loads(summary.read_text())}
     assert rows["agent: process max RSS, 1000 VMs (test driver in it)"]["goal"] == ""
     assert rows["agent: process max RSS, 1000 VMs (test driver in libvirtd)"]["goal"].startswith("met")
     assert rows["agent: one full sample, 1000 VMs"]["goal"].startswith("met")
-    assert rows["agent: one full sample, 1000 VMs through libvirtd"]["ratio"] == 120.0 / 9.0
+    assert rows["agent: one full sample, 1000 VMs through libvirtd"]["ratio"] == 18.0 / 9.0
     bench.write_summary(str(summary), local, [local])
     rows = {row["figure"]: row for row in json.loads(summary.read_text())}
     assert rows["agent: process max RSS, 1000 VMs (test driver in it)"]["goal"].startswith("NOT met")
