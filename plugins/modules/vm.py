@@ -47,9 +47,12 @@ options:
     type: list
     elements: dict
   parallel:
-    description: With O(vms), how many VMs converge at the same time (1 to 32).
+    description:
+      - With O(vms), how many VMs converge at the same time (1 to 32).
+      - A VM start mostly waits for QEMU and libvirtd, so starts overlap well; lower it on a host
+        whose guests are slow to boot and short of CPU.
     type: int
-    default: 4
+    default: 8
   uuid:
     description:
       - UUID of the VM, lower case. libvirt generates one when it is left out.

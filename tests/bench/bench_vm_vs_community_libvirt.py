@@ -654,7 +654,8 @@ def main() -> int:
     parser.add_argument("--guests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory-mib", type=int, default=128)
-    parser.add_argument("--parallel", type=int, default=4, help="the bulk form's parallel (default %(default)s)")
+    parser.add_argument("--parallel", type=int, default=8,
+                        help="the bulk form's parallel (default %(default)s, the module's default)")
     parser.add_argument("--collections", default=str(REPO / os.environ.get("BUILD", ".build")))
     parser.add_argument("--json", help="write every round's raw timings to this file")
     parser.add_argument("--summary", help="write the summary rows of `make bench` to this file")

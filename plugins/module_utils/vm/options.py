@@ -16,7 +16,7 @@ REQUIRED_BY = {'initrd': 'kernel', 'cmdline': 'kernel'}
 # is one VM's operation between two hosts).
 RUN_OPTIONS = ('vms', 'parallel') + tuple(libvirt_conn.LIBVIRT_ARGUMENT_SPEC)
 NOT_IN_BULK = ('migrate_to', 'migrate_uri', 'migrate_transport', 'migrate_unsafe', 'migrate_options')
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 8
 
 
 def argument_spec():
