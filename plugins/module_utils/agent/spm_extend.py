@@ -325,8 +325,8 @@ def serve(sp_uuid, idle_seconds=IDLE_SECONDS, in_fd=0, out_fd=1):
                     raise VirtnodeError('storage domain %s is not in storage pool %s' % (sd_uuid, sp_uuid))
                 backend = backends.get(sd_uuid) or backends.setdefault(
                     sd_uuid, thin_block.backend_for(sd_uuid, find_domain=find_domain))
-                outcome = {'ok': True, 'size_mib': thin_block.extend_volume_on_spm(sd_uuid, vol_uuid, size_mib,
-                                                                                  backend=backend, check=task.check)}
+                size = thin_block.extend_volume_on_spm(sd_uuid, vol_uuid, size_mib, backend=backend, check=task.check)
+                outcome = {'ok': True, 'size_mib': size}
             except (VirtnodeError, ValueError, KeyError, TypeError) as err:
                 outcome = _failure(err)
             _reply(out_fd, outcome)
