@@ -54,9 +54,12 @@ class _Gone(Exception):
     """The worker ended before it answered (idle exit, fenced and killed, crashed)."""
 
 
-def _outcome_error(outcome, sd_uuid, vol_uuid):
-    return VirtnodeError(outcome.get('msg') or 'the SPM extend failed',
-                         {'sd_uuid': sd_uuid, 'volume_uuid': vol_uuid, 'fenced': bool(outcome.get('fenced'))})
+def _granted(outcome, sd_uuid, vol_uuid):
+    """The size a worker's answer grants, or its failure raised."""
+    if outcome.get('ok'):
+        return outcome['size_mib']
+    raise VirtnodeError(outcome.get('msg') or 'the SPM extend failed',
+                        {'sd_uuid': sd_uuid, 'volume_uuid': vol_uuid, 'fenced': bool(outcome.get('fenced'))})
 
 
 class Worker:
@@ -176,27 +179,31 @@ class Extenders:
             pool_lock = self._locks.setdefault(sp_uuid, threading.Lock())
         with pool_lock:
             worker = self._workers.get(sp_uuid)
-            # A kept worker may have ended (idle) or been fenced since: one more try on a new one.
-            for fresh in ((False, True) if worker is not None and worker.alive() else (True,)):
-                if fresh:
-                    if worker is not None:
-                        worker.close()
-                    worker = self._workers[sp_uuid] = self._worker_class(sp_uuid, self.idle_seconds)
-                    worker.start(timeout)
+            if worker is not None and worker.alive():
                 try:
                     outcome = worker.request(sd_uuid, vol_uuid, size_mib, timeout)
-                except _Gone as err:
-                    if fresh:
-                        raise VirtnodeError('the SPM extend worker of pool %s exited %s without an answer (see the agent log)'
-                                            % (sp_uuid, worker.proc and worker.proc.returncode),
-                                            {'sd_uuid': sd_uuid, 'volume_uuid': vol_uuid, 'fenced': False}) from err
-                    continue
-                if outcome.get('ok'):
-                    return outcome['size_mib']
-                if outcome.get('fenced') and not fresh:
-                    continue  # fenced since it began: a new worker is a new task, if this host is SPM now
-                raise _outcome_error(outcome, sd_uuid, vol_uuid)
-        raise VirtnodeError('the SPM extend of volume %s found no worker' % vol_uuid)  # not reached
+                except _Gone:
+                    outcome = None  # ended since its last request (idle, killed)
+                if outcome is not None and (outcome.get('ok') or not outcome.get('fenced')):
+                    return _granted(outcome, sd_uuid, vol_uuid)
+                # Gone, or fenced since it began: a new worker is a new task, if this host is SPM now.
+            worker = self._replace_worker(sp_uuid, timeout)
+            try:
+                outcome = worker.request(sd_uuid, vol_uuid, size_mib, timeout)
+            except _Gone as err:
+                raise VirtnodeError('the SPM extend worker of pool %s exited %s without an answer (see the agent log)'
+                                    % (sp_uuid, worker.proc and worker.proc.returncode),
+                                    {'sd_uuid': sd_uuid, 'volume_uuid': vol_uuid, 'fenced': False}) from err
+            return _granted(outcome, sd_uuid, vol_uuid)
+
+    def _replace_worker(self, sp_uuid, timeout):
+        """A newly started worker for the pool in place of the old one; the caller holds the pool's lock."""
+        old = self._workers.get(sp_uuid)
+        if old is not None:
+            old.close()
+        worker = self._workers[sp_uuid] = self._worker_class(sp_uuid, self.idle_seconds)
+        worker.start(timeout)
+        return worker
 
     def keep_ready(self, sp_uuids, timeout=DEFAULT_TIMEOUT):
         """A running worker for each pool of ``sp_uuids`` (those this host is SPM of); none for the others.
@@ -219,11 +226,8 @@ class Extenders:
                     continue
                 if worker is not None and worker.alive():
                     continue
-                if worker is not None:
-                    worker.close()
-                worker = self._workers[sp_uuid] = self._worker_class(sp_uuid, self.idle_seconds)
                 try:
-                    worker.start(timeout)
+                    self._replace_worker(sp_uuid, timeout)
                 except VirtnodeError as err:
                     failed[sp_uuid] = err.message
         return failed
