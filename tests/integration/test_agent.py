@@ -225,6 +225,20 @@ def test_storage_domain_unreachable_and_back(storage_domain):
     assert agent_pid() == pid
 
 
+def test_storage_domain_space_and_lockspace_in_the_metrics(storage_domain):
+    status = wait_for("the domain valid", when(lambda s: s["valid"], domain_status))
+    # The test domain has no lockspace: sanlock answers, and this host has not joined one.
+    assert status["acquired"] is False and status["host_id"] is None
+    assert 0 < status["free_bytes"] <= status["total_bytes"]
+    scrape = lab_exec(HOST, PY, "-c", "import urllib.request; print(urllib.request.urlopen("
+                      "'http://127.0.0.1:9177/metrics', timeout=10).read().decode())").stdout
+    labels = '{sd_uuid="%s"}' % SD_UUID
+    assert f"virtnode_storage_domain_lockspace_acquired{labels} 0.0" in scrape
+    assert f"virtnode_storage_domain_version{labels} 5.0" in scrape
+    assert re.search(r"^virtnode_storage_domain_free_bytes%s [0-9.e+]+$" % re.escape(labels), scrape, re.M)
+    assert re.search(r"^virtnode_storage_domain_size_bytes%s [0-9.e+]+$" % re.escape(labels), scrape, re.M)
+
+
 def test_storage_that_hangs_never_blocks_the_agent(storage_domain):
     pid = agent_pid()
     wait_for("the domain valid", lambda: (domain_status() or {}).get("valid"))

@@ -317,3 +317,25 @@ def test_paused_on_enospc_without_agent_then_resumed_by_it(pool, inventory):
 def test_extends_through_the_mailbox_on_a_host_that_is_not_spm(pool, inventory, tmp_path):
     result = run_writer(inventory, pool[1], "mailbox", tmp_path=tmp_path)
     assert_complete(result, "mailbox")
+
+
+def test_storage_info_gives_each_hosts_repo_stats_from_its_agent(pool, tmp_path):
+    """repoStats through storage_info on both hosts: the pool's master valid, this host's id acquired."""
+    stats = "result.repo_stats[sd]"
+    play(tmp_path, "repo-stats", [
+        {"name": "The agent's storage monitor state",
+         "virtnode.kvm.storage_info": {"pool_uuid": "{{ sp }}", "images": False},
+         "register": "result", "retries": 15, "delay": 1,
+         "until": f"{stats} is defined and {stats}.acquired and {stats}.valid"},
+        {"ansible.builtin.assert": {"that": [
+            f"{stats}.host_id == groups.lab.index(inventory_hostname) + 1",
+            f"{stats}.code == 0 and {stats}.version == 5 and {stats}.role == 'Master'",
+            f"{stats}.error is none and {stats}.last_check < 10",
+            f"{stats}.free_bytes > 0 and {stats}.total_bytes >= {stats}.free_bytes",
+            "result.repo_stats | length == 1 and result.repo_stats_age is not none"],
+            "fail_msg": "{{ result.repo_stats | to_json }}"}},
+        {"name": "Without the agent's answer",
+         "virtnode.kvm.storage_info": {"pool_uuid": "{{ sp }}", "images": False, "repo_stats": False},
+         "register": "plain"},
+        {"ansible.builtin.assert": {"that": ["plain.repo_stats == {}", "plain.repo_stats_age is none"]}},
+    ], hosts=",".join(pool))

@@ -164,6 +164,15 @@ def _storage_families(builder, domains):
                     'Time the last metadata read took (or has been waiting).', ('sd_uuid',), (sd_uuid,), status.get('delay'))
         builder.add('virtnode_storage_domain_last_check_age_seconds', 'gauge', 'Age of the last completed check.',
                     ('sd_uuid',), (sd_uuid,), status.get('last_check'))
+        builder.add('virtnode_storage_domain_lockspace_acquired', 'gauge',
+                    '1 when this host holds its host id in the domain\'s sanlock lockspace.', ('sd_uuid',), (sd_uuid,),
+                    None if status.get('acquired') is None else int(bool(status.get('acquired'))))
+        builder.add('virtnode_storage_domain_version', 'gauge', 'Format version of the storage domain.',
+                    ('sd_uuid',), (sd_uuid,), status.get('version'))
+        builder.add('virtnode_storage_domain_free_bytes', 'gauge', 'Free space of the storage domain.',
+                    ('sd_uuid',), (sd_uuid,), status.get('free_bytes'))
+        builder.add('virtnode_storage_domain_size_bytes', 'gauge', 'Size of the storage domain.',
+                    ('sd_uuid',), (sd_uuid,), status.get('total_bytes'))
 
 
 def _thin_families(builder, thin):

@@ -15,6 +15,12 @@ each round reads the first 4 KiB of the ``metadata`` LV with direct I/O (the
 read delay: the LUN answers); the domain's metadata, in the VG's tags, is
 read with LVM at most every BLOCK_METADATA_TTL seconds.
 
+Each round also reports, as VDSM's repoStats and getStorageDomainStats do,
+whether this host holds its host id in the domain's sanlock lockspace
+(``acquired``) and the domain's free and total bytes: the file system's for a
+file domain (read in the same worker as the metadata), the VG's for a block
+domain (read with its tags, so at most BLOCK_METADATA_TTL old).
+
 Storage that stops answering must never block the agent: each read (and the
 listing of each mount) runs in a daemon worker thread and is waited for at
 most ``timeout`` seconds. A read that is still stuck at the next round is not
@@ -39,6 +45,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import paths
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 
 MOUNT_ROOT = paths.MOUNT_ROOT
 DEFAULT_TIMEOUT = 5.0
@@ -48,12 +55,15 @@ _UUID_RE = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 # VDSM refreshes a block domain's VG metadata every 5 minutes (or when a change invalidates it).
 BLOCK_METADATA_TTL = 300.0
 BLOCK_READ_SIZE = 4096
-_block_metadata = {}          # sd_uuid -> (read at, raw metadata)
+_block_metadata = {}          # sd_uuid -> (read at, raw metadata, (free bytes, total bytes))
 _block_metadata_lock = threading.Lock()
 CODE_OK = 0
 CODE_TIMEOUT = errno.ETIMEDOUT
 CODE_INVALID = errno.EINVAL
 CODE_IO = errno.EIO
+# sanlock's lockspace flags (get_lockspaces): still joining, or leaving.
+LOCKSPACE_ADDING = 0x1
+LOCKSPACE_REMOVING = 0x2
 
 
 class BoundedWorkers:
@@ -134,16 +144,47 @@ def _read_block_metadata(path):
     finally:
         buf.close()
         os.close(fd)
-    sd_uuid = os.path.normpath(path).split('/')[2]
+    sd_uuid = _block_sd_uuid(path)
     now = time.monotonic()
     with _block_metadata_lock:
         cached = _block_metadata.get(sd_uuid)
     if cached is not None and now - cached[0] < BLOCK_METADATA_TTL:
         return cached[1]
-    pairs = block_domain.BlockDomain(sd_uuid).read_raw()
+    domain = block_domain.BlockDomain(sd_uuid)
+    vg = domain.vg()
+    pairs = domain.read_raw(vg)
     with _block_metadata_lock:
-        _block_metadata[sd_uuid] = (now, pairs)
+        _block_metadata[sd_uuid] = (now, pairs, (vg.get('vg_free'), vg.get('vg_size')))
     return pairs
+
+
+def _block_sd_uuid(path):
+    return os.path.normpath(path).split('/')[2]
+
+
+def read_space(path):
+    """``(free bytes, total bytes)`` of the domain whose metadata is ``path``.
+
+    A file domain's file system is asked (statvfs of the domain directory); a
+    block domain's VG figures come from its last tag read (see
+    :func:`_read_block_metadata`), ``(None, None)`` before the first.
+    """
+    if fileio.is_lv_path(path):
+        with _block_metadata_lock:
+            cached = _block_metadata.get(_block_sd_uuid(path))
+        return cached[2] if cached is not None else (None, None)
+    st = os.statvfs(os.path.dirname(os.path.dirname(path)))
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def held_lockspaces():
+    """``{sd_uuid: {'host_id', 'flags'}}`` the local sanlock daemon holds; None when it cannot be asked."""
+    if not sanlock_lock.HAS_SANLOCK:
+        return None
+    try:
+        return sanlock_lock.lockspaces()
+    except VirtnodeError:
+        return None
 
 
 def read_metadata(path):
@@ -178,7 +219,7 @@ class StorageMonitor:
     """
 
     def __init__(self, mount_root=MOUNT_ROOT, timeout=DEFAULT_TIMEOUT, on_change=None, clock=None, wall=None,
-                 reader=None, lister=None):
+                 reader=None, lister=None, space=None, lockspaces=None):
         self.mount_root = mount_root
         self.timeout = timeout
         self.on_change = on_change
@@ -186,6 +227,8 @@ class StorageMonitor:
         self._wall = wall or time.time
         self._reader = reader or read_metadata
         self._lister = lister or list_domains_in_mount
+        self._space = space or read_space
+        self._lockspaces = lockspaces or held_lockspaces
         self._workers = BoundedWorkers(self._clock)
         self._lock = threading.Lock()
         self._known = {}      # mount dir -> {sd_uuid: path}, kept while a mount does not answer
@@ -221,8 +264,9 @@ class StorageMonitor:
         domains = self._scan()
         jobs = {}
         for sd_uuid, path in domains.items():
-            jobs[sd_uuid] = self._workers.submit('read:' + sd_uuid, lambda path=path: self._reader(path))
+            jobs[sd_uuid] = self._workers.submit('read:' + sd_uuid, lambda path=path: self._read(path))
         wait_all(list(jobs.values()), self.timeout, self._clock)
+        held = self._lockspaces()
         changes = []
         with self._lock:
             for sd_uuid in list(self._status):
@@ -231,6 +275,7 @@ class StorageMonitor:
             for sd_uuid, job in jobs.items():
                 previous = self._status.get(sd_uuid)
                 status = self._evaluate(sd_uuid, domains[sd_uuid], job, previous)
+                status.update(_lockspace_status(held, sd_uuid))
                 self._status[sd_uuid] = status
                 was_valid = previous['valid'] if previous else None
                 if was_valid is not status['valid'] and (previous is not None or not status['valid']):
@@ -239,6 +284,10 @@ class StorageMonitor:
             for sd_uuid, status in changes:
                 self.on_change(sd_uuid, status)
         return self.stats()
+
+    def _read(self, path):
+        pairs = self._reader(path)
+        return pairs, self._space(path)
 
     def _evaluate(self, sd_uuid, path, job, previous):
         now = self._clock()
@@ -252,7 +301,8 @@ class StorageMonitor:
             status.update(valid=False, code=_error_code(err), delay=round(job['elapsed'], 6),
                           error=str(err) if not isinstance(err, OSError) else '%s: %s' % (path, err.strerror or err))
         else:
-            pairs = job['result']
+            pairs, (free_bytes, total_bytes) = job['result']
+            status.update(free_bytes=free_bytes, total_bytes=total_bytes)
             if pairs.get(sd_metadata.SDUUID, '').lower() != sd_uuid:
                 status.update(valid=False, code=CODE_INVALID, delay=round(job['elapsed'], 6),
                               error='metadata SDUUID %r does not match directory %s' % (pairs.get(sd_metadata.SDUUID), sd_uuid))
@@ -260,13 +310,13 @@ class StorageMonitor:
                 status.update(valid=True, code=CODE_OK, delay=round(job['elapsed'], 6), error=None)
             status.update(version=_to_int(pairs.get(sd_metadata.VERSION)), type=pairs.get(sd_metadata.TYPE),
                           domain_class=pairs.get(sd_metadata.CLASS), role=pairs.get(sd_metadata.ROLE))
-        for key in ('version', 'type', 'domain_class', 'role'):
+        for key in ('version', 'type', 'domain_class', 'role', 'free_bytes', 'total_bytes'):
             status.setdefault(key, (previous or {}).get(key))
         status['last_success'] = round(self._wall(), 3) if status['valid'] else (previous or {}).get('last_success')
         return status
 
     def stats(self):
-        """``{sd_uuid: {valid, code, delay, error, last_check, version, ...}}``.
+        """``{sd_uuid: {valid, code, delay, error, last_check, version, acquired, free_bytes, ...}}``.
 
         ``last_check`` is the age in seconds of the last completed check.
         """
@@ -282,6 +332,18 @@ class StorageMonitor:
     def stuck_workers(self):
         """Worker threads still waiting for storage."""
         return self._workers.inflight()
+
+
+def _lockspace_status(held, sd_uuid):
+    """``acquired`` (True once this host's id is held in the domain's lockspace, None when sanlock
+    cannot be asked) and ``host_id`` (None when not joined)."""
+    if held is None:
+        return {'acquired': None, 'host_id': None}
+    entry = held.get(sd_uuid)
+    if entry is None:
+        return {'acquired': False, 'host_id': None}
+    joined = not entry.get('flags', 0) & (LOCKSPACE_ADDING | LOCKSPACE_REMOVING)
+    return {'acquired': joined, 'host_id': entry.get('host_id')}
 
 
 def _to_int(value):

@@ -3,6 +3,9 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What storage this host sees: its domains and, when asked, one pool and its SPM.
 
+The node agent's storage monitor state (VDSM's repoStats) is added when the
+agent runs: reading it costs no storage I/O here.
+
 :func:`run_module` is the work of the ``storage_info`` module; it changes nothing.
 """
 
@@ -65,8 +68,27 @@ def domain_info(dom_dir, images):
     return info
 
 
-def run_module(module):
-    """The work of the ``storage_info`` module."""
+# What each repoStats entry holds, from the agent's storage monitor.
+REPO_STATS_KEYS = ('valid', 'code', 'delay', 'last_check', 'error', 'acquired', 'host_id', 'version', 'role',
+                   'free_bytes', 'total_bytes')
+
+
+def repo_stats(answer, sd_filter=None, members=None):
+    """``{sd_uuid: {valid, code, delay, last_check, acquired, version, free_bytes, ...}}`` from the
+    agent's ``storage`` answer (``{}`` without one), limited as :func:`domains_info` is."""
+    if not answer:
+        return {}
+    stats = {}
+    for sd_uuid, status in sorted((answer['data'].get('domains') or {}).items()):
+        if (sd_filter and sd_uuid != sd_filter) or (members is not None and sd_uuid not in members):
+            continue
+        stats[sd_uuid] = dict((key, status.get(key)) for key in REPO_STATS_KEYS)
+    return stats
+
+
+def run_module(module, query_agent=None):
+    """The work of the ``storage_info`` module; ``query_agent(kind)`` is the node agent's answer (None
+    when the agent does not run)."""
     params = module.params
     sd_filter = validate.uuid_str(params['sd_uuid'], 'sd_uuid') if params['sd_uuid'] else None
     sp_uuid = validate.uuid_str(params['pool_uuid'], 'pool_uuid') if params['pool_uuid'] else None
@@ -83,5 +105,8 @@ def run_module(module):
         raise storage.unreachable_error('storage domain %s not found' % sd_filter, unreachable, {'sd_uuid': sd_filter})
     if sd_filter and not domains:
         raise VirtnodeError('storage domain %s not found under %s' % (sd_filter, sd_layout.MOUNT_ROOT), {'sd_uuid': sd_filter})
+    monitored = query_agent('storage') if query_agent and params['repo_stats'] else None
     return {'changed': False, 'domains': domains, 'pool': pool, 'spm': spm_status,
-            'unreachable': [{'mount_point': mnt, 'error': unreachable[mnt]} for mnt in sorted(unreachable)]}
+            'unreachable': [{'mount_point': mnt, 'error': unreachable[mnt]} for mnt in sorted(unreachable)],
+            'repo_stats': repo_stats(monitored, sd_filter, members),
+            'repo_stats_age': monitored['age'] if monitored else None}

@@ -35,7 +35,9 @@ SNAPSHOT = {
          'nics': [{'name': 'vnet0', 'rx_bytes': 7}]},
         {'name': 'down', 'uuid': 'u2', 'status': 'Down', 'cpu': None, 'memory': None, 'disks': [], 'nics': []},
     ]},
-    'storage': {'domains': {'sd1': {'valid': False, 'delay': 5.0, 'last_check': 1.0}}},
+    'storage': {'domains': {'sd1': {'valid': False, 'delay': 5.0, 'last_check': 1.0},
+                            'sd2': {'valid': True, 'delay': 0.001, 'last_check': 2.0, 'acquired': True, 'version': 5,
+                                    'free_bytes': 1 << 30, 'total_bytes': 4 << 30}}},
 }
 
 
@@ -50,6 +52,11 @@ def test_families_and_text():
     assert 'virtnode_host_memory_available_bytes 1024' in text
     assert 'virtnode_host_cpu_seconds_total{mode="user"} 10.5' in text
     assert 'virtnode_storage_domain_valid{sd_uuid="sd1"} 0' in text
+    assert 'virtnode_storage_domain_lockspace_acquired{sd_uuid="sd2"} 1' in text
+    assert 'virtnode_storage_domain_version{sd_uuid="sd2"} 5' in text
+    assert 'virtnode_storage_domain_free_bytes{sd_uuid="sd2"} 1073741824' in text
+    assert 'virtnode_storage_domain_size_bytes{sd_uuid="sd2"} 4294967296' in text
+    assert 'virtnode_storage_domain_lockspace_acquired{sd_uuid="sd1"}' not in text
     assert 'virtnode_agent_libvirt_connected 1' in text
     assert '# TYPE virtnode_vm_cpu_seconds_total counter' in text
     # Missing values are left out, never reported as 0.

@@ -127,8 +127,11 @@ def test_a_block_domain_is_checked_on_its_metadata_lv_and_its_tags_read_at_most_
         def __init__(self, sd_uuid):
             self.sd_uuid = sd_uuid
 
-        def read_raw(self):
+        def vg(self):
             tag_reads.append(self.sd_uuid)
+            return {'vg_free': 3 << 30, 'vg_size': 10 << 30}
+
+        def read_raw(self, vg):
             return sd_metadata.new_domain_metadata(self.sd_uuid, 'ISCSI', 'Data', 'san', None)
 
     monkeypatch.setattr(agent_storage.fileio, 'open_storage', open_storage)
@@ -140,9 +143,38 @@ def test_a_block_domain_is_checked_on_its_metadata_lv_and_its_tags_read_at_most_
         stats = monitor.check()
     assert stats[SD]['valid'] is True and stats[SD]['type'] == 'ISCSI' and stats[SD]['path'] == '/dev/%s/metadata' % SD
     assert opened == ['/dev/%s/metadata' % SD] * 3 and tag_reads == [SD]
+    assert (stats[SD]['free_bytes'], stats[SD]['total_bytes']) == (3 << 30, 10 << 30)
 
     # The LUN stops answering reads: invalid at once, whatever the cached tags say.
     def dead_lun(path, flags, root=None):
         raise OSError(errno.EIO, 'I/O error')
     monkeypatch.setattr(agent_storage.fileio, 'open_storage', dead_lun)
     assert monitor.check()[SD]['code'] == errno.EIO
+
+
+def test_free_space_and_lockspace_as_repo_stats_gives_them(tmp_path):
+    make_domain(tmp_path)
+    other = '11111111-2222-4333-8444-555555555555'
+    make_domain(tmp_path, other, mount='other:_export')
+    third = '22222222-2222-4333-8444-555555555555'
+    make_domain(tmp_path, third, mount='third:_export')
+    held = {SD: {'host_id': 3, 'path': '/x', 'flags': 0}, other: {'host_id': 3, 'path': '/y', 'flags': 1}}
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2, lockspaces=lambda: held)
+    stats = monitor.check()
+    st = os.statvfs(str(tmp_path))
+    assert stats[SD]['total_bytes'] == st.f_blocks * st.f_frsize and 0 < stats[SD]['free_bytes'] <= stats[SD]['total_bytes']
+    assert (stats[SD]['acquired'], stats[SD]['host_id']) == (True, 3)
+    assert (stats[other]['acquired'], stats[other]['host_id']) == (False, 3)   # still joining
+    assert (stats[third]['acquired'], stats[third]['host_id']) == (False, None)
+    # sanlock that cannot be asked: unknown, not "not acquired".
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2, lockspaces=lambda: None)
+    assert monitor.check()[SD]['acquired'] is None
+
+
+def test_space_of_a_domain_that_stops_answering_keeps_its_last_figures(tmp_path):
+    metadata = make_domain(tmp_path)
+    monitor = agent_storage.StorageMonitor(str(tmp_path), timeout=2, lockspaces=lambda: {})
+    free = monitor.check()[SD]['free_bytes']
+    metadata.unlink()
+    stats = monitor.check()
+    assert stats[SD]['valid'] is False and stats[SD]['free_bytes'] == free

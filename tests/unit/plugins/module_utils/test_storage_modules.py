@@ -61,13 +61,31 @@ def test_domain_created_once_then_removed(server):
     assert created['changed'] and created['actions'] == ['create']
     assert created['diff'] == {'before': {}, 'after': {'sd_uuid': SD, 'role': 'Regular', 'pool_uuids': []}}
     assert not domain_state.run_module(fake_module(**domain_params(server)))['changed']
-    listed = storage_info.run_module(fake_module(sd_uuid=SD, pool_uuid=None, images=True))
+    listed = storage_info.run_module(fake_module(sd_uuid=SD, pool_uuid=None, images=True, repo_stats=True))
     assert [d['sd_uuid'] for d in listed['domains']] == [SD] and listed['pool'] is None
+    assert listed['repo_stats'] == {} and listed['repo_stats_age'] is None
     removed = domain_state.run_module(fake_module(**domain_params(server, state='absent')))
     assert removed['actions'] == ['remove'] and removed['domain'] is None
     with pytest.raises(VirtnodeError) as err:
-        storage_info.run_module(fake_module(sd_uuid=SD, pool_uuid=None, images=True))
+        storage_info.run_module(fake_module(sd_uuid=SD, pool_uuid=None, images=True, repo_stats=True))
     assert err.value.details == {'sd_uuid': SD}
+
+
+def test_repo_stats_come_from_the_agent_limited_to_the_domains_asked_for():
+    other = '11111111-2222-4333-8444-555555555555'
+    answer = {'ok': True, 'age': 2.5, 'data': {'domains': {
+        SD: {'valid': True, 'code': 0, 'delay': 0.001, 'last_check': 2.0, 'error': None, 'acquired': True,
+             'host_id': 2, 'version': 5, 'role': 'Master', 'free_bytes': 10, 'total_bytes': 20, 'path': '/x',
+             'checked_at': 1.0},
+        other: {'valid': False, 'code': 110, 'delay': 12.0, 'last_check': 0.5, 'error': 'no answer'}}}}
+    stats = storage_info.repo_stats(answer)
+    assert list(stats) == [other, SD]
+    assert stats[SD] == {'valid': True, 'code': 0, 'delay': 0.001, 'last_check': 2.0, 'error': None, 'acquired': True,
+                         'host_id': 2, 'version': 5, 'role': 'Master', 'free_bytes': 10, 'total_bytes': 20}
+    assert stats[other]['acquired'] is None and stats[other]['code'] == 110
+    assert list(storage_info.repo_stats(answer, sd_filter=other)) == [other]
+    assert list(storage_info.repo_stats(answer, members={SD})) == [SD]
+    assert storage_info.repo_stats(None) == {}
 
 
 @pytest.mark.parametrize('changes, field', [
