@@ -23,6 +23,17 @@ description:
   - With O(clone_from) the new volume is a full copy of another volume (template), its chain flattened. On a block
     domain the source is a volume of a file domain or of the same domain, and the new logical volume gets what
     C(qemu-img measure) says the copy needs (at least the usual start of a thin volume).
+  - With O(import_from) the new volume is a copy of a disk image file on the managed host or at an http(s) URL
+    (raw, qcow2, vmdk, vdi or vhdx, the format read from the image's content, never from its name), converted with
+    C(qemu-img convert) to O(format). A URL is downloaded and its O(import_from.checksum) compared before the SPM
+    changes anything; an image that names other files (a backing file, a qcow2 external data file, a VMDK descriptor
+    with extents) or is encrypted is refused.
+  - With O(export_to) the volume (its chain flattened) is copied to a file on the managed host, written under a
+    temporary name and renamed into place once complete. Exporting only reads, so it runs on any host of the pool.
+  - With O(template) the new volume is a template volume (VDSM's VOLTYPE V(SHARED)), the read-only base of thin clones in
+    other images. A thin clone is a COW volume with O(parent_volume_uuid) the template and O(parent_image_uuid) its image;
+    the template's files are hard-linked into the clone's image, as VDSM shares them. A template is never a VM's
+    writable disk, and deleting it (or its image) is refused while images based on it exist. File domains only for now.
   - A larger O(size) on an existing leaf volume extends it; shrinking is refused.
   - V(absent) deletes one volume (it must have no children) or, without O(volume_uuid), the whole image, renaming
     it C(_remove_me_<image>) first.
@@ -73,6 +84,17 @@ options:
   parent_volume_uuid:
     description: Volume of the same image to snapshot (the current leaf).
     type: str
+  parent_image_uuid:
+    description:
+      - Image of O(parent_volume_uuid) when it is a template of another image (VOLTYPE V(SHARED)); the new volume is
+        then a thin clone of the template. Defaults to O(image_uuid) (a snapshot in the same image).
+    type: str
+  template:
+    description:
+      - Create the volume as a template (VOLTYPE V(SHARED)), usually with O(clone_from) or O(import_from) into a new image.
+      - Used only when the volume is created; an existing volume that is not a template is refused.
+    type: bool
+    default: false
   clone_from:
     description: Volume to copy into the new volume.
     type: dict
@@ -88,6 +110,48 @@ options:
         description: Source volume.
         type: str
         required: true
+  import_from:
+    description:
+      - Disk image to copy into the new volume; nothing is imported into a volume that exists (the task reports no
+        change, as for a created volume).
+      - O(size), when given, is at least the image's virtual size; by default the volume has the image's size.
+    type: dict
+    suboptions:
+      path:
+        description: Absolute path of the image on the managed host (a regular file outside C(/rhev/data-center)).
+        type: path
+      url:
+        description: http or https URL to download the image from.
+        type: str
+      checksum:
+        description:
+          - Checksum the image (the downloaded file) must have, as V(<algorithm>:<hex digest>); V(sha256), V(sha384),
+            V(sha512), V(sha1) or V(md5). A mismatch fails the task with nothing changed.
+        type: str
+      format:
+        description: The image's format, when it must not be probed (a raw image whose first bytes look like another format).
+        type: str
+        choices: [raw, qcow2, vmdk, vdi, vhdx]
+      download_dir:
+        description: Directory on the managed host the URL is downloaded to (the file is removed after the import); by default the system temporary directory.
+        type: path
+  export_to:
+    description: File to copy the volume to (its chain flattened), once; see O(export_to.force).
+    type: dict
+    suboptions:
+      path:
+        description: Absolute path of the file on the managed host; its directory must exist.
+        type: path
+        required: true
+      format:
+        description: Format of the file.
+        type: str
+        choices: [qcow2, raw]
+        default: qcow2
+      force:
+        description: Copy again when the file exists (by default an existing file is left as it is).
+        type: bool
+        default: false
   description:
     description: Volume description (cut to 210 characters).
     type: str
@@ -158,6 +222,42 @@ EXAMPLES = r"""
     volume_uuid: 1c8f7c31-6a0e-4b7e-9d1a-5e2f4b3c2d10
     state: prepared
 
+- name: Make a template from a disk (a flattened copy in a new image)
+  virtnode.kvm.volume:
+    sd_uuid: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    image_uuid: 7e1d2c3b-4a5f-4e6d-8c7b-9a0f1e2d3c4b
+    volume_uuid: 8f2e3d4c-5b6a-4f7e-9d8c-0b1a2f3e4d5c
+    template: true
+    clone_from:
+      image_uuid: 3e1c9c55-37a3-4f3f-a7cd-7e3a0cf2b6f4
+      volume_uuid: 1c8f7c31-6a0e-4b7e-9d1a-5e2f4b3c2d10
+
+- name: A VM's disk as a thin clone of that template
+  virtnode.kvm.volume:
+    sd_uuid: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    image_uuid: 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d
+    volume_uuid: 1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e
+    parent_image_uuid: 7e1d2c3b-4a5f-4e6d-8c7b-9a0f1e2d3c4b
+    parent_volume_uuid: 8f2e3d4c-5b6a-4f7e-9d8c-0b1a2f3e4d5c
+
+- name: Import a VMware disk downloaded from a web server, checked against its checksum
+  virtnode.kvm.volume:
+    sd_uuid: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    image_uuid: 6a0f3b52-1d4e-4c8b-9a7e-2b5c8d1e4f30
+    volume_uuid: 2b7e9c14-5a3d-4f6e-8c1b-7d9a0e2f4b63
+    import_from:
+      url: https://images.example.com/appliance.vmdk
+      checksum: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    format: COW
+
+- name: Export a disk to a qcow2 file on the host
+  virtnode.kvm.volume:
+    sd_uuid: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
+    image_uuid: 3e1c9c55-37a3-4f3f-a7cd-7e3a0cf2b6f4
+    volume_uuid: 1c8f7c31-6a0e-4b7e-9d1a-5e2f4b3c2d10
+    export_to:
+      path: /var/lib/backup/disk1.qcow2
+
 - name: Delete the whole disk
   virtnode.kvm.volume:
     sd_uuid: 5f2d1c7e-8a8b-4f57-9d2b-7c3b1e0a6f11
@@ -221,12 +321,61 @@ chain:
 actions:
   description:
     - What was done (or would be done in check mode), in order.
-    - One of V(create), V(snapshot), V(clone), V(extend), V(delete_volume), V(delete_image), V(remove_leftover),
-      V(prepare).
+    - One of V(create), V(snapshot), V(clone), V(thin_clone), V(import), V(template) (after the creation it qualifies),
+      V(extend), V(export), V(delete_volume), V(delete_image), V(remove_leftover), V(prepare).
   type: list
   elements: str
   returned: success
   sample: [create]
+imported:
+  description: The image copied into the new volume by O(import_from) (V(null) when nothing was imported).
+  type: dict
+  returned: success
+  contains:
+    source:
+      description: The path or URL imported.
+      type: str
+      returned: always
+    format:
+      description: The image's format, as read from its content.
+      type: str
+      returned: always
+      sample: vmdk
+    virtual_size:
+      description: The image's virtual size in bytes.
+      type: int
+      returned: always
+    bytes:
+      description: Size of the image file (downloaded bytes for a URL).
+      type: int
+      returned: always
+    capacity:
+      description: Capacity of the new volume.
+      type: int
+      returned: always
+    progress:
+      description: Last progress figure C(qemu-img convert) printed, in percent (100 when the copy completed).
+      type: float
+      returned: always
+      sample: 100.0
+    seconds:
+      description: Time the copy took.
+      type: float
+      returned: always
+exported:
+  description: The copy O(export_to) made (V(null) when nothing was exported), with the keys of RV(imported) and these.
+  type: dict
+  returned: success
+  contains:
+    destination:
+      description: The file written.
+      type: str
+      returned: always
+    destination_format:
+      description: Its format.
+      type: str
+      returned: always
+      sample: qcow2
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -246,16 +395,31 @@ def main():
             format=dict(type='str', default='COW', choices=['RAW', 'COW']),
             allocation=dict(type='str', default='SPARSE', choices=['SPARSE', 'PREALLOCATED']),
             parent_volume_uuid=dict(type='str'),
+            parent_image_uuid=dict(type='str'),
+            template=dict(type='bool', default=False),
             clone_from=dict(type='dict', options=dict(
                 sd_uuid=dict(type='str'),
                 image_uuid=dict(type='str', required=True),
                 volume_uuid=dict(type='str', required=True),
             )),
+            import_from=dict(type='dict', options=dict(
+                path=dict(type='path'),
+                url=dict(type='str'),
+                checksum=dict(type='str', no_log=False),
+                format=dict(type='str', choices=['raw', 'qcow2', 'vmdk', 'vdi', 'vhdx']),
+                download_dir=dict(type='path'),
+            ), mutually_exclusive=[('path', 'url')], required_one_of=[('path', 'url')]),
+            export_to=dict(type='dict', options=dict(
+                path=dict(type='path', required=True),
+                format=dict(type='str', default='qcow2', choices=['qcow2', 'raw']),
+                force=dict(type='bool', default=False),
+            )),
             description=dict(type='str', default=''),
             disk_type=dict(type='str', default='DATA', choices=['DATA', 'ISOF', 'MEMD', 'MEMM', 'OVFS']),
             state=dict(type='str', default='present', choices=['present', 'absent', 'prepared']),
         ),
-        mutually_exclusive=[('parent_volume_uuid', 'clone_from')],
+        mutually_exclusive=[('parent_volume_uuid', 'clone_from'), ('import_from', 'clone_from'),
+                            ('import_from', 'parent_volume_uuid')],
         supports_check_mode=True,
     )
     module_run.run(module, volume_state.run_module)

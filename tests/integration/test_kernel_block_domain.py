@@ -321,6 +321,9 @@ CHAIN = ["9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c6%d" % n for n in range(3)]   # base
 RAW = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c70"
 IMG_CLONE, CLONE = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c57", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c77"
 CRASHED = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c71"   # the snapshot each crash point interrupts
+IMG_IMPORT, IMPORTED = "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c58", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c78"
+TRANSFER_DIR = "/run/virtnode-kblock-transfer"
+PATTERN = "virtnode-import-pattern"
 POOL_VARS = {"server": "{{ virtnode_lab_nfs_server }}:{{ virtnode_lab_nfs_exports_v3[1] }}"}
 
 
@@ -397,7 +400,21 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
     for point in points:
         snap = volume(IMG, CRASHED, parent_volume_uuid=top)
         tasks += [dict(snap, environment={"VIRTNODE_CRASH_AT": point}), snap, snap, volume(IMG, CRASHED, state="absent")]
+    # A VirtualBox image imported into a COW volume of the domain and exported back to a raw file.
+    lab_exec(first, "sh", "-c", f"set -e; rm -rf {TRANSFER_DIR}; mkdir -p {TRANSFER_DIR}; cd {TRANSFER_DIR}; "
+             f"printf {PATTERN} > pattern.raw; truncate -s 96M pattern.raw; qemu-img convert -O vdi pattern.raw disk.img")
+    imported = volume(IMG_IMPORT, IMPORTED, format="COW", import_from={"path": f"{TRANSFER_DIR}/disk.img"})
+    exported = volume(IMG_IMPORT, IMPORTED, export_to={"path": f"{TRANSFER_DIR}/exported.raw", "format": "raw"})
+    tasks += [imported, imported, exported, exported]
     results = play(tmp_path, "volumes", first, tasks)
+    imported, import_again, exported, export_again = results[-4:]
+    assert imported["actions"] == ["import"] and imported["imported"]["format"] == "vdi", imported
+    assert imported["volume"]["capacity"] == 96 * MIB and imported["imported"]["progress"] == 100.0, imported
+    assert not import_again["changed"] and exported["actions"] == ["export"] and not export_again["changed"], \
+        (import_again, exported, export_again)
+    assert lab_exec(first, "head", "-c", str(len(PATTERN)), f"{TRANSFER_DIR}/exported.raw").stdout == PATTERN
+    assert IMPORTED not in active_lvs(first), "the export left the volume's LV active"
+    lab_exec(first, "rm", "-rf", TRANSFER_DIR)
     made, snap1, snap2, again, raw_check, raw, raw_again, raw_grown, too_big, sparse_raw, forked, clone, clone_again = \
         results[:13]
     assert made["actions"] == ["create"] and snap1["actions"] == snap2["actions"] == ["snapshot"], (made, snap1, snap2)
@@ -421,7 +438,7 @@ def block_volumes_on_the_spm_read_by_the_other_host(san: dict, tmp_path: Path):
         assert deleted["actions"] == ["delete_volume"], (point, deleted)
     # What VDSM reads, with plain commands: the LVs and their tags, the slots, the leases.
     lvs = lv_tags(first)
-    assert CRASHED not in lvs and set(lvs) == set(SPECIAL_MIB) | set(CHAIN) | {RAW, CLONE}, lvs
+    assert CRASHED not in lvs and set(lvs) == set(SPECIAL_MIB) | set(CHAIN) | {RAW, CLONE, IMPORTED}, lvs
     assert lvs[base][0] == 1024 and lvs[middle][0] == lvs[top][0] == 1024 and lvs[RAW][0] == 256, lvs
     slots = {}
     for vol, parent in zip(CHAIN, ["00000000-0000-0000-0000-000000000000"] + CHAIN[:2]):
@@ -663,11 +680,13 @@ def test_a_block_domain_attached_activated_and_detached_in_a_pool_with_an_nfs_ma
         block_volumes_on_the_spm_read_by_the_other_host(san, tmp_path)
         guests_write_into_thin_block_volumes(san, tmp_path)
         # Detaching on the SPM: out of the pool's list and the VG's tags, the SPM's lockspace left.
-        images_gone, raw_gone, clone_gone, thin_gone, detached, detached_again = play(tmp_path, "detach", first, [
-            volume(IMG, state="absent"), volume(IMG_RAW, state="absent"), volume(IMG_CLONE, state="absent"),
-            volume(IMG_THIN, state="absent"),
-            domain(SD_A, state="detached", **member), domain(SD_A, state="detached", **member)])
-        assert clone_gone["actions"] == thin_gone["actions"] == ["delete_image"], (clone_gone, thin_gone)
+        images_gone, raw_gone, clone_gone, thin_gone, import_gone, detached, detached_again = play(
+            tmp_path, "detach", first, [
+                volume(IMG, state="absent"), volume(IMG_RAW, state="absent"), volume(IMG_CLONE, state="absent"),
+                volume(IMG_THIN, state="absent"), volume(IMG_IMPORT, state="absent"),
+                domain(SD_A, state="detached", **member), domain(SD_A, state="detached", **member)])
+        assert clone_gone["actions"] == thin_gone["actions"] == import_gone["actions"] == ["delete_image"], \
+            (clone_gone, thin_gone, import_gone)
         assert images_gone["actions"] == ["delete_image"] and images_gone["chain"] == [], images_gone
         assert raw_gone["actions"] == ["delete_image"], raw_gone
         assert not [name for name in lv_tags(first) if name not in SPECIAL_MIB], lv_tags(first)

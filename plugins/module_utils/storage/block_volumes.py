@@ -50,6 +50,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_domain
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_metadata as sdm
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import image_transfer
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import lvm as lvm_cmd
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
@@ -206,6 +207,12 @@ class BlockVolumes:
             }
         return storage.order_chain(found)
 
+    # Templates (VOLTYPE SHARED) and thin clones based on them are made on file domains only for now.
+    supports_templates = False
+
+    def check_deletable(self, img_uuid, vol_uuid=None):
+        """Nothing here is a template another image is based on (see ``supports_templates``)."""
+
     @staticmethod
     def check_format(volume_format, allocation):
         if volume_format == 'RAW' and allocation == 'SPARSE':
@@ -264,6 +271,12 @@ class BlockVolumes:
                 self.lvm.deactivate(self.sd_uuid, activated + ([created] if created and created not in activated else []))
             except VirtnodeError:
                 pass  # opened meanwhile (a VM started here): it stays active, as VDSM leaves it
+
+    @contextlib.contextmanager
+    def readable(self, img_uuid, vol_uuid):
+        """The volume's link, its chain checked and active on this host for the ``with`` body."""
+        with self.active(img_uuid, self.legal_chain(img_uuid, vol_uuid)):
+            yield self.path(img_uuid, vol_uuid)
 
     def legal_chain(self, img_uuid, vol_uuid):
         """``[vol_uuid, parent, ...]`` to the base, refused unless each volume is of this image, LEGAL, and names in
@@ -331,24 +344,31 @@ class BlockVolumes:
 
     @lvm_cmd.reporting_lost_luns
     def create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
-                      description='', disk_type='DATA', initial_size=None, clone_source=None):
+                      description='', disk_type='DATA', initial_size=None, clone_source=None, import_source=None,
+                      template=False, parent_image=None):
         """Create a volume (a base, a COW snapshot of ``parent_uuid``, or a copy of ``clone_source``); its
         VolumeMetadata. ``initial_size`` (COW only, checked by the caller) is the space to allocate at once, as
         VDSM's. ``clone_source`` is ``(store, img_uuid, vol_uuid)``: a volume of a file domain, or of this domain,
-        copied with its chain flattened into an LV the size the copy needs."""
+        copied with its chain flattened into an LV the size the copy needs; ``import_source`` an image from outside
+        storage (:mod:`image_transfer`), copied the same way."""
         volumes.check_fence()
+        if template or parent_image not in (None, img_uuid):
+            raise VirtnodeError('templates and their thin clones are not supported on block storage domains yet (%s); '
+                                'use a file domain, or clone_from for a full copy' % self.sd_uuid, {'field': 'template'})
         if self.volume_lv(vol_uuid) is not None:
             raise VirtnodeError('volume %s already exists in domain %s' % (vol_uuid, self.sd_uuid), {'vol_uuid': vol_uuid})
         self.check_format(volume_format, allocation)
         with contextlib.ExitStack() as source:
             clone = self._clone_source(source, clone_source, capacity) if clone_source is not None else None
+            if import_source is not None:
+                clone = {'source': import_source, 'capacity': image_transfer.import_capacity(import_source, capacity)}
             capacity = clone['capacity'] if clone else capacity
             return self._create_volume(img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid, description,
                                        disk_type, initial_size, clone)
 
     def _clone_source(self, stack, clone_source, capacity):
-        """``{'path', 'md', 'capacity'}`` of a clone's source, readable for the ``stack``'s life (a volume of this
-        domain has its chain activated)."""
+        """``{'source', 'capacity'}`` of a clone's source (a :class:`qemu_img.CopySource`), readable for the
+        ``stack``'s life (a volume of this domain has its chain activated)."""
         source, src_img, src_vol = clone_source
         if isinstance(source, BlockVolumes) and source is not self:
             raise VirtnodeError('cloning from another block storage domain (%s) is not supported yet' % source.sd_uuid,
@@ -357,7 +377,7 @@ class BlockVolumes:
         capacity = volumes.check_clone_source(md, src_img, src_vol, capacity)
         if source is self:
             stack.enter_context(self.active(src_img, self.legal_chain(src_img, src_vol)))
-        return {'path': source.path(src_img, src_vol), 'md': md, 'capacity': capacity}
+        return {'source': qemu_img.VolumeCopy(source.path(src_img, src_vol), md.volume_format), 'capacity': capacity}
 
     def _create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid, description, disk_type,
                        initial_size, clone):
@@ -373,7 +393,7 @@ class BlockVolumes:
         capacity = self.capacity_for(volume_format, capacity)
         if clone and volume_format == 'COW':
             # The copy's qcow2 needs what qemu-img measures (all of it, preallocated), never less than a thin start.
-            needed = qemu_img.measure(clone['path'], clone['md'].volume_format, 'COW')
+            needed = clone['source'].measure('COW')
             lv_bytes = needed['fully-allocated'] if allocation == 'PREALLOCATED' else \
                 max(needed['required'], self._lv_size(volume_format, allocation, capacity, initial_size))
         else:
@@ -386,7 +406,10 @@ class BlockVolumes:
         crash_point('block_volume_create.lv')
         with self.active(img_uuid, self.chain_of(img_uuid, parent_uuid) + [vol_uuid], created=vol_uuid):
             if clone:
-                qemu_img.convert(clone['path'], self.path(img_uuid, vol_uuid), clone['md'].volume_format, volume_format)
+                clone['source'].convert(self.path(img_uuid, vol_uuid), volume_format)
+                copied = clone['source'].virtual_size
+                if volume_format == 'COW' and copied is not None and capacity > copied:
+                    qemu_img.resize(self.path(img_uuid, vol_uuid), capacity, 'COW')
             elif volume_format == 'COW':
                 qemu_img.create(self.path(img_uuid, vol_uuid), 'COW', None if parent_md else capacity, parent_uuid,
                                 parent_md.volume_format if parent_md else None)

@@ -20,13 +20,21 @@ with an explicit raw/qcow2 format. Every command that would open a backing is
 then given the checked chain as an explicit ``json:`` node tree ending in
 ``"backing": null``, so a header rewritten after the check is ignored, and
 ``create`` runs with ``-u`` (it would otherwise open the parent's chain).
+
+Images imported from outside storage (:meth:`CopySource.external`) get the
+same care: their format is probed from the content (raw, qcow2, vmdk, vdi,
+vhdx), and one that names any other file (a backing file, a qcow2 external
+data file, a VMDK descriptor with extents) is refused, so an import never
+reads more than the one file given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import time
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import command
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
@@ -42,6 +50,12 @@ INFO_TIMEOUT = 120
 # VDSM keeps chains far shorter; a longer one is a loop or a crafted image.
 MAX_CHAIN_LENGTH = 128
 BACKING_FORMATS = ('raw', 'qcow2')
+# What an image from outside storage may be; each is one self-contained file once the checks below pass.
+IMPORT_FORMATS = ('raw', 'qcow2', 'vmdk', 'vdi', 'vhdx')
+# VMDK variants that hold their data in the file itself (the descriptor embedded); the others name extent files.
+SELF_CONTAINED_VMDK = ('monolithicSparse', 'streamOptimized')
+VMDK_SPARSE_MAGIC = b'KDMV'
+_PROGRESS_RE = re.compile(r'\((\d+(?:\.\d+)?)/100%\)')
 
 
 def qemu_format(volume_format):
@@ -262,24 +276,135 @@ def convert_argv(src, dst, src_format, dst_format, preallocation=None):
 def measure(src, src_format, dst_format):
     """``qemu-img measure`` of a copy of ``src`` (its checked chain flattened) in ``dst_format``:
     ``{'required': bytes, 'fully-allocated': bytes}``."""
-    chain = backing_chain(src, src_format)
-    out = _run([QEMU_IMG, 'measure', '--output', 'json', '-O', qemu_format(dst_format), image_name(chain)], timeout=INFO_TIMEOUT)
+    return _measure(image_name(backing_chain(src, src_format)), src, dst_format)
+
+
+def convert(src, dst, src_format, dst_format, preallocation=None):
+    """Copy image ``src`` into a new image ``dst``, flattening its checked backing chain (see :func:`backing_chain`);
+    returns qemu-img's last progress figure."""
+    return _convert(image_name(backing_chain(src, src_format)), dst, dst_format, preallocation)
+
+
+def _measure(name, path, dst_format):
+    out = _run([QEMU_IMG, 'measure', '--output', 'json', '-O', qemu_format(dst_format), name], timeout=INFO_TIMEOUT)
     try:
         data = json.loads(out)
         return {key: int(data[key]) for key in ('required', 'fully-allocated')}
     except (ValueError, KeyError, TypeError) as err:
-        raise VirtnodeError('qemu-img measure returned no sizes for %s' % src, {'path': src}) from err
+        raise VirtnodeError('qemu-img measure returned no sizes for %s' % path, {'path': path}) from err
 
 
-def convert(src, dst, src_format, dst_format, preallocation=None):
-    """Copy image ``src`` into a new image ``dst``, flattening its checked backing chain (see :func:`backing_chain`)."""
-    chain = backing_chain(src, src_format)
-    argv = convert_argv(image_name(chain), dst, None, dst_format, preallocation)
+def _convert(name, dst, dst_format, preallocation=None):
+    argv = convert_argv(name, dst, None, dst_format, preallocation)
     try:
-        _run(argv)
+        out = _run(argv)
     except VirtnodeError:
         # O_DIRECT is not available on every file system (tmpfs); retry with the page cache.
-        _run([arg for arg in argv if arg not in ('-t', '-T', 'none')])
+        out = _run([arg for arg in argv if arg not in ('-t', '-T', 'none')])
+    return last_progress(out)
+
+
+def last_progress(output):
+    """The last percentage ``qemu-img convert -p`` printed (None if it printed none)."""
+    found = _PROGRESS_RE.findall(output or '')
+    return float(found[-1]) if found else None
+
+
+class VolumeCopy:
+    """A storage volume as the source of a copy, its checked backing chain flattened (:func:`convert`);
+    :meth:`convert` records ``progress`` (qemu-img's last figure) and ``seconds``."""
+
+    virtual_size = None   # a clone has its source's capacity; nothing to grow
+
+    def __init__(self, path, volume_format):
+        self.path, self.volume_format = os.path.abspath(path), volume_format
+        self.format = qemu_format(volume_format)
+        self.progress = self.seconds = None
+
+    def measure(self, dst_format):
+        """``{'required': bytes, 'fully-allocated': bytes}`` of a copy in ``dst_format``."""
+        return measure(self.path, self.volume_format, dst_format)
+
+    def convert(self, dst, dst_format, preallocation=None):
+        """Copy into ``dst`` (a new file, or an LV); returns qemu-img's last progress figure."""
+        started = time.monotonic()
+        self.progress = convert(self.path, dst, self.volume_format, dst_format, preallocation)
+        self.seconds = round(time.monotonic() - started, 3)
+        return self.progress
+
+
+class CopySource(VolumeCopy):
+    """An image from outside storage as the source of a copy, opened alone through an explicit ``json:`` node
+    (see the module's description), with its probed format and virtual size."""
+
+    def __init__(self, name, fmt, virtual_size, path):  # pylint: disable=super-init-not-called
+        self.name, self.format, self.virtual_size, self.path = name, fmt, virtual_size, path
+        self.progress = self.seconds = None
+
+    @classmethod
+    def external(cls, path, fmt=None):
+        """A regular file from outside storage, alone: its format probed (or ``fmt``, one of IMPORT_FORMATS),
+        refused if it would make qemu open any other file, or is encrypted."""
+        path = os.path.abspath(path)
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise VirtnodeError('cannot read image %s: %s' % (path, err.strerror or err), {'path': path}) from err
+        if not stat.S_ISREG(st.st_mode):
+            raise VirtnodeError('image %s is not a regular file' % path, {'path': path})
+        if fmt is None:
+            fmt = info(path).get('format')
+        if fmt not in IMPORT_FORMATS:
+            raise VirtnodeError('image %s is in format %s; one of %s can be imported'
+                                % (path, ascii(fmt), ', '.join(IMPORT_FORMATS)), {'path': path, 'format': ascii(fmt)})
+        if fmt == 'vmdk':
+            # A text descriptor names its extents by path: only the sparse variants, one file, are opened at all.
+            with open(path, 'rb') as stream:
+                if stream.read(4) != VMDK_SPARSE_MAGIC:
+                    raise VirtnodeError('image %s is a VMDK descriptor naming extent files; import a single-file VMDK '
+                                        '(%s)' % (path, ', '.join(SELF_CONTAINED_VMDK)), {'path': path})
+        node = {'driver': fmt, 'file': _protocol_node(path)}
+        if fmt == 'qcow2':
+            node['backing'] = None
+        name = 'json:' + json.dumps(node, separators=(',', ':'), sort_keys=True)
+        data = _run([QEMU_IMG, 'info', '--output', 'json', '-U', name], timeout=INFO_TIMEOUT)
+        try:
+            data = json.loads(data)
+        except ValueError as err:
+            raise VirtnodeError('qemu-img info returned invalid JSON for %s' % path, {'path': path}) from err
+        _check_self_contained(path, fmt, data)
+        return cls(name, fmt, _virtual_size(data, path), path)
+
+    def measure(self, dst_format):
+        return _measure(self.name, self.path, dst_format)
+
+    def convert(self, dst, dst_format, preallocation=None):
+        started = time.monotonic()
+        self.progress = _convert(self.name, dst, dst_format, preallocation)
+        self.seconds = round(time.monotonic() - started, 3)
+        return self.progress
+
+
+def _check_self_contained(path, fmt, data):
+    """Refuse an image whose header names another file, or that is encrypted."""
+    if not isinstance(data, dict):
+        raise VirtnodeError('qemu-img info returned invalid JSON for %s' % path, {'path': path})
+    if data.get('backing-filename') is not None:
+        raise VirtnodeError('image %s has a backing file (%s); import a flattened image (qemu-img convert)'
+                            % (path, ascii(data['backing-filename'])), {'path': path})
+    if data.get('encrypted'):
+        raise VirtnodeError('image %s is encrypted; import a decrypted image' % path, {'path': path})
+    specific = (data.get('format-specific') or {}).get('data') or {}
+    if fmt == 'qcow2' and specific.get('data-file') is not None:
+        raise VirtnodeError('image %s keeps its data in another file (%s); import a qcow2 without an external data file'
+                            % (path, ascii(specific['data-file'])), {'path': path})
+    if fmt == 'vmdk':
+        create_type = specific.get('create-type')
+        extents = [extent.get('filename') for extent in specific.get('extents') or []]
+        if create_type not in SELF_CONTAINED_VMDK or any(name != path for name in extents):
+            raise VirtnodeError('image %s is a VMDK of type %s with extents %s; import a single-file VMDK (%s)'
+                                % (path, ascii(create_type), ascii(extents), ', '.join(SELF_CONTAINED_VMDK)),
+                                {'path': path})
 
 
 def _virtual_size(data, path):

@@ -237,12 +237,13 @@ def write_volume_metadata(path, metadata, domain_version=5, root=None):
                         owner=fileio.STORAGE_OWNER)
 
 
-def legal_chain(dom_dir, image_id, volume_id, root=None):
+def legal_chain(dom_dir, image_id, volume_id, root=None, writable=False):
     """``[(volume UUID, FORMAT)]`` of a file domain's volume and every volume below it, top first.
 
     Reads ``<dom_dir>/images/<image>/<vol>.meta`` up the PUUID chain, without following links below ``root``
     (default ``dom_dir``). A volume without metadata, with unreadable metadata or marked ILLEGAL, and a chain
-    that loops or is longer than MAX_CHAIN_LENGTH, are refused.
+    that loops or is longer than MAX_CHAIN_LENGTH, are refused; with ``writable`` (a guest's disk) a template
+    on top too (VDSM's SharedVolumeNonWritable: its thin clones read it).
     """
     image_dir = os.path.join(dom_dir, 'images', validate.uuid_str(image_id, 'image UUID'))
     current = validate.uuid_str(volume_id, 'volume UUID')
@@ -260,6 +261,10 @@ def legal_chain(dom_dir, image_id, volume_id, root=None):
                                 % (volume_id, image_id, current, err.message),
                                 dict(err.details, field='disks', volume_id=current)) from err
         chain.append((current, md.volume_format))
+        if writable and current == volume_id and md.role == 'SHARED':
+            raise VirtnodeError('refusing storage volume %s of image %s: it is a template (VOLTYPE SHARED), which the '
+                                'thin clones based on it read; give the VM a thin clone of it (a volume with '
+                                'parent_image_uuid)' % (volume_id, image_id), {'field': 'disks', 'volume_id': current})
         if md.legality == 'ILLEGAL':
             what = 'it is' if current == volume_id else 'volume %s of its chain is' % current
             raise VirtnodeError('refusing storage volume %s of image %s: %s ILLEGAL (an interrupted create or '

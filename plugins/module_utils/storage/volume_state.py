@@ -20,11 +20,18 @@ children is never reported as fine: that needs an operator.
 
 File and block domains differ only in the store of volumes each has
 (:class:`volumes.FileVolumes`, :class:`block_volumes.BlockVolumes`).
+
+``import_from`` creates the volume from an image file or URL
+(:mod:`image_transfer`): the image is fetched and checked before the
+domain's lock is taken, so a long download holds up no other volume change.
+``export_to`` copies an existing volume to a file; it reads only, so it runs
+on any host of the pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
@@ -32,6 +39,8 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_lock
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import image_transfer
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_metadata as vmd
@@ -95,6 +104,13 @@ def _options(params):
     img_uuid = validate.uuid_str(params['image_uuid'], 'image_uuid')
     vol_uuid = validate.uuid_str(params['volume_uuid'], 'volume_uuid') if params['volume_uuid'] else None
     parent = validate.uuid_str(params['parent_volume_uuid'], 'parent_volume_uuid') if params['parent_volume_uuid'] else None
+    if params.get('parent_image_uuid'):
+        validate.uuid_str(params['parent_image_uuid'], 'parent_image_uuid')
+        if not parent:
+            raise VirtnodeError('parent_image_uuid needs parent_volume_uuid (the template volume)',
+                                {'field': 'parent_image_uuid'})
+    if params.get('template') and parent:
+        raise VirtnodeError('a template volume is a base: it has no parent', {'field': 'template'})
     size = None
     if params['size'] is not None:
         size = volumes.check_capacity(validate.size_bytes(params['size'], 'size'))
@@ -107,7 +123,32 @@ def _options(params):
         validate.uuid_str(clone['sd_uuid'] or sd_uuid, 'clone_from.sd_uuid')
     if clone and parent:
         raise VirtnodeError('clone_from and parent_volume_uuid are mutually exclusive')
+    _transfer_options(params, clone, parent)
     return sd_uuid, img_uuid, vol_uuid, parent, size, clone
+
+
+def _transfer_options(params, clone, parent):
+    """``import_from`` and ``export_to`` checked before anything is read or changed."""
+    spec, export_spec = params.get('import_from'), params.get('export_to')
+    if (spec is not None or export_spec is not None) and params['state'] != 'present':
+        raise VirtnodeError('import_from and export_to are for state=present', {'field': 'state'})
+    if spec is not None:
+        if clone or parent:
+            raise VirtnodeError('import_from is not used with clone_from or parent_volume_uuid', {'field': 'import_from'})
+        if (spec.get('path') is None) == (spec.get('url') is None):
+            raise VirtnodeError('import_from needs one of path and url', {'field': 'import_from'})
+        image_transfer.parse_checksum(spec.get('checksum'))
+        if spec.get('url') is not None:
+            image_transfer.check_url(spec['url'])
+            if spec.get('download_dir') is not None:
+                image_transfer.check_local_path(spec['download_dir'], 'import_from.download_dir')
+        else:
+            image_transfer.check_local_path(spec['path'], 'import_from.path')
+        if spec.get('format') is not None and spec['format'] not in qemu_img.IMPORT_FORMATS:
+            raise VirtnodeError('import_from.format must be one of %s' % ', '.join(qemu_img.IMPORT_FORMATS),
+                                {'field': 'import_from.format'})
+    if export_spec is not None:
+        image_transfer.check_export(export_spec)
 
 
 def _clone_source_store(store, clone, sd_uuid):
@@ -136,37 +177,69 @@ def _initial_size(store, params, capacity):
     return {'initial_size': initial}
 
 
-def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions):
+def _templates(store, params, img_uuid):
+    """``{'template', 'parent_image'}`` for the store's create_volume; refused where templates are not made."""
+    parent_image = params.get('parent_image_uuid') or None
+    wanted = {'template': bool(params.get('template')), 'parent_image': parent_image}
+    if (wanted['template'] or parent_image not in (None, img_uuid)) and not store.supports_templates:
+        raise VirtnodeError('templates and their thin clones are not supported on block storage domains yet (%s); '
+                            'use a file domain, or clone_from for a full copy' % store.sd_uuid, {'field': 'template'})
+    return wanted
+
+
+def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions, imported=None):
     params = module.params
     writer.require('create')
+    templates = _templates(store, params, img_uuid)
     source = _clone_source_store(store, clone, sd_uuid) if clone else None
     parent_md = None
+    if params.get('import_from') is not None:
+        store.check_format(params['format'], params['allocation'])
+        actions += ['import', 'template'] if templates['template'] else ['import']
+        if not module.check_mode:
+            store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, None,
+                                params['description'], params['disk_type'], import_source=imported, **templates)
+        return
     if clone:
         if source.read_volume(clone['image_uuid'], clone['volume_uuid']) is None:
             raise VirtnodeError('clone source volume %s not found' % clone['volume_uuid'], {'field': 'clone_from'})
     elif parent:
-        parent_md = store.read_volume(img_uuid, parent)
+        parent_img = templates['parent_image'] or img_uuid
+        parent_md = store.read_volume(parent_img, parent)
         if parent_md is None:
-            raise VirtnodeError('parent volume %s not found in image %s' % (parent, img_uuid), {'field': 'parent_volume_uuid'})
+            raise VirtnodeError('parent volume %s not found in image %s' % (parent, parent_img), {'field': 'parent_volume_uuid'})
+        if parent_img != img_uuid and (parent_md.role != 'SHARED' or parent_md.image != parent_img):
+            raise VirtnodeError('volume %s of image %s is not a template (VOLTYPE SHARED): only a template is the base '
+                                'of volumes in other images' % (parent, parent_img), {'field': 'parent_image_uuid'})
+        if size is not None and size < parent_md.capacity:
+            what = ('clone', 'template') if parent_img != img_uuid else ('snapshot', 'parent')
+            raise VirtnodeError('a %s cannot be smaller than its %s (%d bytes)' % (what + (parent_md.capacity,)),
+                                {'field': 'size'})
     elif size is None:
         raise VirtnodeError('size is required to create a volume', {'field': 'size'})
     if params['format'] == 'RAW' and parent:
         raise VirtnodeError('a snapshot volume must be COW', {'field': 'format'})
     store.check_format(params['format'], params['allocation'])
     initial_size = _initial_size(store, params, size or (parent_md.capacity if parent_md else None))
-    actions.append('clone' if clone else 'snapshot' if parent else 'create')
+    actions.append('clone' if clone else 'thin_clone' if templates['parent_image'] not in (None, img_uuid)
+                   else 'snapshot' if parent else 'create')
+    if templates['template']:
+        actions.append('template')
     if not module.check_mode:
         if clone:
             store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
                                 params['description'], params['disk_type'],
-                                clone_source=(source, clone['image_uuid'], clone['volume_uuid']))
+                                clone_source=(source, clone['image_uuid'], clone['volume_uuid']), **templates)
         else:
             store.create_volume(img_uuid, vol_uuid, params['format'], params['allocation'], size, parent,
-                                params['description'], params['disk_type'], **initial_size)
+                                params['description'], params['disk_type'], **initial_size, **templates)
 
 
 def _update(module, writer, store, img_uuid, vol_uuid, parent, size, before, actions):
     """An existing volume: check it matches the options and extend it if it should grow."""
+    if module.params.get('template') and before['role'] != 'SHARED':
+        raise VirtnodeError('volume %s exists as a %s volume; a template is made when its volume is created (clone_from '
+                            'or import_from into a new image)' % (vol_uuid, before['role']), {'field': 'template'})
     if parent and before['parent'] != parent:
         raise VirtnodeError('volume %s exists with parent %s, not %s' % (vol_uuid, before['parent'], parent))
     if size is not None:
@@ -192,14 +265,45 @@ def _delete(module, writer, store, img_uuid, vol_uuid, before, actions):
             children = [v for v, m in store.image_volumes(img_uuid).items() if m and m.parent == vol_uuid]
             if children:
                 raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)))
+            store.check_deletable(img_uuid, vol_uuid)
             actions.append('delete_volume')
             if not module.check_mode:
                 store.delete_volume(img_uuid, vol_uuid)
     elif store.image_exists(img_uuid):
         writer.require('delete image')
+        store.check_deletable(img_uuid)
         actions.append('delete_image')
         if not module.check_mode:
             store.delete_image(img_uuid)
+
+
+def _export(module, store, img_uuid, vol_uuid, actions):
+    """``export_to``: the volume copied to a file, unless the file is there and ``force`` is off; what was copied."""
+    spec = module.params['export_to']
+    dest, fmt = image_transfer.check_export(spec)
+    if os.path.lexists(dest) and not spec.get('force'):
+        return None
+    actions.append('export')
+    if module.check_mode:
+        return None
+    md = store.read_volume(img_uuid, vol_uuid)
+    with store.readable(img_uuid, vol_uuid) as path:
+        source = image_transfer.export(path, md.volume_format, dest, fmt)
+    return dict(image_transfer.transfer_report(source), destination=dest, destination_format=fmt)
+
+
+@contextlib.contextmanager
+def _import_source(module, store, dom_md, img_uuid, vol_uuid):
+    """The checked image ``import_from`` names (None when there is nothing to import), fetched before the
+    domain's lock is taken. In check mode a local image is still checked; a URL is not fetched."""
+    spec = module.params.get('import_from')
+    before = volume_view(store, img_uuid, vol_uuid) if spec else None
+    if spec is None or (before is not None and before['legality'] == 'LEGAL') or (module.check_mode and spec.get('url')):
+        yield None
+        return
+    require_spm(dom_md)  # fail fast: no download for a change this host may not make
+    with image_transfer.import_source(spec, spec.get('download_dir')) as source:
+        yield source
 
 
 def _prepare(module, store, img_uuid, vol_uuid):
@@ -237,7 +341,9 @@ def run_module(module):
         raise VirtnodeError('volume_uuid is required for state=%s' % module.params['state'], {'field': 'volume_uuid'})
     if module.params['state'] == 'prepared':
         return _prepare(module, store, img_uuid, vol_uuid)
+    imported = exported = None
     with contextlib.ExitStack() as stack:
+        import_source = stack.enter_context(_import_source(module, store, dom_md, img_uuid, vol_uuid))
         stack.enter_context(domain_lock.dir_lock(dom_dir))
         writer = _Writer(module, dom_md, stack)
         before = volume_view(store, img_uuid, vol_uuid) if vol_uuid else None
@@ -249,14 +355,19 @@ def run_module(module):
                     store.delete_volume(img_uuid, vol_uuid)
                 before = None
             if before is None:
-                _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions)
+                _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, clone, actions, import_source)
+                if import_source is not None and not module.check_mode:
+                    imported = image_transfer.transfer_report(import_source, store.read_volume(img_uuid, vol_uuid).capacity)
             else:
                 _update(module, writer, store, img_uuid, vol_uuid, parent, size, before, actions)
+            if module.params.get('export_to') is not None:
+                exported = _export(module, store, img_uuid, vol_uuid, actions)
         else:
             _delete(module, writer, store, img_uuid, vol_uuid, before, actions)
 
     after = volume_view(store, img_uuid, vol_uuid) if vol_uuid else None
-    result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': store.chain_info(img_uuid)}
+    result = {'changed': bool(actions), 'actions': actions, 'volume': after, 'chain': store.chain_info(img_uuid),
+              'imported': imported, 'exported': exported}
     if module._diff:
         result['diff'] = {'before': before or {}, 'after': (after or {}) if not module.check_mode else {'actions': actions}}
     return result

@@ -30,6 +30,7 @@ import threading
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.faults import crash_point
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import image_transfer
 from ansible_collections.virtnode.kvm.plugins.module_utils.sanlock import leases as sanlock_lock
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import layout as sd_layout
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
@@ -123,6 +124,9 @@ def _snapshot_parent(dom_dir, img_uuid, parent_uuid, volume_format, capacity):
         raise VirtnodeError('parent volume %s not found in image %s' % (parent_uuid, img_uuid), {'field': 'parent'})
     if parent_md.legality != 'LEGAL':
         raise VirtnodeError('parent volume %s is %s' % (parent_uuid, parent_md.legality), {'field': 'parent'})
+    if parent_md.role == 'SHARED' and parent_md.image == img_uuid:
+        raise VirtnodeError('volume %s is a template: its thin clones are made in other images (parent_image_uuid), '
+                            'never on top of it in its own image' % parent_uuid, {'field': 'parent'})
     children = [v for v, m in image_volumes(dom_dir, img_uuid).items() if m.parent == parent_uuid]
     if children:
         raise VirtnodeError('parent volume %s already has a child (%s): only the leaf can be snapshotted'
@@ -133,6 +137,62 @@ def _snapshot_parent(dom_dir, img_uuid, parent_uuid, volume_format, capacity):
     if capacity < parent_md.capacity:
         raise VirtnodeError('a snapshot cannot be smaller than its parent (%d bytes)' % parent_md.capacity, {'field': 'size'})
     return parent_md, capacity
+
+
+def _template_parent(dom_dir, template_img, template_vol, volume_format, capacity):
+    """The template's VolumeMetadata and the thin clone's capacity, if a clone of it may be made."""
+    template_md = read_volume(dom_dir, template_img, template_vol)
+    if template_md is None:
+        raise VirtnodeError('template volume %s not found in image %s' % (template_vol, template_img), {'field': 'parent'})
+    if template_md.role != 'SHARED' or template_md.image != template_img:
+        raise VirtnodeError('volume %s of image %s is not a template (VOLTYPE SHARED): only a template is the base of '
+                            'volumes in other images' % (template_vol, template_img), {'field': 'parent'})
+    if template_md.legality != 'LEGAL':
+        raise VirtnodeError('template volume %s is %s' % (template_vol, template_md.legality), {'field': 'parent'})
+    if volume_format != 'COW':
+        raise VirtnodeError('a thin clone of a template must be COW', {'field': 'format'})
+    capacity = template_md.capacity if capacity is None else capacity
+    if capacity < template_md.capacity:
+        raise VirtnodeError('a clone cannot be smaller than its template (%d bytes)' % template_md.capacity, {'field': 'size'})
+    return template_md, capacity
+
+
+def share_template(dom_dir, template_img, img_uuid, template_vol):
+    """Hard-link the template's data, ``.meta`` and ``.lease`` into image ``img_uuid``, as VDSM shares a template
+    with the images based on it; returns the links made (those already there are kept)."""
+    made = []
+    for src, dst in zip(paths(dom_dir, template_img, template_vol), paths(dom_dir, img_uuid, template_vol)):
+        if not os.path.lexists(src):
+            continue  # a local domain's volume has no lease
+        if os.path.lexists(dst):
+            if not os.path.samefile(src, dst):
+                raise VirtnodeError('image %s holds a %s that is not the template\'s' % (img_uuid, os.path.basename(dst)),
+                                    {'image_uuid': img_uuid})
+            continue
+        os.link(src, dst)
+        made.append(dst)
+    return made
+
+
+def sharing_images(dom_dir, template_img, template_vol):
+    """The images other than ``template_img`` that hold a link to the template volume (its thin clones' images)."""
+    found = []
+    images_dir = os.path.dirname(image_path(dom_dir, template_img))
+    for name in sorted(os.listdir(images_dir)):
+        if name != template_img and os.path.lexists(os.path.join(images_dir, name, template_vol + sd_layout.META_SUFFIX)):
+            found.append(name)
+    return found
+
+
+def check_not_shared(dom_dir, img_uuid, volume_mds):
+    """Refuse to delete a template (of ``volume_mds``, ``{vol: VolumeMetadata}`` of image ``img_uuid``) that
+    thin clones in other images are based on (VDSM's CannotDeleteSharedVolume)."""
+    for vol, md in volume_mds.items():
+        if md is not None and md.role == 'SHARED' and md.image == img_uuid:
+            users = sharing_images(dom_dir, img_uuid, vol)
+            if users:
+                raise VirtnodeError('template volume %s of image %s is the base of image(s) %s: delete them first'
+                                    % (vol, img_uuid, ', '.join(users)), {'volume_uuid': vol, 'images': users})
 
 
 def _clone_source(clone_source, capacity):
@@ -162,28 +222,39 @@ def _create_lease(domain_md, vol_uuid, lease):
 
 
 def create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
-                  description='', disk_type='DATA', clone_source=None):
+                  description='', disk_type='DATA', clone_source=None, import_source=None, template=False,
+                  parent_image=None):
     """Create a volume; returns its VolumeMetadata.
 
-    ``clone_source`` is ``(dom_dir, img_uuid, vol_uuid)`` of a volume to copy (its chain flattened).
+    ``clone_source`` is ``(dom_dir, img_uuid, vol_uuid)`` of a volume to copy (its chain flattened);
+    ``import_source`` a checked image from outside storage (:meth:`qemu_img.CopySource.external`).
+    ``template`` makes it a template volume (VOLTYPE SHARED); ``parent_image``, when not ``img_uuid``, is the
+    image of the template ``parent_uuid`` the new volume is a thin clone of (see :func:`share_template`).
     """
     with domain_lock.dir_lock(dom_dir):
         return _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
-                              description, disk_type, clone_source)
+                              description, disk_type, clone_source, import_source, template, parent_image)
 
 
 def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
-                   description, disk_type, clone_source):
+                   description, disk_type, clone_source, import_source=None, template=False, parent_image=None):
     check_fence()
     data, meta, lease = paths(dom_dir, img_uuid, vol_uuid)
     img_dir = os.path.dirname(data)
     if os.path.lexists(data) or os.path.lexists(meta):
         raise VirtnodeError('volume %s already exists in image %s' % (vol_uuid, img_uuid), {'vol_uuid': vol_uuid})
     parent_md = source_path = source_md = None
-    if parent_uuid is not None:
+    if template and parent_uuid is not None:
+        raise VirtnodeError('a template volume is a base: it has no parent', {'field': 'template'})
+    shared_from = parent_image if parent_image not in (None, img_uuid) else None
+    if shared_from is not None:
+        parent_md, capacity = _template_parent(dom_dir, shared_from, parent_uuid, volume_format, capacity)
+    elif parent_uuid is not None:
         parent_md, capacity = _snapshot_parent(dom_dir, img_uuid, parent_uuid, volume_format, capacity)
     if clone_source is not None:
         source_path, source_md, capacity = _clone_source(clone_source, capacity)
+    if import_source is not None:
+        capacity = image_transfer.import_capacity(import_source, capacity)
     if capacity is None:
         raise VirtnodeError('size is required to create a volume', {'field': 'size'})
     check_capacity(capacity)
@@ -193,9 +264,15 @@ def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, alloca
         fileio.make_dirs(img_dir, sd_layout.IMAGES_DIR_MODE, fileio.STORAGE_OWNER)
     created = []
     try:
+        if shared_from is not None:
+            created += share_template(dom_dir, shared_from, img_uuid, parent_uuid)
         created.append(data)
         if source_path is not None:
             qemu_img.convert(source_path, data, source_md.volume_format, volume_format, _PREALLOCATION[(volume_format, allocation)])
+        elif import_source is not None:
+            import_source.convert(data, volume_format, _PREALLOCATION[(volume_format, allocation)])
+            if capacity > import_source.virtual_size:
+                qemu_img.resize(data, capacity, volume_format)
         else:
             qemu_img.create(data, volume_format, None if parent_md else capacity, parent_uuid,
                             parent_md.volume_format if parent_md else None, _PREALLOCATION[(volume_format, allocation)])
@@ -205,7 +282,7 @@ def _create_volume(dom_dir, domain_md, img_uuid, vol_uuid, volume_format, alloca
         fileio.set_mode_owner(data, VOLUME_FILE_MODE, fileio.STORAGE_OWNER)
         crash_point('volume_create.data')
         md = vmd.VolumeMetadata(domain=domain_md.sd_uuid, image=img_uuid, capacity=capacity, volume_format=volume_format,
-                                allocation=allocation, role='LEAF', disk_type=disk_type,
+                                allocation=allocation, role='SHARED' if template else 'LEAF', disk_type=disk_type,
                                 parent=parent_uuid or vmd.BLANK_UUID, description=description, legality='ILLEGAL')
         created.append(meta)
         _write_meta(dom_dir, md, domain_md.version, meta)
@@ -288,16 +365,21 @@ def _delete_volume(dom_dir, domain_md, img_uuid, vol_uuid):
     if children:
         raise VirtnodeError('volume %s has child volume(s) %s: delete them first' % (vol_uuid, ', '.join(children)),
                             {'vol_uuid': vol_uuid})
-    md.legality = 'ILLEGAL'
-    _write_meta(dom_dir, md, domain_md.version, meta)
-    _discard([data, lease, meta])
+    check_not_shared(dom_dir, img_uuid, {vol_uuid: md})
+    if md.role == 'SHARED' and md.image != img_uuid:
+        _discard([data, lease, meta])  # a link to the template in a clone's image: the template stays
+    else:
+        md.legality = 'ILLEGAL'
+        _write_meta(dom_dir, md, domain_md.version, meta)
+        _discard([data, lease, meta])
     parent = volumes.get(md.parent)
     siblings = [v for v, m in volumes.items() if m.parent == md.parent and v != vol_uuid]
     if parent is not None and parent.role == 'INTERNAL' and not siblings:
         parent.role = 'LEAF'
         _write_meta(dom_dir, parent, domain_md.version, paths(dom_dir, img_uuid, md.parent)[1])
     img_dir = image_path(dom_dir, img_uuid)
-    if not [v for v in volumes if v != vol_uuid]:
+    # What is left of the image may be only the link to its template (VDSM removes the folder then too).
+    if not [v for v, m in volumes.items() if v != vol_uuid and (m.role != 'SHARED' or m.image == img_uuid)]:
         shutil.rmtree(img_dir, ignore_errors=True)
     else:
         fileio.fsync_directory(img_dir)
@@ -353,6 +435,7 @@ def _delete_image(dom_dir, img_uuid):
     img_dir = image_path(dom_dir, img_uuid)
     if not os.path.isdir(img_dir):
         return False
+    check_not_shared(dom_dir, img_uuid, image_volumes(dom_dir, img_uuid))
     doomed = os.path.join(os.path.dirname(img_dir), sd_layout.removed_image_name(img_uuid))
     try:
         if os.path.lexists(doomed):
@@ -367,6 +450,8 @@ def _delete_image(dom_dir, img_uuid):
 
 class FileVolumes:
     """The volumes of one file domain, behind the methods :class:`block_volumes.BlockVolumes` has for a block one."""
+
+    supports_templates = True
 
     def __init__(self, dom_dir, domain_md):
         self.dom_dir, self.md = dom_dir, domain_md
@@ -398,8 +483,11 @@ class FileVolumes:
         """Every format and allocation is possible on a file domain."""
 
     def create_volume(self, img_uuid, vol_uuid, volume_format, allocation, capacity=None, parent_uuid=None,
-                      description='', disk_type='DATA', clone_source=None):
-        """``clone_source``: ``(store, img_uuid, vol_uuid)`` of a volume of a file domain to copy."""
+                      description='', disk_type='DATA', clone_source=None, import_source=None, template=False,
+                      parent_image=None):
+        """``clone_source``: ``(store, img_uuid, vol_uuid)`` of a volume of a file domain to copy;
+        ``import_source``: an image from outside storage (:mod:`image_transfer`); ``template`` and
+        ``parent_image``: see :func:`create_volume`."""
         if clone_source is not None:
             source, src_img, src_vol = clone_source
             if not isinstance(source, FileVolumes):
@@ -407,10 +495,21 @@ class FileVolumes:
                                     {'field': 'clone_from'})
             clone_source = (source.dom_dir, src_img, src_vol)
         return create_volume(self.dom_dir, self.md, img_uuid, vol_uuid, volume_format, allocation, capacity, parent_uuid,
-                             description, disk_type, clone_source)
+                             description, disk_type, clone_source, import_source, template, parent_image)
+
+    @contextlib.contextmanager
+    def readable(self, img_uuid, vol_uuid):
+        """The volume's path, its chain checked LEGAL, for the ``with`` body (the mount serves it)."""
+        vmd.legal_chain(self.dom_dir, img_uuid, vol_uuid)
+        yield self.path(img_uuid, vol_uuid)
 
     def extend_volume(self, img_uuid, vol_uuid, capacity):
         return extend_volume(self.dom_dir, self.md, img_uuid, vol_uuid, capacity)
+
+    def check_deletable(self, img_uuid, vol_uuid=None):
+        """Refuse (before anything is done, check mode too) to delete a template thin clones are based on."""
+        mds = {vol_uuid: self.read_volume(img_uuid, vol_uuid)} if vol_uuid else self.image_volumes(img_uuid)
+        check_not_shared(self.dom_dir, img_uuid, mds)
 
     def delete_volume(self, img_uuid, vol_uuid):
         return delete_volume(self.dom_dir, self.md, img_uuid, vol_uuid)

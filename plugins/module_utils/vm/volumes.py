@@ -103,7 +103,7 @@ def check_headers_match_chain(path, image_id, volume_id, chain):
 
 def _legal_chain(dom_dir, image_id, volume_id, root=None):
     """[(volume UUID, FORMAT)] of :func:`check_volume_chain_legal`."""
-    return _volume_metadata().legal_chain(dom_dir, image_id, volume_id, root)
+    return _volume_metadata().legal_chain(dom_dir, image_id, volume_id, root, writable=True)
 
 
 def _checked_block_link(path, domain_id, volume_id):

@@ -113,7 +113,7 @@ def test_volume_changes_need_a_pool(server):
         volume_state.run_module(fake_module(**params))
     params.update(volume_uuid=None, state='absent')
     absent = volume_state.run_module(fake_module(**params))
-    assert absent == {'changed': False, 'actions': [], 'volume': None, 'chain': [],
+    assert absent == {'changed': False, 'actions': [], 'volume': None, 'chain': [], 'imported': None, 'exported': None,
                       'diff': {'before': {}, 'after': {}}}
 
 
