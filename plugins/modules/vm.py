@@ -276,6 +276,61 @@ options:
         description: Offset of the lease in the volume.
         type: int
         default: 0
+  watchdog:
+    description:
+      - A watchdog device, and what libvirt does when the guest stops feeding it (VDSM's watchdog device).
+      - Left out, the domain's watchdog is not managed; O(watchdog.state=absent) removes it. A change takes effect at the
+        next start (RV(pending_restart)).
+    type: dict
+    suboptions:
+      model:
+        description: V(i6300esb) (PCI) or V(ib700) (ISA).
+        type: str
+        choices: [i6300esb, ib700]
+        default: i6300esb
+      action:
+        description: What happens when it fires.
+        type: str
+        choices: [reset, shutdown, poweroff, pause, none, dump, inject-nmi]
+        default: reset
+      state:
+        description: Whether the VM has it.
+        type: str
+        choices: [present, absent]
+        default: present
+  rng:
+    description:
+      - A virtio RNG device feeding the guest's entropy from the host (VDSM's C(rng) device), e.g. O(rng={}).
+      - Left out, not managed; O(rng.state=absent) removes it. A change takes effect at the next start.
+    type: dict
+    suboptions:
+      backend:
+        description: Host source of the entropy.
+        type: str
+        choices: [/dev/urandom, /dev/random, /dev/hwrng]
+        default: /dev/urandom
+      rate_bytes:
+        description: At most this many bytes per O(rng.rate_period_ms) (no limit when left out).
+        type: int
+      rate_period_ms:
+        description: The period of O(rng.rate_bytes), in milliseconds (1000 when left out).
+        type: int
+      state:
+        description: Whether the VM has it.
+        type: str
+        choices: [present, absent]
+        default: present
+  video:
+    description:
+      - Video card model; V(none) for a headless VM. Left out, libvirt's default with O(graphics). A change takes effect
+        at the next start.
+    type: str
+    choices: [virtio, qxl, vga, bochs, none]
+  tablet:
+    description:
+      - A USB tablet (absolute pointer, so the VNC or SPICE pointer follows the client's); V(false) removes it. Left out,
+        not managed. A change takes effect at the next start.
+    type: bool
   force:
     description: With O(state=shutdown), destroy a VM that is still running after O(timeout).
     type: bool

@@ -143,6 +143,41 @@ def metadata_element(spec, namespaced=True):
     return meta
 
 
+def _device_elements(devices, spec):
+    """The one-of-a-kind devices the spec owns (see ``vm_spec.DEVICE_FIELDS``); False or None adds none."""
+    if spec.get('video'):
+        video = _sub(devices, 'video')
+        _sub(video, 'model', type=spec['video'])
+    if spec.get('tablet'):
+        _sub(devices, 'input', type='tablet', bus='usb')
+    if spec.get('watchdog'):
+        _sub(devices, 'watchdog', model=spec['watchdog']['model'], action=spec['watchdog']['action'])
+    rng = spec.get('rng')
+    if rng:
+        elem = _sub(devices, 'rng', model='virtio')
+        if rng['rate_bytes']:
+            _sub(elem, 'rate', bytes=rng['rate_bytes'], period=rng['rate_period_ms'])
+        _sub(elem, 'backend', rng['backend'], model='random')
+
+
+def _parse_devices(root, live):
+    """The one-of-a-kind devices in the spec's shape: absent ones are False (never None: they are known)."""
+    watchdog = root.find('devices/watchdog')
+    live['watchdog'] = {'model': watchdog.get('model'), 'action': watchdog.get('action') or 'reset'} \
+        if watchdog is not None else False
+    rng = root.find("devices/rng[@model='virtio']")
+    if rng is not None:
+        rate = rng.find('rate')
+        rate_bytes = int(rate.get('bytes')) if rate is not None and rate.get('bytes') else None
+        live['rng'] = {'backend': (rng.findtext('backend') or '/dev/urandom').strip(), 'rate_bytes': rate_bytes,
+                       'rate_period_ms': int(rate.get('period') or 1000) if rate_bytes else None}
+    else:
+        live['rng'] = False
+    video = root.find('devices/video/model')
+    live['video'] = video.get('type') if video is not None else None
+    live['tablet'] = root.find("devices/input[@type='tablet']") is not None
+
+
 def build_xml(spec, domain_type='qemu', arch='x86_64'):
     """Render ``spec`` as domain XML text (defaults: 128 MiB, 1 vCPU, serial console logged)."""
     require_lxml()
@@ -195,6 +230,7 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
         _sub(serial, 'target', port=0)
         console = _sub(devices, 'console', type='pty')
         _sub(console, 'target', type='serial', port=0)
+    _device_elements(devices, spec)
     _sub(devices, 'memballoon', model='virtio')
     if spec['lease']:
         lease = _sub(devices, 'lease')
@@ -375,6 +411,7 @@ def parse_live(xml_text):
     live['console_log'] = serial_log is not None
     live['console_log_file'] = serial_log.get('file') if serial_log is not None else None
     live['lease'] = _lease_from_elem(root.find('devices/lease'))
+    _parse_devices(root, live)
     return live
 
 
@@ -389,7 +426,7 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
     live = parse_live(persistent_xml)
     merged = dict(spec)
     for key in ('domain_type', 'machine', 'vcpus', 'cpu_topology', 'cpu_model', 'boot_order', 'kernel', 'initrd',
-                'cmdline', 'graphics', 'lease'):
+                'cmdline', 'graphics', 'lease', 'watchdog', 'rng', 'video', 'tablet'):
         if merged.get(key) is None:
             merged[key] = live.get(key)
     if merged['machine'] is None or machine_matches(spec['machine'], live['machine'], live.get('requested_machine')):

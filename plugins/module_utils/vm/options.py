@@ -77,6 +77,16 @@ def argument_spec():
             auto_converge=dict(type='bool', default=False), compressed=dict(type='bool', default=False),
             data_uri=dict(type='str'))),
         hooks_dir=dict(type='path', default=DEFAULT_HOOKS_DIR),
+        watchdog=dict(type='dict', options=dict(
+            model=dict(type='str', choices=list(vm_spec.WATCHDOG_MODELS), default='i6300esb'),
+            action=dict(type='str', choices=list(vm_spec.WATCHDOG_ACTIONS), default='reset'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'))),
+        rng=dict(type='dict', options=dict(
+            backend=dict(type='str', choices=list(vm_spec.RNG_BACKENDS), default='/dev/urandom'),
+            rate_bytes=dict(type='int'), rate_period_ms=dict(type='int'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'))),
+        video=dict(type='str', choices=list(vm_spec.VIDEO_MODELS)),
+        tablet=dict(type='bool'),
     )
 
 

@@ -43,6 +43,12 @@ NIC_MODELS = ('virtio', 'e1000', 'e1000e', 'rtl8139')
 BOOT_DEVICES = ('hd', 'cdrom', 'network', 'fd')
 GRAPHICS_TYPES = ('vnc', 'spice')
 DOMAIN_TYPES = ('kvm', 'qemu')
+# Watchdog models libvirt 9.0 offers on x86 (a PCI and an ISA card), and its actions when one fires.
+WATCHDOG_MODELS = ('i6300esb', 'ib700')
+WATCHDOG_ACTIONS = ('reset', 'shutdown', 'poweroff', 'pause', 'none', 'dump', 'inject-nmi')
+VIDEO_MODELS = ('virtio', 'qxl', 'vga', 'bochs', 'none')
+# Entropy sources an RNG device may read on the host.
+RNG_BACKENDS = ('/dev/urandom', '/dev/random', '/dev/hwrng')
 CPU_MODES = ('host-passthrough', 'host-model')
 
 _MAC_RE = re.compile(r'\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
@@ -55,7 +61,10 @@ MIB_IN_KIB = 1024
 
 # Fields compared at top level, and whether a running domain can take a change live.
 RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'vcpus', 'cpu_topology', 'cpu_model',
-                  'boot_order', 'kernel', 'initrd', 'cmdline', 'console_log', 'lease')
+                  'boot_order', 'kernel', 'initrd', 'cmdline', 'console_log', 'lease', 'watchdog', 'rng', 'video',
+                  'tablet')
+# Devices the spec owns one of each: None leaves what the domain has, false (or video none) removes it.
+DEVICE_FIELDS = ('watchdog', 'rng', 'video', 'tablet')
 
 
 # --------------------------------------------------------------------------
@@ -257,6 +266,38 @@ def _normalize_lease(lease):
     }
 
 
+def _normalize_watchdog(watchdog):
+    """``{'model', 'action'}``, False (none wanted) or None (not managed)."""
+    if watchdog is None:
+        return None
+    if watchdog is False or (isinstance(watchdog, dict) and watchdog.get('state') == 'absent'):
+        return False
+    if not isinstance(watchdog, dict):
+        raise VirtnodeError('watchdog must be a dict (model, action) or false', {'field': 'watchdog'})
+    return {'model': _choice(watchdog.get('model') or 'i6300esb', WATCHDOG_MODELS, 'watchdog model'),
+            'action': _choice(watchdog.get('action') or 'reset', WATCHDOG_ACTIONS, 'watchdog action')}
+
+
+def _normalize_rng(rng):
+    """``{'backend', 'rate_bytes', 'rate_period_ms'}``, False or None."""
+    if rng is None:
+        return None
+    if rng is False or (isinstance(rng, dict) and rng.get('state') == 'absent'):
+        return False
+    if rng is True:
+        rng = {}
+    if not isinstance(rng, dict):
+        raise VirtnodeError('rng must be true, false or a dict (backend, rate_bytes, rate_period_ms)', {'field': 'rng'})
+    rate_bytes, period = rng.get('rate_bytes'), rng.get('rate_period_ms')
+    for value, what in ((rate_bytes, 'rng rate_bytes'), (period, 'rng rate_period_ms')):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise VirtnodeError('%s must be a positive integer, got %r' % (what, value), {'field': 'rng'})
+    if period is not None and rate_bytes is None:
+        raise VirtnodeError('rng rate_period_ms needs rate_bytes', {'field': 'rng'})
+    return {'backend': _choice(rng.get('backend') or '/dev/urandom', RNG_BACKENDS, 'rng backend'),
+            'rate_bytes': rate_bytes, 'rate_period_ms': (period or 1000) if rate_bytes else None}
+
+
 def _normalize_memory(params):
     """(memory, max_memory) in KiB; max_memory defaults to memory and is whole MiB."""
     memory = params.get('memory')
@@ -389,6 +430,10 @@ def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None)
     spec['console_log'] = params.get('console_log')
     spec['custom_properties'] = _normalize_custom_properties(params.get('custom_properties'))
     spec['lease'] = _normalize_lease(params.get('lease'))
+    spec['watchdog'] = _normalize_watchdog(params.get('watchdog'))
+    spec['rng'] = _normalize_rng(params.get('rng'))
+    spec['video'] = _choice(params['video'], VIDEO_MODELS, 'video') if params.get('video') else None
+    spec['tablet'] = params.get('tablet')
     return spec
 
 
@@ -466,6 +511,8 @@ def _restart_differences(spec, live, aliases):
     if spec['console_log'] is not None and spec['console_log'] != live['console_log']:
         restart.append('console_log')
     differs('lease', spec['lease'], live['lease'])
+    for field in DEVICE_FIELDS:
+        differs(field, spec.get(field), live.get(field))
     return restart
 
 
@@ -550,7 +597,8 @@ def summary(spec_like, redact=True):
     """The comparable fields of a spec or parsed domain, for diffs and results (passwords hidden)."""
     out = {}
     for key in ('name', 'uuid', 'domain_type', 'machine', 'memory', 'max_memory', 'vcpus', 'cpu_topology', 'cpu_model',
-                'boot_order', 'kernel', 'initrd', 'cmdline', 'cdrom', 'console_log', 'custom_properties', 'lease'):
+                'boot_order', 'kernel', 'initrd', 'cmdline', 'cdrom', 'console_log', 'custom_properties', 'lease') + \
+            DEVICE_FIELDS:
         out[key] = spec_like.get(key)
     out['disks'] = [_public_disk(d) for d in spec_like['disks']] if spec_like.get('disks') is not None else None
     out['nics'] = ([dict((k, n.get(k)) for k in ('source_type', 'source', 'mac', 'model')) for n in spec_like['nics']]

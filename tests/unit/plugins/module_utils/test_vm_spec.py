@@ -189,3 +189,46 @@ def test_machine_aliases_from_capabilities():
     caps = fixture('capabilities_x86_64.xml')
     aliases = domxml.machine_aliases(caps)
     assert all(value.startswith('pc-') for value in aliases.values())
+
+
+WATCHDOG = {'model': 'i6300esb', 'action': 'pause', 'state': 'present'}
+RNG = {'backend': '/dev/urandom', 'rate_bytes': 1024, 'rate_period_ms': None, 'state': 'present'}
+
+
+def test_devices_round_trip_and_changes_need_a_restart():
+    spec = spec_of(watchdog=WATCHDOG, rng=RNG, video='virtio', tablet=True)
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert live['watchdog'] == {'model': 'i6300esb', 'action': 'pause'}
+    assert live['rng'] == {'backend': '/dev/urandom', 'rate_bytes': 1024, 'rate_period_ms': 1000}
+    assert (live['video'], live['tablet']) == ('virtio', True)
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    changed = spec_of(watchdog=dict(WATCHDOG, action='reset'), rng={'state': 'absent'}, video='none', tablet=False)
+    assert vm_spec.compare(changed, live)['restart'] == ['watchdog', 'rng', 'video', 'tablet']
+    # Left out: what the domain has stays, and is no difference.
+    assert vm_spec.compare(spec_of(), live) == {'live': [], 'restart': []}
+    bare = domxml.parse_live(domxml.build_xml(spec_of()))
+    assert (bare['watchdog'], bare['rng'], bare['tablet']) == (False, False, False)
+    assert vm_spec.compare(spec_of(watchdog={'state': 'absent'}, tablet=False), bare)['restart'] == []
+
+
+def test_a_persistent_definition_keeps_devices_the_spec_leaves_out():
+    old_xml = domxml.build_xml(spec_of(watchdog=WATCHDOG, rng={}, video='qxl', tablet=True))
+    new = domxml.parse_live(domxml.updated_persistent_xml(spec_of(vcpus=2), old_xml))
+    assert new['watchdog']['action'] == 'pause' and new['rng']['backend'] == '/dev/urandom'
+    assert (new['video'], new['tablet'], new['vcpus']) == ('qxl', True, 2)
+    removed = domxml.parse_live(domxml.updated_persistent_xml(spec_of(watchdog={'state': 'absent'}), old_xml))
+    assert removed['watchdog'] is False and removed['video'] == 'qxl'
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'watchdog': {'action': 'explode'}}, 'watchdog action'),
+    ({'watchdog': {'model': 'itco'}}, 'watchdog model'),
+    ({'watchdog': 'yes'}, 'watchdog must be'),
+    ({'rng': {'backend': '/etc/shadow'}}, 'rng backend'),
+    ({'rng': {'rate_bytes': 0}}, 'positive integer'),
+    ({'rng': {'rate_period_ms': 100}}, 'needs rate_bytes'),
+    ({'video': 'cirrus'}, 'video'),
+])
+def test_bad_devices_are_refused(params, message):
+    with pytest.raises(VirtnodeError, match=message):
+        spec_of(**params)
