@@ -199,13 +199,46 @@ options:
         type: bool
         default: false
       serial:
-        description: Serial number shown to the guest.
+        description: Serial number shown to the guest (at most 20 letters, digits or C(_ . + -)); compared when given.
         type: str
+      discard:
+        description: Whether the guest's discards (TRIM) reach the storage (V(unmap)) or not; compared when given.
+        type: str
+        choices: [unmap, ignore]
+      detect_zeroes:
+        description: Whether QEMU turns writes of zeroes into zero writes (V(on)) or discards (V(unmap), needs O(disks[].discard=unmap)).
+        type: str
+        choices: ['off', 'on', unmap]
+      iotune:
+        description:
+          - I/O limits (VDSM's C(ioTune)), applied live to a running VM. A limit left out or 0 is no limit.
+          - C(total_*) cannot be combined with C(read_*) or C(write_*) of the same kind.
+        type: dict
+        suboptions:
+          total_bytes_sec:
+            description: Bytes per second, reads and writes together.
+            type: int
+          read_bytes_sec:
+            description: Bytes read per second.
+            type: int
+          write_bytes_sec:
+            description: Bytes written per second.
+            type: int
+          total_iops_sec:
+            description: Operations per second, reads and writes together.
+            type: int
+          read_iops_sec:
+            description: Reads per second.
+            type: int
+          write_iops_sec:
+            description: Writes per second.
+            type: int
   nics:
     description:
       - Network interfaces, matched with the running domain by MAC address
         (or, without one, by source in order). Added ones are hotplugged,
-        removed ones unplugged.
+        removed ones unplugged; a NIC given with its MAC and another bridge or network is moved there live.
+      - A VM's VLAN is its bridge's, as in oVirt, where the bridge sits on a VLAN device of the host (M(virtnode.kvm.network)).
     type: list
     elements: dict
     suboptions:
@@ -223,6 +256,16 @@ options:
         type: str
         choices: [virtio, e1000, e1000e, rtl8139]
         default: virtio
+      link_state:
+        description: The link the guest sees, V(up) or V(down) (cable unplugged); set live on a running VM.
+        type: str
+        choices: [up, down]
+      mtu:
+        description: MTU of the host side of the NIC (68 to 65535); a change takes effect at the next start.
+        type: int
+      queues:
+        description: Number of virtio-net queue pairs (multiqueue, 1 to 256); a change takes effect at the next start.
+        type: int
   cdrom:
     description:
       - CD-ROM drive with this ISO image, or V("") for an empty drive. Left

@@ -22,7 +22,7 @@ import re
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.spec import (
-    CPU_MODES, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics)
+    CPU_MODES, IOTUNE_KEYS, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics)
 
 try:
     from lxml import etree
@@ -64,7 +64,8 @@ def disk_element(disk):
     require_lxml()
     elem = etree.Element('disk', type=disk['type'], device='disk')
     driver = _sub(elem, 'driver', name='qemu', type=disk['format'], cache=disk['cache'],
-                  error_policy=disk['error_policy'], io=disk['io'])
+                  error_policy=disk['error_policy'], io=disk['io'], discard=disk.get('discard'),
+                  detect_zeroes=disk.get('detect_zeroes'))
     if disk['error_policy'] in ('stop', 'enospace'):
         driver.set('rerror_policy', 'stop')
     _sub(elem, 'source', **{'file' if disk['type'] == 'file' else 'dev': disk['path']})
@@ -75,6 +76,11 @@ def disk_element(disk):
         _sub(elem, 'readonly')
     if disk['serial']:
         _sub(elem, 'serial', disk['serial'])
+    iotune = dict((key, value) for key, value in (disk.get('iotune') or {}).items() if value)
+    if iotune:
+        tune = _sub(elem, 'iotune')
+        for key in sorted(iotune):
+            _sub(tune, key, iotune[key])
     return elem
 
 
@@ -111,6 +117,12 @@ def nic_element(nic):
         _sub(elem, 'mac', address=nic['mac'])
     _sub(elem, 'source', **{nic['source_type']: nic['source']})
     _sub(elem, 'model', type=nic['model'])
+    if nic.get('queues'):
+        _sub(elem, 'driver', queues=nic['queues'])
+    if nic.get('mtu'):
+        _sub(elem, 'mtu', size=nic['mtu'])
+    if nic.get('link_state'):
+        _sub(elem, 'link', state=nic['link_state'])
     return elem
 
 
@@ -279,8 +291,23 @@ def _disk_from_elem(elem):
         'error_policy': driver.get('error_policy') or 'report',
         'readonly': elem.find('readonly') is not None,
         'serial': serial.text if serial is not None else None,
+        'discard': driver.get('discard'),
+        'detect_zeroes': driver.get('detect_zeroes'),
+        'iotune': _iotune_from_elem(elem.find('iotune')),
         'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
     }
+
+
+def _iotune_from_elem(tune):
+    """The disk's limits as the spec has them (every key, 0 for none); None without an ``<iotune>``."""
+    if tune is None:
+        return None
+    limits = dict.fromkeys(IOTUNE_KEYS, 0)
+    for key in IOTUNE_KEYS:
+        text = tune.findtext(key)
+        if text and text.strip().isdigit():
+            limits[key] = int(text.strip())
+    return limits
 
 
 def _parse_metadata(root, live):
@@ -357,6 +384,10 @@ def _nic_from_elem(elem):
         'source': source.get(kind) if source is not None else None,
         'mac': elem.find('mac').get('address').lower() if elem.find('mac') is not None else None,
         'model': model.get('type') if model is not None else None,
+        'link_state': elem.find('link').get('state') if elem.find('link') is not None else 'up',
+        'mtu': int(elem.find('mtu').get('size')) if elem.find('mtu') is not None and elem.find('mtu').get('size') else None,
+        'queues': int(elem.find('driver').get('queues'))
+        if elem.find('driver') is not None and elem.find('driver').get('queues') else None,
         'target_dev': elem.find('target').get('dev') if elem.find('target') is not None else None,
         'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
     }
@@ -415,6 +446,17 @@ def parse_live(xml_text):
     return live
 
 
+DISK_KEPT_KEYS = ('io', 'serial', 'discard', 'detect_zeroes', 'iotune')
+NIC_KEPT_KEYS = ('link_state', 'mtu', 'queues')
+
+
+def _kept(wanted, defined, keys):
+    """``wanted`` with the ``keys`` it leaves out (None) taken from ``defined`` (the same device, or None)."""
+    if defined is None:
+        return wanted
+    return dict(wanted, **dict((key, defined.get(key)) for key in keys if wanted.get(key) is None))
+
+
 def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
     """A new persistent definition: the spec's fields applied over the existing definition.
 
@@ -441,11 +483,17 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
         merged['console_log'] = live['console_log']
     if merged['disks'] is None:
         merged['disks'] = [dict(d, volume=None) for d in live['disks']]
+    else:
+        # Settings of a disk the spec leaves out stay as the definition has them.
+        defined = dict((d['path'], d) for d in live['disks'])
+        merged['disks'] = [_kept(disk, defined.get(disk['path']), DISK_KEPT_KEYS) for disk in merged['disks']]
     if merged['nics'] is None:
-        merged['nics'] = [dict((k, n[k]) for k in ('source_type', 'source', 'mac', 'model')) for n in live['nics']]
+        merged['nics'] = [dict((k, n.get(k)) for k in ('source_type', 'source', 'mac', 'model') + NIC_KEPT_KEYS)
+                          for n in live['nics']]
     else:
         pairs, dummy = match_nics(merged['nics'], live['nics'])
-        merged['nics'] = [dict(nic, mac=nic['mac'] or (have['mac'] if have else None)) for nic, have in pairs]
+        merged['nics'] = [_kept(dict(nic, mac=nic['mac'] or (have['mac'] if have else None)), have, NIC_KEPT_KEYS)
+                          for nic, have in pairs]
     if merged['cdrom'] is None:
         merged['cdrom'] = live['cdrom']
     merged['uuid'] = live['uuid']

@@ -396,6 +396,14 @@ class Lifecycle(object):
                 if self.act('set %s ticket' % graphics['type']):
                     dom.updateDeviceFlags(domxml.to_text(domxml.graphics_element(graphics)),
                                           live_flags)
+            elif kind == 'set_iotune':
+                if self.act('set I/O limits of disk %s' % item['target']):
+                    dom.setBlockIoTune(item['target'], dict(item['iotune']), live_flags)
+            elif kind == 'update_nic':
+                nic = item['nic']
+                if self.act('update nic %s (%s %s, link %s)' % (item['mac'], nic['source_type'], nic['source'],
+                                                                nic.get('link_state') or 'as is')):
+                    dom.updateDeviceFlags(self._updated_nic_xml(dom, item['mac'], nic), live_flags)
             elif kind == 'set_metadata':
                 self.act('update custom properties')
         if not self.check_mode and any(item['action'] in ('set_memory', 'set_metadata') for item in actions):
@@ -410,6 +418,22 @@ class Lifecycle(object):
                                         else live['custom_properties'])}
         meta = domxml.to_text(domxml.metadata_element(merged, namespaced=False))
         dom.setMetadata(constants.value('VIR_DOMAIN_METADATA_ELEMENT'), meta, domxml.METADATA_PREFIX, domxml.METADATA_NS, flags)
+
+    def _updated_nic_xml(self, dom, mac, nic):
+        """The running NIC's own element (model, addresses, target kept) with the spec's source and link state."""
+        root = domxml.parse_xml(self._device_xml(dom, 'interface', lambda e: e.find('mac') is not None
+                                                 and e.find('mac').get('address').lower() == mac))
+        root.set('type', nic['source_type'])
+        source = root.find('source')
+        for attr in list(source.attrib):
+            del source.attrib[attr]
+        source.set(nic['source_type'], nic['source'])
+        if nic.get('link_state'):
+            link = root.find('link')
+            if link is None:
+                link = domxml.etree.SubElement(root, 'link')
+            link.set('state', nic['link_state'])
+        return domxml.to_text(root)
 
     def _device_xml(self, dom, tag, match):
         root = domxml.parse_xml(dom.XMLDesc(0))

@@ -32,9 +32,14 @@ def argument_spec():
         error_policy=dict(type='str', choices=list(vm_spec.ERROR_POLICIES), default='stop'),
         readonly=dict(type='bool', default=False),
         serial=dict(type='str'),
+        discard=dict(type='str', choices=list(vm_spec.DISK_DISCARD)),
+        detect_zeroes=dict(type='str', choices=list(vm_spec.DISK_DETECT_ZEROES)),
+        iotune=dict(type='dict', options=dict((key, dict(type='int')) for key in vm_spec.IOTUNE_KEYS)),
     )
     nic = dict(bridge=dict(type='str'), network=dict(type='str'), mac=dict(type='str'),
-               model=dict(type='str', choices=list(vm_spec.NIC_MODELS), default='virtio'))
+               model=dict(type='str', choices=list(vm_spec.NIC_MODELS), default='virtio'),
+               link_state=dict(type='str', choices=list(vm_spec.NIC_LINK_STATES)), mtu=dict(type='int'),
+               queues=dict(type='int'))
     return libvirt_conn.libvirt_argument_spec(
         name=dict(type='str', required=True),
         uuid=dict(type='str'),

@@ -40,6 +40,15 @@ ERROR_POLICIES = ('stop', 'report', 'ignore', 'enospace')
 VOLUME_REF_OPTIONS = dict(domain_id=dict(type='str', required=True), image_id=dict(type='str', required=True),
                           volume_id=dict(type='str', required=True))
 NIC_MODELS = ('virtio', 'e1000', 'e1000e', 'rtl8139')
+NIC_LINK_STATES = ('up', 'down')
+DISK_DISCARD = ('unmap', 'ignore')
+DISK_DETECT_ZEROES = ('off', 'on', 'unmap')
+# libvirt's <iotune> limits the spec takes (bytes and operations per second; 0 is no limit).
+IOTUNE_KEYS = ('total_bytes_sec', 'read_bytes_sec', 'write_bytes_sec', 'total_iops_sec', 'read_iops_sec',
+               'write_iops_sec')
+# A disk's settings compared with the live domain when given; a change needs a restart.
+DISK_RESTART_KEYS = ('io', 'serial', 'discard', 'detect_zeroes')
+NIC_RESTART_KEYS = ('model', 'mtu', 'queues')
 BOOT_DEVICES = ('hd', 'cdrom', 'network', 'fd')
 GRAPHICS_TYPES = ('vnc', 'spice')
 DOMAIN_TYPES = ('kvm', 'qemu')
@@ -187,11 +196,57 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
         'io': _choice(disk['io'], DISK_IO, what + ' io') if disk.get('io') else None,
         'error_policy': _choice(disk.get('error_policy') or 'stop', ERROR_POLICIES, what + ' error_policy'),
         'readonly': bool(disk.get('readonly', False)),
-        'serial': disk.get('serial') or None,
+        'serial': _disk_serial(what, disk.get('serial')),
+        'discard': _choice(disk['discard'], DISK_DISCARD, what + ' discard') if disk.get('discard') else None,
+        'detect_zeroes': _detect_zeroes(what, disk.get('detect_zeroes'), disk.get('discard')),
+        'iotune': _normalize_iotune(what, disk.get('iotune')),
         'volume': dict(zip(('domain_id', 'image_id', 'volume_id'), ids)) if ids else None,
         # The checked chain below a storage volume, named in the domain XML (None: not known here).
         'backing': backing,
     }
+
+
+def _disk_serial(what, serial):
+    if serial is None or serial == '':
+        return None
+    serial = str(serial)
+    # What QEMU takes as a drive serial: 20 characters for virtio-blk, printable, no separators of its own.
+    if len(serial) > 20 or not re.match(r'\A[A-Za-z0-9_.+-]+\Z', serial):
+        raise VirtnodeError('%s serial must be at most 20 letters, digits or _ . + -, got %r' % (what, serial),
+                            {'field': what})
+    return serial
+
+
+def _detect_zeroes(what, value, discard):
+    if not value:
+        return None
+    value = _choice(value, DISK_DETECT_ZEROES, what + ' detect_zeroes')
+    if value == 'unmap' and discard != 'unmap':
+        raise VirtnodeError('%s detect_zeroes unmap needs discard unmap' % what, {'field': what})
+    return value
+
+
+def _normalize_iotune(what, iotune):
+    """``{key: int}`` of the limits given (None: not managed); unknown keys and negative values refused."""
+    if iotune is None:
+        return None
+    if not isinstance(iotune, dict):
+        raise VirtnodeError('%s iotune must be a dict of %s' % (what, ', '.join(IOTUNE_KEYS)), {'field': what})
+    limits = {}
+    for key, value in iotune.items():
+        if key not in IOTUNE_KEYS:
+            raise VirtnodeError('%s iotune: unknown limit %r (one of %s)' % (what, key, ', '.join(IOTUNE_KEYS)),
+                                {'field': what})
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise VirtnodeError('%s iotune %s must be a non-negative integer, got %r' % (what, key, value), {'field': what})
+        limits[key] = value
+    for kind in ('bytes', 'iops'):
+        if limits.get('total_%s_sec' % kind) and (limits.get('read_%s_sec' % kind) or limits.get('write_%s_sec' % kind)):
+            raise VirtnodeError('%s iotune total_%s_sec cannot be combined with read_ or write_%s_sec (QEMU refuses it)'
+                                % (what, kind, kind), {'field': what})
+    return dict((key, limits.get(key, 0)) for key in IOTUNE_KEYS)
 
 
 def _target_name(prefix, index):
@@ -227,7 +282,18 @@ def _normalize_nic(index, nic):
         'source': nic.get('bridge') or nic.get('network'),
         'mac': normalize_mac(nic['mac'], what + ' mac') if nic.get('mac') else None,
         'model': _choice(nic.get('model') or 'virtio', NIC_MODELS, what + ' model'),
+        'link_state': _choice(nic['link_state'], NIC_LINK_STATES, what + ' link_state') if nic.get('link_state') else None,
+        'mtu': _bounded_int(nic.get('mtu'), 68, 65535, what + ' mtu'),
+        'queues': _bounded_int(nic.get('queues'), 1, 256, what + ' queues'),
     }
+
+
+def _bounded_int(value, low, high, what):
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise VirtnodeError('%s must be an integer from %d to %d, got %r' % (what, low, high, value), {'field': what})
+    return value
 
 
 def _normalize_graphics(graphics):
@@ -461,8 +527,14 @@ def machine_matches(wanted, live, requested=None, aliases=None):
     return False
 
 
-def _disk_compare_keys(disk):
-    return dict((k, disk[k]) for k in ('type', 'format', 'bus', 'cache', 'error_policy', 'readonly'))
+DISK_BASE_KEYS = ('type', 'format', 'bus', 'cache', 'error_policy', 'readonly')
+
+
+def disk_needs_restart(disk, have):
+    """True if the live disk ``have`` differs from ``disk`` in a setting only a restart changes (the optional
+    ones, DISK_RESTART_KEYS, only when given)."""
+    return any(disk[key] != have.get(key) for key in DISK_BASE_KEYS) or \
+        any(disk.get(key) is not None and disk.get(key) != have.get(key) for key in DISK_RESTART_KEYS)
 
 
 def match_nics(wanted, live):
@@ -532,8 +604,11 @@ def _compare_disks(spec, live, actions, restart):
                 wanted_paths.add(have['path'])
         if have is None:
             actions.append({'action': 'attach_disk', 'field': 'disks', 'disk': disk, 'taken': sorted(t for t in taken if t)})
-        elif _disk_compare_keys(disk) != _disk_compare_keys(have):
+            continue
+        if disk_needs_restart(disk, have):
             restart.append('disks[%s]' % disk['path'])
+        if disk.get('iotune') is not None and disk['iotune'] != (have.get('iotune') or dict.fromkeys(IOTUNE_KEYS, 0)):
+            actions.append({'action': 'set_iotune', 'field': 'disks', 'target': have['target'], 'iotune': disk['iotune']})
     for have in live['disks']:
         if have['path'] not in wanted_paths:
             actions.append({'action': 'detach_disk', 'field': 'disks', 'disk': have})
@@ -544,8 +619,14 @@ def _compare_nics(spec, live, actions, restart):
     for nic, have in pairs:
         if have is None:
             actions.append({'action': 'attach_nic', 'field': 'nics', 'nic': nic})
-        elif nic['model'] != have['model']:
+            continue
+        if any(nic.get(key) is not None and nic.get(key) != have.get(key) for key in NIC_RESTART_KEYS):
             restart.append('nics[%s]' % (have['mac'] or nic['source']))
+        # libvirt moves a NIC to another bridge or network, and sets its link, on the running VM.
+        moved = (nic['source_type'], nic['source']) != (have['source_type'], have['source'])
+        link = nic.get('link_state') is not None and nic['link_state'] != (have.get('link_state') or 'up')
+        if moved or link:
+            actions.append({'action': 'update_nic', 'field': 'nics', 'mac': have['mac'], 'nic': nic})
     for have in extra:
         actions.append({'action': 'detach_nic', 'field': 'nics', 'nic': have})
 

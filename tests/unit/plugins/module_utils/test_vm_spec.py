@@ -232,3 +232,56 @@ def test_a_persistent_definition_keeps_devices_the_spec_leaves_out():
 def test_bad_devices_are_refused(params, message):
     with pytest.raises(VirtnodeError, match=message):
         spec_of(**params)
+
+
+TUNED_DISK = {'path': '/a.img', 'io': 'threads', 'serial': 'DISK-1', 'discard': 'unmap', 'detect_zeroes': 'unmap',
+              'iotune': {'total_bytes_sec': 10485760, 'read_iops_sec': 100}}
+TUNED_NIC = {'bridge': 'br0', 'mac': '52:54:00:00:00:07', 'link_state': 'down', 'mtu': 9000, 'queues': 2}
+
+
+def test_disk_and_nic_settings_round_trip():
+    spec = spec_of(disks=[TUNED_DISK], nics=[TUNED_NIC])
+    live = domxml.parse_live(domxml.build_xml(spec))
+    disk, nic = live['disks'][0], live['nics'][0]
+    assert (disk['io'], disk['serial'], disk['discard'], disk['detect_zeroes']) == ('threads', 'DISK-1', 'unmap', 'unmap')
+    assert disk['iotune'] == dict(dict.fromkeys(vm_spec.IOTUNE_KEYS, 0), total_bytes_sec=10485760, read_iops_sec=100)
+    assert (nic['link_state'], nic['mtu'], nic['queues']) == ('down', 9000, 2)
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+
+
+def test_live_and_restart_changes_of_disks_and_nics():
+    live = domxml.parse_live(domxml.build_xml(spec_of(disks=[TUNED_DISK], nics=[TUNED_NIC])))
+    wanted = spec_of(disks=[dict(TUNED_DISK, iotune={'total_bytes_sec': 0}, serial='DISK-2')],
+                     nics=[dict(TUNED_NIC, bridge='br1', link_state='up', queues=4)])
+    result = vm_spec.compare(wanted, live)
+    assert result['restart'] == ['disks[/a.img]', 'nics[52:54:00:00:00:07]']
+    iotune, nic = result['live']
+    assert iotune['action'] == 'set_iotune' and iotune['iotune'] == dict.fromkeys(vm_spec.IOTUNE_KEYS, 0)
+    assert nic['action'] == 'update_nic' and nic['nic']['source'] == 'br1' and nic['nic']['link_state'] == 'up'
+    # Settings left out are not compared: a plain disk and NIC match the tuned ones.
+    plain = spec_of(disks=[{'path': '/a.img'}], nics=[{'bridge': 'br0', 'mac': '52:54:00:00:00:07'}])
+    assert vm_spec.compare(plain, live) == {'live': [], 'restart': []}
+
+
+def test_a_persistent_definition_keeps_disk_and_nic_settings_left_out():
+    old_xml = domxml.build_xml(spec_of(disks=[TUNED_DISK], nics=[TUNED_NIC]))
+    plain = spec_of(disks=[{'path': '/a.img'}], nics=[{'bridge': 'br0', 'mac': '52:54:00:00:00:07'}], vcpus=2)
+    new = domxml.parse_live(domxml.updated_persistent_xml(plain, old_xml))
+    assert new['disks'][0]['iotune']['total_bytes_sec'] == 10485760 and new['disks'][0]['serial'] == 'DISK-1'
+    assert (new['nics'][0]['link_state'], new['nics'][0]['mtu'], new['vcpus']) == ('down', 9000, 2)
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'disks': [{'path': '/a.img', 'serial': 'x' * 21}]}, 'at most 20'),
+    ({'disks': [{'path': '/a.img', 'serial': 'a b'}]}, 'at most 20'),
+    ({'disks': [{'path': '/a.img', 'detect_zeroes': 'unmap'}]}, 'needs discard unmap'),
+    ({'disks': [{'path': '/a.img', 'iotune': {'total_bytes_sec': -1}}]}, 'non-negative'),
+    ({'disks': [{'path': '/a.img', 'iotune': {'bogus_sec': 1}}]}, 'unknown limit'),
+    ({'disks': [{'path': '/a.img', 'iotune': {'total_iops_sec': 5, 'read_iops_sec': 1}}]}, 'cannot be combined'),
+    ({'nics': [{'bridge': 'br0', 'mtu': 10}]}, 'mtu must be'),
+    ({'nics': [{'bridge': 'br0', 'queues': 0}]}, 'queues must be'),
+    ({'nics': [{'bridge': 'br0', 'link_state': 'sideways'}]}, 'link_state'),
+])
+def test_bad_disk_and_nic_settings_are_refused(params, message):
+    with pytest.raises(VirtnodeError, match=message):
+        spec_of(**params)
