@@ -96,10 +96,26 @@ options:
     description: Boot-time memory (the balloon's maximum). Defaults to O(memory). Changing it needs a restart.
     type: str
   vcpus:
-    description: Number of virtual CPUs (default 1). Changing it needs a restart.
+    description:
+      - Number of virtual CPUs running (default 1).
+      - With O(max_vcpus), a running VM gets vCPUs hotplugged or unplugged up to that maximum, live (VDSM's
+        setNumberOfCpus); unplugging needs the guest to release the vCPU. Otherwise a change needs a restart.
     type: int
+  max_vcpus:
+    description:
+      - Most vCPUs the VM can have, hotplugged up to it while it runs; O(vcpus) above it is refused. A change needs a
+        restart.
+    type: int
+  cpu_pinning:
+    description:
+      - Host CPUs each vCPU may run on, as a dict of vCPU number to a libvirt cpuset (V("0-3,^2")); set live on a
+        running VM. vCPUs left out are not compared. A CPU this host does not have is refused.
+    type: dict
+  emulator_pinning:
+    description: Host CPUs (a cpuset) QEMU's own threads may run on; set live on a running VM.
+    type: str
   cpu_topology:
-    description: Sockets, cores and threads; their product must equal O(vcpus).
+    description: Sockets, cores and threads; their product must equal O(max_vcpus), else O(vcpus).
     type: dict
     suboptions:
       sockets:

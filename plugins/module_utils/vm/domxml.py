@@ -22,7 +22,7 @@ import re
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.spec import (
-    CPU_MODES, IOTUNE_KEYS, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics)
+    CPU_MODES, IOTUNE_KEYS, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics, parse_cpuset)
 
 try:
     from lxml import etree
@@ -155,6 +155,21 @@ def metadata_element(spec, namespaced=True):
     return meta
 
 
+def _cpuset_text(cpus):
+    return ','.join(str(cpu) for cpu in cpus)
+
+
+def _cputune_element(root, spec):
+    pins, emulator = spec.get('cpu_pinning') or {}, spec.get('emulator_pinning')
+    if not pins and not emulator:
+        return
+    tune = _sub(root, 'cputune')
+    for vcpu in sorted(pins):
+        _sub(tune, 'vcpupin', vcpu=vcpu, cpuset=_cpuset_text(pins[vcpu]))
+    if emulator:
+        _sub(tune, 'emulatorpin', cpuset=_cpuset_text(emulator))
+
+
 def _device_elements(devices, spec):
     """The one-of-a-kind devices the spec owns (see ``vm_spec.DEVICE_FIELDS``); False or None adds none."""
     if spec.get('video'):
@@ -202,7 +217,12 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
     max_memory = spec['max_memory'] or 128 * MIB_IN_KIB
     _sub(root, 'memory', max_memory, unit='KiB')
     _sub(root, 'currentMemory', spec['memory'] or max_memory, unit='KiB')
-    _sub(root, 'vcpu', spec['vcpus'] or 1, placement='static')
+    vcpus, max_vcpus = spec['vcpus'] or 1, spec.get('max_vcpus')
+    if max_vcpus and max_vcpus > vcpus:
+        _sub(root, 'vcpu', max_vcpus, placement='static', current=vcpus)
+    else:
+        _sub(root, 'vcpu', vcpus, placement='static')
+    _cputune_element(root, spec)
     if spec['cpu_model'] or spec['cpu_topology']:
         model = spec['cpu_model']
         cpu = _sub(root, 'cpu', mode=model if model in CPU_MODES else ('custom' if model else None),
@@ -360,6 +380,25 @@ def _parse_cpu(root, live):
             live['cpu_topology'] = dict((k, int(topo.get(k, 1))) for k in ('sockets', 'cores', 'threads'))
 
 
+def _parse_cputune(root, live):
+    tune = root.find('cputune')
+    live['cpu_pinning'] = {}
+    live['emulator_pinning'] = None
+    if tune is None:
+        return
+    for pin in tune.findall('vcpupin'):
+        try:
+            live['cpu_pinning'][int(pin.get('vcpu'))] = parse_cpuset(pin.get('cpuset'), 'vcpupin')
+        except (TypeError, ValueError, VirtnodeError):
+            continue  # a pin libvirt wrote that this spec cannot express is left alone
+    emulator = tune.find('emulatorpin')
+    if emulator is not None:
+        try:
+            live['emulator_pinning'] = parse_cpuset(emulator.get('cpuset'), 'emulatorpin')
+        except VirtnodeError:
+            pass
+
+
 def _parse_drives(root, live):
     """Disks, and the CD-ROM drive (``cdrom`` is '' for an empty drive, None for none)."""
     live['disks'] = []
@@ -427,7 +466,8 @@ def parse_live(xml_text):
         'machine': root.find('os/type').get('machine') if root.find('os/type') is not None else None,
         'max_memory': to_kib(root.find('memory')),
         'current_memory': to_kib(root.find('currentMemory')),
-        'vcpus': int(root.findtext('vcpu')) if root.findtext('vcpu') else None,
+        'max_vcpus': int(root.findtext('vcpu')) if root.findtext('vcpu') else None,
+        'vcpus': int(root.find('vcpu').get('current') or root.findtext('vcpu')) if root.findtext('vcpu') else None,
         'kernel': root.findtext('os/kernel'),
         'initrd': root.findtext('os/initrd'),
         'cmdline': root.findtext('os/cmdline'),
@@ -435,6 +475,7 @@ def parse_live(xml_text):
     }
     _parse_metadata(root, live)
     _parse_cpu(root, live)
+    _parse_cputune(root, live)
     _parse_drives(root, live)
     live['nics'] = [_nic_from_elem(elem) for elem in root.findall('devices/interface')]
     live['graphics'] = _graphics_from_elem(root.find('devices/graphics'))
@@ -467,10 +508,13 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
     """
     live = parse_live(persistent_xml)
     merged = dict(spec)
-    for key in ('domain_type', 'machine', 'vcpus', 'cpu_topology', 'cpu_model', 'boot_order', 'kernel', 'initrd',
-                'cmdline', 'graphics', 'lease', 'watchdog', 'rng', 'video', 'tablet'):
+    for key in ('domain_type', 'machine', 'vcpus', 'max_vcpus', 'cpu_topology', 'cpu_model', 'cpu_pinning',
+                'emulator_pinning', 'boot_order', 'kernel', 'initrd', 'cmdline', 'graphics', 'lease', 'watchdog', 'rng',
+                'video', 'tablet'):
         if merged.get(key) is None:
             merged[key] = live.get(key)
+    if merged['max_vcpus'] is not None and merged['vcpus'] is not None and merged['vcpus'] > merged['max_vcpus']:
+        merged['max_vcpus'] = None  # more vCPUs than the old maximum: the new count is the maximum
     if merged['machine'] is None or machine_matches(spec['machine'], live['machine'], live.get('requested_machine')):
         merged['machine'] = live.get('requested_machine') or live['machine'] if spec['machine'] is None else spec['machine']
     if merged['max_memory'] is None:

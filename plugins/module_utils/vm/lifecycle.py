@@ -396,6 +396,15 @@ class Lifecycle(object):
                 if self.act('set %s ticket' % graphics['type']):
                     dom.updateDeviceFlags(domxml.to_text(domxml.graphics_element(graphics)),
                                           live_flags)
+            elif kind == 'set_vcpus':
+                if self.act('set vCPUs to %d' % item['count']):
+                    dom.setVcpusFlags(item['count'], live_flags)
+            elif kind == 'pin_vcpu':
+                if self.act('pin vCPU %d to CPU(s) %s' % (item['vcpu'], ','.join(map(str, item['cpus'])))):
+                    dom.pinVcpuFlags(item['vcpu'], self._cpumap(dom, item['cpus']), live_flags)
+            elif kind == 'pin_emulator':
+                if self.act('pin emulator threads to CPU(s) %s' % ','.join(map(str, item['cpus']))):
+                    dom.pinEmulator(self._cpumap(dom, item['cpus']), live_flags)
             elif kind == 'set_iotune':
                 if self.act('set I/O limits of disk %s' % item['target']):
                     dom.setBlockIoTune(item['target'], dict(item['iotune']), live_flags)
@@ -418,6 +427,12 @@ class Lifecycle(object):
                                         else live['custom_properties'])}
         meta = domxml.to_text(domxml.metadata_element(merged, namespaced=False))
         dom.setMetadata(constants.value('VIR_DOMAIN_METADATA_ELEMENT'), meta, domxml.METADATA_PREFIX, domxml.METADATA_NS, flags)
+
+    @staticmethod
+    def _cpumap(dom, cpus):
+        """libvirt's map of the host's CPUs with ``cpus`` set."""
+        count = dom.connect().getCPUMap()[0]
+        return tuple(cpu in cpus for cpu in range(count))
 
     def _updated_nic_xml(self, dom, mac, nic):
         """The running NIC's own element (model, addresses, target kept) with the spec's source and link state."""

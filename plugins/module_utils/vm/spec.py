@@ -63,13 +63,14 @@ CPU_MODES = ('host-passthrough', 'host-model')
 _MAC_RE = re.compile(r'\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
 _ENV_RE = re.compile(r'\A[A-Za-z_][A-Za-z0-9_]*\Z')
 _TARGET_RE = re.compile(r'\A(vd|sd|hd)[a-z]{1,2}\Z')
+_CPUSET_RE = re.compile(r'\A\^?\d{1,4}(-\d{1,4})?(,\^?\d{1,4}(-\d{1,4})?)*\Z')
 _VALID_TO_RE = re.compile(r'\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\Z')
 _TARGET_PREFIX = {'virtio': 'vd', 'sata': 'sd', 'scsi': 'sd', 'ide': 'hd'}
 KIB = 1024
 MIB_IN_KIB = 1024
 
 # Fields compared at top level, and whether a running domain can take a change live.
-RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'vcpus', 'cpu_topology', 'cpu_model',
+RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'max_vcpus', 'cpu_topology', 'cpu_model',
                   'boot_order', 'kernel', 'initrd', 'cmdline', 'console_log', 'lease', 'watchdog', 'rng', 'video',
                   'tablet')
 # Devices the spec owns one of each: None leaves what the domain has, false (or video none) removes it.
@@ -391,17 +392,78 @@ def _normalize_topology(topology, vcpus):
         topo[key] = value
     total = topo['sockets'] * topo['cores'] * topo['threads']
     if vcpus is not None and total != vcpus:
-        raise VirtnodeError('cpu_topology gives %d vCPUs but vcpus is %d' % (total, vcpus), {'field': 'cpu_topology'})
+        raise VirtnodeError('cpu_topology gives %d vCPUs but the VM has %d (max_vcpus, else vcpus)' % (total, vcpus),
+                            {'field': 'cpu_topology'})
     return topo
 
 
-def _normalize_cpu(params, spec):
-    vcpus = params.get('vcpus')
-    if vcpus is not None and (not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1 or vcpus > 4096):
-        raise VirtnodeError('vcpus must be a whole number from 1 to 4096, got %r' % (vcpus,), {'field': 'vcpus'})
+def _vcpu_count(params, key):
+    value = params.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > 4096):
+        raise VirtnodeError('%s must be a whole number from 1 to 4096, got %r' % (key, value), {'field': key})
+    return value
+
+
+def parse_cpuset(text, what, host_cpus=None):
+    """The sorted host CPUs of a libvirt cpuset (``0-3,6,^2``); refused when malformed, empty, or naming a CPU
+    not in ``host_cpus`` (when known)."""
+    cpus = set()
+    if not isinstance(text, str) or not _CPUSET_RE.match(text.replace(' ', '')):
+        raise VirtnodeError('%s must be a cpuset such as "0-3,6,^2", got %r' % (what, text), {'field': what})
+    excluded = set()
+    for part in text.replace(' ', '').split(','):
+        target = excluded if part.startswith('^') else cpus
+        first, _sep, last = part.lstrip('^').partition('-')
+        if last and int(last) < int(first):
+            raise VirtnodeError('%s: range %s runs backwards' % (what, part), {'field': what})
+        target.update(range(int(first), int(last or first) + 1))
+    cpus -= excluded
+    if not cpus:
+        raise VirtnodeError('%s %r names no CPU' % (what, text), {'field': what})
+    if host_cpus is not None and not cpus <= set(host_cpus):
+        raise VirtnodeError('%s names CPU(s) %s that this host does not have (online: %s)'
+                            % (what, ','.join(str(c) for c in sorted(cpus - set(host_cpus))),
+                               ','.join(str(c) for c in sorted(host_cpus))), {'field': what})
+    return sorted(cpus)
+
+
+def _normalize_pinning(params, max_vcpus, host_cpus):
+    """``{vcpu: [host cpus]}`` of ``cpu_pinning`` and the emulator's ``[host cpus]`` (None: not managed)."""
+    pinning = params.get('cpu_pinning')
+    if pinning is not None:
+        if not isinstance(pinning, dict):
+            raise VirtnodeError('cpu_pinning must be a dict of vCPU number -> cpuset', {'field': 'cpu_pinning'})
+        pins = {}
+        for vcpu, cpuset in pinning.items():
+            try:
+                index = int(vcpu)
+            except (TypeError, ValueError):
+                index = -1
+            if index < 0 or str(index) != str(vcpu).strip():
+                raise VirtnodeError('cpu_pinning key %r is not a vCPU number' % (vcpu,), {'field': 'cpu_pinning'})
+            if max_vcpus is not None and index >= max_vcpus:
+                raise VirtnodeError('cpu_pinning pins vCPU %d but the VM has at most %d' % (index, max_vcpus),
+                                    {'field': 'cpu_pinning'})
+            pins[index] = parse_cpuset(str(cpuset), 'cpu_pinning[%d]' % index, host_cpus)
+        pinning = pins
+    emulator = params.get('emulator_pinning')
+    if emulator is not None:
+        emulator = parse_cpuset(str(emulator), 'emulator_pinning', host_cpus)
+    return pinning, emulator
+
+
+def _normalize_cpu(params, spec, host_cpus=None):
+    vcpus, max_vcpus = _vcpu_count(params, 'vcpus'), _vcpu_count(params, 'max_vcpus')
+    if max_vcpus is not None and vcpus is not None and vcpus > max_vcpus:
+        raise VirtnodeError('vcpus %d is more than max_vcpus %d: vCPUs are hotplugged up to the maximum only'
+                            % (vcpus, max_vcpus), {'field': 'vcpus'})
+    if max_vcpus is not None and vcpus is None:
+        raise VirtnodeError('max_vcpus needs vcpus (how many of them run)', {'field': 'vcpus'})
     spec['vcpus'] = vcpus
-    spec['cpu_topology'] = _normalize_topology(params.get('cpu_topology'), vcpus)
+    spec['max_vcpus'] = max_vcpus
+    spec['cpu_topology'] = _normalize_topology(params.get('cpu_topology'), max_vcpus or vcpus)
     spec['cpu_model'] = params.get('cpu_model') or None
+    spec['cpu_pinning'], spec['emulator_pinning'] = _normalize_pinning(params, max_vcpus or vcpus, host_cpus)
 
 
 def _normalize_boot(params, spec, stat_fn):
@@ -471,14 +533,15 @@ def _normalize_custom_properties(props):
     return dict((str(k), '' if v is None else str(v)) for k, v in props.items())
 
 
-def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None):
+def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None, host_cpus=None):
     """Validate module options; return the spec. Options left out (None) are not compared later.
 
     The host is only seen through the functions given: ``stat_fn`` (os.stat)
     for paths, ``resolver`` and ``block_resolver`` for disks given as
     storage-domain volumes (``(domain_id, image_id, volume_id)`` -> path),
     ``lexists`` (default: through ``stat_fn``) for block devices that would
-    appear. :func:`volumes.normalize_on_host` gives the real ones.
+    appear, ``host_cpus`` (the host's online CPUs, None: not checked) for pinning.
+    :func:`volumes.normalize_on_host` gives the real ones.
     """
     spec = {}
     spec['name'] = safe_name(params.get('name'), 'name')
@@ -486,7 +549,7 @@ def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None)
     spec['domain_type'] = _choice(params['domain_type'], DOMAIN_TYPES, 'domain_type') if params.get('domain_type') else None
     spec['machine'] = params.get('machine') or None
     spec['memory'], spec['max_memory'] = _normalize_memory(params)
-    _normalize_cpu(params, spec)
+    _normalize_cpu(params, spec, host_cpus)
     _normalize_boot(params, spec, stat_fn)
     spec['disks'] = _normalize_disks(params, spec['machine'], stat_fn, resolver, block_resolver,
                                      lexists or _exists_by_stat(stat_fn))
@@ -572,7 +635,7 @@ def _restart_differences(spec, live, aliases):
     if not machine_matches(spec['machine'], live['machine'], live.get('requested_machine'), aliases):
         restart.append('machine')
     differs('max_memory', spec['max_memory'], live['max_memory'])
-    differs('vcpus', spec['vcpus'], live['vcpus'])
+    differs('max_vcpus', spec.get('max_vcpus'), live.get('max_vcpus'))
     differs('cpu_topology', spec['cpu_topology'], live['cpu_topology'])
     differs('cpu_model', spec['cpu_model'], live['cpu_model'])
     differs('boot_order', spec['boot_order'], live['boot_order'])
@@ -639,6 +702,20 @@ def _compare_graphics(spec, live, actions, restart):
         actions.append({'action': 'set_ticket', 'field': 'graphics', 'graphics': spec['graphics']})
 
 
+def _compare_vcpus(spec, live, actions, restart):
+    """vCPUs are hotplugged up to the maximum the VM was started with; pinning is set live."""
+    if spec['vcpus'] is not None and spec['vcpus'] != live['vcpus']:
+        if 'max_vcpus' not in restart and spec['vcpus'] <= (live.get('max_vcpus') or live['vcpus']):
+            actions.append({'action': 'set_vcpus', 'field': 'vcpus', 'count': spec['vcpus']})
+        else:
+            restart.append('vcpus')
+    for vcpu, cpus in sorted((spec.get('cpu_pinning') or {}).items()):
+        if (live.get('cpu_pinning') or {}).get(vcpu) != cpus:
+            actions.append({'action': 'pin_vcpu', 'field': 'cpu_pinning', 'vcpu': vcpu, 'cpus': cpus})
+    if spec.get('emulator_pinning') is not None and spec['emulator_pinning'] != live.get('emulator_pinning'):
+        actions.append({'action': 'pin_emulator', 'field': 'emulator_pinning', 'cpus': spec['emulator_pinning']})
+
+
 def compare(spec, live, aliases=None):
     """Differences between the spec and a parsed domain.
 
@@ -648,6 +725,7 @@ def compare(spec, live, aliases=None):
     """
     actions = []
     restart = _restart_differences(spec, live, aliases)
+    _compare_vcpus(spec, live, actions, restart)
     if spec['memory'] is not None and spec['memory'] != live['memory']:
         # The balloon moves live only within an unchanged maximum.
         if 'max_memory' not in restart:
@@ -677,7 +755,8 @@ def _public_disk(disk):
 def summary(spec_like, redact=True):
     """The comparable fields of a spec or parsed domain, for diffs and results (passwords hidden)."""
     out = {}
-    for key in ('name', 'uuid', 'domain_type', 'machine', 'memory', 'max_memory', 'vcpus', 'cpu_topology', 'cpu_model',
+    for key in ('name', 'uuid', 'domain_type', 'machine', 'memory', 'max_memory', 'vcpus', 'max_vcpus', 'cpu_topology',
+                'cpu_model', 'cpu_pinning', 'emulator_pinning',
                 'boot_order', 'kernel', 'initrd', 'cmdline', 'cdrom', 'console_log', 'custom_properties', 'lease') + \
             DEVICE_FIELDS:
         out[key] = spec_like.get(key)

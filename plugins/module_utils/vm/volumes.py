@@ -213,7 +213,16 @@ def normalize_on_host(params, check_mode=False):
     """:func:`spec.normalize` of module options against this host's files and storage volumes."""
     return vm_spec.normalize(params, stat_fn=os.stat, resolver=legal_volume_source,
                              block_resolver=planned_block_volume if check_mode else activate_block_volume,
-                             lexists=os.path.lexists)
+                             lexists=os.path.lexists, host_cpus=online_cpus())
+
+
+def online_cpus(path='/sys/devices/system/cpu/online'):
+    """This host's online CPUs (None when the kernel does not say)."""
+    try:
+        with open(path) as stream:
+            return vm_spec.parse_cpuset(stream.read().strip(), 'online CPUs')
+    except (OSError, VirtnodeError):
+        return None
 
 
 def is_block_volume_path(path):

@@ -285,3 +285,38 @@ def test_a_persistent_definition_keeps_disk_and_nic_settings_left_out():
 def test_bad_disk_and_nic_settings_are_refused(params, message):
     with pytest.raises(VirtnodeError, match=message):
         spec_of(**params)
+
+
+def test_vcpus_hotplug_up_to_the_maximum_and_pinning_live():
+    spec = spec_of(vcpus=1, max_vcpus=4, cpu_pinning={'0': '1', 1: '0-1,^0'}, emulator_pinning='0')
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert (live['vcpus'], live['max_vcpus']) == (1, 4)
+    assert live['cpu_pinning'] == {0: [1], 1: [1]} and live['emulator_pinning'] == [0]
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    more = vm_spec.compare(spec_of(vcpus=3, max_vcpus=4, cpu_pinning={0: '0'}, emulator_pinning='1'), live)
+    assert more['restart'] == []
+    assert [(a['action'], a.get('count'), a.get('cpus')) for a in more['live']] == \
+        [('set_vcpus', 3, None), ('pin_vcpu', None, [0]), ('pin_emulator', None, [1])]
+    # Past the maximum the VM started with: only at the next start (and the maximum with it).
+    assert vm_spec.compare(spec_of(vcpus=6, max_vcpus=8), live)['restart'] == ['max_vcpus', 'vcpus']
+    assert vm_spec.compare(spec_of(vcpus=6), live)['restart'] == ['vcpus']
+    # A definition with more vCPUs than its old maximum gets the new count as maximum.
+    grown = domxml.parse_live(domxml.updated_persistent_xml(spec_of(vcpus=6), domxml.build_xml(spec)))
+    assert (grown['vcpus'], grown['max_vcpus'], grown['cpu_pinning']) == (6, 6, {0: [1], 1: [1]})
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'vcpus': 5, 'max_vcpus': 4}, 'more than max_vcpus'),
+    ({'max_vcpus': 4}, 'max_vcpus needs vcpus'),
+    ({'vcpus': 2, 'max_vcpus': 4, 'cpu_topology': {'sockets': 1, 'cores': 2, 'threads': 1}}, 'gives 2 vCPUs'),
+    ({'vcpus': 2, 'cpu_pinning': {'2': '0'}}, 'at most 2'),
+    ({'vcpus': 2, 'cpu_pinning': {'x': '0'}}, 'not a vCPU number'),
+    ({'vcpus': 2, 'cpu_pinning': {'0': '0;rm'}}, 'must be a cpuset'),
+    ({'vcpus': 2, 'cpu_pinning': {'0': '3-1'}}, 'runs backwards'),
+    ({'vcpus': 2, 'cpu_pinning': {'0': '0,^0'}}, 'names no CPU'),
+    ({'vcpus': 2, 'cpu_pinning': {'0': '64'}}, 'does not have'),
+    ({'emulator_pinning': '2-3'}, 'does not have'),
+])
+def test_bad_vcpu_settings_are_refused(params, message):
+    with pytest.raises(VirtnodeError, match=message):
+        vm_spec.normalize(dict({'name': 'vm1'}, **params), stat_fn=fake_stat, host_cpus=[0, 1])
