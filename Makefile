@@ -139,6 +139,11 @@ bench-kernel: lab-up collection
 bench-thin: collection $(VENV)/.bench-installed
 	$(VENV)/bin/python tests/bench/bench_thin.py $(BENCH_THIN_ARGS)
 
+# Disk image import, export, template and thin clone on a local file domain (a 256 MiB image); not a test.
+.PHONY: bench-transfer
+bench-transfer: collection
+	/usr/bin/python3 tests/bench/bench_transfer.py --collections $(CURDIR)/$(BUILD) $(BENCH_TRANSFER_ARGS)
+
 # What only the benchmarks need (matplotlib for bench-thin's plot), kept out of `make test`.
 $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt
