@@ -144,6 +144,9 @@ def no_libvirt(monkeypatch):
     monkeypatch.setattr(libvirt_conn, 'LIBVIRT_IMPORT_ERROR', "ModuleNotFoundError: No module named 'libvirt'")
 
 
+POOL_SP = '0b4f2a62-4a44-4d71-8f0d-0ad5b0e3c6a2'
+
+
 @pytest.fixture
 def nfs_domain(tmp_path, monkeypatch):
     """An NFS-type storage domain under a private mount root and lock dir, sanlock's lease writes faked.
@@ -169,3 +172,14 @@ def network_log_in_tmp(monkeypatch, tmp_path):
     """The network code logs to /var/log/virtnode/network.log; unit tests never write the machine's."""
     from ansible_collections.virtnode.kvm.plugins.module_utils.network import store
     monkeypatch.setattr(store, 'LOG_FILE', str(tmp_path / 'network.log'))
+
+
+@pytest.fixture
+def pooled_nfs_domain(nfs_domain, tmp_path, monkeypatch):
+    """The NFS-type domain of ``nfs_domain``, found by the domain scan and in pool ``POOL_SP``; its directory."""
+    from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
+    root = str(tmp_path / 'mnt')
+    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=root, mount=None, unreachable=None, block=True, _orig=storage.scan_domains:
+                        _orig(mount_root=root, mount=mount, unreachable=unreachable, block=block))
+    storage.update_md(nfs_domain, {'POOL_UUID': POOL_SP})
+    return nfs_domain

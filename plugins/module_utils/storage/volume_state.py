@@ -211,10 +211,7 @@ def _create(module, writer, store, sd_uuid, img_uuid, vol_uuid, parent, size, cl
         if parent_img != img_uuid and (parent_md.role != 'SHARED' or parent_md.image != parent_img):
             raise VirtnodeError('volume %s of image %s is not a template (VOLTYPE SHARED): only a template is the base '
                                 'of volumes in other images' % (parent, parent_img), {'field': 'parent_image_uuid'})
-        if size is not None and size < parent_md.capacity:
-            what = ('clone', 'template') if parent_img != img_uuid else ('snapshot', 'parent')
-            raise VirtnodeError('a %s cannot be smaller than its %s (%d bytes)' % (what + (parent_md.capacity,)),
-                                {'field': 'size'})
+        volumes.capacity_on(parent_md, size, *(('clone', 'template') if parent_img != img_uuid else ('snapshot', 'parent')))
     elif size is None:
         raise VirtnodeError('size is required to create a volume', {'field': 'size'})
     if params['format'] == 'RAW' and parent:

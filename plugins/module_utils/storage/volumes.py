@@ -133,10 +133,16 @@ def _snapshot_parent(dom_dir, img_uuid, parent_uuid, volume_format, capacity):
                             % (parent_uuid, ', '.join(children)), {'field': 'parent'})
     if volume_format != 'COW':
         raise VirtnodeError('a volume on top of a parent must be COW', {'field': 'format'})
-    capacity = parent_md.capacity if capacity is None else capacity
-    if capacity < parent_md.capacity:
-        raise VirtnodeError('a snapshot cannot be smaller than its parent (%d bytes)' % parent_md.capacity, {'field': 'size'})
-    return parent_md, capacity
+    return parent_md, capacity_on(parent_md, capacity, 'snapshot', 'parent')
+
+
+def capacity_on(base_md, capacity, child, base):
+    """The capacity of a volume on top of ``base_md`` (its own by default); never smaller than it."""
+    capacity = base_md.capacity if capacity is None else capacity
+    if capacity < base_md.capacity:
+        raise VirtnodeError('a %s cannot be smaller than its %s (%d bytes)' % (child, base, base_md.capacity),
+                            {'field': 'size'})
+    return capacity
 
 
 def _template_parent(dom_dir, template_img, template_vol, volume_format, capacity):
@@ -151,10 +157,7 @@ def _template_parent(dom_dir, template_img, template_vol, volume_format, capacit
         raise VirtnodeError('template volume %s is %s' % (template_vol, template_md.legality), {'field': 'parent'})
     if volume_format != 'COW':
         raise VirtnodeError('a thin clone of a template must be COW', {'field': 'format'})
-    capacity = template_md.capacity if capacity is None else capacity
-    if capacity < template_md.capacity:
-        raise VirtnodeError('a clone cannot be smaller than its template (%d bytes)' % template_md.capacity, {'field': 'size'})
-    return template_md, capacity
+    return template_md, capacity_on(template_md, capacity, 'clone', 'template')
 
 
 def share_template(dom_dir, template_img, img_uuid, template_vol):

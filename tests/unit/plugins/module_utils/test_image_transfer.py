@@ -20,7 +20,6 @@ import types
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
-from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import qemu_img
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volume_state
@@ -37,11 +36,8 @@ PATTERN = b'virtnode-import-pattern'
 
 
 @pytest.fixture
-def domain(nfs_domain, tmp_path, monkeypatch):
-    root = str(tmp_path / 'mnt')
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=root, mount=None, unreachable=None, block=True, _orig=storage.scan_domains:
-                        _orig(mount_root=root, mount=mount, unreachable=unreachable, block=block))
-    storage.update_md(nfs_domain, {'POOL_UUID': SP})
+def domain(pooled_nfs_domain, monkeypatch):
+    """The pooled domain, this host its SPM without sanlock."""
 
     @contextlib.contextmanager
     def fake_task(sp_uuid, what):
@@ -49,7 +45,7 @@ def domain(nfs_domain, tmp_path, monkeypatch):
 
     monkeypatch.setattr(spm, 'require_spm', lambda sp_uuid: {'spm_status': spm.SPM})
     monkeypatch.setattr(spm, 'task', fake_task, raising=False)
-    return nfs_domain
+    return pooled_nfs_domain
 
 
 def image(tmp_path, fmt, name=None, size='4M', options=()):

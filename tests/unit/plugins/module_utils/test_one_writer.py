@@ -34,13 +34,9 @@ needs_qemu_img = pytest.mark.skipif(shutil.which('qemu-img') is None, reason='qe
 
 
 @pytest.fixture
-def domain(nfs_domain, tmp_path, monkeypatch):
+def domain(pooled_nfs_domain):
     """The NFS-type domain of ``nfs_domain``, in pool SP; returns its directory."""
-    root = str(tmp_path / 'mnt')
-    monkeypatch.setattr(storage, 'scan_domains', lambda mount_root=root, mount=None, unreachable=None, block=True, _orig=storage.scan_domains:
-                        _orig(mount_root=root, mount=mount, unreachable=unreachable, block=block))
-    storage.update_md(nfs_domain, {'POOL_UUID': SP})
-    return nfs_domain
+    return pooled_nfs_domain
 
 
 # ------------------------------------------------------------------ concurrent metadata writers
