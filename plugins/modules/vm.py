@@ -63,7 +63,7 @@ options:
       - V(running) starts the VM (restoring it from a saved image when one
         exists) or resumes it when paused.
       - V(paused) starts it paused or pauses it.
-      - V(shutdown) asks the guest to power off (ACPI) and waits O(timeout)
+      - V(shutdown) asks the guest to power off (see O(shutdown_mode)) and waits O(timeout)
         seconds; with O(force=true) a VM still running then is destroyed.
       - V(destroyed) stops it at once. A persistent VM stays defined.
       - V(absent) destroys and undefines it and drops its records.
@@ -134,10 +134,13 @@ options:
     description: V(host-passthrough), V(host-model) or a named CPU model such as V(qemu64).
     type: str
   boot_order:
-    description: Boot devices in order. Mutually exclusive with O(kernel).
+    description:
+      - Boot devices in order. Mutually exclusive with O(kernel).
+      - There is no V(fd). VMs get no floppy drive (q35 machines have no floppy controller, and oVirt dropped floppies);
+        boot an image from O(cdrom) instead.
     type: list
     elements: str
-    choices: [hd, cdrom, network, fd]
+    choices: [hd, cdrom, network]
   kernel:
     description: Direct kernel boot, path of the kernel on the host.
     type: path
@@ -282,6 +285,18 @@ options:
       queues:
         description: Number of virtio-net queue pairs (multiqueue, 1 to 256); a change takes effect at the next start.
         type: int
+      filter:
+        description:
+          - A libvirt network filter on the NIC (C(virsh nwfilter-list)), such as V(clean-traffic), which keeps the
+            guest from spoofing MAC, IP and ARP (oVirt's C(vdsm-no-mac-spoofing) does the MAC part). V("") removes it.
+          - Left out, the NIC's filter is not managed. A change is applied live. A filter the host does not know is
+            refused before anything changes.
+        type: str
+      filter_parameters:
+        description:
+          - The filter's variables, such as C(IP) for V(clean-traffic); a list gives a variable several values.
+            Left out with O(nics[].filter), the filter has none (libvirt learns C(IP) from the guest's traffic).
+        type: dict
   cdrom:
     description:
       - CD-ROM drive with this ISO image, or V("") for an empty drive. Left
@@ -390,6 +405,86 @@ options:
       - A USB tablet (absolute pointer, so the VNC or SPICE pointer follows the client's); V(false) removes it. Left out,
         not managed. A change takes effect at the next start.
     type: bool
+  firmware:
+    description:
+      - V(bios) (SeaBIOS) or V(uefi) (OVMF, chosen by libvirt's firmware autoselection from the descriptors the
+        ovmf package installs, which the bootstrap role installs).
+      - A UEFI VM keeps its variables (boot entries, Secure Boot keys) in its own store,
+        C(/var/lib/libvirt/qemu/nvram/<uuid>_VARS.fd), created from OVMF's template at its first start and kept across
+        restarts, also of a transient VM; O(state=absent) removes it. A new UEFI VM is given its UUID first.
+      - Left out, not managed. A change takes effect at the next start.
+    type: str
+    choices: [bios, uefi]
+  secure_boot:
+    description:
+      - With O(firmware=uefi), OVMF with Secure Boot on and Microsoft's and the distribution's keys enrolled (what
+        Windows 11 and signed Linux boot loaders need), and SMM on. Needs a q35 O(machine).
+      - A change takes effect at the next start.
+    type: bool
+  tpm:
+    description:
+      - A TPM 2.0 emulated by swtpm (the bootstrap role installs it), as oVirt's TPM device; its state is kept by libvirt
+        under C(/var/lib/libvirt/swtpm/<uuid>) across restarts (a transient VM's too), carried by a live migration, and
+        removed with O(state=absent).
+      - Left out, not managed; O(tpm.state=absent) removes it. A change takes effect at the next start.
+    type: dict
+    suboptions:
+      model:
+        description: V(crb) (TPM 2.0's command response buffer interface, Windows 11's) or V(tis).
+        type: str
+        choices: [crb, tis]
+        default: crb
+      state:
+        description: Whether the VM has it.
+        type: str
+        choices: [present, absent]
+        default: present
+  guest_agent:
+    description:
+      - The virtio-serial port of the QEMU guest agent (C(org.qemu.guest_agent.0)), which VDSM's guest agent support and
+        M(virtnode.kvm.vm_info)'s O(virtnode.kvm.vm_info#module:guest_info) data, O(shutdown_mode=agent) and
+        M(virtnode.kvm.vm_snapshot)'s O(virtnode.kvm.vm_snapshot#module:freeze) use. The guest needs qemu-guest-agent
+        installed.
+      - A new VM gets it unless this is V(false). Left out, an existing VM's port is not managed. A change takes effect at
+        the next start.
+    type: bool
+  cloud_init:
+    description:
+      - A cloud-init NoCloud seed for the guest, as VDSM's cloud-init payload; an ISO9660 image labelled C(cidata)
+        made on the host (with python3-pycdlib, which the bootstrap role installs) in
+        C(/var/lib/virtnode/cloud-init/<uuid>/) and attached as a second, read-only CD-ROM drive.
+      - The same input gives no change. Changed input rewrites the seed, which the guest reads at its next boot
+        (RV(pending_restart) lists V(cloud_init)); cloud-init runs its once-per-instance steps again only when
+        C(instance-id) changes.
+      - A new VM gets its UUID before the seed is written, so the seed's default C(instance-id) is the VM's UUID.
+      - The seed exists only on this host; O(state=absent) removes it. The image is readable by QEMU and so by local
+        users of the host; keep secrets out of O(cloud_init.user_data) (give password hashes, not passwords).
+    type: dict
+    suboptions:
+      user_data:
+        description:
+          - A string written as it is (a C(#cloud-config), a script, MIME multipart), or a mapping written as a
+            C(#cloud-config) document. Left out, an empty file.
+        type: raw
+      meta_data:
+        description:
+          - A mapping; C(instance-id) defaults to the VM's UUID and C(local-hostname) to O(name) when it is a host
+            name. A string is written as it is.
+        type: raw
+      network_config:
+        description:
+          - A network configuration (version 2) mapping, or a string. Left out, the seed has none and the guest
+            configures its network itself.
+        type: raw
+  shutdown_mode:
+    description:
+      - How O(state=shutdown) asks the guest to power off.
+      - V(auto) lets libvirt choose, as VDSM does; the guest agent when it is connected, ACPI otherwise.
+      - V(acpi) presses the ACPI power button; V(agent) asks the guest agent only and fails at once when it does not
+        answer.
+    type: str
+    choices: [auto, acpi, agent]
+    default: auto
   force:
     description: With O(state=shutdown), destroy a VM that is still running after O(timeout).
     type: bool

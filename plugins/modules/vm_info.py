@@ -37,6 +37,14 @@ options:
     type: str
     choices: [auto, libvirt]
     default: auto
+  guest_info:
+    description:
+      - Add RV(vms[].guest), what the QEMU guest agent inside each running VM reports (OS, host name, time zone,
+        logged-in users, file systems with their use, interfaces with their addresses), as VDSM's guest agent data.
+      - One agent round trip per running VM whose agent is connected, each bounded by libvirt's agent timeout; a
+        guest whose agent does not answer gets an C(error) in RV(vms[].guest), never a failed task.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - virtnode.kvm.libvirt
   - virtnode.kvm.failure
@@ -153,6 +161,25 @@ vms:
       type: dict
       returned: always
       sample: {"exit_code": 0, "exit_reason": 6, "exit_message": "Admin shut down", "time": 1767225600.0}
+    guest:
+      description:
+        - What the guest agent reports, with O(guest_info=true); V(null) when the VM is down.
+        - C(agent) is V(connected), V(disconnected) (the port exists but no agent answers) or V(none) (no port); C(error)
+          says why nothing else came; C(answered_at) is when the agent answered (seconds since the epoch).
+        - The time zone offset is in seconds east of UTC; C(login_time_ms) is milliseconds since the epoch.
+      type: dict
+      returned: when O(guest_info=true)
+      sample: {"agent": "connected", "error": null, "answered_at": 1767225600.5, "hostname": "web1",
+               "os": {"id": "debian", "name": "Debian GNU/Linux", "pretty_name": "Debian GNU/Linux 12 (bookworm)",
+                      "version": "12 (bookworm)", "version_id": "12", "kernel_release": "6.1.0-28-cloud-amd64",
+                      "kernel_version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1", "machine": "x86_64",
+                      "variant": null, "variant_id": null},
+               "timezone": {"name": "UTC", "offset_seconds": 0},
+               "users": [{"name": "root", "domain": null, "login_time_ms": 1767225600000}],
+               "filesystems": [{"mountpoint": "/", "name": "vda1", "type": "ext4", "used_bytes": 1048576,
+                                "total_bytes": 4194304, "disks": ["vda"]}],
+               "interfaces": [{"name": "eth0", "hwaddr": "52:54:00:12:34:56",
+                               "addresses": [{"type": "ipv4", "address": "192.0.2.10", "prefix": 24}]}]}
 sample_interval:
   description: Seconds between the two samples (V(0) for one sample); the agent's interval when RV(source=agent).
   returned: always
@@ -179,6 +206,7 @@ def main():
             name=dict(type='str'),
             sample_interval=dict(type='float'),
             source=dict(type='str', default='auto', choices=['auto', 'libvirt']),
+            guest_info=dict(type='bool', default=False),
         ),
         supports_check_mode=True,
     )

@@ -278,10 +278,13 @@ duration_s:
   type: float
   sample: 0.42
 freeze:
-  description: Whether the guest's file systems were frozen for the snapshot, and why not.
+  description:
+    - Whether the guest's file systems were frozen for the snapshot, and why not.
+    - C(filesystems) is how many the guest agent froze (V(null) when none was asked to).
   returned: when a snapshot is taken
   type: dict
-  sample: {"requested": true, "frozen": false, "message": "no connected guest agent: snapshot taken without freezing"}
+  sample: {"requested": true, "frozen": false, "filesystems": null,
+           "message": "no connected guest agent: snapshot taken without freezing"}
 memory:
   description: The memory-state volume used, with the bytes it needed.
   returned: when O(memory_volume) is given

@@ -27,12 +27,16 @@ from conftest import (LAB_ID, LAST_HEARTBEAT, START_HEARTBEAT_GUEST, heartbeats,
 GUEST = "vmtest-migrate"
 LOG = f"/var/log/libvirt/qemu/{GUEST}-console.log"
 
+# The guest has a cloud-init seed, a file of its first host only.
+START_SEEDED_GUEST = START_HEARTBEAT_GUEST.replace(
+    'workload=heartbeat"\n', 'workload=heartbeat"\n        cloud_init: {meta_data: {local-hostname: migrating}}\n', 1)
+
 PLAYBOOK = """
 - name: Start the guest on the first host
   hosts: lab[0]
   gather_facts: false
   tasks:
-""" + START_HEARTBEAT_GUEST + """    - name: A migration to a host that does not exist fails and leaves the VM here
+""" + START_SEEDED_GUEST + """    - name: A migration to a host that does not exist fails and leaves the VM here
       virtnode.kvm.vm:
         name: %(guest)s
         migrate_to: no-such-host.invalid
@@ -72,6 +76,8 @@ PLAYBOOK = """
           - out.vm.host == 'qemu+tcp://' + groups['lab'][1] + '/system'
           - out.migration.duration_s > 0
           - again is not changed
+          # The seed is a file of the source host: ejected before the destination's QEMU would fail to open it.
+          - "'eject cloud-init seed (it stays on this host) from hdd' in out.actions"
 
 - name: Check the guest on the second host and bring it back
   hosts: lab[1]

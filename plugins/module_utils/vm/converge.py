@@ -13,12 +13,14 @@ check mode records what would be done and hooks run as in VDSM.
 from __future__ import annotations
 
 import os
+import uuid
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.host import capabilities as host_caps
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import cloud_init
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
@@ -71,6 +73,9 @@ def _create(conn, lc, params, spec):
     """Start a new VM from the spec (transient unless ``persistent``); a serial console is logged by default."""
     if spec['console_log'] is None:
         spec['console_log'] = True
+    if spec.get('firmware') == 'uefi' or spec.get('tpm'):
+        settle_uuid(lc, spec)
+    spec['transient'] = not params['persistent']
     xml = domxml.build_xml(spec, domain_type=recommended_domain_type(conn.getCapabilities()))
     return lc.start_new(xml, bool(params['persistent']), params['state'] == 'paused')
 
@@ -112,8 +117,52 @@ def _pause_or_resume(lc, dom, paused):
         lc.resume(dom)
 
 
+def check_nwfilters(conn, spec):
+    """Refuse a NIC filter libvirt does not know before anything is defined or started (libvirt itself finds out
+    only when the VM starts)."""
+    for index, nic in enumerate(spec['nics'] or ()):
+        if nic.get('filter'):
+            try:
+                conn.nwfilterLookupByName(nic['filter']['name'])
+            except libvirt_conn.LibvirtError as exc:
+                raise VirtnodeError('nics[%d] filter %s is not a network filter of this host (virsh nwfilter-list): %s'
+                                    % (index, nic['filter']['name'], libvirt_conn.error_text(exc)),
+                                    {'field': 'nics[%d]' % index}) from exc
+
+
+def settle_uuid(lc, spec):
+    """The UUID of a VM libvirt does not know, for what is named after it before the domain exists (its seed,
+    its UEFI variables, its TPM state): the one asked for; else the one this VM had when it went down here (its
+    saved image, or its exit record: a transient VM started again is the same VM); else a new one. Set in ``spec``."""
+    if not spec['uuid']:
+        saved_uuid, record = lc.find_saved(None)
+        if not record:
+            saved_uuid = next((rec_uuid for rec_uuid, exit_record in vm_records.all_records('exit', lc.records_dir)
+                               if exit_record.get('name') == spec['name']), None)
+        spec['uuid'] = saved_uuid or str(uuid.uuid4())
+    return spec['uuid']
+
+
+def write_cloud_init_seed(lc, spec, dom):
+    """Write the VM's cloud-init seed when ``cloud_init`` is given (a new VM is given its UUID now: the seed's
+    instance-id and path are named after it); sets ``spec['cloud_init_seed']``. Returns whether it changed."""
+    if spec['cloud_init'] is None:
+        return False
+    vm_uuid = dom.UUIDString() if dom is not None else settle_uuid(lc, spec)
+    files = cloud_init.normalize(spec['cloud_init'], vm_uuid, spec['name'])
+    path = cloud_init.seed_path(vm_uuid, lc.seed_dir)
+    changed, info = cloud_init.ensure_seed(path, files, check_mode=lc.check_mode)
+    if changed:
+        differs = ': %s' % ', '.join(info['differs']) if info['differs'] else ''
+        lc.actions.append('write cloud-init seed (%s%s)' % (info['action'], differs))
+    spec['cloud_init_seed'] = path
+    return changed and info['action'] != 'mode'
+
+
 def ensure_running(conn, lc, params, spec, dom, result):
     """state=running/paused: create, restore, start or resume, then apply live changes."""
+    check_nwfilters(conn, spec)
+    seed_rewritten = write_cloud_init_seed(lc, spec, dom)
     paused = params['state'] == 'paused'
     before = domxml.parse_live(_xml(dom, 'VIR_DOMAIN_XML_SECURE')) if dom is not None else None
     aliases = domxml.machine_aliases(conn.getCapabilities())
@@ -131,6 +180,8 @@ def ensure_running(conn, lc, params, spec, dom, result):
         return _start_defined(conn, lc, params, spec, dom, before, aliases)
     diffs = vm_spec.compare(spec, before, aliases)
     result['pending_restart'] = diffs['restart']
+    if seed_rewritten and 'cloud_init' not in diffs['restart']:
+        result['pending_restart'].append('cloud_init')  # QEMU keeps the image it opened; the guest reads it at boot
     lc.apply_live(dom, diffs['live'], spec)
     _converge_definition(conn, lc, params['persistent'], spec, dom, before, aliases)
     _pause_or_resume(lc, dom, paused)
@@ -165,7 +216,11 @@ def migrate(conn, lc, params, dom, result):
         if remote_active:
             raise VirtnodeError('a VM named %s already runs on %s' % (params['name'], dest_uri))
         vm_uuid, dom_xml = dom.UUIDString(), dom.XMLDesc(0)
-        block_disks = [d['path'] for d in domxml.parse_live(dom_xml)['disks'] if vm_volumes.is_block_volume_path(d['path'])]
+        live = domxml.parse_live(dom_xml)
+        block_disks = [d['path'] for d in live['disks'] if vm_volumes.is_block_volume_path(d['path'])]
+        if live['cloud_init_seed']:
+            # The seed is a file of this host: the destination's QEMU could not open it.
+            lc.eject(dom, live['cloud_init_seed_drive'], 'cloud-init seed (it stays on this host)')
         try:
             result['migration'] = lc.migrate(dom, dest_uri, options)
         except VirtnodeError as err:
@@ -207,7 +262,7 @@ def stop_or_remove(lc, params, spec, dom, vm_uuid):
     persistent = bool(dom.isPersistent())
     dom_xml = dom.XMLDesc(0)
     if state == 'shutdown' and active:
-        lc.shutdown(dom, params['timeout'], params['force'])
+        lc.shutdown(dom, params['timeout'], params['force'], params.get('shutdown_mode') or 'auto')
     elif state == 'destroyed' and active:
         lc.destroy(dom)
     elif state == 'absent':

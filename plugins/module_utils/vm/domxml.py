@@ -15,14 +15,17 @@ lives in the domain's ``<metadata>`` under :data:`METADATA_NS`.
 
 from __future__ import annotations
 
+import copy
 import html
 import os
 import re
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import cloud_init
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.spec import (
-    CPU_MODES, IOTUNE_KEYS, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics, parse_cpuset)
+    CPU_MODES, IOTUNE_KEYS, KIB, MIB_IN_KIB, cdrom_device, machine_matches, match_nics, nvram_path, parse_cpuset,
+    seed_device)
 
 try:
     from lxml import etree
@@ -34,6 +37,7 @@ except ImportError:
 METADATA_NS = 'http://virtnode.kvm/xmlns/vm/1.0'
 METADATA_PREFIX = 'virtnode'
 CONSOLE_LOG_DIR = '/var/log/libvirt/qemu'
+GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 
 
 def require_lxml():
@@ -98,9 +102,11 @@ def backing_store_elements(disk_elem, layers):
     _sub(parent, 'backingStore')
 
 
-def cdrom_element(path, machine):
+def cdrom_element(path, machine, device=None):
+    """A read-only CD-ROM drive with ``path`` (None or '': empty) on ``device`` (bus, target), by default the
+    one of :func:`spec.cdrom_device`."""
     require_lxml()
-    bus, target = cdrom_device(machine)
+    bus, target = device or cdrom_device(machine)
     elem = etree.Element('disk', type='file', device='cdrom')
     _sub(elem, 'driver', name='qemu', type='raw')
     if path:
@@ -123,7 +129,26 @@ def nic_element(nic):
         _sub(elem, 'mtu', size=nic['mtu'])
     if nic.get('link_state'):
         _sub(elem, 'link', state=nic['link_state'])
+    if nic.get('filter'):
+        elem.append(filterref_element(nic['filter']))
     return elem
+
+
+def filterref_element(nwfilter):
+    elem = etree.Element('filterref', filter=nwfilter['name'])
+    for name in sorted(nwfilter['parameters']):
+        for value in nwfilter['parameters'][name]:
+            _sub(elem, 'parameter', name=name, value=value)
+    return elem
+
+
+def _filter_from_elem(elem):
+    if elem is None:
+        return False
+    params = {}
+    for param in elem.findall('parameter'):
+        params.setdefault(param.get('name'), []).append(param.get('value'))
+    return {'name': elem.get('filter'), 'parameters': dict((k, sorted(v)) for k, v in params.items())}
 
 
 def graphics_element(graphics, port=None):
@@ -185,6 +210,41 @@ def _device_elements(devices, spec):
         if rng['rate_bytes']:
             _sub(elem, 'rate', bytes=rng['rate_bytes'], period=rng['rate_period_ms'])
         _sub(elem, 'backend', rng['backend'], model='random')
+    if spec.get('tpm'):
+        # persistent_state: a transient VM (VDSM's kind) keeps its TPM across restarts too.
+        tpm = _sub(devices, 'tpm', model='tpm-%s' % spec['tpm']['model'])
+        _sub(tpm, 'backend', type='emulator', version='2.0', persistent_state='yes' if spec.get('transient') else None)
+    if spec.get('guest_agent') is not False:
+        # New domains get the agent's port unless it is refused; libvirt gives the socket its own path.
+        channel = _sub(devices, 'channel', type='unix')
+        _sub(channel, 'target', type='virtio', name=GUEST_AGENT_CHANNEL)
+
+
+def _firmware_elements(os_elem, spec):
+    """UEFI through libvirt's firmware autoselection (the OVMF build that has the features asked for), with
+    the VM's own variable store."""
+    if spec.get('firmware') != 'uefi':
+        return
+    os_elem.set('firmware', 'efi')
+    firmware = _sub(os_elem, 'firmware')
+    secure = 'yes' if spec.get('secure_boot') else 'no'
+    _sub(firmware, 'feature', enabled=secure, name='enrolled-keys')
+    _sub(firmware, 'feature', enabled=secure, name='secure-boot')
+    nvram = spec.get('nvram') or (nvram_path(spec['uuid']) if spec.get('uuid') else None)
+    if nvram:
+        _sub(os_elem, 'nvram', nvram)
+
+
+def _parse_firmware(root, live):
+    os_elem = root.find('os')
+    loader = os_elem.find('loader') if os_elem is not None else None
+    efi = os_elem is not None and (os_elem.get('firmware') == 'efi' or (loader is not None and loader.get('type') == 'pflash'))
+    live['firmware'] = 'uefi' if efi else 'bios'
+    feature = root.find("os/firmware/feature[@name='secure-boot']")
+    live['secure_boot'] = bool(efi and ((feature is not None and feature.get('enabled') == 'yes')
+                                        or (loader is not None and loader.get('secure') == 'yes')))
+    live['nvram'] = (root.findtext('os/nvram') or '').strip() or None
+    live['smm'] = root.find("features/smm[@state='on']") is not None
 
 
 def _parse_devices(root, live):
@@ -203,6 +263,17 @@ def _parse_devices(root, live):
     video = root.find('devices/video/model')
     live['video'] = video.get('type') if video is not None else None
     live['tablet'] = root.find("devices/input[@type='tablet']") is not None
+    live['guest_agent'] = guest_agent_channel(root) is not None
+    tpm = root.find('devices/tpm')
+    live['tpm'] = {'model': (tpm.get('model') or 'tpm-tis').replace('tpm-', '')} if tpm is not None else False
+
+
+def guest_agent_channel(root):
+    for channel in root.findall('devices/channel'):
+        target = channel.find('target')
+        if target is not None and target.get('name') == GUEST_AGENT_CHANNEL:
+            return channel
+    return None
 
 
 def build_xml(spec, domain_type='qemu', arch='x86_64'):
@@ -241,9 +312,12 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
             _sub(os_elem, 'cmdline', spec['cmdline'])
     for dev in spec['boot_order'] or ():
         _sub(os_elem, 'boot', dev=dev)
+    _firmware_elements(os_elem, spec)
     features = _sub(root, 'features')
     _sub(features, 'acpi')
     _sub(features, 'apic')
+    if spec.get('secure_boot') or spec.get('smm'):
+        _sub(features, 'smm', state='on')
     _sub(root, 'on_poweroff', 'destroy')
     _sub(root, 'on_reboot', 'restart')
     _sub(root, 'on_crash', 'destroy')
@@ -252,6 +326,8 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
         devices.append(disk_element(disk))
     if spec['cdrom'] is not None:
         devices.append(cdrom_element(spec['cdrom'], spec['machine']))
+    if spec.get('cloud_init_seed'):
+        devices.append(cdrom_element(spec['cloud_init_seed'], spec['machine'], seed_device(spec['machine'])))
     for nic in spec['nics'] or ():
         devices.append(nic_element(nic))
     if spec['graphics']:
@@ -404,8 +480,13 @@ def _parse_drives(root, live):
     live['disks'] = []
     live['cdrom'] = None
     live['cdrom_target'] = None
+    live['cloud_init_seed'] = None
     for elem in root.findall('devices/disk'):
-        if elem.get('device') == 'cdrom':
+        if elem.get('device') == 'cdrom' and cloud_init.is_seed_path(_disk_from_elem(elem)['path']):
+            seed = _disk_from_elem(elem)
+            live['cloud_init_seed'] = seed['path']
+            live['cloud_init_seed_drive'] = (seed['bus'], seed['target'])
+        elif elem.get('device') == 'cdrom':
             disk = _disk_from_elem(elem)
             live['cdrom'] = disk['path'] or ''
             live['cdrom_target'] = disk['target']
@@ -427,6 +508,7 @@ def _nic_from_elem(elem):
         'mtu': int(elem.find('mtu').get('size')) if elem.find('mtu') is not None and elem.find('mtu').get('size') else None,
         'queues': int(elem.find('driver').get('queues'))
         if elem.find('driver') is not None and elem.find('driver').get('queues') else None,
+        'filter': _filter_from_elem(elem.find('filterref')),
         'target_dev': elem.find('target').get('dev') if elem.find('target') is not None else None,
         'alias': elem.find('alias').get('name') if elem.find('alias') is not None else None,
     }
@@ -484,11 +566,12 @@ def parse_live(xml_text):
     live['console_log_file'] = serial_log.get('file') if serial_log is not None else None
     live['lease'] = _lease_from_elem(root.find('devices/lease'))
     _parse_devices(root, live)
+    _parse_firmware(root, live)
     return live
 
 
 DISK_KEPT_KEYS = ('io', 'serial', 'discard', 'detect_zeroes', 'iotune')
-NIC_KEPT_KEYS = ('link_state', 'mtu', 'queues')
+NIC_KEPT_KEYS = ('link_state', 'mtu', 'queues', 'filter')
 
 
 def _kept(wanted, defined, keys):
@@ -510,7 +593,7 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
     merged = dict(spec)
     for key in ('domain_type', 'machine', 'vcpus', 'max_vcpus', 'cpu_topology', 'cpu_model', 'cpu_pinning',
                 'emulator_pinning', 'boot_order', 'kernel', 'initrd', 'cmdline', 'graphics', 'lease', 'watchdog', 'rng',
-                'video', 'tablet'):
+                'video', 'tablet', 'guest_agent', 'cloud_init_seed', 'firmware', 'secure_boot', 'tpm', 'nvram', 'smm'):
         if merged.get(key) is None:
             merged[key] = live.get(key)
     if merged['max_vcpus'] is not None and merged['vcpus'] is not None and merged['vcpus'] > merged['max_vcpus']:
@@ -541,7 +624,63 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
     if merged['cdrom'] is None:
         merged['cdrom'] = live['cdrom']
     merged['uuid'] = live['uuid']
-    return build_xml(merged, domain_type=domain_type)
+    root = parse_xml(build_xml(merged, domain_type=domain_type))
+    keep_unowned(root, parse_xml(persistent_xml))
+    return etree.tostring(root, pretty_print=True, encoding='unicode')
+
+
+# What the spec renders, by parent: the rest of a definition (devices a hook or an administrator added, libvirt's
+# controllers, clock, features, security labels ...) is carried over as it was.
+OWNED_TOP = ('name', 'uuid', 'memory', 'currentMemory', 'vcpu', 'on_poweroff', 'on_reboot', 'on_crash')
+OWNED_CHILDREN = {
+    'os': ('type', 'kernel', 'initrd', 'cmdline', 'boot', 'loader', 'nvram', 'firmware'),
+    'cpu': ('model', 'topology'),
+    'cputune': ('vcpupin', 'emulatorpin'),
+    'features': ('acpi', 'apic', 'smm'),
+}
+OWNED_ATTRIBUTES = {'os': ('firmware',)}
+OWNED_DEVICES = ('interface', 'graphics', 'serial', 'console', 'video', 'watchdog', 'rng', 'memballoon', 'lease', 'tpm')
+
+
+def _owned_device(elem):
+    if elem.tag in OWNED_DEVICES:
+        return True
+    if elem.tag == 'disk':
+        return elem.get('device', 'disk') in ('disk', 'cdrom')
+    if elem.tag == 'input':
+        return elem.get('type') == 'tablet'
+    if elem.tag == 'channel':
+        target = elem.find('target')
+        return target is not None and target.get('name') == GUEST_AGENT_CHANNEL
+    return False
+
+
+def _unowned_children(old_parent, owned):
+    return [copy.deepcopy(child) for child in old_parent if not isinstance(child.tag, str) or child.tag not in owned]
+
+
+def keep_unowned(root, old_root):
+    """Copy into ``root`` (rendered from a spec) what ``old_root`` has that the spec does not render."""
+    for old_child in old_root:
+        if not isinstance(old_child.tag, str) or old_child.tag in OWNED_TOP:
+            continue
+        tag = old_child.tag
+        new_child = root.find(tag)
+        if tag == 'metadata':
+            for item in old_child:
+                if item.tag != '{%s}vm' % METADATA_NS:
+                    new_child.append(copy.deepcopy(item))
+        elif tag == 'devices':
+            new_child.extend(copy.deepcopy(dev) for dev in old_child if isinstance(dev.tag, str) and not _owned_device(dev))
+        elif tag in OWNED_CHILDREN:
+            if new_child is None:
+                new_child = _sub(root, tag)
+            for key, value in old_child.attrib.items():
+                if new_child.get(key) is None and key not in OWNED_ATTRIBUTES.get(tag, ()):
+                    new_child.set(key, value)
+            new_child.extend(_unowned_children(old_child, OWNED_CHILDREN[tag]))
+        elif new_child is None:
+            root.append(copy.deepcopy(old_child))
 
 
 def machine_aliases(caps_xml):

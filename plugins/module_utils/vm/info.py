@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import validate
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import guest_agent
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import lookup
@@ -53,15 +54,33 @@ def _from_agent(params, agent_query):
     return {'changed': False, 'vms': vms, 'sample_interval': float(cached.get('interval') or 0), 'source': 'agent'}
 
 
+def add_guest_info(conn, vms):
+    """Each running VM's ``guest``: what its guest agent reports (one agent round trip per VM whose agent is
+    connected; libvirt bounds each by its agent timeout). Down VMs get None."""
+    for vm in vms:
+        vm['guest'] = None
+        if vm.get('status') in (None, 'Down'):
+            continue
+        dom = lookup(conn, vm['name'], vm['uuid'])
+        if dom is not None and dom.isActive():
+            vm['guest'] = guest_agent.guest_info(dom)
+    return vms
+
+
 def report(module, agent_query):
     """The ``vm_info`` result; ``agent_query(kind)`` asks the node agent (None when it does not run)."""
     params = module.params
     interval = validate.sample_interval(DEFAULT_SAMPLE_INTERVAL if params['sample_interval'] is None
                                         else params['sample_interval'])
-    cached = _from_agent(params, agent_query)
-    if cached is not None:
-        return cached
-    libvirt_conn.require_libvirt(module)
-    with libvirt_conn.connect(params['uri']) as conn:
-        vms = gather(conn, params['name'], interval)
-    return {'changed': False, 'vms': vms, 'sample_interval': interval, 'source': 'libvirt'}
+    result = _from_agent(params, agent_query)
+    if result is None or params.get('guest_info'):
+        libvirt_conn.require_libvirt(module)
+    if result is None:
+        with libvirt_conn.connect(params['uri']) as conn:
+            vms = gather(conn, params['name'], interval)
+        result = {'changed': False, 'vms': vms, 'sample_interval': interval, 'source': 'libvirt'}
+    if params.get('guest_info'):
+        # Agent calls need a read-write connection, as every libvirt call that reaches into the guest.
+        with libvirt_conn.connect(params['uri']) as conn:
+            add_guest_info(conn, result['vms'])
+    return result

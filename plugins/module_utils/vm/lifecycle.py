@@ -12,6 +12,7 @@ Every operation returns only when the VM reached the state it asked for
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 
@@ -19,6 +20,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks a
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import constants
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import cloud_init
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as vm_records
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
@@ -31,6 +33,14 @@ _graphics_passwords = domxml.graphics_passwords
 
 POLL = 0.2
 MIGRATION_TRANSPORTS = ('tcp', 'tls')
+# shutdown_mode -> virDomainShutdownFlags flags; with none libvirt tries the agent when it is connected, then ACPI.
+SHUTDOWN_FLAGS = {'auto': (), 'acpi': ('VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN',),
+                  'agent': ('VIR_DOMAIN_SHUTDOWN_GUEST_AGENT',)}
+SHUTDOWN_MODES = tuple(SHUTDOWN_FLAGS)
+# Where libvirt's swtpm keeps each VM's TPM state, by UUID.
+SWTPM_DIR = '/var/lib/libvirt/swtpm'
+SHUTDOWN_NEEDS = {'auto': 'the shutdown request (ACPI or agent)', 'acpi': 'ACPI power button events',
+                  'agent': 'the guest agent shutdown'}
 
 
 def default_migration_uri(host, transport='tls'):
@@ -67,12 +77,22 @@ def migration_params(options):
     return params
 
 
+def _filter_text(nwfilter):
+    if nwfilter is None:
+        return 'as is'
+    return nwfilter['name'] if nwfilter else 'none'
+
+
 class Lifecycle(object):
     """Operations on one VM; ``actions`` records what was (or in check mode would be) done."""
 
     def __init__(self, conn, name, hooks_dir=hooks_utils.DEFAULT_HOOKS_DIR, check_mode=False, timeout=120,
-                 records_dir=vm_records.RECORDS_DIR, env=None, sleep=time.sleep, clock=time.monotonic):
+                 records_dir=vm_records.RECORDS_DIR, env=None, sleep=time.sleep, clock=time.monotonic,
+                 seed_dir=cloud_init.SEED_DIR, nvram_dir=vm_spec.NVRAM_DIR, swtpm_dir=SWTPM_DIR):
         self.conn = conn
+        self.seed_dir = seed_dir
+        self.nvram_dir = nvram_dir
+        self.swtpm_dir = swtpm_dir
         self.name = name
         self.hooks_dir = hooks_dir
         self.check_mode = check_mode
@@ -268,20 +288,29 @@ class Lifecycle(object):
         self.write_exit(vm_uuid, reason, message)
         self.hook('after_vm_destroy', xml, vm_uuid, fail=False)
 
-    def shutdown(self, dom, timeout, force):
-        """ACPI shutdown; after ``timeout`` seconds destroy when ``force``, else fail."""
+    def shutdown(self, dom, timeout, force, mode='auto'):
+        """Ask the guest to power off: through its agent, ACPI, or (``auto``) the agent when it is connected
+        and ACPI otherwise, as libvirt decides; after ``timeout`` seconds destroy when ``force``, else fail."""
         vm_uuid = dom.UUIDString()
-        if not self.act('shutdown'):
+        if not self.act('shutdown (%s)' % mode if mode != 'auto' else 'shutdown'):
             if force:
                 self.actions.append('destroy (when the guest ignores the shutdown request)')
             return
-        dom.shutdown()
+        try:
+            dom.shutdownFlags(constants.mask(*SHUTDOWN_FLAGS[mode]))
+        except libvirt_conn.LibvirtError as exc:
+            if mode != 'agent':
+                raise
+            # An agent that does not answer fails at once: say so rather than wait for the timeout.
+            raise VirtnodeError('VM %s: the guest agent did not take the shutdown request (%s); use '
+                                'shutdown_mode=acpi or auto' % (self.name, libvirt_conn.error_text(exc)),
+                                {'mode': mode})
         try:
             self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'shut down', timeout)
         except VirtnodeError as err:
             if not force:
-                raise VirtnodeError('%s; the guest may not handle ACPI power button events: set force=true to destroy it'
-                                    % err.message, err.details)
+                raise VirtnodeError('%s; the guest may not handle %s: set force=true to destroy it'
+                                    % (err.message, SHUTDOWN_NEEDS[mode]), err.details)
             self.warnings.append('VM %s ignored the shutdown request for %gs and was destroyed' % (self.name, timeout))
             self.destroy(dom, vm_stats.EXIT_ADMIN_SHUTDOWN, 'Admin shut down (forced after %gs)' % timeout)
             return
@@ -314,10 +343,24 @@ class Lifecycle(object):
                 vm_volumes.release_block_volume(path)
         return released
 
+    def _forget_firmware_state(self, vm_uuid):
+        """A transient VM's UEFI variables and TPM state, which libvirt keeps by its UUID after it stops (a
+        persistent VM's go with its undefine)."""
+        tpm_dir = os.path.join(self.swtpm_dir, vm_uuid)
+        nvram = os.path.join(self.nvram_dir, os.path.basename(vm_spec.nvram_path(vm_uuid)))
+        if os.path.exists(nvram) and self.act('remove UEFI variables'):
+            os.unlink(nvram)
+        if os.path.isdir(tpm_dir) and self.act('remove TPM state'):
+            shutil.rmtree(tpm_dir)
+
     def forget(self, vm_uuid):
-        """Drop every record of a VM (exit reason, saved image we own)."""
+        """Drop every record of a VM (exit reason, saved image we own) and its cloud-init seed."""
         if not vm_uuid:
             return False
+        if self.seed_dir and os.path.exists(cloud_init.seed_path(vm_uuid, self.seed_dir)):
+            if self.act('remove cloud-init seed'):
+                cloud_init.remove_seed(cloud_init.seed_path(vm_uuid, self.seed_dir))
+        self._forget_firmware_state(vm_uuid)
         directory = vm_records.record_dir(vm_uuid, self.records_dir)
         if not os.path.isdir(directory):
             return False
@@ -386,11 +429,8 @@ class Lifecycle(object):
             elif kind == 'change_cd':
                 if self.act('change cd to %s' % (item['path'] or 'empty')):
                     live = domxml.parse_live(dom.XMLDesc(0))
-                    elem = domxml.cdrom_element(item['path'], None)
-                    elem.find('target').set('dev', live['cdrom_target'])
-                    elem.find('target').set('bus', live.get('cdrom_bus') or 'ide')
-                    dom.updateDeviceFlags(domxml.to_text(elem),
-                                          live_flags | constants.value('VIR_DOMAIN_DEVICE_MODIFY_FORCE'))
+                    self._change_media(dom, item['path'], (live.get('cdrom_bus') or 'ide', live['cdrom_target']),
+                                       live_flags)
             elif kind == 'set_ticket':
                 graphics = item['graphics']
                 if self.act('set %s ticket' % graphics['type']):
@@ -410,8 +450,9 @@ class Lifecycle(object):
                     dom.setBlockIoTune(item['target'], dict(item['iotune']), live_flags)
             elif kind == 'update_nic':
                 nic = item['nic']
-                if self.act('update nic %s (%s %s, link %s)' % (item['mac'], nic['source_type'], nic['source'],
-                                                                nic.get('link_state') or 'as is')):
+                if self.act('update nic %s (%s %s, link %s, filter %s)'
+                            % (item['mac'], nic['source_type'], nic['source'], nic.get('link_state') or 'as is',
+                               _filter_text(nic.get('filter')))):
                     dom.updateDeviceFlags(self._updated_nic_xml(dom, item['mac'], nic), live_flags)
             elif kind == 'set_metadata':
                 self.act('update custom properties')
@@ -427,6 +468,17 @@ class Lifecycle(object):
                                         else live['custom_properties'])}
         meta = domxml.to_text(domxml.metadata_element(merged, namespaced=False))
         dom.setMetadata(constants.value('VIR_DOMAIN_METADATA_ELEMENT'), meta, domxml.METADATA_PREFIX, domxml.METADATA_NS, flags)
+
+    @staticmethod
+    def _change_media(dom, path, drive, flags):
+        """Put ``path`` (None: nothing) into the CD-ROM ``drive`` (bus, target), forced as a guest lock is."""
+        elem = domxml.cdrom_element(path, None, drive)
+        dom.updateDeviceFlags(domxml.to_text(elem), flags | constants.value('VIR_DOMAIN_DEVICE_MODIFY_FORCE'))
+
+    def eject(self, dom, drive, what):
+        """Empty the running VM's CD-ROM ``drive`` (bus, target)."""
+        if self.act('eject %s from %s' % (what, drive[1])):
+            self._change_media(dom, None, drive, constants.value('VIR_DOMAIN_AFFECT_LIVE'))
 
     @staticmethod
     def _cpumap(dom, cpus):
@@ -448,6 +500,11 @@ class Lifecycle(object):
             if link is None:
                 link = domxml.etree.SubElement(root, 'link')
             link.set('state', nic['link_state'])
+        if nic.get('filter') is not None:
+            for old in root.findall('filterref'):
+                root.remove(old)
+            if nic['filter']:
+                root.append(domxml.filterref_element(nic['filter']))
         return domxml.to_text(root)
 
     def _device_xml(self, dom, tag, match):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.hooks import DEFAULT_HOOKS_DIR
 from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import connection as libvirt_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import converge as vm_converge
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle as vm_lifecycle
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
 
 MUTUALLY_EXCLUSIVE = [('boot_order', 'kernel'), ('save_path', 'saved_volume')]
@@ -39,7 +40,7 @@ def argument_spec():
     nic = dict(bridge=dict(type='str'), network=dict(type='str'), mac=dict(type='str'),
                model=dict(type='str', choices=list(vm_spec.NIC_MODELS), default='virtio'),
                link_state=dict(type='str', choices=list(vm_spec.NIC_LINK_STATES)), mtu=dict(type='int'),
-               queues=dict(type='int'))
+               queues=dict(type='int'), filter=dict(type='str'), filter_parameters=dict(type='dict'))
     return libvirt_conn.libvirt_argument_spec(
         name=dict(type='str', required=True),
         uuid=dict(type='str'),
@@ -73,6 +74,7 @@ def argument_spec():
         lease=dict(type='dict', options=dict(sd_id=dict(type='str'), lease_id=dict(type='str'), path=dict(type='path'),
                                              offset=dict(type='int', default=0))),
         force=dict(type='bool', default=False),
+        shutdown_mode=dict(type='str', choices=list(vm_lifecycle.SHUTDOWN_MODES), default='auto'),
         timeout=dict(type='int', default=120),
         save_path=dict(type='path'),
         saved_volume=dict(type='dict', options=vm_spec.VOLUME_REF_OPTIONS),
@@ -95,6 +97,14 @@ def argument_spec():
             state=dict(type='str', choices=['present', 'absent'], default='present'))),
         video=dict(type='str', choices=list(vm_spec.VIDEO_MODELS)),
         tablet=dict(type='bool'),
+        guest_agent=dict(type='bool'),
+        firmware=dict(type='str', choices=list(vm_spec.FIRMWARES)),
+        secure_boot=dict(type='bool'),
+        tpm=dict(type='dict', options=dict(
+            model=dict(type='str', choices=list(vm_spec.TPM_MODELS), default='crb'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'))),
+        cloud_init=dict(type='dict', options=dict(user_data=dict(type='raw'), meta_data=dict(type='raw'),
+                                                  network_config=dict(type='raw'))),
     )
 
 

@@ -41,13 +41,13 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.storage import spm
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import domxml
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import guest_agent
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import is_active, lookup
 
 IDS = ('domain_id', 'image_id', 'volume_id')
 # Room for the save header, the domain XML and device state on top of the guest's RAM.
 MEMORY_MARGIN = 32 * 1024 ** 2
-GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0'
 POLL = 0.1
 
 
@@ -172,15 +172,6 @@ def memory_needed(xml_text):
     root = domxml.parse_xml(xml_text)
     kib = domxml.to_kib(root.find('memory')) or 0
     return kib * 1024 + MEMORY_MARGIN
-
-
-def has_guest_agent(xml_text):
-    """Whether the domain has a connected QEMU guest agent channel."""
-    root = domxml.parse_xml(xml_text)
-    for target in root.findall('devices/channel/target'):
-        if target.get('name') == GUEST_AGENT_CHANNEL:
-            return target.get('state') == 'connected'
-    return False
 
 
 # ---------------------------------------------------------------- storage side
@@ -345,7 +336,7 @@ class SnapshotRun(object):
 
     def snapshot(self, disks, plan, memory=None, freeze=True, description=None):
         """Take one external snapshot of every planned disk; returns the freeze report."""
-        report = {'requested': bool(freeze), 'frozen': False, 'message': None}
+        report = {'requested': bool(freeze), 'frozen': False, 'filesystems': None, 'message': None}
         targets = [d['target'] for d in disks]
         entries = [{'target': disk['target'], 'path': path, 'type': 'block' if _is_block(path) else 'file'}
                    for disk, _ids, path in plan]
@@ -357,9 +348,9 @@ class SnapshotRun(object):
         xml = snapshot_xml(entries, targets, memory['path'] if memory else None, description)
         frozen = False
         if freeze:
-            if has_guest_agent(self.dom.XMLDesc(0)):
+            if guest_agent.is_connected(self.dom.XMLDesc(0)):
                 try:
-                    self.dom.fsFreeze()
+                    report['filesystems'] = self.dom.fsFreeze()
                     frozen = True
                     report['frozen'] = True
                 except libvirt_conn.LibvirtError as exc:

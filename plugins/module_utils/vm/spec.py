@@ -30,6 +30,7 @@ import stat
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.validate import abs_path, safe_name, size_bytes, uuid_str
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm import cloud_init
 
 DISK_BUSES = ('virtio', 'sata', 'scsi', 'ide')
 DISK_FORMATS = ('raw', 'qcow2')
@@ -49,7 +50,7 @@ IOTUNE_KEYS = ('total_bytes_sec', 'read_bytes_sec', 'write_bytes_sec', 'total_io
 # A disk's settings compared with the live domain when given; a change needs a restart.
 DISK_RESTART_KEYS = ('io', 'serial', 'discard', 'detect_zeroes')
 NIC_RESTART_KEYS = ('model', 'mtu', 'queues')
-BOOT_DEVICES = ('hd', 'cdrom', 'network', 'fd')
+BOOT_DEVICES = ('hd', 'cdrom', 'network')
 GRAPHICS_TYPES = ('vnc', 'spice')
 DOMAIN_TYPES = ('kvm', 'qemu')
 # Watchdog models libvirt 9.0 offers on x86 (a PCI and an ISA card), and its actions when one fires.
@@ -59,22 +60,30 @@ VIDEO_MODELS = ('virtio', 'qxl', 'vga', 'bochs', 'none')
 # Entropy sources an RNG device may read on the host.
 RNG_BACKENDS = ('/dev/urandom', '/dev/random', '/dev/hwrng')
 CPU_MODES = ('host-passthrough', 'host-model')
+FIRMWARES = ('bios', 'uefi')
+TPM_MODELS = ('crb', 'tis')
+# libvirt keeps each VM's UEFI variables here (the directory its qemu driver creates and labels).
+NVRAM_DIR = '/var/lib/libvirt/qemu/nvram'
 
 _MAC_RE = re.compile(r'\A[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
 _ENV_RE = re.compile(r'\A[A-Za-z_][A-Za-z0-9_]*\Z')
 _TARGET_RE = re.compile(r'\A(vd|sd|hd)[a-z]{1,2}\Z')
 _CPUSET_RE = re.compile(r'\A\^?\d{1,4}(-\d{1,4})?(,\^?\d{1,4}(-\d{1,4})?)*\Z')
+_FILTER_NAME_RE = re.compile(r'\A[A-Za-z0-9_.:-]{1,64}\Z')
+_FILTER_PARAM_RE = re.compile(r'\A[A-Za-z0-9_]{1,64}\Z')
 _VALID_TO_RE = re.compile(r'\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\Z')
 _TARGET_PREFIX = {'virtio': 'vd', 'sata': 'sd', 'scsi': 'sd', 'ide': 'hd'}
 KIB = 1024
+# Stands in for the UUID of a VM libvirt has not named yet when input is checked.
+NIL_UUID = '00000000-0000-0000-0000-000000000000'
 MIB_IN_KIB = 1024
 
 # Fields compared at top level, and whether a running domain can take a change live.
 RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'max_vcpus', 'cpu_topology', 'cpu_model',
                   'boot_order', 'kernel', 'initrd', 'cmdline', 'console_log', 'lease', 'watchdog', 'rng', 'video',
-                  'tablet')
+                  'tablet', 'guest_agent', 'firmware', 'secure_boot', 'tpm')
 # Devices the spec owns one of each: None leaves what the domain has, false (or video none) removes it.
-DEVICE_FIELDS = ('watchdog', 'rng', 'video', 'tablet')
+DEVICE_FIELDS = ('watchdog', 'rng', 'video', 'tablet', 'guest_agent', 'tpm')
 
 
 # --------------------------------------------------------------------------
@@ -286,7 +295,36 @@ def _normalize_nic(index, nic):
         'link_state': _choice(nic['link_state'], NIC_LINK_STATES, what + ' link_state') if nic.get('link_state') else None,
         'mtu': _bounded_int(nic.get('mtu'), 68, 65535, what + ' mtu'),
         'queues': _bounded_int(nic.get('queues'), 1, 256, what + ' queues'),
+        'filter': _normalize_nic_filter(what, nic.get('filter'), nic.get('filter_parameters')),
     }
+
+
+def _normalize_nic_filter(what, name, parameters):
+    """A libvirt network filter on the NIC: ``{'name', 'parameters': {name: [sorted values]}}``; False for none
+    (``filter: ''``); None when not managed."""
+    if name is None:
+        if parameters:
+            raise VirtnodeError('%s filter_parameters needs filter' % what, {'field': what})
+        return None
+    if name == '':
+        if parameters:
+            raise VirtnodeError('%s filter_parameters needs a filter, not ""' % what, {'field': what})
+        return False
+    if not isinstance(name, str) or not _FILTER_NAME_RE.match(name):
+        raise VirtnodeError('%s filter must be a network filter name (letters, digits, _ . : -), got %r' % (what, name),
+                            {'field': what})
+    if parameters is not None and not isinstance(parameters, dict):
+        raise VirtnodeError('%s filter_parameters must be a dict of name -> value or list of values' % what,
+                            {'field': what})
+    params = {}
+    for key, values in (parameters or {}).items():
+        if not _FILTER_PARAM_RE.match(str(key)):
+            raise VirtnodeError('%s filter parameter name %r is not a libvirt variable name' % (what, key), {'field': what})
+        values = values if isinstance(values, list) else [values]
+        if not values or any(isinstance(v, (dict, list, bool)) or v is None or str(v) == '' for v in values):
+            raise VirtnodeError('%s filter parameter %s needs one or more plain values' % (what, key), {'field': what})
+        params[str(key)] = sorted(str(v) for v in values)
+    return {'name': name, 'parameters': params}
 
 
 def _bounded_int(value, low, high, what):
@@ -363,6 +401,32 @@ def _normalize_rng(rng):
         raise VirtnodeError('rng rate_period_ms needs rate_bytes', {'field': 'rng'})
     return {'backend': _choice(rng.get('backend') or '/dev/urandom', RNG_BACKENDS, 'rng backend'),
             'rate_bytes': rate_bytes, 'rate_period_ms': (period or 1000) if rate_bytes else None}
+
+
+def _normalize_tpm(tpm):
+    """``{'model'}`` of a TPM 2.0 emulated by swtpm, False (none wanted) or None (not managed)."""
+    if tpm is None:
+        return None
+    if tpm is False or (isinstance(tpm, dict) and tpm.get('state') == 'absent'):
+        return False
+    if tpm is True:
+        tpm = {}
+    if not isinstance(tpm, dict):
+        raise VirtnodeError('tpm must be true, false or a dict (model)', {'field': 'tpm'})
+    return {'model': _choice(tpm.get('model') or 'crb', TPM_MODELS, 'tpm model')}
+
+
+def _normalize_firmware(params, spec):
+    """``firmware`` (bios, uefi) and ``secure_boot``; Secure Boot needs UEFI and SMM, which only q35 has."""
+    firmware = _choice(params['firmware'], FIRMWARES, 'firmware') if params.get('firmware') else None
+    secure = params.get('secure_boot')
+    if secure and firmware != 'uefi':
+        raise VirtnodeError('secure_boot needs firmware: uefi', {'field': 'secure_boot'})
+    if secure and not (spec['machine'] and 'q35' in spec['machine']):
+        raise VirtnodeError('secure_boot needs a q35 machine (machine: q35): OVMF keeps its variables safe in SMM, '
+                            'which i440fx machines lack', {'field': 'secure_boot'})
+    spec['firmware'] = firmware
+    spec['secure_boot'] = bool(secure) if firmware == 'uefi' else (False if firmware == 'bios' else None)
 
 
 def _normalize_memory(params):
@@ -484,6 +548,10 @@ def _normalize_boot(params, spec, stat_fn):
     spec['kernel'] = kernel or None
     spec['initrd'] = params.get('initrd') or None
     spec['cmdline'] = params.get('cmdline') if kernel else None
+    if boot and 'fd' in boot:
+        # Neither q35 nor VDSM's VMs have a floppy drive; images boot from a CD-ROM or a disk.
+        raise VirtnodeError('boot_order fd: this module gives VMs no floppy drive; boot from cdrom or hd instead',
+                            {'field': 'boot_order'})
     spec['boot_order'] = [_choice(d, BOOT_DEVICES, 'boot_order item') for d in boot] if boot else None
 
 
@@ -492,6 +560,8 @@ def _normalize_disks(params, machine, stat_fn, resolver, block_resolver, lexists
     if disks is None:
         return None
     taken = [cdrom_device(machine)[1]] if params.get('cdrom') is not None else []
+    if params.get('cloud_init') is not None:
+        taken.append(seed_device(machine)[1])
     disks = assign_targets([_normalize_disk(i, d, stat_fn, resolver, block_resolver, lexists)
                             for i, d in enumerate(disks)], taken)
     paths = [d['path'] for d in disks]
@@ -563,6 +633,14 @@ def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None,
     spec['rng'] = _normalize_rng(params.get('rng'))
     spec['video'] = _choice(params['video'], VIDEO_MODELS, 'video') if params.get('video') else None
     spec['tablet'] = params.get('tablet')
+    spec['guest_agent'] = params.get('guest_agent')
+    _normalize_firmware(params, spec)
+    spec['tpm'] = _normalize_tpm(params.get('tpm'))
+    if params.get('cloud_init') is not None:
+        # Checked now so bad input changes nothing; rendered again with the VM's UUID once it is known.
+        cloud_init.normalize(params['cloud_init'], spec['uuid'] or NIL_UUID, spec['name'])
+    spec['cloud_init'] = params.get('cloud_init')
+    spec['cloud_init_seed'] = None  # the seed's path, set by whoever writes it
     return spec
 
 
@@ -571,6 +649,17 @@ def cdrom_device(machine):
     if machine and 'q35' in machine:
         return 'sata', 'sdc'
     return 'ide', 'hdc'
+
+
+def nvram_path(vm_uuid):
+    """The VM's own UEFI variable store, named by its UUID so it stays the VM's through a rename."""
+    return os.path.join(NVRAM_DIR, '%s_VARS.fd' % uuid_str(vm_uuid, 'VM UUID'))
+
+
+def seed_device(machine):
+    """(bus, target) of the cloud-init seed's CD-ROM drive, next to the one of :func:`cdrom_device`."""
+    bus, target = cdrom_device(machine)
+    return bus, target[:-1] + 'd'
 
 
 # --------------------------------------------------------------------------
@@ -646,6 +735,9 @@ def _restart_differences(spec, live, aliases):
     if spec['console_log'] is not None and spec['console_log'] != live['console_log']:
         restart.append('console_log')
     differs('lease', spec['lease'], live['lease'])
+    differs('cloud_init', spec.get('cloud_init_seed'), live.get('cloud_init_seed'))
+    differs('firmware', spec.get('firmware'), live.get('firmware'))
+    differs('secure_boot', spec.get('secure_boot'), live.get('secure_boot'))
     for field in DEVICE_FIELDS:
         differs(field, spec.get(field), live.get(field))
     return restart
@@ -688,7 +780,9 @@ def _compare_nics(spec, live, actions, restart):
         # libvirt moves a NIC to another bridge or network, and sets its link, on the running VM.
         moved = (nic['source_type'], nic['source']) != (have['source_type'], have['source'])
         link = nic.get('link_state') is not None and nic['link_state'] != (have.get('link_state') or 'up')
-        if moved or link:
+        # libvirt re-instantiates a changed network filter on the running NIC.
+        nwfilter = nic.get('filter') is not None and nic['filter'] != (have.get('filter') or False)
+        if moved or link or nwfilter:
             actions.append({'action': 'update_nic', 'field': 'nics', 'mac': have['mac'], 'nic': nic})
     for have in extra:
         actions.append({'action': 'detach_nic', 'field': 'nics', 'nic': have})
@@ -757,8 +851,8 @@ def summary(spec_like, redact=True):
     out = {}
     for key in ('name', 'uuid', 'domain_type', 'machine', 'memory', 'max_memory', 'vcpus', 'max_vcpus', 'cpu_topology',
                 'cpu_model', 'cpu_pinning', 'emulator_pinning',
-                'boot_order', 'kernel', 'initrd', 'cmdline', 'cdrom', 'console_log', 'custom_properties', 'lease') + \
-            DEVICE_FIELDS:
+                'boot_order', 'kernel', 'initrd', 'cmdline', 'cdrom', 'console_log', 'custom_properties', 'lease',
+                'firmware', 'secure_boot') + DEVICE_FIELDS:
         out[key] = spec_like.get(key)
     out['disks'] = [_public_disk(d) for d in spec_like['disks']] if spec_like.get('disks') is not None else None
     out['nics'] = ([dict((k, n.get(k)) for k in ('source_type', 'source', 'mac', 'model')) for n in spec_like['nics']]

@@ -113,8 +113,8 @@ def test_snapshot_flags():
 
 def test_memory_needed_and_agent():
     assert vm_snapshot.memory_needed(live()) == 128 * 1024 ** 2 + vm_snapshot.MEMORY_MARGIN
-    assert not vm_snapshot.has_guest_agent(live())
-    assert vm_snapshot.has_guest_agent(live(agent='connected'))
+    assert not vm_snapshot.guest_agent.is_connected(live())
+    assert vm_snapshot.guest_agent.is_connected(live(agent='connected'))
 
 
 @pytest.mark.parametrize('ref, message', [

@@ -320,3 +320,181 @@ def test_vcpus_hotplug_up_to_the_maximum_and_pinning_live():
 def test_bad_vcpu_settings_are_refused(params, message):
     with pytest.raises(VirtnodeError, match=message):
         vm_spec.normalize(dict({'name': 'vm1'}, **params), stat_fn=fake_stat, host_cpus=[0, 1])
+
+
+def test_new_vms_get_the_guest_agent_port_unless_refused():
+    live = domxml.parse_live(domxml.build_xml(spec_of()))
+    assert live['guest_agent'] is True
+    without = domxml.parse_live(domxml.build_xml(spec_of(guest_agent=False)))
+    assert without['guest_agent'] is False
+    assert vm_spec.compare(spec_of(guest_agent=True), without)['restart'] == ['guest_agent']
+    assert vm_spec.compare(spec_of(), without)['restart'] == []
+    kept = domxml.parse_live(domxml.updated_persistent_xml(spec_of(vcpus=2), domxml.build_xml(spec_of(guest_agent=False))))
+    assert kept['guest_agent'] is False
+
+
+ADDED_BY_ADMIN = '''
+  <clock offset='localtime'><timer name='rtc' tickpolicy='catchup'/></clock>
+  <pm><suspend-to-mem enabled='no'/></pm>
+  <sysinfo type='smbios'><system><entry name='serial'>ABC123</entry></system></sysinfo>
+'''
+ADDED_DEVICES = '''
+    <channel type='unix'><target type='virtio' name='org.example.probe'/></channel>
+    <sound model='ich9'/>
+    <disk type='file' device='floppy'><source file='/var/lib/floppy.img'/><target dev='fda' bus='fdc'/></disk>
+    <filesystem type='mount'><source dir='/srv/share'/><target dir='share'/></filesystem>
+    <input type='mouse' bus='ps2'/>
+'''
+
+
+def test_a_persistent_definition_keeps_what_the_spec_does_not_own():
+    old_xml = domxml.build_xml(spec_of(tablet=True))
+    old_xml = old_xml.replace('<devices>', '<devices>' + ADDED_DEVICES, 1).replace('<devices>', ADDED_BY_ADMIN + '<devices>', 1)
+    old_xml = old_xml.replace('<acpi/>', '<acpi/><hyperv mode="custom"><relaxed state="on"/></hyperv>', 1)
+    old_xml = old_xml.replace("<os>", "<os firmware='efi'><smbios mode='sysinfo'/>", 1)
+    old_xml = old_xml.replace('</metadata>', '<other:tag xmlns:other="http://example.org/other">kept</other:tag></metadata>', 1)
+    new_xml = domxml.updated_persistent_xml(spec_of(vcpus=2, tablet=False), old_xml)
+    root = domxml.parse_xml(new_xml)
+    assert root.find("devices/channel/target[@name='org.example.probe']") is not None
+    assert root.find("devices/channel/target[@name='org.qemu.guest_agent.0']") is not None
+    assert len(root.findall('devices/channel')) == 2
+    assert root.find("devices/disk[@device='floppy']/source").get('file') == '/var/lib/floppy.img'
+    assert root.find('devices/filesystem/target').get('dir') == 'share'
+    assert root.find('devices/sound').get('model') == 'ich9'
+    assert root.find("devices/input[@type='mouse']") is not None
+    assert root.find("devices/input[@type='tablet']") is None  # owned: the spec removed it
+    assert root.find('clock').get('offset') == 'localtime'
+    assert root.find("sysinfo/system/entry").text == 'ABC123'
+    assert root.find('pm/suspend-to-mem') is not None
+    assert root.find('features/hyperv/relaxed') is not None and root.find('features/acpi') is not None
+    assert root.find('os').get('firmware') == 'efi' and root.find('os/smbios') is not None
+    assert root.find('metadata/{http://example.org/other}tag').text == 'kept'
+    assert len(root.findall('metadata/{%s}vm' % domxml.METADATA_NS)) == 1
+    assert root.findtext('vcpu') == '2'
+    # Kept once: a second update does not double anything.
+    again = domxml.parse_xml(domxml.updated_persistent_xml(spec_of(vcpus=2), new_xml))
+    assert len(again.findall('devices/channel')) == 2 and len(again.findall('devices/sound')) == 1
+    assert len(again.findall('clock')) == 1 and len(again.findall('features/hyperv')) == 1
+
+
+def test_nic_filter_round_trips_and_changes_live():
+    nics = [{'bridge': 'br0', 'mac': '52:54:00:00:00:01', 'filter': 'clean-traffic',
+             'filter_parameters': {'IP': ['192.0.2.9', '192.0.2.8'], 'CTRL_IP_LEARNING': 'none'}}]
+    spec = spec_of(nics=nics)
+    assert spec['nics'][0]['filter'] == {'name': 'clean-traffic', 'parameters': {
+        'IP': ['192.0.2.8', '192.0.2.9'], 'CTRL_IP_LEARNING': ['none']}}
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert live['nics'][0]['filter'] == spec['nics'][0]['filter']
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    other = spec_of(nics=[dict(nics[0], filter='no-mac-spoofing', filter_parameters=None)])
+    actions = vm_spec.compare(other, live)['live']
+    assert [a['action'] for a in actions] == ['update_nic']
+    removed = spec_of(nics=[dict(nics[0], filter='', filter_parameters=None)])
+    assert [a['action'] for a in vm_spec.compare(removed, live)['live']] == ['update_nic']
+    # Left out: not managed, and a persistent definition keeps it.
+    plain = spec_of(nics=[{'bridge': 'br0', 'mac': '52:54:00:00:00:01'}])
+    assert vm_spec.compare(plain, live)['live'] == []
+    kept = domxml.parse_live(domxml.updated_persistent_xml(plain, domxml.build_xml(spec)))
+    assert kept['nics'][0]['filter']['name'] == 'clean-traffic'
+    bare = domxml.parse_live(domxml.build_xml(removed))
+    assert bare['nics'][0]['filter'] is False
+
+
+@pytest.mark.parametrize('nic, message', [
+    ({'filter': 'bad name'}, 'network filter name'),
+    ({'filter': '../etc'}, 'network filter name'),
+    ({'filter_parameters': {'IP': '1.2.3.4'}}, 'filter_parameters needs filter'),
+    ({'filter': 'clean-traffic', 'filter_parameters': {'bad-name': '1'}}, 'not a libvirt variable name'),
+    ({'filter': 'clean-traffic', 'filter_parameters': {'IP': []}}, 'one or more plain values'),
+    ({'filter': 'clean-traffic', 'filter_parameters': {'IP': {'a': 1}}}, 'one or more plain values'),
+    ({'filter': 'clean-traffic', 'filter_parameters': 'IP=1'}, 'must be a dict'),
+])
+def test_bad_nic_filters_are_refused(nic, message):
+    with pytest.raises(VirtnodeError, match=message):
+        spec_of(nics=[dict({'bridge': 'br0'}, **nic)])
+
+
+def test_a_floppy_boot_is_refused_with_the_reason():
+    with pytest.raises(VirtnodeError, match='no floppy drive'):
+        spec_of(boot_order=['fd', 'hd'])
+
+
+SEED = '/var/lib/virtnode/cloud-init/5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11/5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11-cidata.iso'
+
+
+def test_the_cloud_init_seed_is_a_second_cd_rom_told_from_the_first():
+    spec = spec_of(cloud_init={'user_data': '#cloud-config\n'}, cdrom='/srv/install.iso',
+                   disks=[{'path': '/srv/a.img', 'bus': 'ide'}, {'path': '/srv/b.img', 'bus': 'ide'}])
+    assert [d['target'] for d in spec['disks']] == ['hda', 'hdb']
+    spec['cloud_init_seed'] = SEED
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert live['cloud_init_seed'] == SEED and live['cdrom'] == '/srv/install.iso'
+    root = domxml.parse_xml(domxml.build_xml(spec))
+    seed = [d for d in root.findall("devices/disk[@device='cdrom']") if d.find('source').get('file') == SEED][0]
+    assert seed.find('target').get('dev') == 'hdd' and seed.find('readonly') is not None
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    # A domain without the seed drive gets it at the next start; a persistent definition keeps it.
+    without = domxml.parse_live(domxml.build_xml(spec_of(cdrom='/srv/install.iso')))
+    assert without['cloud_init_seed'] is None
+    assert vm_spec.compare(spec, without)['restart'] == ['cloud_init']
+    kept = domxml.parse_live(domxml.updated_persistent_xml(spec_of(vcpus=2), domxml.build_xml(spec)))
+    assert kept['cloud_init_seed'] == SEED and kept['cdrom'] == '/srv/install.iso'
+
+
+def test_bad_cloud_init_is_refused_before_anything():
+    with pytest.raises(VirtnodeError, match='cloud_init'):
+        spec_of(cloud_init={'network_config': {'ethernets': {}}})
+    with pytest.raises(VirtnodeError, match='unknown keys'):
+        spec_of(cloud_init={'vendor_data': 'x'})
+
+
+def test_uefi_secure_boot_and_tpm_round_trip():
+    spec = spec_of(uuid='5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11', machine='q35', firmware='uefi', secure_boot=True,
+                   tpm={'model': 'crb', 'state': 'present'})
+    spec['transient'] = True
+    root = domxml.parse_xml(domxml.build_xml(spec))
+    assert root.find('os').get('firmware') == 'efi'
+    assert root.find("os/firmware/feature[@name='secure-boot']").get('enabled') == 'yes'
+    assert root.findtext('os/nvram') == '/var/lib/libvirt/qemu/nvram/5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11_VARS.fd'
+    assert root.find("features/smm").get('state') == 'on'
+    assert root.find('devices/tpm').get('model') == 'tpm-crb'
+    assert root.find('devices/tpm/backend').attrib == {'type': 'emulator', 'version': '2.0', 'persistent_state': 'yes'}
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert (live['firmware'], live['secure_boot'], live['tpm']) == ('uefi', True, {'model': 'crb'})
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    bios = spec_of(firmware='bios', tpm={'state': 'absent'})
+    assert vm_spec.compare(bios, live)['restart'] == ['firmware', 'secure_boot', 'tpm']
+    # Left out, kept by a persistent definition (its variable store too); given, changed there.
+    kept = domxml.parse_xml(domxml.updated_persistent_xml(spec_of(vcpus=2), domxml.build_xml(spec)))
+    assert kept.find('os').get('firmware') == 'efi' and kept.find('devices/tpm') is not None
+    assert kept.findtext('os/nvram').endswith('_VARS.fd') and kept.find('features/smm') is not None
+    to_bios = domxml.parse_xml(domxml.updated_persistent_xml(bios, domxml.build_xml(spec)))
+    assert to_bios.find('os').get('firmware') is None and to_bios.find('os/nvram') is None
+    assert to_bios.find('devices/tpm') is None
+
+
+def test_libvirts_expanded_uefi_definition_reads_back():
+    expanded = """<domain type='qemu'><name>u</name><uuid>5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11</uuid>
+      <os firmware='efi'><type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+        <firmware><feature enabled='yes' name='enrolled-keys'/><feature enabled='yes' name='secure-boot'/></firmware>
+        <loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>
+        <nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/nvram/u_VARS.fd</nvram></os>
+      <features><acpi/><apic/><smm state='on'/></features><devices/></domain>"""
+    live = domxml.parse_live(expanded)
+    assert (live['firmware'], live['secure_boot'], live['nvram']) == ('uefi', True, '/var/lib/libvirt/qemu/nvram/u_VARS.fd')
+    # An existing store keeps its name: boot entries and enrolled keys stay.
+    again = domxml.parse_xml(domxml.updated_persistent_xml(spec_of(name='u', vcpus=2), expanded))
+    assert again.findtext('os/nvram') == '/var/lib/libvirt/qemu/nvram/u_VARS.fd'
+    assert len(again.findall('os/loader')) == 0 and len(again.findall('os/firmware')) == 1
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'secure_boot': True}, 'needs firmware: uefi'),
+    ({'firmware': 'uefi', 'secure_boot': True}, 'q35'),
+    ({'firmware': 'coreboot'}, 'firmware must be one of'),
+    ({'tpm': {'model': 'spapr'}}, 'tpm model'),
+    ({'tpm': 'yes'}, 'tpm must be'),
+])
+def test_bad_firmware_and_tpm_are_refused(params, message):
+    with pytest.raises(VirtnodeError, match=message):
+        spec_of(**params)

@@ -83,7 +83,8 @@ def world(fake_libvirt, monkeypatch, tmp_path):
     from ansible_collections.virtnode.kvm.plugins.module_utils.vm import lifecycle
     monkeypatch.setattr(lifecycle.Lifecycle.__init__, '__defaults__',
                         (str(tmp_path / 'hooks'), False, 120, str(tmp_path / 'records'), None,
-                         lambda s: None, lifecycle.time.monotonic))
+                         lambda s: None, lifecycle.time.monotonic, str(tmp_path / 'cloud-init'),
+                         str(tmp_path / 'nvram'), str(tmp_path / 'swtpm')))
     return state
 
 
