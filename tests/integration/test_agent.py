@@ -401,3 +401,145 @@ def test_a_second_agent_refuses_to_start(deployed, extra):
     assert lab_exec(HOST, "stat", "-c", "%i", SOCKET).stdout.strip() == inode
     assert agent_pid() == pid
     assert agent("status")["data"]["pid"] == pid
+
+
+# ---------------------------------------------------------------- hooks the agent runs
+
+HOOK_GUEST = "agent-hook-guest"
+HOOK_OUT = "/run/agent-hook-test"
+HOOK_NAME = "90_virtnode_integration"
+# Records its VM's runs only: other VMs of the lab host (another test's) go down meanwhile.
+VM_DOWN_HOOK = f"""#!/bin/sh
+[ "$vmName" = "{HOOK_GUEST}" ] || exit 0
+mkdir -p {HOOK_OUT}
+n=$(( $(cat {HOOK_OUT}/count 2>/dev/null || echo 0) + 1 ))
+echo $n > {HOOK_OUT}/count
+cp "$_hook_domxml" {HOOK_OUT}/run-$n.xml
+echo "vmId=$vmId vmName=$vmName owner=$owner" >> {HOOK_OUT}/runs
+"""
+AGENT_HOOK = f"""#!/bin/sh
+mkdir -p {HOOK_OUT}
+echo "$(basename "$(dirname "$0")")" >> {HOOK_OUT}/agent
+"""
+
+
+def install_hook(point: str, body: str, name: str = HOOK_NAME) -> None:
+    lab_exec(HOST, "sh", "-c", f"install -d -m 0755 /etc/virtnode/hooks/{point} && "
+                               f"cat > /etc/virtnode/hooks/{point}/{name} <<'EOF'\n{body}EOF\n"
+                               f"chmod 0755 /etc/virtnode/hooks/{point}/{name}")
+
+
+def remove_hooks(*points: str) -> None:
+    lab_exec(HOST, "sh", "-c", " ".join(f"rm -f /etc/virtnode/hooks/{point}/{HOOK_NAME}* ;" for point in points)
+             + f" rm -rf {HOOK_OUT}", check=False)
+
+
+def read_lab_file(path: str) -> str:
+    return lab_exec(HOST, "cat", path, check=False).stdout
+
+
+def test_after_vm_destroy_runs_once_for_a_guest_power_off(deployed):
+    """The module's destroy runs the hook itself (the agent leaves it alone); the guest powering itself off
+    through its agent, which the module never sees, has the node agent run it, once, with the domain XML."""
+    remove_hooks("after_vm_destroy")
+    virsh("destroy", HOOK_GUEST, check=False)
+    install_hook("after_vm_destroy", VM_DOWN_HOOK)
+    cursor = agent("status")["data"]["event_seq"]
+    started = time.monotonic()
+    try:
+        proc = run_playbook_text(f"""- name: A guest the module destroys, then one that powers itself off
+  hosts: {HOST}
+  gather_facts: false
+  tasks:
+    - name: Start
+      virtnode.kvm.vm: &guest
+        name: {HOOK_GUEST}
+        memory: 128MiB
+        kernel: "{{{{ virtnode_lab_guest_kernel }}}}"
+        initrd: "{{{{ virtnode_lab_guest_initrd }}}}"
+        cmdline: "{{{{ virtnode_lab_guest_cmdline }}}}"
+        custom_properties:
+          owner: agent-hook-test
+    - name: Destroyed by the module, which runs after_vm_destroy
+      virtnode.kvm.vm:
+        name: {HOOK_GUEST}
+        state: destroyed
+      register: destroyed
+    - name: The module ran the hook
+      ansible.builtin.assert:
+        that: destroyed.hooks | map(attribute='point') | list == ['after_vm_destroy']
+    - name: Start again
+      virtnode.kvm.vm: *guest
+    - name: Until its guest agent answers
+      virtnode.kvm.vm_info:
+        name: {HOOK_GUEST}
+        guest_info: true
+        sample_interval: 0
+      register: info
+      until: info.vms[0].guest.agent == 'connected' and info.vms[0].guest.error is none
+      retries: 60
+      delay: 1
+""")
+        assert proc.returncode == 0, proc.stdout[-5000:]
+        vm_uuid = virsh("domuuid", HOOK_GUEST).stdout.strip()
+        # The guest powers itself off: qemu-ga's guest-shutdown, not the module.
+        virsh("shutdown", "--mode", "agent", HOOK_GUEST)
+
+        def of_guest(kind):
+            return [e for e in events_since(cursor) if e["event"] == kind and e.get("vm") == HOOK_GUEST]
+
+        wait_for("the agent's after_vm_destroy", lambda: of_guest("hook_ran"), timeout=60)
+        assert [e["reason"] for e in of_guest("stopped")] == ["destroyed", "shutdown"], of_guest("stopped")
+        time.sleep(1)  # a second run would come right after the first
+        ran = of_guest("hook_ran")
+        assert [(e["point"], e["uuid"], e["reason"], e["rc"], e["failed"]) for e in ran] == [
+            ("after_vm_destroy", vm_uuid, "shutdown", 0, False)], ran
+        # Two runs in all: the module's for the first start, the agent's for the second.
+        runs = read_lab_file(f"{HOOK_OUT}/runs").splitlines()
+        assert len(runs) == 2 and runs[1] == f"vmId={vm_uuid} vmName={HOOK_GUEST} owner=agent-hook-test", runs
+        assert runs[0].endswith(f" vmName={HOOK_GUEST} owner=agent-hook-test"), runs
+        first, second = read_lab_file(f"{HOOK_OUT}/run-1.xml"), read_lab_file(f"{HOOK_OUT}/run-2.xml")
+        for xml in (first, second):
+            assert f"<name>{HOOK_GUEST}</name>" in xml, xml[:500]
+            assert "agent-hook-test" in xml  # the metadata with the custom property
+        # Each got the live XML of its own run: another domain id.
+        assert f"<uuid>{vm_uuid}</uuid>" in second, second[:500]
+        ids = [re.match(r"<domain [^>]*id='(\d+)'", xml).group(1) for xml in (first, second)]
+        assert ids[0] != ids[1], ids
+    finally:
+        remove_hooks("after_vm_destroy")
+        virsh("destroy", HOOK_GUEST, check=False)
+        print(f"after_vm_destroy test: {time.monotonic() - started:.1f}s")
+
+
+def test_before_vdsm_start_and_after_vdsm_stop_run_and_a_failing_one_is_not_fatal(deployed):
+    remove_hooks("before_vdsm_start", "after_vdsm_stop")
+    install_hook("before_vdsm_start", AGENT_HOOK)
+    install_hook("before_vdsm_start", "#!/bin/sh\necho refused to start >&2\nexit 1\n", HOOK_NAME + "_fail")
+    install_hook("after_vdsm_stop", AGENT_HOOK)
+    started = time.monotonic()
+    try:
+        pid = agent_pid()
+        cursor = agent("status")["data"]["event_seq"]
+        lab_exec(HOST, "kill", "-TERM", str(pid))
+        wait_for("the agent to stop", lambda: lab_exec(HOST, "kill", "-0", str(pid), check=False).returncode != 0,
+                 timeout=30)
+        assert read_lab_file(f"{HOOK_OUT}/agent").splitlines() == ["after_vdsm_stop"]
+        start_agent_again()
+        assert agent_pid() != pid
+        assert read_lab_file(f"{HOOK_OUT}/agent").splitlines() == ["after_vdsm_stop", "before_vdsm_start"]
+        events = [e for e in events_since(cursor) if e["event"] in ("hook_ran", "agent_started", "agent_stopped")]
+        assert [(e["event"], e.get("point")) for e in events] == [
+            ("hook_ran", "after_vdsm_stop"), ("agent_stopped", None), ("agent_started", None),
+            ("hook_ran", "before_vdsm_start")], events
+        stop, start = events[0], events[3]
+        assert (stop["rc"], stop["failed"]) == (0, False), stop
+        # The failing hook is recorded, and the agent serves all the same.
+        assert (start["rc"], start["failed"]) == (1, True), start
+        assert [s["rc"] for s in start["scripts"]] == [0, 1] and "refused to start" in start["scripts"][1]["error"]
+        assert agent("status")["ok"]
+    finally:
+        remove_hooks("before_vdsm_start", "after_vdsm_stop")
+        if lab_exec(HOST, "test", "-e", "/run/virtnode-agent.pid", check=False).returncode != 0:
+            start_agent_again()
+        print(f"start/stop hooks test: {time.monotonic() - started:.1f}s")

@@ -17,7 +17,10 @@ Threads of a running agent:
   IO error events plus a check every ``thin_check_interval``;
 * ``spm-role-check``: every ``mailbox_check_interval``, serves the mailbox
   of the pools this host is SPM of and keeps their extend workers (child
-  processes, see ``spm_extend``) ready.
+  processes, see ``spm_extend``) ready;
+* ``vm-xml`` and ``vm-hooks``: ``after_vm_destroy`` for the VMs that go
+  down without the ``vm`` module (see ``agent_hooks``); the agent's own
+  ``before_vdsm_start`` and ``after_vdsm_stop`` run in the main thread.
 
 The snapshot is an immutable dict replaced as a whole, so readers never see
 half an update and never wait for a sample.
@@ -38,6 +41,7 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import client as agent_client
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import events as agent_events
+from ansible_collections.virtnode.kvm.plugins.module_utils.agent import hooks as agent_hooks
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import libvirt_session as agent_libvirt
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import metrics as agent_metrics
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import spm_extend
@@ -49,6 +53,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.libvirt import consta
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import mailbox_server as mailbox_service
 from ansible_collections.virtnode.kvm.plugins.module_utils.agent import thin as thin_monitor
 from ansible_collections.virtnode.kvm.plugins.module_utils.common import fileio
+from ansible_collections.virtnode.kvm.plugins.module_utils.common import hooks as hooks_utils
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
 
 LOG = logging.getLogger('virtnode.agent')
@@ -81,6 +86,7 @@ DEFAULTS = {
     'thin_chunk_mib': thin_monitor.DEFAULT_CHUNK_MIB,
     'thin_check_interval': thin_monitor.DEFAULT_CHECK_INTERVAL,
     'thin_extend_timeout': thin_monitor.DEFAULT_EXTEND_TIMEOUT,
+    'hooks_dir': hooks_utils.DEFAULT_HOOKS_DIR,
     'reconnect_min': 1.0,
     'reconnect_max': 30.0,
     'log_file': '/var/log/virtnode/agent.log',
@@ -123,6 +129,8 @@ def load_config(path=CONFIG_FILE, overrides=None):
         if not isinstance(config[key], bool):
             raise VirtnodeError('agent configuration: %s must be true or false, got %r' % (key, config[key]))
     thin_monitor.check_settings(config['thin_utilization'], config['thin_chunk_mib'], config['thin_check_interval'])
+    if not isinstance(config['hooks_dir'], str) or not os.path.isabs(config['hooks_dir']):
+        raise VirtnodeError('agent configuration: hooks_dir must be an absolute path, got %r' % (config['hooks_dir'],))
     if config['log_level'].upper() not in ('DEBUG', 'INFO', 'WARNING', 'ERROR'):
         raise VirtnodeError('agent configuration: log_level must be DEBUG, INFO, WARNING or ERROR')
     return config
@@ -152,10 +160,13 @@ class Agent:
                 chunk_mib=config['thin_chunk_mib'], check_interval=config['thin_check_interval'],
                 extender=thin_monitor.Extender(timeout=config['thin_extend_timeout'], spm_extend=self._extend_on_spm),
                 libvirt_module=self.libvirt)
+        self.hooks = agent_hooks.HookRunner(self._libvirt_connection, self.record, hooks_dir=config['hooks_dir'],
+                                            libvirt_module=self.libvirt)
         self.session = agent_libvirt.LibvirtSession(
             config['libvirt_uri'], self.libvirt, on_lifecycle=self._on_lifecycle, on_state=self._on_libvirt_state,
             backoff_min=config['reconnect_min'], backoff_max=config['reconnect_max'],
-            domain_events=self.vm_sampler.callbacks() + (self.thin.callbacks() if self.thin else []))
+            domain_events=(self.vm_sampler.callbacks() + (self.thin.callbacks() if self.thin else [])
+                           + self.hooks.callbacks()))
         self.storage = agent_storage.StorageMonitor(config['storage_root'], config['storage_timeout'],
                                                     on_change=self._on_storage_change)
         self._snapshot = {'host': None, 'vms': None, 'storage': None, 'agent': {}}
@@ -231,12 +242,14 @@ class Agent:
         if vm_uuid:
             self.vm_sampler.hint(vm_uuid)  # a state change may begin or end a job: probe it next time
         self.record(name, kind='vm', vm=vm_name, uuid=vm_uuid, reason=reason, **extra)
+        self.hooks.on_lifecycle(dom, vm_name, vm_uuid, event, detail)
         if self.thin is not None:
             self.thin.on_lifecycle(dom, event, detail)
 
     def _on_libvirt_state(self, connected, message):
         if connected:
             self.record('libvirt_connected', kind='agent', uri=self.config['libvirt_uri'])
+            self.hooks.resync()
         else:
             self.vm_sampler.reset()
             self.record('libvirt_disconnected', kind='agent', uri=self.config['libvirt_uri'], reason=message)
@@ -383,7 +396,8 @@ class Agent:
     # ------------------------------------------------------------ life cycle
 
     def start(self):
-        """Start the event loop, the servers and the storage monitor (not the sampling loop)."""
+        """Run ``before_vdsm_start``, then start the event loop, the servers and the storage monitor
+        (not the sampling loop). A failing hook is logged and recorded; the agent starts all the same."""
         if self.libvirt is not None:
             # libvirt prints every error to stderr unless a handler takes them; the agent logs its own.
             register = getattr(self.libvirt, 'registerErrorHandler', None)
@@ -391,6 +405,8 @@ class Agent:
                 register(lambda ctx, err: None, None)
             agent_libvirt.start_event_loop(self.libvirt)
         self.record('agent_started', kind='agent', pid=os.getpid())
+        self.hooks.run_agent_point(agent_hooks.AGENT_START)
+        self.hooks.start()
         self._publish()
         self._servers.append(agent_server.serve(self.config['socket_path'], self.answer,
                                                 max_connections=self.config['socket_max_connections'],
@@ -422,7 +438,8 @@ class Agent:
                 LOG.exception('sampling failed')
             self.stop_event.wait(max(0.1, interval - (time.monotonic() - started)))
 
-    def stop(self):
+    def stop(self, clean=True):
+        """Stop every thread and server; ``clean`` (a stop asked for, not a failure) runs ``after_vdsm_stop``."""
         self.stop_event.set()
         for server in self._servers:
             try:
@@ -435,7 +452,10 @@ class Agent:
         if self.thin is not None:
             self.thin.stop()
         spm_extend.close()
+        self.hooks.stop()
         self.session.close()
+        if clean:
+            self.hooks.run_agent_point(agent_hooks.AGENT_STOP)
         # The query socket's server_close removed the socket file, and only if it was still its own.
         self.record('agent_stopped', kind='agent', pid=os.getpid())
 
@@ -579,9 +599,11 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     LOG.info('virtnode-agent starting (pid %d, interval %ss)', os.getpid(), config['interval'])
+    clean = False
     try:
         agent.start()
         agent.run()
+        clean = True
     except VirtnodeError as err:
         # Lost a race for the socket to an agent started at the same moment.
         LOG.error('virtnode-agent cannot start: %s', err)
@@ -590,7 +612,7 @@ def main(argv=None):
         LOG.exception('virtnode-agent failed')
         return 1
     finally:
-        agent.stop()
+        agent.stop(clean=clean)
         if pid_fd is not None:
             _release_pidfile(args.pidfile, pid_fd)
         LOG.info('virtnode-agent stopped')

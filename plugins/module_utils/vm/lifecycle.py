@@ -77,6 +77,24 @@ def migration_params(options):
     return params
 
 
+def run_vm_hook(hooks_dir, point, domxml_text, vm_name, vm_uuid=None, env=None, secrets=()):
+    """Run the VM hook point ``point`` as VDSM does; return the :class:`hooks.HookResult`.
+
+    The domain XML is in the file named by ``$_hook_domxml``; the VM's custom
+    properties (``env``), ``vmId`` and ``vmName`` are in the environment.
+    Console passwords of the XML and ``secrets`` never appear in the output
+    kept. The one way VM hooks run: :meth:`Lifecycle.hook` and the node
+    agent's ``after_vm_destroy`` (``agent/hooks.py``) both call it.
+    """
+    hook_env = dict(env or {})
+    if vm_uuid:
+        hook_env['vmId'] = vm_uuid
+    hook_env['vmName'] = vm_name
+    secrets = list(secrets) + _graphics_passwords(domxml_text)
+    return hooks_utils.run_hook_point(hooks_dir, point, data=domxml_text, data_env='_hook_domxml', env=hook_env,
+                                      secrets=secrets)
+
+
 def _filter_text(nwfilter):
     if nwfilter is None:
         return 'as is'
@@ -114,13 +132,8 @@ class Lifecycle(object):
         return not self.check_mode
 
     def hook(self, point, domxml='', vm_uuid=None, fail=True):
-        env = dict(self.env)
-        if vm_uuid:
-            env['vmId'] = vm_uuid
-        env['vmName'] = self.name
         # The domain XML hooks get can hold console passwords (VIR_DOMAIN_XML_SECURE): never returned.
-        secrets = list(self.secrets) + _graphics_passwords(domxml)
-        result = hooks_utils.run_hook_point(self.hooks_dir, point, data=domxml, data_env='_hook_domxml', env=env, secrets=secrets)
+        result = run_vm_hook(self.hooks_dir, point, domxml, self.name, vm_uuid, self.env, self.secrets)
         if result.scripts:
             self.hook_results.append(result.to_dict())
         if result.failed:
@@ -153,6 +166,10 @@ class Lifecycle(object):
         if not self.check_mode and vm_uuid:
             vm_records.write_record(vm_uuid, 'exit', vm_stats.exit_record(code, message, name=self.name), self.records_dir)
 
+    def _stopping(self, vm_uuid, xml, operation):
+        """Say, before stopping this run, that this module runs after_vm_destroy for it (records.py)."""
+        vm_records.mark_stopping(vm_uuid, vm_records.domain_run_id(xml), operation, self.records_dir)
+
     # ---------------------------------------------------------------- start
 
     def start_new(self, xml, persistent, paused=False):
@@ -170,6 +187,7 @@ class Lifecycle(object):
         except libvirt_conn.LibvirtError as exc:
             raise VirtnodeError('cannot start VM %s: %s' % (self.name, libvirt_conn.error_text(exc)))
         vm_records.remove_record(dom.UUIDString(), 'exit', self.records_dir)
+        vm_records.clear_stopping(dom.UUIDString(), self.records_dir)
         self._after_start(dom, paused)
         return dom
 
@@ -182,6 +200,7 @@ class Lifecycle(object):
             dom = self.conn.defineXML(new_xml)
         dom.createWithFlags(constants.value('VIR_DOMAIN_START_PAUSED') if paused else 0)
         vm_records.remove_record(dom.UUIDString(), 'exit', self.records_dir)
+        vm_records.clear_stopping(dom.UUIDString(), self.records_dir)
         self._after_start(dom, paused)
 
     def _after_start(self, dom, paused):
@@ -221,6 +240,7 @@ class Lifecycle(object):
         self.wait(dom, lambda s, r: s in want, 'restore')
         vm_records.remove_record(rec_uuid, 'saved', self.records_dir)
         vm_records.remove_record(rec_uuid, 'exit', self.records_dir)
+        vm_records.clear_stopping(rec_uuid, self.records_dir)
         if record.get('owned', True):
             try:
                 os.unlink(path)
@@ -279,12 +299,18 @@ class Lifecycle(object):
             return
         xml = dom.XMLDesc(0)
         self.hook('before_vm_destroy', xml, vm_uuid)
+        self._stopping(vm_uuid, xml, 'destroy')
         try:
-            dom.destroy()
-        except libvirt_conn.LibvirtError as exc:
-            if not is_no_domain(exc):
-                raise
-        self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'stop')
+            try:
+                dom.destroy()
+            except libvirt_conn.LibvirtError as exc:
+                if not is_no_domain(exc):
+                    raise
+            self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'stop')
+        except (VirtnodeError, libvirt_conn.LibvirtError):
+            # Still running: its stop, when it comes, is not this module's (the node agent runs the hook).
+            vm_records.clear_stopping(vm_uuid, self.records_dir)
+            raise
         self.write_exit(vm_uuid, reason, message)
         self.hook('after_vm_destroy', xml, vm_uuid, fail=False)
 
@@ -296,9 +322,12 @@ class Lifecycle(object):
             if force:
                 self.actions.append('destroy (when the guest ignores the shutdown request)')
             return
+        xml = dom.XMLDesc(0)
+        self._stopping(vm_uuid, xml, 'shutdown')
         try:
             dom.shutdownFlags(constants.mask(*SHUTDOWN_FLAGS[mode]))
         except libvirt_conn.LibvirtError as exc:
+            vm_records.clear_stopping(vm_uuid, self.records_dir)
             if mode != 'agent':
                 raise
             # An agent that does not answer fails at once: say so rather than wait for the timeout.
@@ -308,6 +337,7 @@ class Lifecycle(object):
         try:
             self.wait(dom, lambda s, r: s in (vm_stats.SHUTOFF, vm_stats.CRASHED), 'shut down', timeout)
         except VirtnodeError as err:
+            vm_records.clear_stopping(vm_uuid, self.records_dir)
             if not force:
                 raise VirtnodeError('%s; the guest may not handle %s: set force=true to destroy it'
                                     % (err.message, SHUTDOWN_NEEDS[mode]), err.details)
@@ -315,6 +345,7 @@ class Lifecycle(object):
             self.destroy(dom, vm_stats.EXIT_ADMIN_SHUTDOWN, 'Admin shut down (forced after %gs)' % timeout)
             return
         self.write_exit(vm_uuid, vm_stats.EXIT_ADMIN_SHUTDOWN)
+        self.hook('after_vm_destroy', xml, vm_uuid, fail=False)
 
     def undefine(self, dom):
         if not self.act('undefine'):
