@@ -405,6 +405,62 @@ options:
       - A USB tablet (absolute pointer, so the VNC or SPICE pointer follows the client's); V(false) removes it. Left out,
         not managed. A change takes effect at the next start.
     type: bool
+  numa_cells:
+    description:
+      - The guest's NUMA topology (VDSM's guest NUMA nodes), each cell with its vCPUs and memory. Every vCPU (up to
+        O(max_vcpus), else O(vcpus)) must be in exactly one cell, and the cells' memory must add up to O(max_memory)
+        (with O(memory_hotplug), to the boot memory, at most O(max_memory)); a layout that does not is refused.
+      - Left out, not managed. A change takes effect at the next start.
+    type: list
+    elements: dict
+    suboptions:
+      cpus:
+        description: The cell's vCPUs, as a cpuset such as V(0-1).
+        type: str
+        required: true
+      memory:
+        description: The cell's memory, whole MiB (V(512MiB)).
+        type: str
+        required: true
+  numa_tune:
+    description:
+      - Where on the host the guest's memory comes from (libvirt's C(numatune)); host NUMA nodes the host does not
+        have are refused. A change takes effect at the next start.
+    type: dict
+    suboptions:
+      mode:
+        description: V(strict) fails an allocation the nodes cannot give; V(preferred), V(interleave) and V(restrictive) as libvirt.
+        type: str
+        choices: [strict, preferred, interleave, restrictive]
+        default: strict
+      nodeset:
+        description: Host NUMA nodes, such as V(0) or V(0-1).
+        type: str
+        required: true
+  memory_hotplug:
+    description:
+      - Memory that can be added to the running VM (VDSM's memory hotplug), up to O(memory_hotplug.max) in at most
+        O(memory_hotplug.slots) DIMMs. A bigger O(max_memory) is then plugged live as one DIMM of the difference, in
+        whole 128 MiB steps (what a Linux guest can bring online); past the maximum or out of slots it waits for a
+        restart. Less memory always waits for a restart.
+      - Needs a NUMA cell; without O(numa_cells) the VM gets one with all its vCPUs.
+      - A change of the maximum or the slots takes effect at the next start.
+    type: dict
+    suboptions:
+      max:
+        description: The most memory the VM can have while it runs (V(4GiB)).
+        type: str
+        required: true
+      slots:
+        description: DIMM slots, 1 to 255.
+        type: int
+        default: 16
+  hugepages:
+    description:
+      - Back guest memory with huge pages of this size, V(2MiB) or V(1GiB); V(0) for normal pages. The host must
+        reserve pages of that size (C(vm.nr_hugepages)) or it is refused. Left out, not managed. A change takes effect
+        at the next start.
+    type: str
   firmware:
     description:
       - V(bios) (SeaBIOS) or V(uefi) (OVMF, chosen by libvirt's firmware autoselection from the descriptors the
@@ -777,6 +833,17 @@ migration:
       type: dict
       returned: when a migration ran
       sample: {"progress_percent": 97, "data_total": 142606336, "data_remaining": 4096}
+    stats:
+      description:
+        - What the finished migration took, from the destination's completed job statistics; the guest's actual
+          downtime (to compare with O(migrate_options.max_downtime_ms)), the total time, the bytes sent, the memory
+          transfer rate (bytes per second, capped by O(migrate_options.bandwidth)) and the auto-converge throttle
+          (percent; V(null) when QEMU never had to slow the guest).
+        - On a failed or aborted migration the error's C(migration.progress) has the figures seen so far.
+      type: dict
+      returned: when a migration finished
+      sample: {"downtime_ms": 41, "total_ms": 2380, "data_transferred": 141557760, "memory_bps": 104857600,
+               "auto_converge_throttle": null}
 """
 
 from ansible.module_utils.basic import AnsibleModule

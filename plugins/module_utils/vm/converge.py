@@ -170,7 +170,13 @@ def ensure_running(conn, lc, params, spec, dom, result):
     if dom is None:
         rec_uuid, record = lc.find_saved(spec['uuid'])
         if not record:
-            return _create(conn, lc, params, spec)
+            dom = _create(conn, lc, params, spec)
+            if dom is not None:
+                # With memory hotplug, NUMA cells give the boot memory: the rest of max_memory is plugged now.
+                plug = vm_spec.memory_to_plug(spec, domxml.parse_live(_xml(dom, 'VIR_DOMAIN_XML_SECURE')))
+                if plug:
+                    lc.apply_live(dom, [{'action': 'plug_memory', 'field': 'max_memory', 'kib': plug}], spec)
+            return dom
         dom = lc.restore(rec_uuid, record, paused)
         if dom is None:
             return None
@@ -232,7 +238,10 @@ def migrate(conn, lc, params, dom, result):
                                     err.details) from err
             raise
         if not lc.check_mode:
-            result['vm'] = vm_view(lookup(dconn, params['name']), dest_uri, params['name'])
+            remote = lookup(dconn, params['name'])
+            result['vm'] = vm_view(remote, dest_uri, params['name'])
+            result['migration']['stats'] = vm_stats.completed_migration(
+                remote, constants.value('VIR_DOMAIN_JOB_STATS_COMPLETED')) if remote is not None else None
     # As VDSM tears the images down on the source once the VM runs on the destination.
     lc.release_block_volumes(vm_uuid, dom_xml)
 

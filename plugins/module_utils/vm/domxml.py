@@ -220,6 +220,69 @@ def _device_elements(devices, spec):
         _sub(channel, 'target', type='virtio', name=GUEST_AGENT_CHANNEL)
 
 
+def numa_cells_of(spec, vcpus):
+    """The guest NUMA cells to render: the spec's; with memory hotplug and none given, one cell of every vCPU and
+    the boot memory (QEMU plugs DIMMs into a NUMA node, and libvirt needs one to exist)."""
+    if spec.get('numa_cells'):
+        return spec['numa_cells']
+    if spec.get('memory_hotplug'):
+        count = max(spec.get('max_vcpus') or 0, vcpus)
+        return [{'cpus': list(range(count)), 'memory': spec['max_memory'] or 128 * MIB_IN_KIB}]
+    return None
+
+
+def _memory_elements(root, spec):
+    """The host side of guest memory: hugepage backing and the NUMA binding."""
+    if spec.get('hugepages'):
+        backing = _sub(root, 'memoryBacking')
+        _sub(_sub(backing, 'hugepages'), 'page', size=spec['hugepages'], unit='KiB')
+    if spec.get('numa_tune'):
+        tune = _sub(root, 'numatune')
+        _sub(tune, 'memory', mode=spec['numa_tune']['mode'], nodeset=_cpuset_text(spec['numa_tune']['nodeset']))
+
+
+def dimm_element(kib, node=0):
+    """A DIMM of ``kib`` KiB in guest NUMA node ``node``, as virDomainAttachDevice takes it."""
+    require_lxml()
+    elem = etree.Element('memory', model='dimm')
+    target = _sub(elem, 'target')
+    _sub(target, 'size', kib, unit='KiB')
+    _sub(target, 'node', node)
+    return elem
+
+
+def _parse_memory(root, live):
+    max_memory = root.find('maxMemory')
+    live['memory_hotplug'] = ({'max': to_kib(max_memory), 'slots': int(max_memory.get('slots') or 0)}
+                              if max_memory is not None else None)
+    live['dimms'] = len(root.findall("devices/memory[@model='dimm']"))
+    cells = []
+    for cell in root.findall('cpu/numa/cell'):
+        try:
+            cpus = parse_cpuset(cell.get('cpus'), 'numa cell cpus')
+        except VirtnodeError:
+            cpus = None
+        memory = etree.Element('memory', unit=cell.get('unit') or 'KiB')
+        memory.text = cell.get('memory')
+        cells.append({'cpus': cpus, 'memory': to_kib(memory)})
+    live['numa_cells'] = cells or None
+    tune = root.find('numatune/memory')
+    nodeset = None
+    if tune is not None and tune.get('nodeset'):
+        try:
+            nodeset = parse_cpuset(tune.get('nodeset'), 'numatune nodeset')
+        except VirtnodeError:
+            nodeset = None
+    live['numa_tune'] = {'mode': tune.get('mode') or 'strict', 'nodeset': nodeset} if tune is not None else None
+    page = root.find('memoryBacking/hugepages/page')
+    if page is not None:
+        size = etree.Element('size', unit=page.get('unit') or 'KiB')
+        size.text = page.get('size')
+        live['hugepages'] = to_kib(size)
+    else:
+        live['hugepages'] = 2048 if root.find('memoryBacking/hugepages') is not None else 0
+
+
 def _firmware_elements(os_elem, spec):
     """UEFI through libvirt's firmware autoselection (the OVMF build that has the features asked for), with
     the VM's own variable store."""
@@ -286,15 +349,20 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
     metadata = _sub(root, 'metadata')
     metadata.append(metadata_element(spec))
     max_memory = spec['max_memory'] or 128 * MIB_IN_KIB
+    hotplug = spec.get('memory_hotplug')
+    if hotplug:
+        _sub(root, 'maxMemory', hotplug['max'], slots=hotplug['slots'], unit='KiB')
     _sub(root, 'memory', max_memory, unit='KiB')
     _sub(root, 'currentMemory', spec['memory'] or max_memory, unit='KiB')
+    _memory_elements(root, spec)
     vcpus, max_vcpus = spec['vcpus'] or 1, spec.get('max_vcpus')
     if max_vcpus and max_vcpus > vcpus:
         _sub(root, 'vcpu', max_vcpus, placement='static', current=vcpus)
     else:
         _sub(root, 'vcpu', vcpus, placement='static')
     _cputune_element(root, spec)
-    if spec['cpu_model'] or spec['cpu_topology']:
+    cells = numa_cells_of(spec, vcpus)
+    if spec['cpu_model'] or spec['cpu_topology'] or cells:
         model = spec['cpu_model']
         cpu = _sub(root, 'cpu', mode=model if model in CPU_MODES else ('custom' if model else None),
                    match='exact' if model and model not in CPU_MODES else None)
@@ -302,6 +370,10 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
             _sub(cpu, 'model', model, fallback='forbid')
         if spec['cpu_topology']:
             _sub(cpu, 'topology', **spec['cpu_topology'])
+        if cells:
+            numa = _sub(cpu, 'numa')
+            for index, cell in enumerate(cells):
+                _sub(numa, 'cell', id=index, cpus=_cpuset_text(cell['cpus']), memory=cell['memory'], unit='KiB')
     os_elem = _sub(root, 'os')
     _sub(os_elem, 'type', 'hvm', arch=arch, machine=spec['machine'])
     if spec['kernel']:
@@ -482,9 +554,9 @@ def _parse_drives(root, live):
     live['cdrom_target'] = None
     live['cloud_init_seed'] = None
     for elem in root.findall('devices/disk'):
-        if elem.get('device') == 'cdrom' and cloud_init.is_seed_path(_disk_from_elem(elem)['path']):
+        if elem.get('device') == 'cdrom' and _is_seed_drive(_disk_from_elem(elem)):
             seed = _disk_from_elem(elem)
-            live['cloud_init_seed'] = seed['path']
+            live['cloud_init_seed'] = seed['path'] or None
             live['cloud_init_seed_drive'] = (seed['bus'], seed['target'])
         elif elem.get('device') == 'cdrom':
             disk = _disk_from_elem(elem)
@@ -493,6 +565,14 @@ def _parse_drives(root, live):
             live['cdrom_bus'] = disk['bus']
         elif elem.get('device', 'disk') == 'disk':
             live['disks'].append(_disk_from_elem(elem))
+
+
+def _is_seed_drive(disk):
+    """The cloud-init seed's drive: it holds a seed, or it is empty (ejected before a migration) on the seed's
+    target, which the spec's own CD-ROM never takes."""
+    if cloud_init.is_seed_path(disk['path']):
+        return True
+    return not disk['path'] and disk['target'] in (seed_device('q35')[1], seed_device(None)[1])
 
 
 def _nic_from_elem(elem):
@@ -567,6 +647,7 @@ def parse_live(xml_text):
     live['lease'] = _lease_from_elem(root.find('devices/lease'))
     _parse_devices(root, live)
     _parse_firmware(root, live)
+    _parse_memory(root, live)
     return live
 
 
@@ -593,7 +674,8 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
     merged = dict(spec)
     for key in ('domain_type', 'machine', 'vcpus', 'max_vcpus', 'cpu_topology', 'cpu_model', 'cpu_pinning',
                 'emulator_pinning', 'boot_order', 'kernel', 'initrd', 'cmdline', 'graphics', 'lease', 'watchdog', 'rng',
-                'video', 'tablet', 'guest_agent', 'cloud_init_seed', 'firmware', 'secure_boot', 'tpm', 'nvram', 'smm'):
+                'video', 'tablet', 'guest_agent', 'cloud_init_seed', 'firmware', 'secure_boot', 'tpm', 'nvram', 'smm',
+                'numa_cells', 'numa_tune', 'memory_hotplug', 'hugepages'):
         if merged.get(key) is None:
             merged[key] = live.get(key)
     if merged['max_vcpus'] is not None and merged['vcpus'] is not None and merged['vcpus'] > merged['max_vcpus']:
@@ -631,10 +713,11 @@ def updated_persistent_xml(spec, persistent_xml, domain_type='qemu'):
 
 # What the spec renders, by parent: the rest of a definition (devices a hook or an administrator added, libvirt's
 # controllers, clock, features, security labels ...) is carried over as it was.
-OWNED_TOP = ('name', 'uuid', 'memory', 'currentMemory', 'vcpu', 'on_poweroff', 'on_reboot', 'on_crash')
+OWNED_TOP = ('name', 'uuid', 'memory', 'currentMemory', 'maxMemory', 'vcpu', 'memoryBacking', 'numatune', 'on_poweroff',
+             'on_reboot', 'on_crash')
 OWNED_CHILDREN = {
     'os': ('type', 'kernel', 'initrd', 'cmdline', 'boot', 'loader', 'nvram', 'firmware'),
-    'cpu': ('model', 'topology'),
+    'cpu': ('model', 'topology', 'numa'),
     'cputune': ('vcpupin', 'emulatorpin'),
     'features': ('acpi', 'apic', 'smm'),
 }

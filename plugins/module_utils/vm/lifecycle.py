@@ -419,7 +419,12 @@ class Lifecycle(object):
         for item in actions:
             kind = item['action']
             vm_uuid = dom.UUIDString()
-            if kind == 'set_memory':
+            if kind == 'plug_memory':
+                if self.act('plug a %d MiB DIMM' % (item['kib'] // 1024)):
+                    # Into the definition too: it adds the DIMM's memory to the persistent VM's total.
+                    flags = live_flags | (constants.value('VIR_DOMAIN_AFFECT_CONFIG') if dom.isPersistent() else 0)
+                    dom.attachDeviceFlags(domxml.to_text(domxml.dimm_element(item['kib'])), flags)
+            elif kind == 'set_memory':
                 if self.act('set balloon target to %d KiB' % item['kib']):
                     dom.setMemoryFlags(item['kib'], live_flags)
             elif kind == 'attach_disk':
@@ -611,8 +616,10 @@ class Lifecycle(object):
                     downtime_set = True
                 except libvirt_conn.LibvirtError:
                     pass
-            progress = vm_stats.migration_progress(dom)
-            if progress:
+            # Only samples of the running job: once it is aborted (or before it starts) libvirt hands out an
+            # empty job, which would hide what was sent.
+            progress = None if aborted else vm_stats.migration_progress(dom)
+            if progress and progress.get('elapsed_ms'):
                 last_progress = progress
             if not aborted and self.clock() - start > timeout:
                 aborted = True

@@ -98,6 +98,13 @@ def argument_spec():
         video=dict(type='str', choices=list(vm_spec.VIDEO_MODELS)),
         tablet=dict(type='bool'),
         guest_agent=dict(type='bool'),
+        numa_cells=dict(type='list', elements='dict', options=dict(cpus=dict(type='str', required=True),
+                                                                   memory=dict(type='str', required=True))),
+        numa_tune=dict(type='dict', options=dict(mode=dict(type='str', choices=list(vm_spec.NUMA_MODES), default='strict'),
+                                                 nodeset=dict(type='str', required=True))),
+        memory_hotplug=dict(type='dict', options=dict(max=dict(type='str', required=True),
+                                                      slots=dict(type='int', default=vm_spec.DEFAULT_MEMORY_SLOTS))),
+        hugepages=dict(type='str'),
         firmware=dict(type='str', choices=list(vm_spec.FIRMWARES)),
         secure_boot=dict(type='bool'),
         tpm=dict(type='dict', options=dict(

@@ -61,6 +61,11 @@ VIDEO_MODELS = ('virtio', 'qxl', 'vga', 'bochs', 'none')
 RNG_BACKENDS = ('/dev/urandom', '/dev/random', '/dev/hwrng')
 CPU_MODES = ('host-passthrough', 'host-model')
 FIRMWARES = ('bios', 'uefi')
+NUMA_MODES = ('strict', 'preferred', 'interleave', 'restrictive')
+HUGEPAGE_SIZES_KIB = (2048, 1048576)
+# DIMMs are added in whole memory blocks of the guest (Linux x86: 128 MiB), so it can online them.
+MEMORY_HOTPLUG_STEP_KIB = 128 * 1024
+DEFAULT_MEMORY_SLOTS = 16
 TPM_MODELS = ('crb', 'tis')
 # libvirt keeps each VM's UEFI variables here (the directory its qemu driver creates and labels).
 NVRAM_DIR = '/var/lib/libvirt/qemu/nvram'
@@ -79,7 +84,8 @@ NIL_UUID = '00000000-0000-0000-0000-000000000000'
 MIB_IN_KIB = 1024
 
 # Fields compared at top level, and whether a running domain can take a change live.
-RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'max_vcpus', 'cpu_topology', 'cpu_model',
+RESTART_FIELDS = ('domain_type', 'machine', 'max_memory', 'max_vcpus', 'cpu_topology', 'cpu_model', 'numa_cells',
+                  'numa_tune', 'memory_hotplug', 'hugepages',
                   'boot_order', 'kernel', 'initrd', 'cmdline', 'console_log', 'lease', 'watchdog', 'rng', 'video',
                   'tablet', 'guest_agent', 'firmware', 'secure_boot', 'tpm')
 # Devices the spec owns one of each: None leaves what the domain has, false (or video none) removes it.
@@ -445,6 +451,96 @@ def _normalize_memory(params):
     return memory, max_memory
 
 
+def _normalize_numa_cells(cells, vcpus, max_memory, hotplug):
+    """``[{'cpus': [..], 'memory': kib}]``: every vCPU in exactly one cell, and the cells' memory adding up to
+    ``max_memory`` (with memory hotplug, at most it: the rest is plugged DIMMs)."""
+    if cells is None:
+        return None
+    if not isinstance(cells, list) or not cells:
+        raise VirtnodeError('numa_cells must be a non-empty list of cells, each with cpus and memory', {'field': 'numa_cells'})
+    normalized, seen = [], set()
+    for index, cell in enumerate(cells):
+        what = 'numa_cells[%d]' % index
+        if not isinstance(cell, dict) or cell.get('cpus') is None or cell.get('memory') is None:
+            raise VirtnodeError('%s needs cpus and memory' % what, {'field': 'numa_cells'})
+        cpus = parse_cpuset(str(cell['cpus']), what + ' cpus')
+        overlap = seen & set(cpus)
+        if overlap:
+            raise VirtnodeError('%s gives vCPU(s) %s that another cell has' % (what, ','.join(map(str, sorted(overlap)))),
+                                {'field': 'numa_cells'})
+        seen.update(cpus)
+        memory = _kib(cell['memory'], what + ' memory', minimum_bytes=MIB_IN_KIB * KIB)
+        if memory % MIB_IN_KIB:
+            raise VirtnodeError('%s memory must be whole MiB' % what, {'field': 'numa_cells'})
+        normalized.append({'cpus': cpus, 'memory': memory})
+    if vcpus is None or max_memory is None:
+        raise VirtnodeError('numa_cells needs vcpus (or max_vcpus) and memory (or max_memory) to check the layout',
+                            {'field': 'numa_cells'})
+    if seen != set(range(vcpus)):
+        raise VirtnodeError('numa_cells give vCPUs %s, but the VM has vCPUs 0-%d: each must be in exactly one cell'
+                            % (','.join(map(str, sorted(seen))), vcpus - 1), {'field': 'numa_cells'})
+    total = sum(cell['memory'] for cell in normalized)
+    if total != max_memory and not (hotplug and total < max_memory):
+        raise VirtnodeError('numa_cells hold %d MiB but the VM has %d MiB (max_memory): the cells must add up to it'
+                            % (total // MIB_IN_KIB, max_memory // MIB_IN_KIB), {'field': 'numa_cells'})
+    return normalized
+
+
+def _normalize_numa_tune(tune, host_nodes):
+    """``{'mode', 'nodeset': [host NUMA nodes]}`` of the guest memory's host binding, or None."""
+    if tune is None:
+        return None
+    if not isinstance(tune, dict) or tune.get('nodeset') is None:
+        raise VirtnodeError('numa_tune needs nodeset (host NUMA nodes, e.g. "0" or "0-1")', {'field': 'numa_tune'})
+    nodes = parse_cpuset(str(tune['nodeset']), 'numa_tune nodeset')
+    if host_nodes is not None and not set(nodes) <= set(host_nodes):
+        raise VirtnodeError('numa_tune nodeset names NUMA node(s) %s that this host does not have (online: %s)'
+                            % (','.join(map(str, sorted(set(nodes) - set(host_nodes)))),
+                               ','.join(map(str, host_nodes))), {'field': 'numa_tune'})
+    return {'mode': _choice(tune.get('mode') or 'strict', NUMA_MODES, 'numa_tune mode'), 'nodeset': nodes}
+
+
+def _normalize_memory_hotplug(params, max_memory):
+    """``{'max', 'slots'}`` (KiB, DIMM slots) up to which memory is plugged into the running VM, or None."""
+    hotplug = params.get('memory_hotplug')
+    if hotplug is None:
+        return None
+    if not isinstance(hotplug, dict) or hotplug.get('max') is None:
+        raise VirtnodeError('memory_hotplug needs max (the most memory the VM may get while it runs)',
+                            {'field': 'memory_hotplug'})
+    maximum = _round_mib(_kib(hotplug['max'], 'memory_hotplug max', minimum_bytes=1))
+    slots = _bounded_int(hotplug.get('slots') or DEFAULT_MEMORY_SLOTS, 1, 255, 'memory_hotplug slots')
+    if max_memory is not None and maximum < max_memory:
+        raise VirtnodeError('memory_hotplug max (%d MiB) is below max_memory (%d MiB)'
+                            % (maximum // MIB_IN_KIB, max_memory // MIB_IN_KIB), {'field': 'memory_hotplug'})
+    return {'max': maximum, 'slots': slots}
+
+
+def _normalize_hugepages(value, host_hugepages):
+    """The page size (KiB) guest memory is backed by, 0 for normal pages, None when not managed; a size the host
+    reserves no pages of (``host_hugepages``: {size KiB: pages}, None: not checked) is refused."""
+    if value is None:
+        return None
+    if value is False or value in ('', '0', 0):
+        return 0
+    size = _kib(value, 'hugepages')
+    if size not in HUGEPAGE_SIZES_KIB:
+        raise VirtnodeError('hugepages must be 2MiB or 1GiB (the x86 page sizes), got %r' % (value,),
+                            {'field': 'hugepages'})
+    if host_hugepages is not None and not host_hugepages.get(size):
+        raise VirtnodeError('hugepages %d KiB: this host reserves no pages of that size (vm.nr_hugepages, or the '
+                            'bootstrap role\'s bootstrap_hugepages)' % size, {'field': 'hugepages'})
+    return size
+
+
+def _normalize_numa(params, spec, host_nodes, host_hugepages):
+    spec['memory_hotplug'] = _normalize_memory_hotplug(params, spec['max_memory'])
+    spec['numa_cells'] = _normalize_numa_cells(params.get('numa_cells'), spec['max_vcpus'] or spec['vcpus'],
+                                               spec['max_memory'], spec['memory_hotplug'])
+    spec['numa_tune'] = _normalize_numa_tune(params.get('numa_tune'), host_nodes)
+    spec['hugepages'] = _normalize_hugepages(params.get('hugepages'), host_hugepages)
+
+
 def _normalize_topology(topology, vcpus):
     if not topology:
         return None
@@ -603,14 +699,17 @@ def _normalize_custom_properties(props):
     return dict((str(k), '' if v is None else str(v)) for k, v in props.items())
 
 
-def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None, host_cpus=None):
+def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None, host_cpus=None, host_nodes=None,
+              host_hugepages=None):
     """Validate module options; return the spec. Options left out (None) are not compared later.
 
     The host is only seen through the functions given: ``stat_fn`` (os.stat)
     for paths, ``resolver`` and ``block_resolver`` for disks given as
     storage-domain volumes (``(domain_id, image_id, volume_id)`` -> path),
     ``lexists`` (default: through ``stat_fn``) for block devices that would
-    appear, ``host_cpus`` (the host's online CPUs, None: not checked) for pinning.
+    appear, ``host_cpus`` (the host's online CPUs, None: not checked) for pinning,
+    ``host_nodes`` (its online NUMA nodes, None: not checked) for ``numa_tune``,
+    ``host_hugepages`` ({page size KiB: pages reserved}, None: not checked).
     :func:`volumes.normalize_on_host` gives the real ones.
     """
     spec = {}
@@ -620,6 +719,7 @@ def normalize(params, stat_fn, resolver=None, block_resolver=None, lexists=None,
     spec['machine'] = params.get('machine') or None
     spec['memory'], spec['max_memory'] = _normalize_memory(params)
     _normalize_cpu(params, spec, host_cpus)
+    _normalize_numa(params, spec, host_nodes, host_hugepages)
     _normalize_boot(params, spec, stat_fn)
     spec['disks'] = _normalize_disks(params, spec['machine'], stat_fn, resolver, block_resolver,
                                      lexists or _exists_by_stat(stat_fn))
@@ -723,7 +823,13 @@ def _restart_differences(spec, live, aliases):
     differs('domain_type', spec['domain_type'], live['domain_type'])
     if not machine_matches(spec['machine'], live['machine'], live.get('requested_machine'), aliases):
         restart.append('machine')
-    differs('max_memory', spec['max_memory'], live['max_memory'])
+    if spec['max_memory'] is not None and spec['max_memory'] != live['max_memory'] and \
+            memory_to_plug(spec, live) is None:
+        restart.append('max_memory')
+    differs('numa_cells', spec.get('numa_cells'), live.get('numa_cells'))
+    differs('numa_tune', spec.get('numa_tune'), live.get('numa_tune'))
+    differs('memory_hotplug', spec.get('memory_hotplug'), live.get('memory_hotplug'))
+    differs('hugepages', spec.get('hugepages'), live.get('hugepages'))
     differs('max_vcpus', spec.get('max_vcpus'), live.get('max_vcpus'))
     differs('cpu_topology', spec['cpu_topology'], live['cpu_topology'])
     differs('cpu_model', spec['cpu_model'], live['cpu_model'])
@@ -796,6 +902,20 @@ def _compare_graphics(spec, live, actions, restart):
         actions.append({'action': 'set_ticket', 'field': 'graphics', 'graphics': spec['graphics']})
 
 
+def memory_to_plug(spec, live):
+    """KiB of DIMM to plug into the running VM for ``spec['max_memory']``, or None when that needs a restart:
+    more memory, within the VM's hotplug maximum, a free slot, whole guest memory blocks."""
+    hotplug = live.get('memory_hotplug')
+    if not hotplug or spec['max_memory'] is None or live['max_memory'] is None:
+        return None
+    more = spec['max_memory'] - live['max_memory']
+    if more <= 0 or spec['max_memory'] > hotplug['max'] or more % MEMORY_HOTPLUG_STEP_KIB:
+        return None
+    if live.get('dimms', 0) >= hotplug['slots']:
+        return None
+    return more
+
+
 def _compare_vcpus(spec, live, actions, restart):
     """vCPUs are hotplugged up to the maximum the VM was started with; pinning is set live."""
     if spec['vcpus'] is not None and spec['vcpus'] != live['vcpus']:
@@ -820,6 +940,9 @@ def compare(spec, live, aliases=None):
     actions = []
     restart = _restart_differences(spec, live, aliases)
     _compare_vcpus(spec, live, actions, restart)
+    plug = memory_to_plug(spec, live) if spec['max_memory'] != live['max_memory'] else None
+    if plug:
+        actions.append({'action': 'plug_memory', 'field': 'max_memory', 'kib': plug})
     if spec['memory'] is not None and spec['memory'] != live['memory']:
         # The balloon moves live only within an unchanged maximum.
         if 'max_memory' not in restart:
@@ -852,7 +975,7 @@ def summary(spec_like, redact=True):
     for key in ('name', 'uuid', 'domain_type', 'machine', 'memory', 'max_memory', 'vcpus', 'max_vcpus', 'cpu_topology',
                 'cpu_model', 'cpu_pinning', 'emulator_pinning',
                 'boot_order', 'kernel', 'initrd', 'cmdline', 'cdrom', 'console_log', 'custom_properties', 'lease',
-                'firmware', 'secure_boot') + DEVICE_FIELDS:
+                'firmware', 'secure_boot', 'numa_cells', 'numa_tune', 'memory_hotplug', 'hugepages') + DEVICE_FIELDS:
         out[key] = spec_like.get(key)
     out['disks'] = [_public_disk(d) for d in spec_like['disks']] if spec_like.get('disks') is not None else None
     out['nics'] = ([dict((k, n.get(k)) for k in ('source_type', 'source', 'mac', 'model')) for n in spec_like['nics']]

@@ -180,6 +180,25 @@ def _migration_from(stats):
     }
 
 
+def completed_migration(dom, completed_flag):
+    """What a finished incoming migration took, from the destination domain's completed job stats (libvirt sends
+    the source's figures along): ``downtime_ms``, ``total_ms``, ``data_transferred`` (bytes), ``memory_bps`` and the
+    auto-converge throttle (percent, None when QEMU never throttled); None when libvirt kept none."""
+    try:
+        stats = dom.jobStats(completed_flag)
+    except Exception:  # pylint: disable=broad-except
+        return None
+    if not stats or not stats.get('type'):
+        return None
+    return {
+        'downtime_ms': stats.get('downtime'),
+        'total_ms': stats.get('time_elapsed'),
+        'data_transferred': stats.get('data_processed'),
+        'memory_bps': stats.get('memory_bps'),
+        'auto_converge_throttle': stats.get('auto_converge_throttle'),
+    }
+
+
 # --------------------------------------------------------------------------
 # why VMs went down (VDSM keeps exitCode/exitReason until destroy)
 

@@ -213,16 +213,36 @@ def normalize_on_host(params, check_mode=False):
     """:func:`spec.normalize` of module options against this host's files and storage volumes."""
     return vm_spec.normalize(params, stat_fn=os.stat, resolver=legal_volume_source,
                              block_resolver=planned_block_volume if check_mode else activate_block_volume,
-                             lexists=os.path.lexists, host_cpus=online_cpus())
+                             lexists=os.path.lexists, host_cpus=online_cpus(),
+                             host_nodes=online_cpus('/sys/devices/system/node/online'),
+                             host_hugepages=reserved_hugepages())
 
 
 def online_cpus(path='/sys/devices/system/cpu/online'):
-    """This host's online CPUs (None when the kernel does not say)."""
+    """This host's online CPUs, or NUMA nodes from ``/sys/devices/system/node/online`` (None when the kernel
+    does not say)."""
     try:
         with open(path) as stream:
             return vm_spec.parse_cpuset(stream.read().strip(), 'online CPUs')
     except (OSError, VirtnodeError):
         return None
+
+
+def reserved_hugepages(root='/sys/kernel/mm/hugepages'):
+    """``{page size KiB: pages the kernel reserves}`` (None when the kernel does not say)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    found = {}
+    for name in names:
+        if name.startswith('hugepages-') and name.endswith('kB'):
+            try:
+                with open(os.path.join(root, name, 'nr_hugepages')) as stream:
+                    found[int(name[len('hugepages-'):-2])] = int(stream.read().strip() or 0)
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def is_block_volume_path(path):

@@ -498,3 +498,69 @@ def test_libvirts_expanded_uefi_definition_reads_back():
 def test_bad_firmware_and_tpm_are_refused(params, message):
     with pytest.raises(VirtnodeError, match=message):
         spec_of(**params)
+
+
+def test_numa_cells_binding_and_hugepages_round_trip():
+    spec = spec_of(vcpus=2, memory='256MiB', numa_cells=[{'cpus': '0', 'memory': '128MiB'}, {'cpus': '1', 'memory': '128MiB'}],
+                   numa_tune={'mode': 'preferred', 'nodeset': '0'}, hugepages='2MiB')
+    root = domxml.parse_xml(domxml.build_xml(spec))
+    assert [c.attrib for c in root.findall('cpu/numa/cell')] == [
+        {'id': '0', 'cpus': '0', 'memory': '131072', 'unit': 'KiB'}, {'id': '1', 'cpus': '1', 'memory': '131072', 'unit': 'KiB'}]
+    assert root.find('numatune/memory').attrib == {'mode': 'preferred', 'nodeset': '0'}
+    assert root.find('memoryBacking/hugepages/page').get('size') == '2048'
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    other = spec_of(vcpus=2, memory='256MiB', numa_cells=[{'cpus': '0-1', 'memory': '256MiB'}], hugepages='0')
+    assert vm_spec.compare(other, live)['restart'] == ['numa_cells', 'hugepages']
+    kept = domxml.parse_xml(domxml.updated_persistent_xml(spec_of(vcpus=2), domxml.build_xml(spec)))
+    assert len(kept.findall('cpu/numa/cell')) == 2 and kept.find('numatune') is not None
+    assert len(kept.findall('memoryBacking')) == 1
+
+
+def test_memory_is_plugged_live_up_to_the_hotplug_maximum():
+    spec = spec_of(vcpus=1, max_memory='256MiB', memory_hotplug={'max': '1GiB', 'slots': 2})
+    root = domxml.parse_xml(domxml.build_xml(spec))
+    assert root.find('maxMemory').attrib == {'slots': '2', 'unit': 'KiB'} and root.findtext('maxMemory') == str(1024 * 1024)
+    assert root.find('cpu/numa/cell').get('memory') == str(256 * 1024)  # one cell, made for the DIMMs
+    live = domxml.parse_live(domxml.build_xml(spec))
+    more = spec_of(vcpus=1, max_memory='512MiB', memory='512MiB', memory_hotplug={'max': '1GiB', 'slots': 2})
+    diffs = vm_spec.compare(more, live)
+    assert diffs['restart'] == []
+    assert [a['action'] for a in diffs['live']] == ['plug_memory', 'set_memory'] and diffs['live'][0]['kib'] == 256 * 1024
+    dimm = domxml.dimm_element(256 * 1024)
+    assert domxml.to_text(dimm).startswith('<memory model="dimm">')
+    # Past the maximum, not in 128 MiB steps, less memory or no free slot: at the next start.
+    for size in ('2GiB', '300MiB', '128MiB'):
+        changed = spec_of(vcpus=1, max_memory=size, memory_hotplug={'max': '4GiB'})
+        assert 'max_memory' in vm_spec.compare(changed, dict(live, memory_hotplug={'max': 1024 * 1024, 'slots': 2}))['restart']
+    full = dict(live, dimms=2)
+    assert vm_spec.compare(more, full)['restart'] == ['max_memory', 'memory']
+    # Without hotplug, more memory is a restart, as before.
+    assert vm_spec.compare(spec_of(max_memory='512MiB'), domxml.parse_live(domxml.build_xml(spec_of())))['restart'] == ['max_memory']
+
+
+@pytest.mark.parametrize('params, message', [
+    ({'vcpus': 2, 'memory': '256MiB', 'numa_cells': [{'cpus': '0', 'memory': '128MiB'}]}, 'each must be in exactly one cell'),
+    ({'vcpus': 2, 'memory': '256MiB', 'numa_cells': [{'cpus': '0-1', 'memory': '128MiB'}, {'cpus': '1', 'memory': '128MiB'}]},
+     'that another cell has'),
+    ({'vcpus': 2, 'memory': '256MiB', 'numa_cells': [{'cpus': '0-1', 'memory': '200MiB'}]}, 'must add up'),
+    ({'vcpus': 1, 'numa_cells': [{'cpus': '0', 'memory': '128MiB'}]}, 'needs vcpus'),
+    ({'vcpus': 1, 'memory': '128MiB', 'numa_cells': [{'cpus': 'x', 'memory': '128MiB'}]}, 'cpuset'),
+    ({'numa_tune': {'nodeset': '7'}}, 'does not have'),
+    ({'numa_tune': {'nodeset': '0', 'mode': 'random'}}, 'numa_tune mode'),
+    ({'memory': '512MiB', 'memory_hotplug': {'max': '256MiB'}}, 'below max_memory'),
+    ({'memory_hotplug': {'slots': 4}}, 'needs max'),
+    ({'hugepages': '4MiB'}, '2MiB or 1GiB'),
+    ({'hugepages': '1GiB'}, 'reserves no pages'),
+])
+def test_bad_numa_and_memory_layouts_are_refused(params, message):
+    with pytest.raises(VirtnodeError, match=message):
+        vm_spec.normalize(dict({'name': 'vm1'}, **params), stat_fn=fake_stat, host_nodes=[0], host_hugepages={2048: 64})
+
+
+def test_an_ejected_seed_drive_is_still_the_seeds_not_the_cd_rom():
+    spec = spec_of(cloud_init={'user_data': '#cloud-config\n'})
+    spec['cloud_init_seed'] = SEED
+    ejected = domxml.build_xml(spec).replace("<source file='%s'/>" % SEED, '').replace('<source file="%s"/>' % SEED, '')
+    live = domxml.parse_live(ejected)
+    assert live['cloud_init_seed'] is None and live['cloud_init_seed_drive'] == ('ide', 'hdd') and live['cdrom'] is None

@@ -247,3 +247,24 @@ def test_an_idle_vm_costs_one_call_and_a_job_is_read_only_while_one_runs():
     down = JobDom('down', 'u3', control=0)
     assert s.probe(down, {'state.state': s.SHUTOFF, 'state.reason': 1})['persistent'] is True
     assert down.calls == ['isPersistent']
+
+
+class _JobDomain(object):
+    def __init__(self, stats=None, error=None):
+        self.stats, self.error, self.flags = stats, error, []
+
+    def jobStats(self, flags=0):
+        self.flags.append(flags)
+        if self.error:
+            raise self.error
+        return self.stats
+
+
+def test_completed_migration_reads_the_destinations_completed_job():
+    dom = _JobDomain({'type': 3, 'downtime': 41, 'time_elapsed': 2380, 'data_processed': 141557760,
+                      'memory_bps': 104857600})
+    assert s.completed_migration(dom, 2) == {'downtime_ms': 41, 'total_ms': 2380, 'data_transferred': 141557760,
+                                             'memory_bps': 104857600, 'auto_converge_throttle': None}
+    assert dom.flags == [2]
+    assert s.completed_migration(_JobDomain({'type': 0}), 2) is None
+    assert s.completed_migration(_JobDomain(error=RuntimeError('gone')), 2) is None
