@@ -656,9 +656,9 @@ attributes:
     membership:
       - virtnode.kvm.all
 notes:
-  - Graceful shutdown needs a guest that handles ACPI power button events.
-    A guest without (the project's tiny busybox test guest, for one) times
-    out; use O(force=true) to destroy it after O(timeout).
+  - Graceful shutdown needs a guest that handles ACPI power button events or
+    runs qemu-guest-agent (O(shutdown_mode)). A guest with neither times out;
+    use O(force=true) to destroy it after O(timeout).
   - Hook points used are C(before_vm_start), C(after_vm_start),
     C(before_vm_pause), C(after_vm_pause), C(before_vm_cont), C(after_vm_cont),
     C(before_vm_destroy), C(after_vm_destroy), C(before_vm_hibernate),
@@ -700,7 +700,7 @@ EXAMPLES = r"""
     custom_properties:
       owner: examples
 
-- name: Stop it; the tiny guest ignores ACPI, so destroy it after 3 seconds
+- name: Stop it through its guest agent when connected, else ACPI; destroy it if still up after 3 seconds
   virtnode.kvm.vm:
     name: example-vm
     state: shutdown
