@@ -290,7 +290,10 @@ def prepare_host_dirs(name: str, index: int, hosts_file: Path) -> None:
                     f"host_uuid = \"{host_uuid(name)}\"\n")
         with open(bind_source(name, "/etc/libvirt") / "qemu.conf", "a") as f:
             # No cgroups: hosts share the machine's cgroup tree and would collide.
+            # swtpm as root like QEMU: the machine's swtpm-localca CA directory is shared by every host,
+            # and whatever user first wrote it must be able to again.
             f.write("\n# virtnode lab\nuser = \"root\"\ngroup = \"root\"\n"
+                    "swtpm_user = \"root\"\nswtpm_group = \"root\"\n"
                     "security_driver = \"none\"\ncgroup_controllers = [ ]\n")
     seed_root_home(bind_source(name, "/root"))
     log_dir = bind_source(name, "/var/log")
