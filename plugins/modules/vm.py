@@ -192,10 +192,19 @@ options:
         choices: [raw, qcow2]
         default: raw
       bus:
-        description: Disk bus.
+        description:
+          - Disk bus. V(scsi) disks sit on a virtio-scsi controller (VDSM's), added with the first of them, also when
+            one is hotplugged.
         type: str
         choices: [virtio, sata, scsi, ide]
         default: virtio
+      lun:
+        description:
+          - A direct LUN, as VDSM's. The block device, a multipath device of a LUN, is passed through as a SCSI LUN,
+            so the guest's SCSI commands reach it (C(device=lun), C(sgio=filtered)). Needs O(disks[].bus=scsi) and
+            format V(raw); anything else is refused. A change takes effect at the next start.
+        type: bool
+        default: false
       target:
         description: Device name in the guest (V(vda), V(sdb)...). The first free name of the bus when left out.
         type: str

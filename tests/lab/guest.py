@@ -114,6 +114,9 @@ WANTED_MODULES = (
     "virtio_blk",
     "virtio_net",
     "virtio_console",
+    # Disks on a virtio-scsi controller (and direct LUNs) show as /dev/sdX.
+    "virtio_scsi",
+    "sd_mod",
     # workload=fs mounts ext2 with the ext4 driver; built into Debian's cloud
     # kernel (modules.builtin), loaded with its dependencies where it is not.
     "ext4",

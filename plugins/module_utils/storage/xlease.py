@@ -22,9 +22,13 @@ Record::
     48 bytes resource name (NUL padded), NUL, 11 digits offset, NUL,
     flag ('-' or 'u'), reserved '-', '\\n'
 
-A free record has an empty name and offset 0. Only formatting a fresh index
-and reading it are implemented: VM leases themselves (adding records and
-their sanlock resources) are not part of this collection yet.
+A free record has an empty name and offset 0.
+
+VM leases (VDSM's ``Lease.create``/``Lease.delete``, the SPM's job) are
+added in two steps, as VDSM does: the sanlock resource is written in the
+record's slot first, then the record, so an interrupted add leaves the index
+unchanged. A removal writes the empty record first, then clears the
+resource (a failure there is harmless: the index no longer names it).
 """
 
 from __future__ import annotations
@@ -148,3 +152,99 @@ def read_index(path, alignment):
     if len(data) < INDEX_SIZE:
         raise VirtnodeError('xleases index in %s is truncated (%d of %d bytes)' % (path, len(data), INDEX_SIZE), {'path': path})
     return parse_metadata(data), parse_records(data, alignment)
+
+
+# Records are rewritten a whole 4 KiB block of the index at a time, as VDSM does (the index's block size
+# whatever the sector size).
+INDEX_BLOCK = 4096
+
+
+def _find(data, lease_id):
+    """``(record number of lease_id or None, first free record number or None)`` in the index bytes."""
+    found = free = None
+    for number in range(MAX_RECORDS):
+        start = METADATA_SIZE + number * RECORD_SIZE
+        chunk = bytes(data[start:start + RECORD_SIZE])
+        if len(chunk) < RECORD_SIZE:
+            break
+        name = _RECORD.unpack(chunk)[0].rstrip(b'\0').decode('ascii', 'replace')
+        if name == lease_id:
+            found = number
+            break
+        if not name and free is None:
+            free = number
+    return found, free
+
+
+def _write_record(path, alignment, number, data):
+    """Write record ``number`` by rewriting the index block that holds it, synced."""
+    start = METADATA_SIZE + number * RECORD_SIZE
+    block_start = (start // INDEX_BLOCK) * INDEX_BLOCK
+    fd = _open_in_domain(path, os.O_RDWR)
+    try:
+        block = bytearray(os.pread(fd, INDEX_BLOCK, index_offset(alignment) + block_start))
+        if len(block) < INDEX_BLOCK:
+            raise VirtnodeError('xleases index in %s is truncated' % path, {'path': path})
+        block[start - block_start:start - block_start + RECORD_SIZE] = data
+        os.pwrite(fd, bytes(block), index_offset(alignment) + block_start)
+        os.fsync(fd)
+    except OSError as err:
+        raise VirtnodeError('cannot write the xleases index of %s: %s' % (path, err.strerror), {'path': path}) from err
+    finally:
+        os.close(fd)
+
+
+def _read_checked(path, alignment, lockspace):
+    fd = _open_in_domain(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, INDEX_SIZE, index_offset(alignment))
+    except OSError as err:
+        raise VirtnodeError('cannot read %s: %s' % (path, err.strerror), {'path': path}) from err
+    finally:
+        os.close(fd)
+    if len(data) < INDEX_SIZE:
+        raise VirtnodeError('xleases index in %s is truncated (%d of %d bytes)' % (path, len(data), INDEX_SIZE), {'path': path})
+    meta = parse_metadata(data)
+    if meta['lockspace'] != lockspace:
+        raise VirtnodeError('the xleases index in %s belongs to %s, not %s' % (path, meta['lockspace'], lockspace),
+                            {'path': path})
+    if meta['updating']:
+        raise VirtnodeError('the xleases index in %s was left updating by an interrupted format; format the domain\'s '
+                            'leases again' % path, {'path': path})
+    return data
+
+
+def find_lease(path, lockspace, lease_id, alignment):
+    """The offset of VM lease ``lease_id`` in the xleases volume at ``path``, or None."""
+    found, _free = _find(_read_checked(path, alignment, lockspace), lease_id)
+    return lease_offset(found, alignment) if found is not None else None
+
+
+def add_lease(path, lockspace, lease_id, alignment, write_resource, check_mode=False):
+    """Add VM lease ``lease_id``: ``(changed, offset)``. ``write_resource(offset)`` writes its sanlock resource
+    in the slot (before the record names it, as VDSM does). An existing lease is left as it is."""
+    found, free = _find(_read_checked(path, alignment, lockspace), lease_id)
+    if found is not None:
+        return False, lease_offset(found, alignment)
+    if free is None:
+        raise VirtnodeError('the xleases volume %s has no free slot of its %d' % (path, MAX_RECORDS), {'path': path})
+    offset = lease_offset(free, alignment)
+    if check_mode:
+        return True, offset
+    write_resource(offset)
+    _write_record(path, alignment, free, record(lease_id, offset))
+    return True, offset
+
+
+def remove_lease(path, lockspace, lease_id, alignment, clear_resource, check_mode=False):
+    """Remove VM lease ``lease_id``: ``(changed, offset or None)``. The empty record goes first;
+    ``clear_resource(offset)`` then overwrites the slot's sanlock resource (its failure is left to it)."""
+    found, _free = _find(_read_checked(path, alignment, lockspace), lease_id)
+    if found is None:
+        return False, None
+    offset = lease_offset(found, alignment)
+    if check_mode:
+        return True, offset
+    _write_record(path, alignment, found, record())
+    clear_resource(offset)
+    return True, offset

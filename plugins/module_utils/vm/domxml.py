@@ -66,7 +66,11 @@ def _sub(parent, tag, text=None, **attrs):
 
 def disk_element(disk):
     require_lxml()
-    elem = etree.Element('disk', type=disk['type'], device='disk')
+    if disk.get('lun'):
+        # sgio filtered: the guest's SCSI commands reach the LUN, the unsafe ones filtered by the host kernel.
+        elem = etree.Element('disk', type='block', device='lun', sgio='filtered')
+    else:
+        elem = etree.Element('disk', type=disk['type'], device='disk')
     driver = _sub(elem, 'driver', name='qemu', type=disk['format'], cache=disk['cache'],
                   error_policy=disk['error_policy'], io=disk['io'], discard=disk.get('discard'),
                   detect_zeroes=disk.get('detect_zeroes'))
@@ -86,6 +90,12 @@ def disk_element(disk):
         for key in sorted(iotune):
             _sub(tune, key, iotune[key])
     return elem
+
+
+def scsi_controller_element(index=0):
+    """The virtio-scsi controller SCSI disks and direct LUNs sit on (VDSM's; libvirt's default is an emulated one)."""
+    require_lxml()
+    return etree.Element('controller', type='scsi', index=str(index), model='virtio-scsi')
 
 
 def backing_store_elements(disk_elem, layers):
@@ -396,6 +406,8 @@ def build_xml(spec, domain_type='qemu', arch='x86_64'):
     devices = _sub(root, 'devices')
     for disk in spec['disks'] or ():
         devices.append(disk_element(disk))
+    if any(disk['bus'] == 'scsi' for disk in spec['disks'] or ()):
+        devices.append(scsi_controller_element())
     if spec['cdrom'] is not None:
         devices.append(cdrom_element(spec['cdrom'], spec['machine']))
     if spec.get('cloud_init_seed'):
@@ -563,8 +575,9 @@ def _parse_drives(root, live):
             live['cdrom'] = disk['path'] or ''
             live['cdrom_target'] = disk['target']
             live['cdrom_bus'] = disk['bus']
-        elif elem.get('device', 'disk') == 'disk':
-            live['disks'].append(_disk_from_elem(elem))
+        elif elem.get('device', 'disk') in ('disk', 'lun'):
+            live['disks'].append(dict(_disk_from_elem(elem), lun=elem.get('device') == 'lun'))
+    live['scsi_controller'] = root.find("devices/controller[@type='scsi']") is not None
 
 
 def _is_seed_drive(disk):
@@ -725,11 +738,15 @@ OWNED_ATTRIBUTES = {'os': ('firmware',)}
 OWNED_DEVICES = ('interface', 'graphics', 'serial', 'console', 'video', 'watchdog', 'rng', 'memballoon', 'lease', 'tpm')
 
 
-def _owned_device(elem):
+def _owned_device(elem, new_devices=None):
     if elem.tag in OWNED_DEVICES:
         return True
     if elem.tag == 'disk':
-        return elem.get('device', 'disk') in ('disk', 'cdrom')
+        return elem.get('device', 'disk') in ('disk', 'cdrom', 'lun')
+    if elem.tag == 'controller' and new_devices is not None:
+        # One controller per type and index: the spec's (its virtio-scsi one) replaces the old one.
+        return new_devices.find("controller[@type='%s'][@index='%s']" % (elem.get('type'), elem.get('index', '0'))) \
+            is not None
     if elem.tag == 'input':
         return elem.get('type') == 'tablet'
     if elem.tag == 'channel':
@@ -754,7 +771,8 @@ def keep_unowned(root, old_root):
                 if item.tag != '{%s}vm' % METADATA_NS:
                     new_child.append(copy.deepcopy(item))
         elif tag == 'devices':
-            new_child.extend(copy.deepcopy(dev) for dev in old_child if isinstance(dev.tag, str) and not _owned_device(dev))
+            new_child.extend([copy.deepcopy(dev) for dev in old_child
+                              if isinstance(dev.tag, str) and not _owned_device(dev, new_child)])
         elif tag in OWNED_CHILDREN:
             if new_child is None:
                 new_child = _sub(root, tag)

@@ -432,6 +432,10 @@ class Lifecycle(object):
                 if disk.get('target_auto'):
                     disk['target'] = None
                     vm_spec.assign_targets([disk], item['taken'])
+                if disk['bus'] == 'scsi' and not domxml.parse_live(dom.XMLDesc(0))['scsi_controller'] and \
+                        self.act('hotplug a virtio-scsi controller'):
+                    # Else libvirt would add its default emulated controller for the disk.
+                    dom.attachDeviceFlags(domxml.to_text(domxml.scsi_controller_element()), live_flags)
                 if self.act('hotplug disk %s as %s' % (disk['path'], disk['target'])):
                     xml = domxml.to_text(domxml.disk_element(disk))
                     xml = self.hook('before_disk_hotplug', xml, vm_uuid)

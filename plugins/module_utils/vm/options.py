@@ -36,6 +36,7 @@ def argument_spec():
         discard=dict(type='str', choices=list(vm_spec.DISK_DISCARD)),
         detect_zeroes=dict(type='str', choices=list(vm_spec.DISK_DETECT_ZEROES)),
         iotune=dict(type='dict', options=dict((key, dict(type='int')) for key in vm_spec.IOTUNE_KEYS)),
+        lun=dict(type='bool', default=False),
     )
     nic = dict(bridge=dict(type='str'), network=dict(type='str'), mac=dict(type='str'),
                model=dict(type='str', choices=list(vm_spec.NIC_MODELS), default='virtio'),

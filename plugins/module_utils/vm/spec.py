@@ -201,7 +201,13 @@ def _normalize_disk(index, disk, stat_fn, resolver, block_resolver, lexists):
         raise VirtnodeError('%s: %s is a %s, not a %s' % (what, path, kind, disk['type']), {'field': what})
     bus = _choice(disk.get('bus') or 'virtio', DISK_BUSES, what + ' bus')
     target = _disk_target(what, disk, bus)
+    lun = bool(disk.get('lun'))
+    if lun and (kind != 'block' or bus != 'scsi' or (disk.get('format') or 'raw') != 'raw'):
+        # SCSI commands go to the device itself (VDSM's direct LUN): only a block device on the SCSI bus, as it is.
+        raise VirtnodeError('%s lun: a direct LUN must be a block device (a multipath device of a LUN) on bus scsi, '
+                            'format raw; %s is a %s on bus %s' % (what, path, kind, bus), {'field': what})
     return {
+        'lun': lun,
         'path': path,
         'type': kind,
         'format': _choice(disk.get('format') or 'raw', DISK_FORMATS, what + ' format'),
@@ -779,7 +785,7 @@ def machine_matches(wanted, live, requested=None, aliases=None):
     return False
 
 
-DISK_BASE_KEYS = ('type', 'format', 'bus', 'cache', 'error_policy', 'readonly')
+DISK_BASE_KEYS = ('type', 'format', 'bus', 'cache', 'error_policy', 'readonly', 'lun')
 
 
 def disk_needs_restart(disk, have):

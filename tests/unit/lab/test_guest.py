@@ -160,6 +160,10 @@ def make_modules(root: Path, kver: str, compress: str = "xz") -> Path:
         "net/net_failover": ["core/failover"],
         "net/virtio_net": ["net/net_failover", "core/failover", "virtio/virtio",
                            "virtio/virtio_ring"],
+        "scsi/scsi_common": [],
+        "scsi/scsi_mod": ["scsi/scsi_common"],
+        "scsi/virtio_scsi": ["scsi/scsi_mod", "scsi/scsi_common", "virtio/virtio", "virtio/virtio_ring"],
+        "scsi/sd_mod": ["scsi/scsi_mod", "scsi/scsi_common"],
     }
     for mod, deps in layout.items():
         path = moddir / "kernel" / (mod + suffix)
@@ -179,7 +183,8 @@ def make_modules(root: Path, kver: str, compress: str = "xz") -> Path:
 
 
 EXPECTED_ORDER = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-                  "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net"]
+                  "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net",
+                  "scsi_common", "scsi_mod", "virtio_scsi", "sd_mod"]
 
 
 @pytest.mark.parametrize("compress", ["xz", "gz", "none"])

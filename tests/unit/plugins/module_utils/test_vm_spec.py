@@ -564,3 +564,32 @@ def test_an_ejected_seed_drive_is_still_the_seeds_not_the_cd_rom():
     ejected = domxml.build_xml(spec).replace("<source file='%s'/>" % SEED, '').replace('<source file="%s"/>' % SEED, '')
     live = domxml.parse_live(ejected)
     assert live['cloud_init_seed'] is None and live['cloud_init_seed_drive'] == ('ide', 'hdd') and live['cdrom'] is None
+
+
+def test_scsi_disks_get_a_virtio_scsi_controller_and_direct_luns_pass_through():
+    spec = spec_of(disks=[{'path': '/dev/mapper/36001405abcdef', 'bus': 'scsi', 'lun': True},
+                          {'path': '/srv/data.img', 'bus': 'scsi'}])
+    root = domxml.parse_xml(domxml.build_xml(spec))
+    lun = root.find("devices/disk[@device='lun']")
+    assert lun.get('type') == 'block' and lun.get('sgio') == 'filtered' and lun.find('target').get('bus') == 'scsi'
+    assert root.find("devices/disk[@device='disk']/target").get('dev') == 'sdb'
+    assert [c.get('model') for c in root.findall("devices/controller[@type='scsi']")] == ['virtio-scsi']
+    live = domxml.parse_live(domxml.build_xml(spec))
+    assert [d['lun'] for d in live['disks']] == [True, False] and live['scsi_controller']
+    assert vm_spec.compare(spec, live) == {'live': [], 'restart': []}
+    # libvirt's own emulated controller in an old definition is replaced, not doubled.
+    old = domxml.build_xml(spec)
+    old = old.replace("model='virtio-scsi'", "model='lsilogic'").replace('model="virtio-scsi"', 'model="lsilogic"')
+    new = domxml.parse_xml(domxml.updated_persistent_xml(spec_of(vcpus=2), old))
+    assert [c.get('model') for c in new.findall("devices/controller[@type='scsi']")] == ['virtio-scsi']
+    assert new.find("devices/disk[@device='lun']") is not None
+
+
+@pytest.mark.parametrize('disk, message', [
+    ({'path': '/srv/file.img', 'bus': 'scsi', 'lun': True}, 'must be a block device'),
+    ({'path': '/dev/mapper/36001405abcdef', 'bus': 'virtio', 'lun': True}, 'on bus scsi'),
+    ({'path': '/dev/mapper/36001405abcdef', 'bus': 'scsi', 'lun': True, 'format': 'qcow2'}, 'format raw'),
+])
+def test_bad_direct_luns_are_refused(disk, message):
+    with pytest.raises(VirtnodeError, match=message):
+        spec_of(disks=[disk])

@@ -118,3 +118,48 @@ def test_the_index_is_never_read_or_written_through_a_link_or_special_file(tmp_p
 def test_wrong_magic_is_refused():
     with pytest.raises(VirtnodeError, match='magic'):
         xlease.parse_metadata(b'\0' * 512)
+
+
+LEASE_A = '0c6cf1f5-6b5b-4a4c-9d4f-2a6d8c0b8d5e'
+LEASE_B = '5f1e0c8a-6a7e-4d3b-9a51-0f3a7c2d9e11'
+
+
+def test_vm_leases_are_added_resource_first_and_removed_record_first(tmp_path):
+    path = str(_domain_xleases(tmp_path))
+    xlease.format_index(path, SD, MiB)
+    events = []
+
+    def write_resource(offset):
+        # The index must not name the lease yet: an interrupted add leaves it unchanged.
+        events.append(('resource', offset, xlease.find_lease(path, SD, LEASE_A, MiB)))
+
+    assert xlease.add_lease(path, SD, LEASE_A, MiB, write_resource, check_mode=True) == (True, 3 * MiB)
+    assert events == [] and xlease.find_lease(path, SD, LEASE_A, MiB) is None
+    assert xlease.add_lease(path, SD, LEASE_A, MiB, write_resource) == (True, 3 * MiB)
+    assert events == [('resource', 3 * MiB, None)]
+    assert xlease.add_lease(path, SD, LEASE_A, MiB, write_resource) == (False, 3 * MiB)
+    assert xlease.add_lease(path, SD, LEASE_B, MiB, lambda offset: None) == (True, 4 * MiB)
+    meta, leases = xlease.read_index(path, MiB)
+    assert leases == {LEASE_A: 3 * MiB, LEASE_B: 4 * MiB} and not meta['updating']
+
+    def clear_resource(offset):
+        events.append(('clear', offset, xlease.find_lease(path, SD, LEASE_A, MiB)))
+
+    assert xlease.remove_lease(path, SD, LEASE_A, MiB, clear_resource) == (True, 3 * MiB)
+    assert events[-1] == ('clear', 3 * MiB, None)
+    assert xlease.remove_lease(path, SD, LEASE_A, MiB, clear_resource) == (False, None)
+    # The freed slot is the next one given.
+    assert xlease.add_lease(path, SD, LEASE_A, MiB, lambda offset: None) == (True, 3 * MiB)
+    assert xlease.read_index(path, MiB)[1] == {LEASE_A: 3 * MiB, LEASE_B: 4 * MiB}
+
+
+def test_a_lease_change_on_a_foreign_or_half_formatted_index_is_refused(tmp_path):
+    path = str(_domain_xleases(tmp_path))
+    xlease.format_index(path, 'another-domain', MiB)
+    with pytest.raises(VirtnodeError, match='belongs to another-domain'):
+        xlease.add_lease(path, SD, LEASE_A, MiB, lambda offset: None)
+    with open(path, 'r+b') as stream:
+        stream.seek(MiB)
+        stream.write(xlease.metadata_block(SD, updating=True))
+    with pytest.raises(VirtnodeError, match='left updating'):
+        xlease.find_lease(path, SD, LEASE_A, MiB)
