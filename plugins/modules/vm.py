@@ -342,8 +342,12 @@ options:
   lease:
     description:
       - A sanlock VM lease (on a storage domain's C(xleases) volume), written into the domain XML as a C(lease) device.
-      - libvirt acquires it only when its sanlock lock manager is configured (C(lock_manager = "sanlock") in
-        C(qemu.conf)), which the C(bootstrap) role does not set up; without it the lease is not enforced.
+      - libvirt's sanlock lock manager (set up by the C(bootstrap) role, C(bootstrap_libvirt_lock_manager)) acquires it
+        when the guest's CPUs first run and holds it while QEMU lives. While another host holds it the start is
+        refused with RV(lease_busy); after that host died the lease is free once sanlock declares it dead (8 I/O
+        timeouts plus 60 s after its last renewal), which the C(ha_restart) role waits for.
+      - The lease itself is made with M(virtnode.kvm.vm_lease), whose RV(virtnode.kvm.vm_lease#module:lease) result
+        this option takes as it is.
     type: dict
     suboptions:
       sd_id:
@@ -817,6 +821,13 @@ vms:
   elements: dict
   sample: [{"name": "web1", "changed": true, "actions": ["start"], "pending_restart": [], "hooks": [],
             "vm": {"name": "web1", "status": "Up"}}]
+lease_busy:
+  description:
+    - V(true) when the start failed only because another host holds the VM's lease (O(lease)); a caller may try again
+      once that host is dead, as the C(ha_restart) role does. Absent otherwise.
+  returned: on failure
+  type: bool
+  sample: true
 migration:
   description: Outcome of a migration.
   returned: when O(migrate_to) is given

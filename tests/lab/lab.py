@@ -294,7 +294,11 @@ def prepare_host_dirs(name: str, index: int, hosts_file: Path) -> None:
             # and whatever user first wrote it must be able to again.
             f.write("\n# virtnode lab\nuser = \"root\"\ngroup = \"root\"\n"
                     "swtpm_user = \"root\"\nswtpm_group = \"root\"\n"
-                    "security_driver = \"none\"\ncgroup_controllers = [ ]\n")
+                    "security_driver = \"none\"\ncgroup_controllers = [ ]\n"
+                    # VM leases enforced as bootstrap sets it (bootstrap_libvirt_lock_manager).
+                    "lock_manager = \"sanlock\"\n")
+        with open(bind_source(name, "/etc/libvirt") / "qemu-sanlock.conf", "a") as f:
+            f.write("\n# virtnode lab, as bootstrap writes it\nauto_disk_leases = 0\nrequire_lease_for_disks = 0\n")
     seed_root_home(bind_source(name, "/root"))
     log_dir = bind_source(name, "/var/log")
     (log_dir / "libvirt" / "qemu").mkdir(parents=True, exist_ok=True)
@@ -396,11 +400,12 @@ def daemon_pid(name: str, pidfile: str) -> int | None:
 def daemons(use_shim: bool) -> list[tuple[str, str, list[str], dict]]:
     sanlock_env = {"LD_PRELOAD": str(SHIM)} if use_shim else {}
     return [
-        ("virtlogd", "virtlogd.pid", ["virtlogd", "-d"], {}),
-        ("libvirtd", "libvirtd.pid", ["libvirtd", "-d", "--listen"], {}),
+        # sanlock before libvirtd: libvirt's sanlock lock manager registers every QEMU with it.
         # -w 0: the lab has no watchdog device.
         ("sanlock", "sanlock/sanlock.pid", ["sanlock", "daemon", "-w", "0", "-U", "root", "-G", "root"],
          sanlock_env),
+        ("virtlogd", "virtlogd.pid", ["virtlogd", "-d"], {}),
+        ("libvirtd", "libvirtd.pid", ["libvirtd", "-d", "--listen"], {}),
         ("sshd", "sshd.pid", ["/usr/sbin/sshd", "-f", "{ssh}/sshd_config", "-E", "/var/log/sshd.log"], {}),
     ]
 

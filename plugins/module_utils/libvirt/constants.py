@@ -92,6 +92,7 @@ VALUES = {
     'VIR_DOMAIN_EVENT_STOPPED': 5,
     # errors
     'VIR_ERR_NO_DOMAIN': 42,
+    'VIR_ERR_RESOURCE_BUSY': 87,
 }
 
 _MISSING = object()

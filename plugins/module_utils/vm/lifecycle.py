@@ -26,7 +26,7 @@ from ansible_collections.virtnode.kvm.plugins.module_utils.vm import records as 
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import spec as vm_spec
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import stats as vm_stats
 from ansible_collections.virtnode.kvm.plugins.module_utils.vm import volumes as vm_volumes
-from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import is_no_domain
+from ansible_collections.virtnode.kvm.plugins.module_utils.vm.lookup import error_code, is_no_domain
 
 # Lifecycle.hook's ``domxml`` argument hides the module's name there.
 _graphics_passwords = domxml.graphics_passwords
@@ -99,6 +99,19 @@ def _filter_text(nwfilter):
     if nwfilter is None:
         return 'as is'
     return nwfilter['name'] if nwfilter else 'none'
+
+
+def start_error(name, xml, exc):
+    """The error for a start libvirt refused. A VM lease held elsewhere (libvirt's sanlock lock manager refuses it
+    while the lease's holder lives) is told apart, with ``lease_busy``, for callers that wait until it is free."""
+    text = libvirt_conn.error_text(exc)
+    lease = domxml.parse_live(xml).get('lease') if error_code(exc) == constants.value('VIR_ERR_RESOURCE_BUSY') else None
+    if lease:
+        return VirtnodeError('cannot start VM %s: its lease %s (storage domain %s) is held by another host, where the '
+                             'VM runs or ran until sanlock declares that host dead: %s'
+                             % (name, lease['lease_id'], lease['sd_id'], text),
+                             {'lease_busy': True, 'libvirt_error': text})
+    return VirtnodeError('cannot start VM %s: %s' % (name, text), {'libvirt_error': text})
 
 
 class Lifecycle(object):
@@ -178,14 +191,25 @@ class Lifecycle(object):
             return None
         xml = self.hook('before_vm_start', xml)
         flags = constants.value('VIR_DOMAIN_START_PAUSED') if paused else 0
-        try:
-            if persistent:
+        if persistent:
+            try:
                 dom = self.conn.defineXML(xml)
+            except libvirt_conn.LibvirtError as exc:
+                raise start_error(self.name, xml, exc) from exc
+            try:
                 dom.createWithFlags(flags)
-            else:
+            except libvirt_conn.LibvirtError as exc:
+                # A VM that could not start leaves no definition behind: the host is as before the call.
+                try:
+                    dom.undefineFlags(constants.mask('VIR_DOMAIN_UNDEFINE_NVRAM'))
+                except libvirt_conn.LibvirtError:
+                    pass
+                raise start_error(self.name, xml, exc) from exc
+        else:
+            try:
                 dom = self.conn.createXML(xml, flags)
-        except libvirt_conn.LibvirtError as exc:
-            raise VirtnodeError('cannot start VM %s: %s' % (self.name, libvirt_conn.error_text(exc)))
+            except libvirt_conn.LibvirtError as exc:
+                raise start_error(self.name, xml, exc) from exc
         vm_records.remove_record(dom.UUIDString(), 'exit', self.records_dir)
         vm_records.clear_stopping(dom.UUIDString(), self.records_dir)
         self._after_start(dom, paused)
@@ -198,7 +222,10 @@ class Lifecycle(object):
         new_xml = self.hook('before_vm_start', xml, dom.UUIDString())
         if new_xml != xml:
             dom = self.conn.defineXML(new_xml)
-        dom.createWithFlags(constants.value('VIR_DOMAIN_START_PAUSED') if paused else 0)
+        try:
+            dom.createWithFlags(constants.value('VIR_DOMAIN_START_PAUSED') if paused else 0)
+        except libvirt_conn.LibvirtError as exc:
+            raise start_error(self.name, new_xml, exc) from exc
         vm_records.remove_record(dom.UUIDString(), 'exit', self.records_dir)
         vm_records.clear_stopping(dom.UUIDString(), self.records_dir)
         self._after_start(dom, paused)

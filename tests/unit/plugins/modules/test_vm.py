@@ -276,3 +276,46 @@ def test_the_vms_share_one_connection_and_a_refused_one_fails_the_run_cleanly(wo
     fake_libvirt.open_error = FakeLibvirtError('Failed to connect socket', code=38, domain=7)
     rc, out = bulk(capsys, {'vms': [{'name': 'web1'}, {'name': 'web2'}]})
     assert rc == 1 and 'Failed to connect socket' in out['msg'] and 'Traceback' not in json.dumps(out), out
+
+
+LEASE = {'sd_id': '5f6a7b8c-2d3e-4f4a-9b0c-1d2e3f4a5b61', 'lease_id': '3b1c7e52-9d0a-4f6e-8a2b-5c4d3e2f1a01',
+         'path': '/rhev/data-center/mnt/srv:_x/5f6a7b8c-2d3e-4f4a-9b0c-1d2e3f4a5b61/dom_md/xleases', 'offset': 3145728}
+
+
+def test_a_lease_held_elsewhere_is_told_apart_from_other_start_failures(world, monkeypatch, capsys):
+    """libvirt's sanlock lock manager refuses a leased VM with VIR_ERR_RESOURCE_BUSY: ``lease_busy`` says so, in
+    the single and the bulk form (the ha_restart role retries on it); a busy error without a lease is not that."""
+    create = FakeConnection.createXML
+
+    def refuse_leased(conn, xml, flags):
+        if domxml.parse_live(xml)['name'] in ('ha1', 'busy'):
+            raise FakeLibvirtError('resource busy: Failed to acquire lock: Lease is held by another host', code=87,
+                                   domain=8)
+        return create(conn, xml, flags)
+
+    monkeypatch.setattr(FakeConnection, 'createXML', refuse_leased, raising=False)
+    rc, out = run(capsys, {'name': 'ha1', 'memory': '128MiB', 'lease': LEASE})
+    assert rc == 1 and out['lease_busy'] is True, out
+    assert LEASE['lease_id'] in out['msg'] and 'held by another host' in out['msg'], out
+    rc, out = run(capsys, {'name': 'busy', 'memory': '128MiB'})
+    assert rc == 1 and 'lease_busy' not in out and out['libvirt_error'].startswith('resource busy'), out
+    rc, out = bulk(capsys, {'vms': [{'name': 'web1'}, {'name': 'ha1', 'lease': LEASE}]})
+    assert rc == 1 and out['vms'][1]['lease_busy'] is True and 'lease_busy' not in out['vms'][0], out
+
+
+def test_a_persistent_vm_that_cannot_start_leaves_no_definition(world, fake_libvirt, monkeypatch, capsys):
+    undefined = []
+
+    class Refusing:
+        def __init__(self, xml):
+            self.xml = xml
+
+        def createWithFlags(self, flags):
+            raise FakeLibvirtError('resource busy: Failed to acquire lock: Lease is held by another host', code=87)
+
+        def undefineFlags(self, flags):
+            undefined.append(domxml.parse_live(self.xml)['name'])
+
+    monkeypatch.setattr(FakeConnection, 'defineXML', lambda conn, xml: Refusing(xml), raising=False)
+    rc, out = run(capsys, {'name': 'ha1', 'memory': '128MiB', 'lease': LEASE, 'persistent': True})
+    assert rc == 1 and out['lease_busy'] and undefined == ['ha1'], out
