@@ -368,9 +368,12 @@ def start_holder(name: str, index: int) -> int:
     # Drop the copies of other hosts' /run/netns handles this mount namespace
     # inherited: they would keep those namespaces (and their veths) alive
     # after `ip netns del`.
+    # hugetlbfs at /dev/hugepages, as systemd's dev-hugepages.mount gives a host: libvirtd looks for it
+    # when it starts, and hugepage-backed guests need it (the pages themselves are the kernel's, shared).
     forget_netns = "findmnt -rn -t nsfs -o TARGET | while read -r m; do umount -l \"$m\"; done\n"
     script = "set -e\n" + f"hostname {name}\n" + forget_netns + "\n".join(mounts) + "\n" + \
         "mkdir -p /run/sshd /run/libvirt /run/sanlock /run/lock\n" + \
+        "mkdir -p /dev/hugepages && mount -t hugetlbfs hugetlbfs /dev/hugepages\n" + \
         "echo ready > /run/virtnode-lab-host\n" + "exec sleep infinity\n"
     (host_dir(name) / "holder.sh").write_text(script)
     logf = open(host_dir(name) / "holder.log", "w")

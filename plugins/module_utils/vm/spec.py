@@ -534,8 +534,9 @@ def _normalize_hugepages(value, host_hugepages):
         raise VirtnodeError('hugepages must be 2MiB or 1GiB (the x86 page sizes), got %r' % (value,),
                             {'field': 'hugepages'})
     if host_hugepages is not None and not host_hugepages.get(size):
-        raise VirtnodeError('hugepages %d KiB: this host reserves no pages of that size (vm.nr_hugepages, or the '
-                            'bootstrap role\'s bootstrap_hugepages)' % size, {'field': 'hugepages'})
+        raise VirtnodeError('hugepages %d KiB: this host reserves no pages of that size (reserve them with the kernel\'s '
+                            'hugepages= boot option or /sys/kernel/mm/hugepages/hugepages-%dkB/nr_hugepages)'
+                            % (size, size), {'field': 'hugepages'})
     return size
 
 
