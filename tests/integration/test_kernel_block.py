@@ -313,3 +313,65 @@ def test_lun_info_lists_each_lun_once_with_its_paths_and_the_domain_using_it(san
         assert answer["bad"]["failed"] and "LUN GUID" in answer["bad"]["msg"], answer["bad"]
     # One LUN, one serial, whichever host asks.
     assert all(len(found) == 1 for found in serials.values()), serials
+
+
+DIRECT_LUN_GUEST = "kerntest-lun"
+DIRECT_LUN = """
+- name: A guest with one of the SAN's LUNs passed through on virtio-scsi
+  hosts: %(host)s
+  gather_facts: false
+  tasks:
+    - name: Start it writing a pattern to the LUN
+      virtnode.kvm.vm: &guest
+        name: %(guest)s
+        memory: 128MiB
+        kernel: "{{ virtnode_lab_guest_kernel }}"
+        initrd: "{{ virtnode_lab_guest_initrd }}"
+        cmdline: "{{ virtnode_lab_guest_cmdline }} workload=pattern_write pattern_mb=4 pattern_tag=directlun disk=sda agent=off"
+        disks:
+          - {path: "%(lun)s", bus: scsi, lun: true, format: raw}
+      register: started
+    - name: Again
+      virtnode.kvm.vm: *guest
+      register: again
+    - name: Pattern written (software emulation inside User-mode Linux is slow)
+      ansible.builtin.wait_for:
+        path: /var/log/libvirt/qemu/%(guest)s-console.log
+        search_regex: pattern (written|bad)
+        timeout: 240
+    - name: What the guest and QEMU say
+      ansible.builtin.shell:
+        cmd: >-
+          grep -a pattern /var/log/libvirt/qemu/%(guest)s-console.log;
+          tr '\\0' ' ' < /proc/$(pgrep -f 'guest=%(guest)s' | head -1)/cmdline
+      register: seen
+      changed_when: false
+    - name: Remove the guest
+      virtnode.kvm.vm:
+        name: %(guest)s
+        state: absent
+    - name: The LUN went through whole (SCSI commands passed to the multipath device), idempotently
+      ansible.builtin.assert:
+        that:
+          - started is changed and not (again is changed)
+          - seen.stdout is search('pattern written 4')
+          - seen.stdout is search('scsi-block')
+        fail_msg: "{{ seen.stdout }}"
+"""
+
+
+def test_a_guest_writes_to_a_lun_passed_through_and_the_san_has_it(san, tmp_path):
+    """A direct LUN (the multipath device of a LUN no domain uses, ``lun: true`` on virtio-scsi): QEMU's
+    scsi-block passes the guest's SCSI commands to it; the other host reads the guest's pattern off the SAN."""
+    runner, other = san["hosts"][1], san["hosts"][0]
+    guid = kernel_san.lun_guid(san, 0)
+    playbook = tmp_path / "direct_lun.yml"
+    playbook.write_text(DIRECT_LUN % {"host": runner, "guest": DIRECT_LUN_GUEST, "lun": f"/dev/mapper/{guid}"})
+    proc = run_playbook(playbook, timeout=600)
+    print(proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stdout[-10000:]
+    # The pattern's 64-byte lines name their MiB; the last MiB's lines are on the LUN as the other host sees it.
+    read = lab_exec(other, "sh", "-c", f"dd if=/dev/mapper/{guid} bs=1M count=4 iflag=direct 2>/dev/null "
+                    "| tr -s ' ' | grep -ao 'virtnode-pattern tag=directlun mib=[0-9]*' | sort -u")
+    lab_exec(runner, "dd", "if=/dev/zero", f"of=/dev/mapper/{guid}", "bs=1M", "count=4", "oflag=direct")
+    assert read.stdout.split("\n")[:4] == [f"virtnode-pattern tag=directlun mib={i}" for i in range(4)], read.stdout
