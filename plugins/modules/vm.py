@@ -849,10 +849,14 @@ migration:
       returned: always
       sample: null
     progress:
-      description: Last migration job statistics seen while it ran.
+      description:
+        - Last migration job statistics seen while it ran; C(memory_dirty_rate) is in pages per second.
+        - C(auto_converge_throttle) is the share of the guest's vCPU time QEMU takes with
+          O(migrate_options.auto_converge), in percent; V(null) until QEMU throttles.
       type: dict
       returned: when a migration ran
-      sample: {"progress_percent": 97, "data_total": 142606336, "data_remaining": 4096}
+      sample: {"progress_percent": 97, "elapsed_ms": 6200, "data_total": 142606336, "data_processed": 412000000,
+               "data_remaining": 4096, "memory_dirty_rate": 16000, "downtime_ms": null, "auto_converge_throttle": 30}
     stats:
       description:
         - What the finished migration took, from the destination's completed job statistics; the guest's actual

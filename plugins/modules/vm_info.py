@@ -155,7 +155,8 @@ vms:
       type: dict
       returned: always
       sample: {"progress_percent": 40, "elapsed_ms": 800, "data_total": 142606336, "data_processed": 57000000,
-               "data_remaining": 85606336, "memory_dirty_rate": 0, "downtime_ms": null}
+               "data_remaining": 85606336, "memory_dirty_rate": 0, "downtime_ms": null,
+               "auto_converge_throttle": null}
     exit:
       description: Why a VM that is down went down (VDSM's exit code, reason and message); V(null) when up or unknown.
       type: dict

@@ -34,6 +34,11 @@ the serial console (console=ttyS0):
                             "virtnode"): "memory marked N", then heartbeats;
                             the full marker is only in RAM, never in the
                             command line, so a capture that holds it saw RAM
+    workload=dirty          rewrites dirty_mb=N MiB (default 8) of a file in
+                            the guest's RAM (text, never zero pages) over and
+                            over in the background: "dirty started N", then
+                            heartbeats; a migration keeps finding those pages
+                            dirty again
     workload=cidata         mounts the cloud-init seed (the CD-ROM labelled
                             cidata) and prints each line of its files as
                             "cidata <file>: <line>", then "cidata done <dev>"
@@ -86,7 +91,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the initramfs layout or /init changes in a way the digest misses.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 KERNEL_GLOB = "vmlinuz-*-cloud-amd64"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
@@ -506,6 +511,7 @@ pattern_mb=16
 pattern_tag=virtnode
 memory_mb=16
 memory_tag=virtnode
+dirty_mb=8
 disk=vda
 agent=on
 for arg in $(cat /proc/cmdline); do
@@ -516,6 +522,7 @@ for arg in $(cat /proc/cmdline); do
         pattern_tag=*) pattern_tag=${arg#*=} ;;
         memory_mb=*) memory_mb=${arg#*=} ;;
         memory_tag=*) memory_tag=${arg#*=} ;;
+        dirty_mb=*) dirty_mb=${arg#*=} ;;
         disk=*) disk=${arg#*=} ;;
         agent=*) agent=${arg#*=} ;;
     esac
@@ -754,6 +761,33 @@ memory_marker() {
     echo "memory marked $memory_mb"
 }
 
+# dirty_mb MiB of a file in the RAM-backed root rewritten in place (1<>: no
+# truncation, the same pages) by a background loop: pages a migration finds
+# dirty again at every pass. Text, since QEMU sends zero pages almost for free;
+# copies of one MiB of it, since cat copies hundreds of MiB/s even under TCG
+# (/dev/urandom gives a fraction of that).
+dirty_workload() {
+    if ! is_number "$dirty_mb" || [ "$dirty_mb" -lt 1 ]; then
+        echo "dirty bad dirty_mb=$dirty_mb"
+        return 1
+    fi
+    yes virtnode-dirty | head -c "$MiB" >/tmp/dirty.mib
+    blocks=
+    i=0
+    while [ "$i" -lt "$dirty_mb" ]; do
+        blocks="$blocks /tmp/dirty.mib"
+        i=$((i + 1))
+    done
+    # The root holds at most half the RAM: a short file means it was full.
+    cat $blocks >/tmp/dirty.ram
+    if [ "$(wc -c </tmp/dirty.ram)" -ne "$((dirty_mb * MiB))" ]; then
+        echo "dirty bad no room for $dirty_mb MiB"
+        return 1
+    fi
+    while :; do cat $blocks 1<>/tmp/dirty.ram; done &
+    echo "dirty started $dirty_mb"
+}
+
 # ext2 (the kernel's ext4 driver) on the disk, mounted at /mnt/data.
 fs_workload() {
     if ! wait_disk; then
@@ -815,6 +849,7 @@ start_agent &
 case "$workload" in
     heartbeat) heartbeat ;;
     memory_marker) memory_marker; heartbeat ;;
+    dirty) dirty_workload; heartbeat ;;
     writer) writer; heartbeat ;;
     pattern_write) pattern_write; heartbeat ;;
     pattern_check) pattern_check; heartbeat ;;

@@ -177,6 +177,8 @@ def _migration_from(stats):
         'data_remaining': remaining,
         'memory_dirty_rate': stats.get('memory_dirty_rate'),
         'downtime_ms': stats.get('downtime'),
+        # Percent of vCPU time auto-converge takes from the guest; libvirt reports it only once QEMU throttles.
+        'auto_converge_throttle': stats.get('auto_converge_throttle'),
     }
 
 

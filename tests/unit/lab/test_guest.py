@@ -383,6 +383,17 @@ def test_init_starts_the_agent_and_has_the_fs_workload():
     assert "hostname virtnode-guest" in init
 
 
+def test_init_has_the_dirty_workload():
+    init = guest.render_init(EXPECTED_ORDER)
+    assert "dirty) dirty_workload; heartbeat ;;" in init
+    assert "dirty_mb=*) dirty_mb=${arg#*=} ;;" in init
+    # Non-zero pages (zero pages cost a migration almost nothing), rewritten in place in the background.
+    assert 'yes virtnode-dirty | head -c "$MiB" >/tmp/dirty.mib' in init
+    assert "while :; do cat $blocks 1<>/tmp/dirty.ram; done &" in init
+    assert 'echo "dirty started $dirty_mb"' in init
+    assert init.index("dirty_workload() {") < init.index('case "$workload" in')
+
+
 @needs_busybox
 @needs_ldd
 def test_build_is_cached_and_rebuilds_on_change(tmp_path, capsys):

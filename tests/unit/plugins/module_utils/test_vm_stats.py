@@ -260,6 +260,17 @@ class _JobDomain(object):
         return self.stats
 
 
+def test_migration_progress_has_the_auto_converge_throttle_once_qemu_throttles():
+    job = {'type': 2, 'operation': s.JOB_MIGRATION_OUT, 'time_elapsed': 6200, 'data_total': 142606336,
+           'data_processed': 412000000, 'data_remaining': 4096, 'memory_dirty_rate': 16000}
+    assert s.migration_progress(_JobDomain(job))['auto_converge_throttle'] is None
+    progress = s.migration_progress(_JobDomain(dict(job, auto_converge_throttle=30)))
+    assert progress == {'progress_percent': 99, 'elapsed_ms': 6200, 'data_total': 142606336,
+                        'data_processed': 412000000, 'data_remaining': 4096, 'memory_dirty_rate': 16000,
+                        'downtime_ms': None, 'auto_converge_throttle': 30}
+    assert s.migration_progress(_JobDomain(error=RuntimeError('gone'))) is None
+
+
 def test_completed_migration_reads_the_destinations_completed_job():
     dom = _JobDomain({'type': 3, 'downtime': 41, 'time_elapsed': 2380, 'data_processed': 141557760,
                       'memory_bps': 104857600})
