@@ -40,7 +40,9 @@ description:
   - V(prepared) is VDSM's prepareImage, on the host where a VM is about to use the volume (the destination of a
     migration; M(virtnode.kvm.vm) does it itself when it starts a VM). On a block domain the volume and its parents
     are checked LEGAL, their logical volumes activated on this host and linked in the image directory; on a file
-    domain the chain is only checked. It changes nothing on storage and runs on any host of the pool.
+    domain the chain is only checked, and with O(block_device) the volume is also presented as a block device as
+    M(virtnode.kvm.vm)'s O(virtnode.kvm.vm#module:disks[].type=block) presents it (for a thin VM migrating here).
+    It changes nothing on storage and runs on any host of the pool.
   - Changes run only on the SPM of the domain's pool; elsewhere the task fails naming the SPM host. Each change
     runs as a fenced SPM task, which holds a sanlock lease of its own in the master domain's lockspace and checks before
     every metadata write that this host still holds the SPM lease with the same LVER, so a task that outlives the
@@ -161,6 +163,15 @@ options:
     type: str
     default: DATA
     choices: [DATA, ISOF, MEMD, MEMM, OVFS]
+  block_device:
+    description:
+      - With O(state=prepared) on a file domain, present the volume as a block device too, through a loop device
+        linked at C(/run/virtnode/block/<sd>/<image>/<volume>), the path M(virtnode.kvm.vm) gives a disk with
+        O(virtnode.kvm.vm#module:disks[].type=block). The destination of a migration of such a VM needs it, as its
+        QEMU opens that path. The VM's stop (or the migration source, once the VM left) releases it.
+      - A block domain's volumes are block devices already; there it changes nothing.
+    type: bool
+    default: false
   state:
     description: Desired state. V(prepared) needs O(volume_uuid).
     type: str
@@ -417,6 +428,7 @@ def main():
             description=dict(type='str', default=''),
             disk_type=dict(type='str', default='DATA', choices=['DATA', 'ISOF', 'MEMD', 'MEMM', 'OVFS']),
             state=dict(type='str', default='present', choices=['present', 'absent', 'prepared']),
+            block_device=dict(type='bool', default=False),
         ),
         mutually_exclusive=[('parent_volume_uuid', 'clone_from'), ('import_from', 'clone_from'),
                             ('import_from', 'parent_volume_uuid')],

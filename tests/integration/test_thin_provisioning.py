@@ -208,12 +208,9 @@ def vm_task(name: str, img: str, vol: str, write_mib: int) -> dict:
 
 
 def run_writer(inventory, host: str, key: str, before_start=None, timeout: float = 180, write_mib: int = WRITE_MIB,
-               start_mib: int = CHUNK_MIB, tmp_path: Path = None) -> dict:
-    """Boot the writer guest on volume ``key`` (grown to ``start_mib``) on ``host``; wait for its end.
-
-    With ``tmp_path`` the guest is started by the vm module (which activates the block volume),
-    otherwise from plain domain XML.
-    """
+               start_mib: int = CHUNK_MIB) -> dict:
+    """Boot the writer guest on volume ``key`` (grown to ``start_mib``) on ``host`` from plain domain XML; wait
+    for its end."""
     img, vol = VOLUMES[key]
     name = f"thin-{key}"
     first = next(iter(inventory["all"]["children"]["lab"]["hosts"]))
@@ -221,13 +218,9 @@ def run_writer(inventory, host: str, key: str, before_start=None, timeout: float
     device = f"/run/virtnode/block/{SD}/{img}/{vol}"
     cursor = event_cursor(host)
     started = time.monotonic()
-    if tmp_path is not None:
-        play(tmp_path, f"thin-vm-{key}", [vm_task(name, img, vol, write_mib)], hosts=host)
-        assert lab_exec(host, "test", "-b", device, check=False).returncode == 0, f"{device} is not a block device"
-    else:
-        assert helper(host, "activate", SD, img, vol) == device
-        lab_exec(host, "sh", "-c", f"cat > /run/{name}.xml <<'EOF'\n{guest_xml(inventory, name, device, write_mib)}EOF\n")
-        lab_exec(host, "virsh", "-c", "qemu:///system", "create", f"/run/{name}.xml")
+    assert helper(host, "activate", SD, img, vol) == device
+    lab_exec(host, "sh", "-c", f"cat > /run/{name}.xml <<'EOF'\n{guest_xml(inventory, name, device, write_mib)}EOF\n")
+    lab_exec(host, "virsh", "-c", "qemu:///system", "create", f"/run/{name}.xml")
     if before_start:
         before_start(name)
     log = f"/var/log/libvirt/qemu/{name}-console.log"
@@ -237,23 +230,9 @@ def run_writer(inventory, host: str, key: str, before_start=None, timeout: float
     elapsed = time.monotonic() - started
     time.sleep(0.5)
     console = lab_exec(host, "cat", log).stdout
-    if tmp_path is not None:
-        loop_device = lab_exec(host, "readlink", "-f", device).stdout.strip()
-        volume_file = lab_exec(host, "losetup", "-n", "-O", "BACK-FILE", loop_device).stdout.strip()
-        # Stopping the (transient) VM through the module gives its block volume back, as VDSM tears
-        # a VM's images down with it: no link, no loop device left over the volume's file.
-        play(tmp_path, f"thin-vm-{key}-stop", [
-            {"virtnode.kvm.vm": {"name": name, "state": "destroyed"}, "register": "stopped"},
-            {"ansible.builtin.assert": {"that": [f"'deactivate block volume {device}' in stopped.actions"],
-                                        "fail_msg": "{{ stopped.actions | to_json }}"}}], hosts=host)
-        assert lab_exec(host, "test", "-e", device, check=False).returncode != 0, f"{device} is still there"
-        attached = lab_exec(host, "losetup", "-a").stdout
-        assert vol not in attached, f"loop device left attached over the volume:\n{attached}"
-        check = lab_exec(host, "qemu-img", "check", "-f", "qcow2", volume_file, check=False)
-    else:
-        lab_exec(host, "virsh", "-c", "qemu:///system", "destroy", name)
-        check = lab_exec(host, "qemu-img", "check", "-f", "qcow2", device, check=False)
-        helper(host, "deactivate", SD, img, vol)
+    lab_exec(host, "virsh", "-c", "qemu:///system", "destroy", name)
+    check = lab_exec(host, "qemu-img", "check", "-f", "qcow2", device, check=False)
+    helper(host, "deactivate", SD, img, vol)
     events = [e for e in events_since(host, cursor) if e.get("vm") == name]
     rate = re.search(r"writer rate bytes=(\d+) cs=(\d+)", console)
     result = {
@@ -314,8 +293,68 @@ def test_paused_on_enospc_without_agent_then_resumed_by_it(pool, inventory):
     assert any(e["event"] == "vm_resumed_after_extension" for e in result["events"]), result["events"]
 
 
-def test_extends_through_the_mailbox_on_a_host_that_is_not_spm(pool, inventory, tmp_path):
-    result = run_writer(inventory, pool[1], "mailbox", tmp_path=tmp_path)
+def test_migrated_to_a_host_that_is_not_spm_it_is_extended_there_through_the_mailbox(pool, inventory, tmp_path):
+    """The writer guest boots on the SPM host and waits; the other host presents its thin volume as a block
+    device (``volume state=prepared block_device=true``, as VDSM's destination prepares the images), the VM
+    migrates there and the source lets the volume go. Only then does the guest write, told through its
+    guest agent: the destination's agent, which never saw the VM start and is not SPM, extends the volume
+    through the SPM's mailbox as it fills. The module's stop there gives the volume back."""
+    source, dest = pool[0], pool[1]
+    img, vol = VOLUMES["mailbox"]
+    name = "thin-mailbox"
+    device = f"/run/virtnode/block/{SD}/{img}/{vol}"
+    log = f"/var/log/libvirt/qemu/{name}-console.log"
+    assert int(helper(source, "grow", SD, vol, str(CHUNK_MIB))) == CHUNK_MIB
+    guest = vm_task(name, img, vol, WRITE_MIB)
+    guest["virtnode.kvm.vm"]["cmdline"] += " writer_go=/tmp/writer-go"
+    prepare = {"virtnode.kvm.volume": {"sd_uuid": "{{ sd }}", "image_uuid": img, "volume_uuid": vol,
+                                       "state": "prepared", "block_device": True}}
+    try:
+        play(tmp_path, "thin-migrate-start", [
+            guest, {"ansible.builtin.wait_for": {"path": log, "search_regex": "writer waiting", "timeout": 120}}],
+            hosts=source)
+        play(tmp_path, "thin-migrate-prepare", [
+            {**prepare, "check_mode": True, "register": "check"}, {**prepare, "register": "prepared"},
+            {**prepare, "register": "again"},
+            {"ansible.builtin.assert": {"that": [
+                "check is changed and check.actions == ['present as a block device']",
+                "prepared is changed and again is not changed"]}}], hosts=dest)
+        assert lab_exec(dest, "test", "-b", device, check=False).returncode == 0, f"{device} is not a block device"
+        play(tmp_path, "thin-migrate", [
+            {"virtnode.kvm.vm": {"name": name, "migrate_to": dest, "migrate_transport": "tcp", "migrate_unsafe": True,
+                                 "migrate_options": {"timeout": 120}}, "register": "moved"},
+            {"ansible.builtin.assert": {"that": ["moved is changed",
+                                                 f"'deactivate block volume {device}' in moved.actions"],
+                                        "fail_msg": "{{ moved.actions | default([]) | to_json }}"}}], hosts=source)
+        assert lab_exec(source, "test", "-e", device, check=False).returncode != 0, f"{device} is still on the source"
+        cursor = event_cursor(dest)
+        go = '{"execute": "guest-file-open", "arguments": {"path": "/tmp/writer-go", "mode": "w"}}'
+        wait_for("the guest agent to let the writer go", lambda: lab_exec(
+            dest, "virsh", "-c", "qemu:///system", "qemu-agent-command", name, go, check=False).returncode == 0,
+            timeout=60, step=1)
+        wait_for("the writer to finish on the destination",
+                 lambda: re.search(r"writer (done|error)", lab_exec(dest, "cat", log, check=False).stdout),
+                 timeout=180, step=1)
+        time.sleep(0.5)
+        console = lab_exec(dest, "cat", log).stdout
+        volume_file = lab_exec(dest, "losetup", "-n", "-O", "BACK-FILE",
+                               lab_exec(dest, "readlink", "-f", device).stdout.strip()).stdout.strip()
+        play(tmp_path, "thin-migrate-stop", [
+            {"virtnode.kvm.vm": {"name": name, "state": "destroyed"}, "register": "stopped"},
+            {"ansible.builtin.assert": {"that": [f"'deactivate block volume {device}' in stopped.actions"],
+                                        "fail_msg": "{{ stopped.actions | to_json }}"}}], hosts=dest)
+        assert lab_exec(dest, "test", "-e", device, check=False).returncode != 0, f"{device} is still there"
+        assert vol not in lab_exec(dest, "losetup", "-a").stdout, "loop device left attached over the volume"
+        check = lab_exec(dest, "qemu-img", "check", "-f", "qcow2", volume_file, check=False)
+    finally:
+        remove = [{"virtnode.kvm.vm": {"name": name, "state": "absent"}}]
+        play(tmp_path, "thin-migrate-cleanup", remove, hosts="lab")
+    events = [e for e in events_since(dest, cursor) if e.get("vm") == name]
+    result = {"console": console, "events": events, "qemu_img_check": check,
+              "extensions": [e for e in events if e["event"] == "volume_extended"]}
+    print(f"\nmailbox after migration: extensions on {dest} {len(result['extensions'])}, "
+          f"ENOSPC pauses {sum(1 for e in events if e['event'] == 'paused' and e.get('reason') == 'ioerror')}")
+    assert "writer start" in console, console[-2000:]
     assert_complete(result, "mailbox")
 
 

@@ -23,7 +23,11 @@ the serial console (console=ttyS0):
                             then "writer done <bytes>" or "writer error ...",
                             after done "writer rate bytes=<n> cs=<guest
                             centiseconds the writes took>";
-                            writer_mb=N limits it to N MiB (default: whole disk)
+                            writer_mb=N limits it to N MiB (default: whole disk);
+                            writer_go=PATH waits (at most 10 min) until the file
+                            PATH exists in the guest, first printing "writer
+                            waiting PATH": the host creates it through the guest
+                            agent (guest-file-open) when it wants the writes
     workload=pattern_write  writes pattern_mb=N MiB (default 16) of a pattern
                             (64-byte lines naming pattern_tag=T, default
                             "virtnode", and their MiB's index): "pattern written N"
@@ -91,7 +95,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the initramfs layout or /init changes in a way the digest misses.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 KERNEL_GLOB = "vmlinuz-*-cloud-amd64"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
@@ -507,6 +511,7 @@ done
 
 workload=heartbeat
 writer_mb=
+writer_go=
 pattern_mb=16
 pattern_tag=virtnode
 memory_mb=16
@@ -518,6 +523,7 @@ for arg in $(cat /proc/cmdline); do
     case "$arg" in
         workload=*) workload=${arg#*=} ;;
         writer_mb=*) writer_mb=${arg#*=} ;;
+        writer_go=*) writer_go=${arg#*=} ;;
         pattern_mb=*) pattern_mb=${arg#*=} ;;
         pattern_tag=*) pattern_tag=${arg#*=} ;;
         memory_mb=*) memory_mb=${arg#*=} ;;
@@ -648,6 +654,18 @@ writer() {
             return 1
         fi
         [ "$writer_mb" -lt "$total" ] && total=$writer_mb
+    fi
+    if [ -n "$writer_go" ]; then
+        echo "writer waiting $writer_go"
+        waited=0
+        while [ ! -e "$writer_go" ]; do
+            if [ "$waited" -ge 3000 ]; then
+                echo "writer error $writer_go never came"
+                return 1
+            fi
+            sleep 0.2
+            waited=$((waited + 1))
+        done
     fi
     echo "writer start dev=/dev/$disk bytes=$((total * MiB))"
     started=$(uptime_cs)

@@ -227,6 +227,11 @@ class LoopBackend:
         set_link(link, device)
         return link
 
+    def is_active(self, sd_uuid, img_uuid, vol_uuid):
+        """True when the volume's link names a loop device backed by the volume file."""
+        link = self.link_path(sd_uuid, img_uuid, vol_uuid)
+        return os.path.islink(link) and os.readlink(link) in self.devices(sd_uuid, img_uuid, vol_uuid)
+
     def deactivate(self, sd_uuid, img_uuid, vol_uuid):
         link = self.link_path(sd_uuid, img_uuid, vol_uuid)
         for device in self.devices(sd_uuid, img_uuid, vol_uuid):

@@ -307,8 +307,9 @@ def _prepare(module, store, img_uuid, vol_uuid):
     """``state=prepared``: VDSM's prepareImage on this host, for a VM about to run here (a migration's destination).
 
     On a block domain the volume and its parents are checked LEGAL, activated and linked (see
-    :meth:`block_volumes.BlockVolumes.prepare`); a file domain's chain is only checked, the mount serves it.
-    No SPM is needed: nothing on storage changes.
+    :meth:`block_volumes.BlockVolumes.prepare`); a file domain's chain is only checked, the mount serves it,
+    unless ``block_device`` asks for the volume as the vm module's ``type: block`` disks see it (a loop device
+    linked under :data:`block.LOOP_LINK_ROOT`). No SPM is needed: nothing on storage changes.
     """
     if store.read_volume(img_uuid, vol_uuid) is None:
         raise VirtnodeError('volume %s of image %s not found on storage domain %s' % (vol_uuid, img_uuid, module.params['sd_uuid']),
@@ -320,6 +321,13 @@ def _prepare(module, store, img_uuid, vol_uuid):
         store.prepare(img_uuid, vol_uuid, activate=bool(actions) and not module.check_mode)
     else:
         vmd.legal_chain(store.dom_dir, img_uuid, vol_uuid)
+        if module.params.get('block_device'):
+            loop = block.LoopBackend()
+            sd_uuid = module.params['sd_uuid']
+            if not loop.is_active(sd_uuid, img_uuid, vol_uuid):
+                actions.append('present as a block device')
+                if not module.check_mode:
+                    loop.activate(sd_uuid, img_uuid, vol_uuid)
     view = volume_view(store, img_uuid, vol_uuid)
     result = {'changed': bool(actions), 'actions': actions, 'volume': view, 'chain': store.chain_info(img_uuid)}
     if module._diff:
@@ -338,6 +346,8 @@ def run_module(module):
         raise VirtnodeError('volume_uuid is required for state=%s' % module.params['state'], {'field': 'volume_uuid'})
     if module.params['state'] == 'prepared':
         return _prepare(module, store, img_uuid, vol_uuid)
+    if module.params.get('block_device'):
+        raise VirtnodeError('block_device is for state=prepared', {'field': 'block_device'})
     imported = exported = None
     with contextlib.ExitStack() as stack:
         import_source = stack.enter_context(_import_source(module, store, dom_md, img_uuid, vol_uuid))

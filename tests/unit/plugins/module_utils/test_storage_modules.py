@@ -10,6 +10,7 @@ import types
 import pytest
 
 from ansible_collections.virtnode.kvm.plugins.module_utils.common.errors import VirtnodeError
+from ansible_collections.virtnode.kvm.plugins.module_utils.storage import block
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import connection as storage_conn
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain as storage
 from ansible_collections.virtnode.kvm.plugins.module_utils.storage import domain_state
@@ -140,4 +141,26 @@ def test_prepared_on_a_file_domain_only_checks_the_chain_and_needs_no_spm(server
     md.legality = 'ILLEGAL'
     volumes._write_meta(dom_dir, md, domain_md.version, volumes.paths(dom_dir, IMG, SP)[1])  # pylint: disable=protected-access
     with pytest.raises(VirtnodeError, match='refusing storage volume %s of image %s: it is ILLEGAL' % (SP, IMG)):
+        volume_state.run_module(fake_module(**params))
+
+
+def test_prepared_with_block_device_presents_a_file_domain_volume_through_a_loop_device(server, monkeypatch):
+    """block_device: the loop device and its link, once (a second run changes nothing); check mode attaches none;
+    any other state refuses the option before anything changes."""
+    domain_state.run_module(fake_module(**domain_params(server)))
+    dom_dir = storage.find_domain(SD)
+    volumes.create_volume(dom_dir, storage.read_md(dom_dir), IMG, SP, 'RAW', 'SPARSE', 1024 * 1024)
+    active = []
+    monkeypatch.setattr(block.LoopBackend, 'is_active', lambda self, sd, img, vol: bool(active))
+    monkeypatch.setattr(block.LoopBackend, 'activate', lambda self, sd, img, vol: active.append((sd, img, vol)))
+    params = dict(sd_uuid=SD, image_uuid=IMG, volume_uuid=SP, size=None, format='COW', allocation='SPARSE',
+                  parent_volume_uuid=None, clone_from=None, description='', disk_type='DATA', state='prepared',
+                  block_device=True)
+    check = volume_state.run_module(fake_module(check_mode=True, **params))
+    assert check['changed'] and check['actions'] == ['present as a block device'] and active == []
+    first = volume_state.run_module(fake_module(**params))
+    assert first['changed'] and active == [(SD, IMG, SP)]
+    assert not volume_state.run_module(fake_module(**params))['changed'] and len(active) == 1
+    params['state'] = 'present'
+    with pytest.raises(VirtnodeError, match='block_device is for state=prepared'):
         volume_state.run_module(fake_module(**params))
