@@ -423,14 +423,14 @@ echo "$(basename "$(dirname "$0")")" >> {HOOK_OUT}/agent
 """
 
 
-def install_hook(point: str, body: str, name: str = HOOK_NAME) -> None:
-    lab_exec(HOST, "sh", "-c", f"install -d -m 0755 /etc/virtnode/hooks/{point} && "
+def install_hook(point: str, body: str, name: str = HOOK_NAME, host: str = HOST) -> None:
+    lab_exec(host, "sh", "-c", f"install -d -m 0755 /etc/virtnode/hooks/{point} && "
                                f"cat > /etc/virtnode/hooks/{point}/{name} <<'EOF'\n{body}EOF\n"
                                f"chmod 0755 /etc/virtnode/hooks/{point}/{name}")
 
 
-def remove_hooks(*points: str) -> None:
-    lab_exec(HOST, "sh", "-c", " ".join(f"rm -f /etc/virtnode/hooks/{point}/{HOOK_NAME}* ;" for point in points)
+def remove_hooks(*points: str, host: str = HOST) -> None:
+    lab_exec(host, "sh", "-c", " ".join(f"rm -f /etc/virtnode/hooks/{point}/{HOOK_NAME}* ;" for point in points)
              + f" rm -rf {HOOK_OUT}", check=False)
 
 
@@ -543,3 +543,95 @@ def test_before_vdsm_start_and_after_vdsm_stop_run_and_a_failing_one_is_not_fata
         if lab_exec(HOST, "test", "-e", "/run/virtnode-agent.pid", check=False).returncode != 0:
             start_agent_again()
         print(f"start/stop hooks test: {time.monotonic() - started:.1f}s")
+
+
+MIG_GUEST = "agent-mig-guest"
+OTHER = "vnhost2"
+# On the destination: before_vm_migrate_destination (libvirt's qemu hook) puts a description into the incoming
+# XML and says where it ran; a second one refuses any migration to OTHER. after_vm_migrate_destination (the
+# agent) says where and for which VM it ran. Both hosts get the same scripts (/etc/virtnode and /run are each
+# lab host's own).
+MIG_BEFORE_HOOK = f"""#!/bin/sh
+[ "$vmName" = "{MIG_GUEST}" ] || exit 0
+sed -i 's|</name>|</name><description>set by before_vm_migrate_destination</description>|' "$_hook_domxml"
+mkdir -p {HOOK_OUT} && echo "$(hostname) vmId=$vmId" >> {HOOK_OUT}/before
+"""
+MIG_REFUSE_HOOK = f"""#!/bin/sh
+[ "$vmName" = "{MIG_GUEST}" ] && [ "$(hostname)" = "{OTHER}" ] || exit 0
+echo "no migrations to {OTHER}" >&2
+exit 1
+"""
+MIG_AFTER_HOOK = f"""#!/bin/sh
+[ "$vmName" = "{MIG_GUEST}" ] || exit 0
+mkdir -p {HOOK_OUT} && echo "$(hostname) vmId=$vmId" >> {HOOK_OUT}/after
+"""
+
+
+def test_migrate_destination_hooks_run_on_the_destination(deployed):
+    """A VM migrates from vnhost2 to this host: before_vm_migrate_destination ran here first and the VM runs
+    with the XML it wrote, after_vm_migrate_destination ran here once it ran (recorded by the agent); a failing
+    before_vm_migrate_destination on vnhost2 refuses the migration back, and the VM stays here."""
+    points = ("before_vm_migrate_destination", "after_vm_migrate_destination")
+    for host in (HOST, OTHER):
+        remove_hooks(*points, host=host)
+        install_hook(points[0], MIG_BEFORE_HOOK, host=host)
+        install_hook(points[0], MIG_REFUSE_HOOK, HOOK_NAME + "_refuse", host=host)
+        install_hook(points[1], MIG_AFTER_HOOK, host=host)
+    cursor = agent("status")["data"]["event_seq"]
+    started = time.monotonic()
+    try:
+        proc = run_playbook_text(f"""- name: A guest on {OTHER}, migrated here, then refused the way back
+  hosts: {OTHER}
+  gather_facts: false
+  tasks:
+    - name: Start
+      virtnode.kvm.vm:
+        name: {MIG_GUEST}
+        memory: 128MiB
+        kernel: "{{{{ virtnode_lab_guest_kernel }}}}"
+        initrd: "{{{{ virtnode_lab_guest_initrd }}}}"
+        cmdline: "{{{{ virtnode_lab_guest_cmdline }}}} agent=off"
+    - name: Migrate to {HOST}
+      virtnode.kvm.vm:
+        name: {MIG_GUEST}
+        migrate_to: {HOST}
+        migrate_transport: tcp
+        migrate_unsafe: true
+      register: moved
+    - name: Back to {OTHER}, refused there
+      delegate_to: {HOST}
+      virtnode.kvm.vm:
+        name: {MIG_GUEST}
+        migrate_to: {OTHER}
+        migrate_transport: tcp
+        migrate_unsafe: true
+      register: back
+      ignore_errors: true
+    - name: Moved, then refused
+      ansible.builtin.assert:
+        that:
+          - moved is changed
+          - back is failed and 'no migrations to {OTHER}' in back.msg
+        fail_msg: "{{{{ back.msg | default('') }}}}"
+""")
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        vm_uuid = virsh("domuuid", MIG_GUEST).stdout.strip()
+        assert virsh("domstate", MIG_GUEST).stdout.strip() == "running"
+        assert "<description>set by before_vm_migrate_destination</description>" in virsh("dumpxml", MIG_GUEST).stdout
+        assert read_lab_file(f"{HOOK_OUT}/before").splitlines() == [f"{HOST} vmId={vm_uuid}"]
+
+        def ran_here():
+            return [e for e in events_since(cursor) if e["event"] == "hook_ran" and e.get("vm") == MIG_GUEST]
+
+        wait_for("the agent's after_vm_migrate_destination", ran_here, timeout=30)
+        time.sleep(1)
+        assert [(e["point"], e["uuid"], e["reason"], e["failed"]) for e in ran_here()] == [
+            (points[1], vm_uuid, "migrated", False)], ran_here()
+        assert read_lab_file(f"{HOOK_OUT}/after").splitlines() == [f"{HOST} vmId={vm_uuid}"]
+        # The refused migration ran nothing after it on the other host.
+        assert lab_exec(OTHER, "cat", f"{HOOK_OUT}/after", check=False).returncode != 0
+    finally:
+        for host in (HOST, OTHER):
+            remove_hooks(*points, host=host)
+            lab_exec(host, "virsh", "-c", "qemu:///system", "destroy", MIG_GUEST, check=False)
+        print(f"migrate destination hooks test: {time.monotonic() - started:.1f}s")

@@ -13,6 +13,11 @@
   the one way VM hooks run): the domain XML in the file named by
   ``$_hook_domxml``, the custom properties of the VM's metadata, ``vmId``
   and ``vmName`` in its environment.
+* ``after_vm_migrate_destination`` on the destination of a migration, once
+  the VM runs here (libvirt's ``RESUMED`` event with detail ``migrated``),
+  with its domain XML as it runs here. Its twin
+  ``before_vm_migrate_destination`` runs in libvirt's qemu hook
+  (:mod:`vm.libvirt_hook`), which may still change the incoming XML.
 * ``before_vdsm_start`` when the agent starts, before it serves, and
   ``after_vdsm_stop`` when it stops cleanly; they get no data.
 
@@ -64,6 +69,7 @@ LOG = logging.getLogger('virtnode.agent.hooks')
 AGENT_START = 'before_vdsm_start'
 AGENT_STOP = 'after_vdsm_stop'
 VM_DOWN = 'after_vm_destroy'
+MIGRATED_IN = 'after_vm_migrate_destination'
 EVENT = 'hook_ran'
 # Reasons of a STOPPED event (events.LIFECYCLE_EVENTS) after which the VM is down.
 DOWN_REASONS = ('shutdown', 'destroyed', 'crashed', 'failed')
@@ -138,7 +144,10 @@ class HookRunner:
         """A lifecycle event of the domain ``vm_uuid`` (None: it could not be named)."""
         if vm_uuid is None:
             return
-        if event in (self._const('VIR_DOMAIN_EVENT_STARTED'), self._const('VIR_DOMAIN_EVENT_RESUMED')):
+        if (event == self._const('VIR_DOMAIN_EVENT_RESUMED')
+                and detail == self._const('VIR_DOMAIN_EVENT_RESUMED_MIGRATED')):
+            self._jobs.put(('migrated_in', dom, vm_name, vm_uuid))
+        elif event in (self._const('VIR_DOMAIN_EVENT_STARTED'), self._const('VIR_DOMAIN_EVENT_RESUMED')):
             self._jobs.put(('refresh', dom))
         elif event == self._const('VIR_DOMAIN_EVENT_STOPPED'):
             reason = agent_events.lifecycle_event(event, detail)[1]
@@ -157,6 +166,8 @@ class HookRunner:
             self._stopped(*job[1:])
         elif job[0] == 'sync':
             self._sync()
+        elif job[0] == 'migrated_in':
+            self._migrated_in(*job[1:])
 
     def kept(self):
         """UUIDs of the domains whose XML is kept, oldest first."""
@@ -193,6 +204,14 @@ class HookRunner:
             known = self._known.pop(vm_uuid, None)
         if reason in DOWN_REASONS:
             self._down(vm_uuid, vm_name or (known.name if known else None), reason, known, dom)
+
+    def _migrated_in(self, dom, vm_name, vm_uuid):
+        """A VM that migrated here runs: its XML kept, after_vm_migrate_destination queued with it."""
+        self._refresh(dom)
+        with self._lock:
+            known = self._known.get(vm_uuid)
+        xml = known.xml() if known is not None else None
+        self._runs.put((MIGRATED_IN, vm_uuid, vm_name or (known.name if known else None), 'migrated', xml or ''))
 
     def _sync(self):
         conn = self.get_conn()
@@ -249,7 +268,7 @@ class HookRunner:
             xml = self._definition(dom)
             LOG.warning('VM %s (%s): its domain XML was not captured before it stopped; %s gets %s', vm_name, vm_uuid,
                         VM_DOWN, 'its definition' if xml else 'none')
-        self._runs.put((vm_uuid, vm_name, reason, xml))
+        self._runs.put((VM_DOWN, vm_uuid, vm_name, reason, xml))
 
     @staticmethod
     def _definition(dom):
@@ -263,7 +282,7 @@ class HookRunner:
 
     # ---------------------------------------------------------------- running hooks (vm-hooks thread)
 
-    def _run_vm_down(self, vm_uuid, vm_name, reason, xml):
+    def _run_vm_point(self, point, vm_uuid, vm_name, reason, xml):
         env = {}
         if xml:
             try:
@@ -276,9 +295,9 @@ class HookRunner:
                     LOG.warning('custom properties of VM %s not given to hooks (not usable as environment variables): %s',
                                 vm_name, ', '.join(sorted(repr(n) for n in live['refused_custom_properties'])))
         try:
-            result = vm_lifecycle.run_vm_hook(self.hooks_dir, VM_DOWN, xml or '', vm_name or '', vm_uuid, env)
+            result = vm_lifecycle.run_vm_hook(self.hooks_dir, point, xml or '', vm_name or '', vm_uuid, env)
         except Exception as err:  # pylint: disable=broad-except  # logged and recorded, never fatal
-            return self._could_not_run(VM_DOWN, err, vm=vm_name, uuid=vm_uuid, reason=reason)
+            return self._could_not_run(point, err, vm=vm_name, uuid=vm_uuid, reason=reason)
         self._report(result, vm=vm_name, uuid=vm_uuid, reason=reason)
         return result
 
@@ -314,7 +333,7 @@ class HookRunner:
 
     def process_pending(self):
         """Handle the queued events and run the queued hooks in the calling thread (tests; threads not started)."""
-        for source, work in ((self._jobs, self._handle), (self._runs, lambda run: self._run_vm_down(*run))):
+        for source, work in ((self._jobs, self._handle), (self._runs, lambda run: self._run_vm_point(*run))):
             while True:
                 try:
                     item = source.get_nowait()
@@ -345,9 +364,9 @@ class HookRunner:
             if run is None:
                 break
             try:
-                self._run_vm_down(*run)
+                self._run_vm_point(*run)
             except Exception:  # pylint: disable=broad-except
-                LOG.exception('%s failed', VM_DOWN)
+                LOG.exception('%s failed', run[0])
 
     def start(self):
         for name, target in (('vm-xml', self._xml_loop), ('vm-hooks', self._hook_loop)):
@@ -365,5 +384,5 @@ class HookRunner:
         self._runs.put(None)
         self._threads[1].join(max(0.0, deadline - time.monotonic()))
         if self._threads[1].is_alive():
-            LOG.warning('stopping with %s hooks still running or queued', VM_DOWN)
+            LOG.warning('stopping with VM hooks still running or queued')
         self._threads = []

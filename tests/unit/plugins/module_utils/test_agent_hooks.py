@@ -475,3 +475,27 @@ def test_agent_hook_runs_reach_event_info(tmp_path, sock_dir, fake_libvirt, monk
 def test_hooks_dir_must_be_absolute():
     with pytest.raises(agent_daemon.VirtnodeError, match='hooks_dir'):
         agent_daemon.load_config(None, {'hooks_dir': 'relative/hooks'})
+
+
+RESUMED_MIGRATED, RESUMED_UNPAUSED = 1, 0
+
+
+def test_a_vm_that_migrated_here_runs_after_vm_migrate_destination_with_its_xml_once(setup, tmp_path):
+    """libvirt's RESUMED event with detail ``migrated`` (the incoming VM runs here): the hook gets the XML as it
+    runs here and the custom properties; a plain resume runs nothing."""
+    out = tmp_path / 'migrated.txt'
+    runner = setup['runner']
+    runner.hooks_dir = hooks_dir_with(tmp_path / 'mig', [(agent_hooks.MIGRATED_IN, '50_record', RECORDER % out)])
+    dom = FakeDom(xml=domain_xml(run_id=12))
+    event(runner, dom, STARTED, 1)  # STARTED_MIGRATED: paused, not yet ours
+    event(runner, dom, RESUMED, RESUMED_UNPAUSED)
+    runner.process_pending()
+    assert runs_of(out) == []
+    event(runner, dom, RESUMED, RESUMED_MIGRATED)
+    runner.process_pending()
+    runs = runs_of(out)
+    assert len(runs) == 1 and runs[0][0].startswith('vmId=%s vmName=g1 sap_agent=true' % UUID), runs
+    assert "id='12'" in runs[0][1] and runner.kept() == [UUID]
+    ran = [e for e in setup['recorded'] if e['event'] == agent_hooks.EVENT]
+    assert [(e['point'], e['uuid'], e['reason'], e['failed']) for e in ran] == [
+        (agent_hooks.MIGRATED_IN, UUID, 'migrated', False)], ran
