@@ -331,18 +331,21 @@ UEFI_PLAYBOOK = """
 """
 
 
-@pytest.fixture
-def uefi_cleanup(tmp_path):
-    yield
-    remove_guest_everywhere(tmp_path, UEFI_GUEST)
+def run_guest_playbook(tmp_path: Path, guest: str, text: str):
+    """Run a playbook about ``guest``, then remove the guest from every lab host whatever happened."""
+    playbook = tmp_path / f"{guest}.yml"
+    playbook.write_text(text)
+    try:
+        return run_playbook(playbook)
+    finally:
+        remove_guest_everywhere(tmp_path, guest)
 
 
-def test_a_uefi_vm_takes_its_variables_along(lab_hosts, tmp_path: Path, uefi_cleanup) -> None:
+def test_a_uefi_vm_takes_its_variables_along(lab_hosts, tmp_path: Path) -> None:
     """The per-VM NVRAM follows the VM: after a live migration the destination's store file holds the
     variables OVMF wrote on the source (not the template the destination's libvirt created it from)."""
-    playbook = tmp_path / "uefi.yml"
-    playbook.write_text(UEFI_PLAYBOOK % {"guest": UEFI_GUEST, "uuid": UEFI_UUID, "nvram": UEFI_NVRAM})
-    proc = run_playbook(playbook)
+    proc = run_guest_playbook(tmp_path, UEFI_GUEST,
+                              UEFI_PLAYBOOK % {"guest": UEFI_GUEST, "uuid": UEFI_UUID, "nvram": UEFI_NVRAM})
     assert proc.returncode == 0, proc.stdout[-10000:]
 
 
@@ -410,15 +413,7 @@ DIRTY_PLAYBOOK = """
 """
 
 
-@pytest.fixture
-def dirty_cleanup(tmp_path):
-    yield
-    remove_guest_everywhere(tmp_path, DIRTY_GUEST)
-
-
-def test_auto_converge_throttles_a_guest_that_outruns_the_cap(lab_hosts, tmp_path: Path, dirty_cleanup) -> None:
-    playbook = tmp_path / "dirty.yml"
-    playbook.write_text(DIRTY_PLAYBOOK % {"guest": DIRTY_GUEST, "bw": DIRTY_BANDWIDTH})
-    proc = run_playbook(playbook)
+def test_auto_converge_throttles_a_guest_that_outruns_the_cap(lab_hosts, tmp_path: Path) -> None:
+    proc = run_guest_playbook(tmp_path, DIRTY_GUEST, DIRTY_PLAYBOOK % {"guest": DIRTY_GUEST, "bw": DIRTY_BANDWIDTH})
     print("\n".join(line for line in proc.stdout.splitlines() if "AUTOCONVERGE" in line))
     assert proc.returncode == 0, proc.stdout[-10000:]
