@@ -558,6 +558,14 @@ def test_bad_numa_and_memory_layouts_are_refused(params, message):
         vm_spec.normalize(dict({'name': 'vm1'}, **params), stat_fn=fake_stat, host_nodes=[0], host_hugepages={2048: 64})
 
 
+def test_a_hugepage_size_the_host_does_not_reserve_says_how_to_reserve_it():
+    """The refusal once named a bootstrap variable that never existed; it must name the kernel's knobs."""
+    with pytest.raises(VirtnodeError) as info:
+        vm_spec.normalize({'name': 'vm1', 'hugepages': '1GiB'}, stat_fn=fake_stat, host_nodes=[0],
+                          host_hugepages={2048: 64})
+    assert 'hugepages-1048576kB/nr_hugepages' in info.value.message and 'bootstrap_' not in info.value.message
+
+
 def test_an_ejected_seed_drive_is_still_the_seeds_not_the_cd_rom():
     spec = spec_of(cloud_init={'user_data': '#cloud-config\n'})
     spec['cloud_init_seed'] = SEED
